@@ -1,0 +1,69 @@
+"""The Faust application that hosts our agents, configured from :class:`Settings`.
+
+Why this exists:
+    Every agent group (ingest, embed, index, ...) runs in a Faust app whose id, and so whose
+    consumer group and table changelog topics, carries the namespace: a replay in namespace
+    ``r1`` never shares offsets or state with live traffic.
+
+Usage:
+    >>> app = create_app(Settings(), agents=("ingest",))
+    >>> faust.Worker(app, loglevel="info").execute_from_commandline()   # what `llmops worker` does
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import faust
+
+from streams.settings import Settings
+from streams.topics import Topics
+
+AGENT_GROUPS = ("ingest",)
+
+
+def broker_credentials(settings: Settings) -> Any:
+    """Faust credentials for the configured Kafka security protocol, or None."""
+    ssl_context = settings.kafka_client_config().get("ssl_context")
+    if settings.sasl_mechanism:
+        return faust.SASLCredentials(
+            username=settings.sasl_username,
+            password=settings.sasl_password.get_secret_value() if settings.sasl_password else None,
+            mechanism=settings.sasl_mechanism,
+            ssl_context=ssl_context,
+        )
+    if ssl_context is not None:
+        return faust.SSLCredentials(ssl_context)
+    return None
+
+
+def create_app(settings: Settings, agents: Sequence[str] = AGENT_GROUPS) -> faust.App:
+    """A Faust app with the named agent groups registered."""
+    unknown = sorted(set(agents) - set(AGENT_GROUPS))
+    if unknown:
+        raise ValueError(f"unknown agents {unknown}; choose from {list(AGENT_GROUPS)}")
+    topics = Topics(settings.namespace)
+    app_id = topics.app_id("+".join(sorted(agents)))
+    datadir = settings.data_dir / "faust" / app_id
+    datadir.mkdir(parents=True, exist_ok=True)
+    app = faust.App(
+        app_id,
+        broker=[f"kafka://{server.strip()}" for server in settings.bootstrap_servers.split(",")],
+        broker_credentials=broker_credentials(settings),
+        store="memory://",
+        datadir=str(datadir),
+        topic_partitions=settings.partitions,
+        topic_replication_factor=settings.replication_factor,
+        consumer_auto_offset_reset="earliest",
+        producer_acks=-1,
+        web_enabled=False,
+        # Faust's own per-message sensors and monitor cost time on the hot path; we export
+        # our own metrics.
+        autodiscover=False,
+    )
+    if "ingest" in agents:
+        from agents.ingest import register_ingest
+
+        register_ingest(app, settings)
+    return app

@@ -1,0 +1,128 @@
+"""Ingest agent: ``docs.raw`` -> ``docs.clean`` (+ ``docs.duplicates``, ``deadletter``).
+
+All logic lives in :class:`streams.ingest.IngestPipeline`; this module reads batches of
+events, hands them to the pipeline with the dedup table, and publishes what comes back.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from typing import Any
+
+import faust
+
+from streams.avro import AvroCodec, registry_from_settings
+from streams.chunk import default_tokenizer
+from streams.ingest import IngestConfig, IngestPipeline, IngestRecord, IngestResult
+from streams.logs import get_logger
+from streams.records import SourceCoordinates
+from streams.settings import Settings
+from streams.topics import Topics
+
+log = get_logger(__name__)
+DEDUP_TABLE = "ingest-dedup"
+
+
+def record_from_event(event: Any) -> IngestRecord:
+    """Our view of a Faust event: bytes, coordinates and the trace context header."""
+    message = event.message
+    headers = dict(message.headers or ())
+    traceparent = headers.get("traceparent")
+    return IngestRecord(
+        key=message.key,
+        value=message.value,
+        source=SourceCoordinates(
+            message.topic, message.partition, message.offset, int((message.timestamp or 0) * 1000)
+        ),
+        traceparent=traceparent.decode("ascii", "replace") if isinstance(traceparent, bytes) else traceparent,
+    )
+
+
+def register_ingest(app: faust.App, settings: Settings) -> Any:
+    """Declare the ingest topics, the dedup table and the agent on ``app``."""
+    topics = Topics(settings.namespace)
+    raw_kwargs: dict[str, Any] = {
+        "key_type": bytes,
+        "value_type": bytes,
+        "key_serializer": "raw",
+        "value_serializer": "raw",
+        "partitions": settings.partitions,
+    }
+    docs_raw = app.topic(topics.docs_raw, **raw_kwargs)
+    docs_clean = app.topic(topics.docs_clean, **raw_kwargs)
+    duplicates = app.topic(topics.docs_duplicates, **raw_kwargs)
+    deadletter = app.topic(topics.deadletter, **raw_kwargs)
+    # A global table: every worker holds all dedup state (read from the changelog topic on
+    # start), so duplicates are found across partitions owned by different workers.
+    dedup_table = app.GlobalTable(
+        DEDUP_TABLE,
+        partitions=settings.partitions,
+        key_type=str,
+        use_partitioner=True,
+    )
+    codec = AvroCodec(
+        registry_from_settings(
+            settings.schema_registry_url,
+            settings.schema_registry_username,
+            settings.schema_registry_password.get_secret_value() if settings.schema_registry_password else None,
+        )
+    )
+    pipeline = IngestPipeline(IngestConfig.from_settings(settings), codec, default_tokenizer())
+    totals: Counter[str] = Counter()
+
+    async def publish(result: IngestResult, record: IngestRecord) -> None:
+        source = [record.source.header]
+        for chunk in result.chunks:
+            headers = [*source, ("traceparent", chunk.traceparent.encode())] if chunk.traceparent else source
+            await docs_clean.send(
+                key=chunk.doc_id.encode(),
+                value=codec.encode("CleanChunk", chunk.to_avro(), docs_clean.get_topic_name()),
+                headers=headers,
+            )
+        if result.duplicate is not None:
+            notice = result.duplicate
+            await duplicates.send(
+                key=notice.doc_id.encode(),
+                value=codec.encode("DuplicateNotice", notice.to_avro(), duplicates.get_topic_name()),
+                headers=source,
+            )
+        if result.dead_letter is not None:
+            letter = result.dead_letter
+            await deadletter.send(
+                key=letter.key,
+                value=codec.encode("DeadLetter", letter.to_avro(), deadletter.get_topic_name()),
+                headers=source,
+            )
+            log.warning(
+                "dead_letter",
+                reason=letter.reason,
+                detail=letter.detail,
+                topic=record.source.topic,
+                partition=record.source.partition,
+                offset=record.source.offset,
+            )
+
+    @app.agent(docs_raw, name="ingest")
+    async def ingest(stream: Any) -> None:
+        async for events in stream.take_events(settings.ingest_batch_size, within=settings.ingest_batch_seconds):
+            records = [record_from_event(event) for event in events]
+            results = pipeline.process_batch(records, dedup_table)
+            for record, result in zip(records, results, strict=True):
+                await publish(result, record)
+                totals[result.outcome.value] += 1
+                log.debug(
+                    "ingested",
+                    outcome=result.outcome.value,
+                    doc_id=result.doc_id,
+                    topic=record.source.topic,
+                    partition=record.source.partition,
+                    offset=record.source.offset,
+                    chunks=len(result.chunks),
+                )
+
+    @app.timer(interval=10.0)
+    async def report_totals() -> None:
+        if totals:
+            log.info("ingest_totals", **dict(totals))
+
+    return ingest

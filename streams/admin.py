@@ -1,0 +1,181 @@
+"""Kafka administration: create our topics explicitly, count what is on them, read them back.
+
+Why this exists:
+    Topics are created with explicit partition counts and configs (``models.control``
+    compacted), never auto-created with broker defaults. The CLI, the demo and the tests also
+    need to count records per topic and read a topic range, with the same security settings as
+    the agents.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Iterable
+from dataclasses import dataclass
+from typing import Any
+
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from aiokafka.errors import TopicAlreadyExistsError
+
+from streams.settings import Settings
+from streams.topics import Topics, TopicSpec
+
+
+def client_kwargs(settings: Settings) -> dict[str, Any]:
+    """Bootstrap servers and security options for any aiokafka client."""
+    return {"bootstrap_servers": settings.bootstrap_servers, **settings.kafka_client_config()}
+
+
+def producer(settings: Settings, **overrides: Any) -> AIOKafkaProducer:
+    """An idempotent, acks=all producer (what every publisher in the project uses)."""
+    options: dict[str, Any] = {
+        "acks": "all",
+        "enable_idempotence": True,
+        "linger_ms": 5,
+        "max_batch_size": 256 * 1024,
+        "compression_type": None,
+        **overrides,
+    }
+    return AIOKafkaProducer(**client_kwargs(settings), **options)
+
+
+async def ensure_topics(settings: Settings, specs: Iterable[TopicSpec] | None = None) -> list[str]:
+    """Create missing topics; return the names that were created."""
+    specs = list(specs or Topics(settings.namespace).specs(settings.partitions, settings.replication_factor))
+    admin = AIOKafkaAdminClient(**client_kwargs(settings))
+    await admin.start()
+    try:
+        existing = set(await admin.list_topics())
+        missing = [spec for spec in specs if spec.name not in existing]
+        created = []
+        for spec in missing:
+            try:
+                await admin.create_topics(
+                    [NewTopic(spec.name, spec.partitions, spec.replication_factor, topic_configs=spec.config)]
+                )
+                created.append(spec.name)
+            except TopicAlreadyExistsError:
+                pass
+        if created:
+            await _wait_for_metadata(settings, created)
+        return created
+    finally:
+        await admin.close()
+
+
+async def _wait_for_metadata(settings: Settings, names: list[str], timeout: float = 30.0) -> None:
+    consumer = AIOKafkaConsumer(**client_kwargs(settings))
+    await consumer.start()
+    try:
+        deadline = asyncio.get_running_loop().time() + timeout
+        while asyncio.get_running_loop().time() < deadline:
+            await consumer._client.force_metadata_update()  # no public API for a metadata refresh
+            if all(consumer.partitions_for_topic(name) for name in names):
+                return
+            await asyncio.sleep(0.2)
+    finally:
+        await consumer.stop()
+
+
+async def delete_topics(settings: Settings, names: Iterable[str]) -> None:
+    """Delete the named topics that exist."""
+    admin = AIOKafkaAdminClient(**client_kwargs(settings))
+    await admin.start()
+    try:
+        existing = set(await admin.list_topics())
+        doomed = [name for name in names if name in existing]
+        if doomed:
+            await admin.delete_topics(doomed)
+    finally:
+        await admin.close()
+
+
+async def topic_partitions(settings: Settings, names: Iterable[str]) -> list[TopicPartition]:
+    """Partitions of the named topics that exist, in order."""
+    admin = AIOKafkaAdminClient(**client_kwargs(settings))
+    await admin.start()
+    try:
+        described = await admin.describe_topics(list(names))
+    finally:
+        await admin.close()
+    return [
+        TopicPartition(topic["topic"], partition["partition"])
+        for topic in described
+        if topic["error_code"] == 0
+        for partition in sorted(topic["partitions"], key=lambda p: p["partition"])
+    ]
+
+
+async def offsets(
+    settings: Settings, names: Iterable[str]
+) -> tuple[dict[TopicPartition, int], dict[TopicPartition, int]]:
+    """(beginning, end) offsets of every partition of the named topics that exist."""
+    partitions = await topic_partitions(settings, names)
+    if not partitions:
+        return {}, {}
+    consumer = AIOKafkaConsumer(**client_kwargs(settings), enable_auto_commit=False)
+    await consumer.start()
+    try:
+        consumer.assign(partitions)
+        return dict(await consumer.beginning_offsets(partitions)), dict(await consumer.end_offsets(partitions))
+    finally:
+        await consumer.stop()
+
+
+@dataclass(frozen=True)
+class TopicCount:
+    """Records currently retained on a topic (end minus beginning offsets)."""
+
+    topic: str
+    partitions: int
+    records: int
+
+
+async def count_records(settings: Settings, names: Iterable[str]) -> list[TopicCount]:
+    """Retained record count of each existing topic (compaction and retention aside)."""
+    names = list(names)
+    begin, end = await offsets(settings, names)
+    return [
+        TopicCount(
+            name, sum(tp.topic == name for tp in end), sum(end[tp] - begin[tp] for tp in end if tp.topic == name)
+        )
+        for name in names
+        if any(tp.topic == name for tp in end)
+    ]
+
+
+async def read_range(
+    settings: Settings, start: dict[TopicPartition, int], end: dict[TopicPartition, int], idle_timeout: float = 3.0
+) -> AsyncIterator[Any]:
+    """Records between two offset maps, start inclusive and end exclusive, partition by partition."""
+    wanted = {tp: (start.get(tp, 0), stop) for tp, stop in end.items() if stop > start.get(tp, 0)}
+    if not wanted:
+        return
+    consumer = AIOKafkaConsumer(**client_kwargs(settings), enable_auto_commit=False)
+    await consumer.start()
+    try:
+        consumer.assign(list(wanted))
+        for tp, (first, _) in wanted.items():
+            consumer.seek(tp, first)
+        remaining = set(wanted)
+        while remaining:
+            batch = await consumer.getmany(*remaining, timeout_ms=int(idle_timeout * 1000))
+            if not batch:
+                break  # compaction or transaction markers can leave the last offsets empty
+            for tp, messages in batch.items():
+                stop = wanted[tp][1]
+                for message in messages:
+                    if message.offset < stop:
+                        yield message
+                if messages and messages[-1].offset >= stop - 1:
+                    remaining.discard(tp)
+    finally:
+        await consumer.stop()
+
+
+async def read_topic(settings: Settings, name: str) -> AsyncIterator[Any]:
+    """Every record currently on ``name``, from its beginning to its end at call time."""
+    begin, end = await offsets(settings, [name])
+    async for message in read_range(settings, begin, end):
+        yield message

@@ -1,0 +1,310 @@
+"""The embedded Apache Kafka broker: KRaft, one node, jars from Maven Central.
+
+Why this exists:
+    ``make run`` and ``make test`` need a real broker on a machine without Docker. This module
+    resolves Apache Kafka 3.9's jars with Maven (``infra/kafka/pom.xml``), formats KRaft storage
+    once, and runs ``kafka.Kafka`` with Java 17 in the background, its data and log under
+    ``<data_dir>/kafka``.
+
+Usage:
+    >>> broker = EmbeddedKafka.from_settings(Settings())
+    >>> broker.start()          # idempotent; returns once the broker answers
+    '127.0.0.1:9092'
+    >>> broker.status().running
+    True
+    >>> broker.stop()
+
+Notes:
+    The controller listens on the broker port + 1. ``start`` on a running broker does nothing.
+    A missing ``java`` or ``mvn`` is reported with what to install.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from streams.settings import Settings
+
+POM = Path(__file__).resolve().parent.parent / "infra" / "kafka" / "pom.xml"
+
+
+class BrokerError(RuntimeError):
+    """The embedded broker could not be prepared or started; the message says what to do."""
+
+
+@dataclass(frozen=True)
+class BrokerStatus:
+    """What ``llmops kafka status`` reports."""
+
+    running: bool
+    pid: int | None
+    bootstrap: str
+    data_dir: Path
+    log_file: Path
+
+
+def _port_open(host: str, port: int, timeout: float = 0.5) -> bool:
+    try:
+        with socket.create_connection((host, port), timeout=timeout):
+            return True
+    except OSError:
+        return False
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    # A zombie child still answers kill(0); look at its state.
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().split(")")[-1].split()[0]
+    except OSError:
+        return True
+    return state != "Z"
+
+
+def require_tool(name: str, hint: str) -> str:
+    """Path of an executable, or a BrokerError saying how to get it."""
+    path = shutil.which(name)
+    if path is None:
+        raise BrokerError(f"'{name}' was not found on PATH; {hint}")
+    return path
+
+
+class EmbeddedKafka:
+    """One KRaft broker+controller process on loopback."""
+
+    def __init__(
+        self,
+        home: Path,
+        host: str = "127.0.0.1",
+        port: int = 9092,
+        heap: str = "768m",
+        extra_properties: dict[str, str] | None = None,
+    ) -> None:
+        self.home = home.resolve()
+        self.host = host
+        self.port = port
+        self.heap = heap
+        self.extra_properties = dict(extra_properties or {})
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> EmbeddedKafka:
+        first = settings.bootstrap_servers.split(",")[0].strip()
+        host, _, port = first.rpartition(":")
+        if host not in ("127.0.0.1", "localhost", "::1", "[::1]"):
+            raise BrokerError(
+                f"LLMOPS_BOOTSTRAP_SERVERS={settings.bootstrap_servers} is not a loopback address; "
+                "the embedded broker only runs locally (use your cluster directly instead)"
+            )
+        return cls(settings.kafka_dir, host="127.0.0.1", port=int(port), heap=settings.kafka_heap)
+
+    # --- paths ------------------------------------------------------------------------------
+    @property
+    def libs_dir(self) -> Path:
+        return self.home / "libs"
+
+    @property
+    def storage_dir(self) -> Path:
+        return self.home / f"data-{self.port}"
+
+    @property
+    def log_file(self) -> Path:
+        return self.home / f"broker-{self.port}.log"
+
+    @property
+    def pid_file(self) -> Path:
+        return self.home / f"broker-{self.port}.pid"
+
+    @property
+    def bootstrap(self) -> str:
+        return f"{self.host}:{self.port}"
+
+    # --- steps ------------------------------------------------------------------------------
+    def resolve_jars(self, progress: Callable[[str], None] = lambda _: None) -> Path:
+        """Copy the broker's runtime jars from Maven Central (once per pom version)."""
+        stamp = self.libs_dir / ".pom-sha256"
+        wanted = hashlib.sha256(POM.read_bytes()).hexdigest()
+        if stamp.exists() and stamp.read_text() == wanted and any(self.libs_dir.glob("kafka_2.13-*.jar")):
+            return self.libs_dir
+        require_tool("java", "install a Java 17 runtime (Debian: apt-get install openjdk-17-jre-headless)")
+        mvn = require_tool("mvn", "install Apache Maven (Debian: apt-get install maven)")
+        progress("resolving Apache Kafka jars from Maven Central (first run only)...")
+        if self.libs_dir.exists():
+            shutil.rmtree(self.libs_dir)
+        self.libs_dir.mkdir(parents=True)
+        result = subprocess.run(
+            [
+                mvn,
+                "-B",
+                "-q",
+                "-f",
+                str(POM),
+                "dependency:copy-dependencies",
+                f"-DoutputDirectory={self.libs_dir}",
+                "-DincludeScope=runtime",
+            ],
+            capture_output=True,
+            text=True,
+            check=False,
+        )
+        if result.returncode != 0:
+            raise BrokerError(
+                "Maven could not resolve the Kafka jars (is Maven Central reachable?):\n"
+                + (result.stdout + result.stderr)[-2000:]
+            )
+        stamp.write_text(wanted)
+        return self.libs_dir
+
+    def _write_config(self) -> Path:
+        properties = {
+            "process.roles": "broker,controller",
+            "node.id": "1",
+            "controller.quorum.voters": f"1@{self.host}:{self.port + 1}",
+            "listeners": f"PLAINTEXT://{self.host}:{self.port},CONTROLLER://{self.host}:{self.port + 1}",
+            "advertised.listeners": f"PLAINTEXT://{self.host}:{self.port}",
+            "controller.listener.names": "CONTROLLER",
+            "listener.security.protocol.map": "PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT",
+            "inter.broker.listener.name": "PLAINTEXT",
+            "log.dirs": str(self.storage_dir),
+            "num.partitions": "6",
+            "offsets.topic.replication.factor": "1",
+            "offsets.topic.num.partitions": "12",
+            "transaction.state.log.replication.factor": "1",
+            "transaction.state.log.min.isr": "1",
+            "group.initial.rebalance.delay.ms": "0",
+            "auto.create.topics.enable": "false",
+            "log.retention.hours": "168",
+            **self.extra_properties,
+        }
+        config = self.home / f"server-{self.port}.properties"
+        config.write_text("".join(f"{k}={v}\n" for k, v in properties.items()))
+        log4j = self.home / "log4j.properties"
+        log4j.write_text(
+            "log4j.rootLogger=INFO, file\n"
+            "log4j.logger.kafka.request.logger=WARN\n"
+            "log4j.logger.org.apache.kafka.clients=WARN\n"
+            "log4j.appender.file=org.apache.log4j.FileAppender\n"
+            f"log4j.appender.file.File={self.log_file}\n"
+            "log4j.appender.file.layout=org.apache.log4j.PatternLayout\n"
+            "log4j.appender.file.layout.ConversionPattern=[%d] %p %m (%c)%n\n"
+        )
+        return config
+
+    def _java(self, *args: str) -> list[str]:
+        java = require_tool("java", "install a Java 17 runtime (Debian: apt-get install openjdk-17-jre-headless)")
+        return [
+            java,
+            f"-Xmx{self.heap}",
+            "-Xms128m",
+            "-XX:+UseG1GC",
+            "-Djava.awt.headless=true",
+            f"-Dlog4j.configuration=file:{self.home / 'log4j.properties'}",
+            "-cp",
+            f"{self.libs_dir}/*",
+            *args,
+        ]
+
+    def format_storage(self, config: Path) -> None:
+        """Format KRaft storage once (a fresh cluster id per data folder)."""
+        if (self.storage_dir / "meta.properties").exists():
+            return
+        cluster_id = base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
+        result = subprocess.run(
+            self._java("kafka.tools.StorageTool", "format", "-t", cluster_id, "-c", str(config)),
+            capture_output=True,
+            text=True,
+            check=False,
+        )
+        if result.returncode != 0:
+            raise BrokerError(f"formatting KRaft storage failed:\n{(result.stdout + result.stderr)[-2000:]}")
+
+    def _read_pid(self) -> int | None:
+        try:
+            pid = int(self.pid_file.read_text().strip())
+        except (OSError, ValueError):
+            return None
+        return pid if _pid_alive(pid) else None
+
+    def status(self) -> BrokerStatus:
+        pid = self._read_pid()
+        running = pid is not None and _port_open(self.host, self.port)
+        return BrokerStatus(running, pid, self.bootstrap, self.storage_dir, self.log_file)
+
+    def start(self, timeout: float = 90.0, progress: Callable[[str], None] = lambda _: None) -> str:
+        """Start the broker unless it runs; wait until it accepts connections; return bootstrap."""
+        if self.status().running:
+            return self.bootstrap
+        if _port_open(self.host, self.port):
+            raise BrokerError(
+                f"port {self.port} is already taken by another process; stop it or set "
+                "LLMOPS_BOOTSTRAP_SERVERS to another loopback port"
+            )
+        self.home.mkdir(parents=True, exist_ok=True)
+        self.resolve_jars(progress)
+        config = self._write_config()
+        self.format_storage(config)
+        progress(f"starting Kafka broker on {self.bootstrap} (log: {self.log_file})")
+        with open(self.home / f"broker-{self.port}.stdout", "ab") as out:
+            process = subprocess.Popen(
+                self._java("kafka.Kafka", str(config)),
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                start_new_session=True,
+            )
+        self.pid_file.write_text(str(process.pid))
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if process.poll() is not None:
+                raise BrokerError(
+                    f"the broker exited with code {process.returncode}; see {self.log_file}:\n" + self._log_tail()
+                )
+            if _port_open(self.host, self.port) and self._started_in_log():
+                return self.bootstrap
+            time.sleep(0.25)
+        self.stop()
+        raise BrokerError(f"the broker did not answer within {timeout:.0f}s; see {self.log_file}:\n{self._log_tail()}")
+
+    def _started_in_log(self) -> bool:
+        try:
+            with open(self.log_file, "rb") as log:
+                log.seek(max(0, os.path.getsize(self.log_file) - 200_000))
+                return b"Kafka Server started" in log.read()
+        except OSError:
+            return False
+
+    def _log_tail(self, lines: int = 20) -> str:
+        try:
+            return "\n".join(self.log_file.read_text(errors="replace").splitlines()[-lines:])
+        except OSError:
+            return "(no log yet)"
+
+    def stop(self, timeout: float = 30.0) -> bool:
+        """Stop the broker (SIGTERM, then SIGKILL after ``timeout``); True if one was running."""
+        pid = self._read_pid()
+        if pid is None:
+            self.pid_file.unlink(missing_ok=True)
+            return False
+        os.kill(pid, signal.SIGTERM)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline and _pid_alive(pid):
+            time.sleep(0.2)
+        if _pid_alive(pid):
+            os.kill(pid, signal.SIGKILL)
+        self.pid_file.unlink(missing_ok=True)
+        return True

@@ -1,0 +1,319 @@
+"""The ``llmops`` command line.
+
+Why this exists:
+    One entry point for people and scripts: run the embedded broker, run workers, publish and
+    profile data, and run the demo. Every command takes ``--help``; commands that report take
+    ``--json`` for machines. Settings come from ``LLMOPS_*`` variables (see README).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+import click
+
+from streams.settings import Settings
+
+
+def _settings() -> Settings:
+    try:
+        return Settings()
+    except Exception as error:  # noqa: BLE001 - pydantic's ValidationError, shown to the user as-is
+        raise click.ClickException(f"invalid LLMOPS_* settings:\n{error}") from None
+
+
+def _echo_json(data: Any) -> None:
+    click.echo(json.dumps(data, indent=2, default=str))
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.version_option(package_name="llmops-streams")
+def cli() -> None:
+    """Event-driven LLMOps on Kafka: ingest, index, infer and monitor as Faust agents.
+
+    Start with `llmops kafka start`, then `llmops worker` in one terminal and
+    `llmops publish --corpus stdlib` in another; or run `llmops demo` for all of it.
+    Configuration is read from LLMOPS_* environment variables (see the README).
+    """
+
+
+# --- kafka ---------------------------------------------------------------------------------
+@cli.group()
+def kafka() -> None:
+    """Run the embedded Apache Kafka broker (KRaft, one node, jars from Maven Central)."""
+
+
+@kafka.command("start")
+@click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
+def kafka_start(as_json: bool) -> None:
+    """Start the broker if it is not running, create our topics, print the bootstrap address.
+
+    The first start resolves the broker's jars with Maven (needs `java` 17+ and `mvn`).
+    """
+    from streams.admin import ensure_topics
+    from streams.broker import BrokerError, EmbeddedKafka
+
+    settings = _settings()
+    try:
+        broker = EmbeddedKafka.from_settings(settings)
+        bootstrap = broker.start(progress=lambda line: click.echo(line, err=True))
+    except BrokerError as error:
+        raise click.ClickException(str(error)) from None
+    created = asyncio.run(ensure_topics(settings))
+    status = broker.status()
+    if as_json:
+        _echo_json({"bootstrap": bootstrap, "pid": status.pid, "topics_created": created, "log": str(status.log_file)})
+    else:
+        click.echo(f"Kafka is running at {bootstrap} (pid {status.pid}, log {status.log_file})")
+        if created:
+            click.echo(f"created {len(created)} topics: {', '.join(created)}")
+
+
+@kafka.command("stop")
+def kafka_stop() -> None:
+    """Stop the embedded broker (SIGTERM, then SIGKILL after 30 s)."""
+    from streams.broker import BrokerError, EmbeddedKafka
+
+    try:
+        stopped = EmbeddedKafka.from_settings(_settings()).stop()
+    except BrokerError as error:
+        raise click.ClickException(str(error)) from None
+    click.echo("Kafka stopped" if stopped else "Kafka was not running")
+
+
+@kafka.command("status")
+@click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
+def kafka_status(as_json: bool) -> None:
+    """Say whether the broker runs, and the records on each topic of this namespace. Exit 1 if down."""
+    from streams.admin import count_records
+    from streams.broker import BrokerError, EmbeddedKafka
+    from streams.topics import ALL_BASE_NAMES, Topics
+
+    settings = _settings()
+    try:
+        status = EmbeddedKafka.from_settings(settings).status()
+    except BrokerError as error:
+        raise click.ClickException(str(error)) from None
+    topics = Topics(settings.namespace)
+    counts = asyncio.run(count_records(settings, [topics.name(b) for b in ALL_BASE_NAMES])) if status.running else []
+    if as_json:
+        _echo_json(
+            {
+                "running": status.running,
+                "pid": status.pid,
+                "bootstrap": status.bootstrap,
+                "log": str(status.log_file),
+                "topics": {c.topic: c.records for c in counts},
+            }
+        )
+    else:
+        state = f"running at {status.bootstrap} (pid {status.pid})" if status.running else "not running"
+        click.echo(f"Kafka is {state}; log: {status.log_file}")
+        for count in counts:
+            click.echo(f"  {count.topic:<28} {count.partitions:>3} partitions {count.records:>10} records")
+    if not status.running:
+        sys.exit(1)
+
+
+# --- worker --------------------------------------------------------------------------------
+@cli.command()
+@click.option(
+    "--agents", default="ingest", show_default=True, help="Comma-separated agent groups to run in this process."
+)
+def worker(agents: str) -> None:
+    """Run Faust agents until interrupted (Ctrl-C or SIGTERM stop it cleanly).
+
+    Run several workers with the same --agents to share the partitions of their topics.
+    """
+    import faust
+
+    from agents.app import create_app
+    from streams.admin import ensure_topics
+    from streams.logs import configure_logging
+
+    settings = _settings()
+    configure_logging(settings)
+    asyncio.run(ensure_topics(settings))
+    try:
+        app = create_app(settings, [a.strip() for a in agents.split(",") if a.strip()])
+    except ValueError as error:
+        raise click.ClickException(str(error)) from None
+    runner = faust.Worker(app, loglevel=settings.log_level.lower(), override_logging=False, redirect_stdouts=False)
+    runner.execute_from_commandline()
+
+
+# --- publish -------------------------------------------------------------------------------
+@cli.command()
+@click.argument("file", required=False, type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option("--corpus", type=click.Choice(["stdlib"]), help="Publish a built-in corpus instead of a file.")
+@click.option("--limit", type=int, default=None, help="Publish at most this many documents.")
+@click.option("--topic", default=None, help="Target topic (default: docs.raw of the namespace).")
+@click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
+def publish(file: Path | None, corpus: str | None, limit: int | None, topic: str | None, as_json: bool) -> None:
+    """Publish FILE.jsonl (one document per line, key = its id) or --corpus stdlib to docs.raw.
+
+    Lines are sent unchanged: the ingest agent validates them and dead-letters bad ones.
+    """
+    from rich.progress import Progress
+
+    from streams.corpus import document_key, read_jsonl, stdlib_documents
+    from streams.publish import encode_document, publish_records
+
+    if (file is None) == (corpus is None):
+        raise click.UsageError("give either FILE.jsonl or --corpus stdlib")
+    settings = _settings()
+    if file is not None:
+        lines = [raw for _, raw in read_jsonl(file)][:limit]
+        records = [(document_key(raw), raw) for raw in lines]
+    else:
+        records = [encode_document(doc) for doc in stdlib_documents(limit=limit)]
+    with Progress(disable=as_json or not sys.stderr.isatty(), transient=True) as progress:
+        task = progress.add_task("publishing", total=len(records))
+        report = asyncio.run(
+            publish_records(settings, records, topic=topic, on_sent=lambda n: progress.advance(task, n))
+        )
+    rate = report.records / report.seconds if report.seconds else 0.0
+    if as_json:
+        _echo_json(
+            {
+                "topic": report.topic,
+                "records": report.records,
+                "bytes": report.bytes,
+                "seconds": round(report.seconds, 3),
+                "records_per_second": round(rate, 1),
+            }
+        )
+    else:
+        click.echo(
+            f"published {report.records} records ({report.bytes / 1e6:.1f} MB) to {report.topic} "
+            f"in {report.seconds:.1f}s ({rate:.0f}/s)"
+        )
+
+
+# --- profile -------------------------------------------------------------------------------
+@cli.command()
+@click.argument("file", required=False, type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option("--topic", default=None, help="Profile a topic range instead of a file.")
+@click.option("--from-offset", type=int, default=0, show_default=True, help="First offset per partition.")
+@click.option("--to-offset", type=int, default=None, help="Stop before this offset per partition.")
+@click.option("--corpus", type=click.Choice(["stdlib"]), help="Profile a built-in corpus.")
+@click.option("--png", type=click.Path(dir_okay=False, path_type=Path), help="Write a length histogram here.")
+@click.option("--json", "as_json", is_flag=True, help="Print the profile as JSON.")
+def profile(
+    file: Path | None,
+    topic: str | None,
+    from_offset: int,
+    to_offset: int | None,
+    corpus: str | None,
+    png: Path | None,
+    as_json: bool,
+) -> None:
+    """Profile documents: counts, lengths, sources, scripts, languages, duplicates, PII, outliers.
+
+    Reads FILE.jsonl, a topic range (--topic docs.raw --from-offset 0 --to-offset 1000),
+    or --corpus stdlib, and runs the ingest stage's own validation, cleaning and dedup.
+    """
+    from streams.avro import AvroCodec, registry_from_settings
+    from streams.corpus import document_key, read_jsonl, stdlib_documents
+    from streams.ingest import IngestConfig
+    from streams.profile import profile_records, write_histogram
+    from streams.publish import encode_document
+
+    if sum(x is not None for x in (file, topic, corpus)) != 1:
+        raise click.UsageError("give exactly one of FILE.jsonl, --topic NAME or --corpus stdlib")
+    settings = _settings()
+    if file is not None:
+        records: list[tuple[bytes | None, bytes | None]] = [(document_key(r), r) for _, r in read_jsonl(file)]
+    elif corpus is not None:
+        records = [encode_document(doc) for doc in stdlib_documents()]
+    else:
+        from streams.admin import read_topic
+
+        async def fetch() -> list[tuple[bytes | None, bytes | None]]:
+            return [
+                (m.key, m.value)
+                async for m in read_topic(settings, str(topic))
+                if m.offset >= from_offset and (to_offset is None or m.offset < to_offset)
+            ]
+
+        records = asyncio.run(fetch())
+    codec = AvroCodec(
+        registry_from_settings(
+            settings.schema_registry_url,
+            settings.schema_registry_username,
+            settings.schema_registry_password.get_secret_value() if settings.schema_registry_password else None,
+        )
+    )
+    result = profile_records(records, codec, IngestConfig.from_settings(settings))
+    if png is not None:
+        write_histogram(result, png)
+    data = result.to_dict()
+    if as_json:
+        _echo_json(data)
+        return
+    _print_profile(data, png)
+
+
+def _print_profile(data: dict[str, Any], png: Path | None) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    console = Console()
+    table = Table(title=f"Profile of {data['records']} records", show_header=False)
+    table.add_column("what", style="bold")
+    table.add_column("value")
+    lengths = data["length_chars"]
+    table.add_row("valid / deletions", f"{data['valid']} / {data['deletions']}")
+    table.add_row("rejected", ", ".join(f"{k}: {v}" for k, v in data["rejected"].items()) or "none")
+    if lengths:
+        table.add_row(
+            "length (chars)",
+            f"min {lengths['min']:.0f}  p5 {lengths['p5']:.0f}  p50 {lengths['p50']:.0f}  "
+            f"p95 {lengths['p95']:.0f}  max {lengths['max']:.0f}",
+        )
+    for key in ("sources", "tenants", "scripts", "languages", "pii_hits"):
+        table.add_row(key.replace("_", " "), ", ".join(f"{k}: {v}" for k, v in list(data[key].items())[:8]) or "none")
+    table.add_row("html share", f"{data['html_share']:.1%}")
+    table.add_row("exact / near duplicates", f"{data['exact_duplicate_rate']:.2%} / {data['near_duplicate_rate']:.2%}")
+    table.add_row("docs with PII", f"{data['docs_with_pii_share']:.2%}")
+    table.add_row(
+        "outliers (|z| > 3 on log length)",
+        ", ".join(f"{o['id']} ({o['length_chars']})" for o in data["outliers"][:5]) or "none",
+    )
+    console.print(table)
+    if png is not None:
+        console.print(f"histogram written to {png}")
+
+
+# --- demo ----------------------------------------------------------------------------------
+@cli.command()
+@click.option("--limit", type=int, default=None, help="Publish at most this many stdlib documents.")
+@click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
+def demo(limit: int | None, as_json: bool) -> None:
+    """Start the broker and a worker, publish the stdlib corpus with some bad records, report.
+
+    This is what `make run` does. Every published record is accounted for: indexed,
+    skipped as a duplicate, deleted, or dead-lettered with a reason.
+    """
+    from streams.demo import print_summary, run_demo
+
+    summary = run_demo(_settings(), limit=limit, log=lambda line: click.echo(line, err=True))
+    if as_json:
+        _echo_json(summary)
+    else:
+        print_summary(summary)
+    if not summary["accounted"]:
+        sys.exit(1)
+
+
+def main() -> None:
+    """Console-script entry point."""
+    cli()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,141 @@
+"""Frozen dataclasses for the records on our topics, one per Avro schema in ``schemas/``.
+
+Why this exists:
+    The pure core (cleaning, dedup, chunking) works on plain, immutable values that a test can
+    build by hand; only the codec knows about bytes. ``to_avro`` gives the dict that the
+    schema of the same name encodes, field for field.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from enum import StrEnum
+from typing import Any
+
+
+class ChunkOp(StrEnum):
+    """What a CleanChunk asks downstream stages to do."""
+
+    UPSERT = "UPSERT"
+    DELETE = "DELETE"
+
+
+class DuplicateKind(StrEnum):
+    """How a skipped document matched an earlier one."""
+
+    EXACT = "EXACT"
+    NEAR = "NEAR"
+
+
+# Header on every record a stage writes, naming the input record it came from, so that every
+# input can be accounted for with any Kafka tool (kcat -f '%h').
+SOURCE_HEADER = "llmops.source"
+
+
+@dataclass(frozen=True)
+class SourceCoordinates:
+    """Where a record came from: enough to find it again with any Kafka tool."""
+
+    topic: str
+    partition: int
+    offset: int
+    timestamp_ms: int
+
+    @property
+    def header(self) -> tuple[str, bytes]:
+        """The ``llmops.source`` header value, ``topic:partition:offset``."""
+        return SOURCE_HEADER, f"{self.topic}:{self.partition}:{self.offset}".encode()
+
+
+@dataclass(frozen=True)
+class RawDocument:
+    """A validated upstream document (schema ``RawDocument``)."""
+
+    id: str
+    text: str | None = None
+    title: str | None = None
+    source: str | None = None
+    tenant: str | None = None
+    metadata: dict[str, str] = field(default_factory=dict)
+    deleted: bool = False
+
+    def to_avro(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+@dataclass(frozen=True)
+class CleanChunk:
+    """A cleaned chunk, or a deletion (schema ``CleanChunk``)."""
+
+    op: ChunkOp
+    chunk_id: str
+    doc_id: str
+    chunk_index: int
+    chunk_count: int
+    text: str
+    token_count: int
+    content_hash: str
+    doc_hash: str
+    raw_timestamp_ms: int
+    title: str | None = None
+    source: str | None = None
+    tenant: str | None = None
+    metadata: dict[str, str] = field(default_factory=dict)
+    pii_redacted: dict[str, int] = field(default_factory=dict)
+    traceparent: str | None = None
+
+    def to_avro(self) -> dict[str, Any]:
+        record = dataclasses.asdict(self)
+        record["op"] = self.op.value
+        return record
+
+    @classmethod
+    def from_avro(cls, record: dict[str, Any]) -> CleanChunk:
+        return cls(**{**record, "op": ChunkOp(record["op"])})
+
+
+@dataclass(frozen=True)
+class DeadLetter:
+    """A rejected record with its original bytes (schema ``DeadLetter``)."""
+
+    reason: str
+    detail: str
+    stage: str
+    source_topic: str
+    source_partition: int
+    source_offset: int
+    source_timestamp_ms: int
+    key: bytes | None
+    value: bytes | None
+    rejected_at_ms: int
+
+    def to_avro(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_avro(cls, record: dict[str, Any]) -> DeadLetter:
+        return cls(**record)
+
+
+@dataclass(frozen=True)
+class DuplicateNotice:
+    """A document skipped as a duplicate (schema ``DuplicateNotice``)."""
+
+    doc_id: str
+    duplicate_of: str
+    kind: DuplicateKind
+    distance: int
+    doc_hash: str
+    source_topic: str
+    source_partition: int
+    source_offset: int
+
+    def to_avro(self) -> dict[str, Any]:
+        record = dataclasses.asdict(self)
+        record["kind"] = self.kind.value
+        return record
+
+    @classmethod
+    def from_avro(cls, record: dict[str, Any]) -> DuplicateNotice:
+        return cls(**{**record, "kind": DuplicateKind(record["kind"])})

@@ -1,0 +1,130 @@
+"""Settings for every process of llmops-streams, read from ``LLMOPS_*`` environment variables.
+
+Why this exists:
+    One place reads the environment, so that a setting has one name, one default and one
+    validation everywhere (CLI, workers, tests, benchmarks). Secrets are ``SecretStr`` so that
+    they print as ``**********`` in logs, reprs and tracebacks.
+
+Usage:
+    >>> from streams.settings import Settings
+    >>> settings = Settings()                     # reads LLMOPS_* and .env
+    >>> settings.bootstrap_servers
+    '127.0.0.1:9092'
+    >>> Settings(namespace="replay1").namespace   # explicit values win over the environment
+    'replay1'
+
+Notes:
+    ``extra="forbid"`` makes a misspelt keyword argument an error. No other module reads
+    ``os.environ`` for configuration (the standard ``OTEL_*`` variables are read by the
+    OpenTelemetry SDK itself).
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, SecretStr, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+PII_KINDS = ("email", "phone", "card", "ip", "secret")
+NAMESPACE_PATTERN = re.compile(r"^[a-z0-9][a-z0-9_-]{0,48}$")
+
+
+class Settings(BaseSettings):
+    """All configuration, each field from ``LLMOPS_<FIELD_NAME>``."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="LLMOPS_", env_file=".env", extra="forbid", frozen=True, validate_default=True
+    )
+
+    # --- Kafka -------------------------------------------------------------------------------
+    bootstrap_servers: str = Field("127.0.0.1:9092", description="Comma-separated host:port list of Kafka brokers.")
+    namespace: str = Field(
+        "", description="Optional prefix of every topic, consumer group and collection (for replays)."
+    )
+    partitions: int = Field(6, ge=1, le=1024, description="Partitions of each data topic when created.")
+    replication_factor: int = Field(1, ge=1, le=5, description="Replication factor of created topics.")
+    security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = "PLAINTEXT"
+    sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"] | None = None
+    sasl_username: str | None = None
+    sasl_password: SecretStr | None = None
+    ssl_cafile: Path | None = None
+
+    # --- Embedded broker (`llmops kafka start`) -------------------------------------------------
+    data_dir: Path = Field(Path(".llmops"), description="Runtime state: broker jars, data, logs, Milvus Lite.")
+    kafka_heap: str = Field("768m", description="Java heap (-Xmx) of the embedded broker.")
+
+    # --- Schema registry ---------------------------------------------------------------------
+    schema_registry_url: str | None = Field(
+        None, description="Confluent-compatible schema registry; unset = deterministic embedded ids."
+    )
+    schema_registry_username: str | None = None
+    schema_registry_password: SecretStr | None = None
+
+    # --- Milvus ------------------------------------------------------------------------------
+    milvus_uri: str | None = Field(None, description="Milvus server URI; unset = Milvus Lite in data_dir.")
+    milvus_token: SecretStr | None = None
+
+    # --- Ingestion ---------------------------------------------------------------------------
+    chunk_tokens: int = Field(128, ge=16, le=512, description="Max tokens per chunk, [CLS]/[SEP] included.")
+    chunk_overlap: int = Field(16, ge=0, le=256, description="Tokens shared by consecutive chunks.")
+    max_text_bytes: int = Field(1_000_000, ge=1, description="Documents with longer text are dead-lettered.")
+    min_text_chars: int = Field(1, ge=1, description="Documents shorter than this after cleaning are rejected.")
+    redact_pii: tuple[str, ...] = Field(PII_KINDS, description="PII kinds to redact (JSON list in the env).")
+    near_dup_max_hamming: int = Field(
+        3, ge=0, le=15, description="SimHash-64 distance at or under which a document is a near duplicate."
+    )
+    near_dup_enabled: bool = True
+    ingest_batch_size: int = Field(64, ge=1, description="Events taken per batch by the ingest agent.")
+    ingest_batch_seconds: float = Field(0.05, gt=0, description="Longest wait to fill an ingest batch.")
+
+    # --- Logging -----------------------------------------------------------------------------
+    log_format: Literal["auto", "json", "console"] = "auto"
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+
+    @field_validator("namespace")
+    @classmethod
+    def _check_namespace(cls, value: str) -> str:
+        if value and not NAMESPACE_PATTERN.match(value):
+            raise ValueError(
+                "namespace must be lowercase letters, digits, '-' or '_' (at most 49), "
+                f"starting with a letter or digit; got {value!r}"
+            )
+        return value
+
+    @field_validator("redact_pii")
+    @classmethod
+    def _check_pii_kinds(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        unknown = sorted(set(value) - set(PII_KINDS))
+        if unknown:
+            raise ValueError(f"unknown PII kinds {unknown}; choose from {list(PII_KINDS)}")
+        return value
+
+    @field_validator("chunk_overlap")
+    @classmethod
+    def _overlap_below_size(cls, value: int, info: object) -> int:
+        data = getattr(info, "data", {})
+        size = data.get("chunk_tokens", 128)
+        if value >= size - 2:
+            raise ValueError(f"chunk_overlap ({value}) must be smaller than chunk_tokens - 2 ({size - 2})")
+        return value
+
+    @property
+    def kafka_dir(self) -> Path:
+        """Folder of the embedded broker: jars, storage and log."""
+        return self.data_dir / "kafka"
+
+    def kafka_client_config(self) -> dict[str, object]:
+        """Security keyword arguments shared by aiokafka producers, consumers and admin clients."""
+        config: dict[str, object] = {"security_protocol": self.security_protocol}
+        if self.sasl_mechanism:
+            config["sasl_mechanism"] = self.sasl_mechanism
+            config["sasl_plain_username"] = self.sasl_username
+            config["sasl_plain_password"] = self.sasl_password.get_secret_value() if self.sasl_password else None
+        if self.security_protocol in ("SSL", "SASL_SSL"):
+            from aiokafka.helpers import create_ssl_context
+
+            config["ssl_context"] = create_ssl_context(cafile=str(self.ssl_cafile) if self.ssl_cafile else None)
+        return config

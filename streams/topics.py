@@ -1,0 +1,117 @@
+"""Topic names and their configuration: the one place that names a topic.
+
+Why this exists:
+    Topic names are data that users, agents and tests share. Every name takes the optional
+    namespace prefix (``<namespace>.docs.raw``), which is how a replay runs beside live
+    traffic without touching it. Partition counts and configs are explicit so that topics are
+    never auto-created with broker defaults.
+
+Usage:
+    >>> from streams.topics import Topics
+    >>> Topics("replay1").docs_raw
+    'replay1.docs.raw'
+    >>> Topics("").docs_raw
+    'docs.raw'
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+DOCS_RAW = "docs.raw"
+DOCS_CLEAN = "docs.clean"
+DOCS_DUPLICATES = "docs.duplicates"
+DOCS_EMBEDDINGS = "docs.embeddings"
+DEADLETTER = "deadletter"
+INFERENCE_REQUESTS = "inference.requests"
+INFERENCE_RESPONSES = "inference.responses"
+FEEDBACK = "feedback"
+MONITOR_METRICS = "monitor.metrics"
+MONITOR_ALERTS = "monitor.alerts"
+MODELS_CONTROL = "models.control"
+TELEMETRY_SPANS = "telemetry.spans"
+
+ALL_BASE_NAMES = (
+    DOCS_RAW,
+    DOCS_CLEAN,
+    DOCS_DUPLICATES,
+    DOCS_EMBEDDINGS,
+    DEADLETTER,
+    INFERENCE_REQUESTS,
+    INFERENCE_RESPONSES,
+    FEEDBACK,
+    MONITOR_METRICS,
+    MONITOR_ALERTS,
+    MODELS_CONTROL,
+    TELEMETRY_SPANS,
+)
+
+# models.control is the registry's source of truth: keep the latest event per model key forever.
+COMPACTED = {MODELS_CONTROL: {"cleanup.policy": "compact", "min.compaction.lag.ms": "0"}}
+# Control topics are low-volume; one partition keeps a total order of registry events.
+SINGLE_PARTITION = {MODELS_CONTROL}
+
+
+@dataclass(frozen=True)
+class TopicSpec:
+    """A topic to create: its full name, partition count and configs."""
+
+    name: str
+    partitions: int
+    replication_factor: int
+    config: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Topics:
+    """Full topic names for one namespace (``""`` = live traffic)."""
+
+    namespace: str = ""
+
+    def name(self, base: str) -> str:
+        """Return ``base`` with the namespace prefix, if any."""
+        return f"{self.namespace}.{base}" if self.namespace else base
+
+    @property
+    def docs_raw(self) -> str:
+        return self.name(DOCS_RAW)
+
+    @property
+    def docs_clean(self) -> str:
+        return self.name(DOCS_CLEAN)
+
+    @property
+    def docs_duplicates(self) -> str:
+        return self.name(DOCS_DUPLICATES)
+
+    @property
+    def docs_embeddings(self) -> str:
+        return self.name(DOCS_EMBEDDINGS)
+
+    @property
+    def deadletter(self) -> str:
+        return self.name(DEADLETTER)
+
+    @property
+    def models_control(self) -> str:
+        return self.name(MODELS_CONTROL)
+
+    @property
+    def telemetry_spans(self) -> str:
+        return self.name(TELEMETRY_SPANS)
+
+    def app_id(self, group: str) -> str:
+        """Faust app id (and so consumer group and changelog prefix) of an agent group."""
+        return f"llmops-{self.namespace or 'live'}-{group}"
+
+    def specs(self, partitions: int, replication_factor: int) -> list[TopicSpec]:
+        """Every topic of this namespace with explicit partitions and configs."""
+        return [
+            TopicSpec(
+                name=self.name(base),
+                partitions=1 if base in SINGLE_PARTITION else partitions,
+                replication_factor=replication_factor,
+                config=dict(COMPACTED.get(base, {})),
+            )
+            for base in ALL_BASE_NAMES
+        ]
