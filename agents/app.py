@@ -12,6 +12,7 @@ Usage:
 
 from __future__ import annotations
 
+import ssl
 from collections.abc import Sequence
 from typing import Any
 
@@ -26,6 +27,7 @@ AGENT_GROUPS = ("ingest",)
 def broker_credentials(settings: Settings) -> Any:
     """Faust credentials for the configured Kafka security protocol, or None."""
     ssl_context = settings.kafka_client_config().get("ssl_context")
+    assert ssl_context is None or isinstance(ssl_context, ssl.SSLContext)
     if settings.sasl_mechanism:
         return faust.SASLCredentials(
             username=settings.sasl_username,

@@ -120,7 +120,7 @@ def register_ingest(app: faust.App, settings: Settings) -> Any:
                     chunks=len(result.chunks),
                 )
 
-    @app.timer(interval=10.0)
+    @app.timer(interval=10.0)  # type: ignore[untyped-decorator]  # faust's decorators are untyped
     async def report_totals() -> None:
         if totals:
             log.info("ingest_totals", **dict(totals))

@@ -55,7 +55,7 @@ BROKEN_RECORDS: list[tuple[bytes | None, bytes | None]] = [
 def demo_records(limit: int | None) -> list[tuple[bytes | None, bytes | None]]:
     """The stdlib corpus, a copy and a near copy of one document, a deletion, and broken records."""
     documents = list(stdlib_documents(limit=limit))
-    records = [encode_document(doc) for doc in documents]
+    records: list[tuple[bytes | None, bytes | None]] = [encode_document(doc) for doc in documents]
     if documents:
         first = documents[0]
         records.append(encode_document({**first, "id": "copy-of-" + first["id"]}))

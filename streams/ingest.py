@@ -243,8 +243,8 @@ class IngestPipeline:
                 source_partition=record.source.partition,
                 source_offset=record.source.offset,
             )
-            stale = tuple(self._deletion(document, index, record) for index in range(old_count))
-            return IngestResult(Outcome.DUPLICATE, document.id, chunks=stale, duplicate=notice)
+            obsolete = tuple(self._deletion(document, index, record) for index in range(old_count))
+            return IngestResult(Outcome.DUPLICATE, document.id, chunks=obsolete, duplicate=notice)
         dedup.remember(document.id, DocState(item.doc_hash, item.simhash, len(pieces)), item.near_eligible)
         upserts = [self._upsert(document, item, piece, len(pieces), record) for piece in pieces]
         stale = [self._deletion(document, index, record) for index in range(len(pieces), old_count)]

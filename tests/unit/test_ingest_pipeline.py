@@ -1,0 +1,132 @@
+"""The ingest stage end to end on plain values: one outcome per record, updates, deletes, dedup."""
+
+import json
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from streams.avro import AvroCodec, EmbeddedRegistry
+from streams.chunk import RegexTokenizer
+from streams.ingest import IngestConfig, IngestPipeline, IngestRecord, Outcome
+from streams.records import ChunkOp, SourceCoordinates
+
+CODEC = AvroCodec(EmbeddedRegistry.from_directory())
+TEXT = " ".join(f"sentence {i} talks about topic {i % 5} in plain words" for i in range(40))
+
+
+def pipeline(chunk_tokens: int = 32) -> IngestPipeline:
+    return IngestPipeline(IngestConfig(chunk_tokens=chunk_tokens, chunk_overlap=4), CODEC, RegexTokenizer(),
+                          clock_ms=lambda: 1234)
+
+
+def record(value: dict | bytes | None, key: str | None = None, offset: int = 0) -> IngestRecord:
+    if isinstance(value, dict):
+        key = key or value["id"]
+        value = json.dumps(value).encode()
+    return IngestRecord(key.encode() if key else None, value, SourceCoordinates("docs.raw", 2, offset, 99_000),
+                        traceparent="00-" + "1" * 32 + "-" + "2" * 16 + "-01")
+
+
+def test_a_document_becomes_ordered_upsert_chunks_with_ids_hashes_and_trace() -> None:
+    result = pipeline().process(record({"id": "d", "text": TEXT, "tenant": "acme", "metadata": {"k": "v"}}), {})
+    assert result.outcome is Outcome.INDEXED
+    assert [c.chunk_id for c in result.chunks] == [f"d#{i}" for i in range(len(result.chunks))]
+    assert len(result.chunks) > 3
+    assert all(c.op is ChunkOp.UPSERT and c.chunk_count == len(result.chunks) for c in result.chunks)
+    assert all(c.tenant == "acme" and c.metadata == {"k": "v"} and c.raw_timestamp_ms == 99_000 for c in result.chunks)
+    assert all(c.traceparent and c.traceparent.startswith("00-111") for c in result.chunks)
+    assert len({c.doc_hash for c in result.chunks}) == 1
+
+
+def test_pii_is_redacted_before_chunking_and_counted() -> None:
+    result = pipeline().process(record({"id": "d", "text": "mail bob@example.com or 10.0.0.1 now"}), {})
+    assert result.chunks[0].text == "mail [EMAIL] or [IP] now"
+    assert result.pii_counts == {"email": 1, "ip": 1}
+    assert result.chunks[0].pii_redacted == {"email": 1, "ip": 1}
+
+
+def test_an_update_replaces_chunks_and_deletes_the_ones_it_no_longer_has() -> None:
+    store: dict = {}
+    first = pipeline().process(record({"id": "d", "text": TEXT}), store)
+    second = pipeline().process(record({"id": "d", "text": "now a short text"}, offset=1), store)
+    upserts = [c for c in second.chunks if c.op is ChunkOp.UPSERT]
+    deletes = [c for c in second.chunks if c.op is ChunkOp.DELETE]
+    assert [c.chunk_id for c in upserts] == ["d#0"] and upserts[0].text == "now a short text"
+    assert [c.chunk_id for c in deletes] == [f"d#{i}" for i in range(1, len(first.chunks))]
+
+
+def test_tombstone_and_deleted_flag_delete_every_chunk() -> None:
+    store: dict = {}
+    indexed = pipeline().process(record({"id": "d", "text": TEXT}), store)
+    deleted = pipeline().process(record(None, key="d", offset=1), store)
+    assert deleted.outcome is Outcome.DELETED
+    assert [c.chunk_id for c in deleted.chunks] == [c.chunk_id for c in indexed.chunks]
+    assert store == {}
+    unknown = pipeline().process(record({"id": "never-seen", "deleted": True}), store)
+    assert [(c.op, c.chunk_index) for c in unknown.chunks] == [(ChunkOp.DELETE, -1)]
+
+
+def test_a_copy_under_another_id_is_a_duplicate_and_a_redelivery_is_not() -> None:
+    store: dict = {}
+    pipeline().process(record({"id": "a", "text": TEXT}), store)
+    copy = pipeline().process(record({"id": "b", "text": "<p>" + TEXT + "</p>"}), store)
+    assert copy.outcome is Outcome.DUPLICATE and copy.chunks == ()
+    assert copy.duplicate is not None and copy.duplicate.duplicate_of == "a"
+    again = pipeline().process(record({"id": "a", "text": TEXT}), store)
+    assert again.outcome is Outcome.INDEXED, "the same document redelivered is re-emitted (idempotent downstream)"
+
+
+def test_bad_records_become_dead_letters_with_the_original_bytes() -> None:
+    raw = b'{"id": "x", "text": '
+    result = pipeline().process(record(raw, key="x", offset=7), {})
+    assert result.outcome is Outcome.REJECTED and result.dead_letter is not None
+    letter = result.dead_letter
+    assert (letter.reason, letter.stage, letter.value, letter.key) == ("BAD_JSON", "ingest", raw, b"x")
+    assert (letter.source_topic, letter.source_partition, letter.source_offset) == ("docs.raw", 2, 7)
+    assert letter.rejected_at_ms == 1234
+
+
+def test_text_that_cleans_to_nothing_is_rejected() -> None:
+    result = pipeline().process(record({"id": "x", "text": "<p> </p><script>x()</script>"}), {})
+    assert result.dead_letter is not None and result.dead_letter.reason == "EMPTY_TEXT"
+
+
+def test_an_internal_error_on_one_record_does_not_stop_the_batch(monkeypatch: pytest.MonkeyPatch) -> None:
+    stage = pipeline()
+    original = stage.prepare
+
+    def flaky(rec: IngestRecord):  # type: ignore[no-untyped-def]
+        if rec.source.offset == 1:
+            raise RuntimeError("boom")
+        return original(rec)
+
+    monkeypatch.setattr(stage, "prepare", flaky)
+    results = stage.process_batch([record({"id": f"d{i}", "text": f"text {i}"}, offset=i) for i in range(3)], {})
+    assert [r.outcome for r in results] == [Outcome.INDEXED, Outcome.REJECTED, Outcome.INDEXED]
+    assert results[1].dead_letter is not None and results[1].dead_letter.reason == "INTERNAL_ERROR"
+
+
+RECORDS = st.one_of(
+    st.fixed_dictionaries({"id": st.sampled_from("abcde"), "text": st.text(max_size=300)}).map(record),
+    st.fixed_dictionaries({"id": st.sampled_from("abcde"), "text": st.sampled_from([TEXT, TEXT + " more"])}).map(
+        record),
+    st.sampled_from("abcde").map(lambda k: record(None, key=k)),
+    st.binary(max_size=50).map(lambda b: record(b, key="z")),
+)
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.lists(RECORDS, max_size=25))
+def test_every_record_has_exactly_one_outcome_and_batches_equal_single_steps(records: list[IngestRecord]) -> None:
+    batch_store: dict = {}
+    single_store: dict = {}
+    batched = pipeline().process_batch(records, batch_store)
+    singles = [pipeline().process(r, single_store) for r in records]
+    assert batched == singles
+    assert batch_store == single_store
+    for result in batched:
+        produced = [bool(result.chunks) or result.outcome is Outcome.DUPLICATE, result.dead_letter is not None]
+        assert sum(produced) == 1
+        if result.outcome is Outcome.INDEXED:
+            assert any(c.op is ChunkOp.UPSERT for c in result.chunks)

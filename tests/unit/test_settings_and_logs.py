@@ -1,0 +1,57 @@
+"""Settings from LLMOPS_* variables, and logs that never show secrets."""
+
+import json
+import logging
+
+import pytest
+import structlog
+from pydantic import ValidationError
+
+from streams.logs import configure_logging, get_logger
+from streams.settings import Settings
+from streams.topics import Topics
+
+
+def test_environment_variables_configure_settings(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("LLMOPS_BOOTSTRAP_SERVERS", "127.0.0.1:19092")
+    monkeypatch.setenv("LLMOPS_NAMESPACE", "replay-1")
+    monkeypatch.setenv("LLMOPS_REDACT_PII", '["email"]')
+    settings = Settings()
+    assert (settings.bootstrap_servers, settings.namespace, settings.redact_pii) == (
+        "127.0.0.1:19092", "replay-1", ("email",))
+    assert Topics(settings.namespace).docs_raw == "replay-1.docs.raw"
+
+
+@pytest.mark.parametrize(
+    "kwargs",
+    [{"namespace": "Bad Name"}, {"redact_pii": ("email", "ssn")}, {"chunk_tokens": 32, "chunk_overlap": 30},
+     {"unknown_option": 1}],
+)
+def test_invalid_settings_are_refused(kwargs: dict) -> None:
+    with pytest.raises(ValidationError):
+        Settings(**kwargs)
+
+
+def test_topics_are_created_with_explicit_partitions_and_a_compacted_control_topic() -> None:
+    specs = {s.name: s for s in Topics("ns").specs(partitions=6, replication_factor=1)}
+    assert specs["ns.docs.raw"].partitions == 6
+    assert specs["ns.models.control"].config["cleanup.policy"] == "compact"
+
+
+def test_secrets_never_reach_the_log(capsys: pytest.CaptureFixture[str]) -> None:
+    settings = Settings(sasl_password="hunter2-secret", log_format="json", sasl_mechanism="PLAIN",
+                        sasl_username="svc")
+    configure_logging(settings)
+    try:
+        get_logger("test").warning("connecting", settings=repr(settings), sasl_password="hunter2-secret",
+                                   api_token="tok-123456")
+        logging.getLogger("aiokafka").warning("stdlib logger goes through the same renderer")
+    finally:
+        structlog.reset_defaults()
+        logging.getLogger().handlers.clear()
+    lines = [json.loads(line) for line in capsys.readouterr().err.splitlines() if line.startswith("{")]
+    assert len(lines) == 2
+    text = json.dumps(lines)
+    assert "hunter2" not in text and "tok-123456" not in text
+    assert lines[0]["sasl_password"] == "**********" and lines[0]["level"] == "warning"
+    assert lines[1]["logger"] == "aiokafka"
