@@ -48,7 +48,8 @@ class BrokerStatus:
     """What ``llmops kafka status`` reports."""
 
     running: bool
-    pid: int | None
+    pid: int | None  # None when the broker answering at bootstrap was not started by llmops
+
     bootstrap: str
     data_dir: Path
     log_file: Path
@@ -241,19 +242,17 @@ class EmbeddedKafka:
         return pid if _pid_alive(pid) else None
 
     def status(self) -> BrokerStatus:
-        pid = self._read_pid()
-        running = pid is not None and _port_open(self.host, self.port)
-        return BrokerStatus(running, pid, self.bootstrap, self.storage_dir, self.log_file)
+        return BrokerStatus(
+            _port_open(self.host, self.port), self._read_pid(), self.bootstrap, self.storage_dir, self.log_file
+        )
 
     def start(self, timeout: float = 90.0, progress: Callable[[str], None] = lambda _: None) -> str:
         """Start the broker unless it runs; wait until it accepts connections; return bootstrap."""
-        if self.status().running:
+        status = self.status()
+        if status.running:
+            if status.pid is None:
+                progress(f"a broker already answers at {self.bootstrap} (not started by llmops); using it")
             return self.bootstrap
-        if _port_open(self.host, self.port):
-            raise BrokerError(
-                f"port {self.port} is already taken by another process; stop it or set "
-                "LLMOPS_BOOTSTRAP_SERVERS to another loopback port"
-            )
         self.home.mkdir(parents=True, exist_ok=True)
         self.resolve_jars(progress)
         config = self._write_config()

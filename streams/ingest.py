@@ -214,11 +214,9 @@ class IngestPipeline:
 
     def _delete(self, record: IngestRecord, document: RawDocument, dedup: DedupIndex) -> IngestResult:
         previous = dedup.forget(document.id)
-        if previous is None:
-            # Unknown here (e.g. state lost, or indexed before dedup existed): delete by doc id.
-            indices: Sequence[int] = (-1,)
-        else:
-            indices = range(previous.chunk_count)
+        # Unknown here (state lost, or indexed before dedup existed) or a skipped duplicate with no
+        # chunks: one whole-document delete, so every input still has an output that names it.
+        indices: Sequence[int] = range(previous.chunk_count) if previous and previous.chunk_count else (-1,)
         chunks = tuple(self._deletion(document, index, record) for index in indices)
         return IngestResult(Outcome.DELETED, document.id, chunks=chunks)
 

@@ -69,8 +69,15 @@ def test_a_reader_with_the_newer_schema_reads_older_records(codec: AvroCodec) ->
     buffer.write(struct.pack(">bI", 0, old_id))
     fastavro.schemaless_writer(buffer, fastavro.parse_schema(RAW_V1), {"id": "old", "text": "from v1"})
     decoded = AvroCodec(registry).decode(buffer.getvalue(), "RawDocument")
-    assert decoded == {"id": "old", "text": "from v1", "title": None, "source": None, "tenant": None,
-                       "metadata": {}, "deleted": False}
+    assert decoded == {
+        "id": "old",
+        "text": "from v1",
+        "title": None,
+        "source": None,
+        "tenant": None,
+        "metadata": {},
+        "deleted": False,
+    }
 
 
 @pytest.mark.parametrize(
@@ -99,8 +106,18 @@ def test_truncated_and_trailing_bytes_are_bad_avro(codec: AvroCodec) -> None:
 def test_a_record_of_another_schema_does_not_resolve(codec: AvroCodec) -> None:
     letter = codec.encode(
         "DeadLetter",
-        {"reason": "X", "detail": "", "stage": "s", "source_topic": "t", "source_partition": 0, "source_offset": 0,
-         "source_timestamp_ms": 0, "key": None, "value": None, "rejected_at_ms": 0},
+        {
+            "reason": "X",
+            "detail": "",
+            "stage": "s",
+            "source_topic": "t",
+            "source_partition": 0,
+            "source_offset": 0,
+            "source_timestamp_ms": 0,
+            "key": None,
+            "value": None,
+            "rejected_at_ms": 0,
+        },
         topic="deadletter",
     )
     with pytest.raises(CodecError) as caught:

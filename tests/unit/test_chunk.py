@@ -1,5 +1,7 @@
 """Chunking by tokens with overlap: invariants with a simple tokenizer, and the real WordPiece one."""
 
+import itertools
+
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -23,7 +25,7 @@ def test_chunks_fit_cover_everything_and_are_substrings(words: list[str], max_to
     assert chunks[0].start == 0 and chunks[-1].end == len(text)
     for span in tokenizer.spans(text):
         assert any(c.start <= span.start and span.end <= c.end for c in chunks), "no token is lost"
-    for before, after in zip(chunks, chunks[1:], strict=False):
+    for before, after in itertools.pairwise(chunks):
         assert after.start > before.start, "every chunk moves forward"
 
 

@@ -9,8 +9,10 @@ from streams.clean import clean_text, html_to_text, looks_like_html, normalize_t
 
 
 def test_html_becomes_visible_text_without_scripts() -> None:
-    html = "<html><head><title>T</title><style>p{}</style></head><body><p>Hello&nbsp;<b>world</b></p>" \
+    html = (
+        "<html><head><title>T</title><style>p{}</style></head><body><p>Hello&nbsp;<b>world</b></p>"
         "<script>alert(1)</script><ul><li>one</li><li>two &amp; three</li></ul></body></html>"
+    )
     assert clean_text(html) == "Hello world\n\none\n\ntwo & three"
 
 

@@ -16,16 +16,21 @@ TEXT = " ".join(f"sentence {i} talks about topic {i % 5} in plain words" for i i
 
 
 def pipeline(chunk_tokens: int = 32) -> IngestPipeline:
-    return IngestPipeline(IngestConfig(chunk_tokens=chunk_tokens, chunk_overlap=4), CODEC, RegexTokenizer(),
-                          clock_ms=lambda: 1234)
+    return IngestPipeline(
+        IngestConfig(chunk_tokens=chunk_tokens, chunk_overlap=4), CODEC, RegexTokenizer(), clock_ms=lambda: 1234
+    )
 
 
 def record(value: dict | bytes | None, key: str | None = None, offset: int = 0) -> IngestRecord:
     if isinstance(value, dict):
         key = key or value["id"]
         value = json.dumps(value).encode()
-    return IngestRecord(key.encode() if key else None, value, SourceCoordinates("docs.raw", 2, offset, 99_000),
-                        traceparent="00-" + "1" * 32 + "-" + "2" * 16 + "-01")
+    return IngestRecord(
+        key.encode() if key else None,
+        value,
+        SourceCoordinates("docs.raw", 2, offset, 99_000),
+        traceparent="00-" + "1" * 32 + "-" + "2" * 16 + "-01",
+    )
 
 
 def test_a_document_becomes_ordered_upsert_chunks_with_ids_hashes_and_trace() -> None:
@@ -110,7 +115,8 @@ def test_an_internal_error_on_one_record_does_not_stop_the_batch(monkeypatch: py
 RECORDS = st.one_of(
     st.fixed_dictionaries({"id": st.sampled_from("abcde"), "text": st.text(max_size=300)}).map(record),
     st.fixed_dictionaries({"id": st.sampled_from("abcde"), "text": st.sampled_from([TEXT, TEXT + " more"])}).map(
-        record),
+        record
+    ),
     st.sampled_from("abcde").map(lambda k: record(None, key=k)),
     st.binary(max_size=50).map(lambda b: record(b, key="z")),
 )

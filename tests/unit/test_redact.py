@@ -44,8 +44,17 @@ def test_only_the_selected_kinds_are_redacted() -> None:
     assert result.counts == {"ip": 1}
 
 
-@pytest.mark.parametrize(("digits", "valid"), [("4111111111111111", True), ("4111111111111112", False),
-                                              ("79927398713", True), ("0", True), ("18", True), ("19", False)])
+@pytest.mark.parametrize(
+    ("digits", "valid"),
+    [
+        ("4111111111111111", True),
+        ("4111111111111112", False),
+        ("79927398713", True),
+        ("0", True),
+        ("18", True),
+        ("19", False),
+    ],
+)
 def test_luhn(digits: str, valid: bool) -> None:
     assert luhn_valid(digits) is valid
 

@@ -18,14 +18,21 @@ def test_environment_variables_configure_settings(monkeypatch: pytest.MonkeyPatc
     monkeypatch.setenv("LLMOPS_REDACT_PII", '["email"]')
     settings = Settings()
     assert (settings.bootstrap_servers, settings.namespace, settings.redact_pii) == (
-        "127.0.0.1:19092", "replay-1", ("email",))
+        "127.0.0.1:19092",
+        "replay-1",
+        ("email",),
+    )
     assert Topics(settings.namespace).docs_raw == "replay-1.docs.raw"
 
 
 @pytest.mark.parametrize(
     "kwargs",
-    [{"namespace": "Bad Name"}, {"redact_pii": ("email", "ssn")}, {"chunk_tokens": 32, "chunk_overlap": 30},
-     {"unknown_option": 1}],
+    [
+        {"namespace": "Bad Name"},
+        {"redact_pii": ("email", "ssn")},
+        {"chunk_tokens": 32, "chunk_overlap": 30},
+        {"unknown_option": 1},
+    ],
 )
 def test_invalid_settings_are_refused(kwargs: dict) -> None:
     with pytest.raises(ValidationError):
@@ -39,12 +46,12 @@ def test_topics_are_created_with_explicit_partitions_and_a_compacted_control_top
 
 
 def test_secrets_never_reach_the_log(capsys: pytest.CaptureFixture[str]) -> None:
-    settings = Settings(sasl_password="hunter2-secret", log_format="json", sasl_mechanism="PLAIN",
-                        sasl_username="svc")
+    settings = Settings(sasl_password="hunter2-secret", log_format="json", sasl_mechanism="PLAIN", sasl_username="svc")
     configure_logging(settings)
     try:
-        get_logger("test").warning("connecting", settings=repr(settings), sasl_password="hunter2-secret",
-                                   api_token="tok-123456")
+        get_logger("test").warning(
+            "connecting", settings=repr(settings), sasl_password="hunter2-secret", api_token="tok-123456"
+        )
         logging.getLogger("aiokafka").warning("stdlib logger goes through the same renderer")
     finally:
         structlog.reset_defaults()
