@@ -6,6 +6,7 @@ events, hands them to the pipeline with the dedup table, and publishes what come
 
 from __future__ import annotations
 
+import json
 from collections import Counter
 from typing import Any
 
@@ -13,6 +14,7 @@ import faust
 
 from streams.avro import AvroCodec, registry_from_settings
 from streams.chunk import default_tokenizer
+from streams.dedup import LookupIndex
 from streams.ingest import IngestConfig, IngestPipeline, IngestRecord, IngestResult
 from streams.logs import get_logger
 from streams.records import SourceCoordinates
@@ -54,11 +56,22 @@ def register_ingest(app: faust.App, settings: Settings) -> Any:
     deadletter = app.topic(topics.deadletter, **raw_kwargs)
     # A global table: every worker holds all dedup state (read from the changelog topic on
     # start), so duplicates are found across partitions owned by different workers.
+    # Only doc_id -> DocState is stored (one changelog record per document version); the hash
+    # and band lookups live in memory, built from the table once recovered and kept in step with
+    # other workers' writes as their changelog records arrive.
+    lookups: list[LookupIndex] = []
+
+    async def on_changelog_event(event: Any) -> None:
+        if lookups:
+            key, value = event.message.key, event.message.value
+            lookups[0].apply_remote(json.loads(key), json.loads(value) if value is not None else None)
+
     dedup_table = app.GlobalTable(
         DEDUP_TABLE,
         partitions=settings.partitions,
         key_type=str,
         use_partitioner=True,
+        on_changelog_event=on_changelog_event,
     )
     codec = AvroCodec(
         registry_from_settings(
@@ -106,7 +119,11 @@ def register_ingest(app: faust.App, settings: Settings) -> Any:
     async def ingest(stream: Any) -> None:
         async for events in stream.take_events(settings.ingest_batch_size, within=settings.ingest_batch_seconds):
             records = [record_from_event(event) for event in events]
-            results = pipeline.process_batch(records, dedup_table)
+            if not lookups:
+                lookups.append(
+                    LookupIndex.build(dedup_table.items(), settings.near_dup_max_hamming, settings.near_dup_enabled)
+                )
+            results = pipeline.process_batch(records, dedup_table, lookups[0])
             for record, result in zip(records, results, strict=True):
                 await publish(result, record)
                 totals[result.outcome.value] += 1

@@ -119,6 +119,34 @@ def kafka_status(as_json: bool) -> None:
         sys.exit(1)
 
 
+@kafka.command("topics")
+@click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
+def kafka_topics(as_json: bool) -> None:
+    """Create any missing topic of this namespace on the configured cluster (embedded or not).
+
+    Partitions come from LLMOPS_PARTITIONS, replication from LLMOPS_REPLICATION_FACTOR;
+    models.control is compacted. Existing topics are left as they are.
+    """
+    from streams.admin import count_records, ensure_topics
+    from streams.topics import ALL_BASE_NAMES, Topics
+
+    settings = _settings()
+    created = asyncio.run(ensure_topics(settings))
+    topics = Topics(settings.namespace)
+    counts = asyncio.run(count_records(settings, [topics.name(b) for b in ALL_BASE_NAMES]))
+    if as_json:
+        _echo_json(
+            {
+                "created": created,
+                "topics": {c.topic: {"partitions": c.partitions, "records": c.records} for c in counts},
+            }
+        )
+        return
+    for count in counts:
+        mark = " (created)" if count.topic in created else ""
+        click.echo(f"{count.topic:<28} {count.partitions:>3} partitions {count.records:>10} records{mark}")
+
+
 # --- worker --------------------------------------------------------------------------------
 @cli.command()
 @click.option(

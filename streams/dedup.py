@@ -11,10 +11,9 @@ How near-duplicate lookup stays exact:
     at least one band exactly. Each band value is a bucket key in the store; a lookup reads
     ``k + 1`` buckets and checks true distances, so no pair within the threshold is missed.
 
-State lives in a ``MutableMapping[str, Any]`` with JSON-able values, so the worker can pass a
-Faust table (persisted by its changelog topic) and tests can pass a dict:
-    ``h:<doc_hash>`` -> owner doc id; ``b:<band>:<value>`` -> ``[[doc_id, simhash], ...]``;
-    ``d:<doc_id>`` -> :class:`DocState` as a dict.
+State lives in a ``MutableMapping[str, Any]`` of ``doc_id -> DocState`` dicts, so the worker can
+pass a Faust table (persisted by its changelog topic, one record per document version) and tests
+can pass a dict. The hash and band lookups are derived from it in memory (:class:`LookupIndex`).
 """
 
 from __future__ import annotations
@@ -22,7 +21,7 @@ from __future__ import annotations
 import hashlib
 import re
 from collections import Counter
-from collections.abc import MutableMapping
+from collections.abc import Iterable, MutableMapping
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -78,12 +77,14 @@ def band_keys(simhash: int, max_distance: int) -> list[str]:
 
 @dataclass(frozen=True)
 class DocState:
-    """What the store remembers of a document's current version."""
+    """What the store remembers of a document's current version (one store key per document)."""
 
     doc_hash: str
     simhash: int
     chunk_count: int
     duplicate_of: str | None = None
+    near_eligible: bool = True
+    offset: int = -1  # offset of the raw record that set this state: orders versions of one document
 
 
 @dataclass(frozen=True)
@@ -95,32 +96,95 @@ class Duplicate:
     distance: int
 
 
+class LookupIndex:
+    """In-memory lookups derived from the stored states: content hash -> owner, band -> members.
+
+    Only ``doc_id -> DocState`` is persisted (one changelog record per document version); these
+    lookups are rebuilt from it on start and kept in step with every write, local or remote.
+    """
+
+    def __init__(self, max_distance: int, near_enabled: bool) -> None:
+        self.max_distance = max_distance
+        self.near_enabled = near_enabled
+        self.states: dict[str, DocState] = {}
+        self.owners: dict[str, str] = {}
+        self.bands: dict[str, set[str]] = {}
+
+    @classmethod
+    def build(cls, items: Iterable[tuple[str, Any]], max_distance: int, near_enabled: bool) -> LookupIndex:
+        index = cls(max_distance, near_enabled)
+        for doc_id, raw in items:
+            if raw:
+                index.add(doc_id, DocState(**raw))
+        return index
+
+    def add(self, doc_id: str, state: DocState) -> None:
+        self.remove(doc_id)
+        self.states[doc_id] = state
+        if state.duplicate_of is None:
+            self.owners.setdefault(state.doc_hash, doc_id)
+            if self.near_enabled and state.near_eligible:
+                for key in band_keys(state.simhash, self.max_distance):
+                    self.bands.setdefault(key, set()).add(doc_id)
+
+    def remove(self, doc_id: str) -> DocState | None:
+        state = self.states.pop(doc_id, None)
+        if state is None or state.duplicate_of is not None:
+            return state
+        if self.owners.get(state.doc_hash) == doc_id:
+            del self.owners[state.doc_hash]
+        if self.near_enabled and state.near_eligible:
+            for key in band_keys(state.simhash, self.max_distance):
+                members = self.bands.get(key)
+                if members is not None:
+                    members.discard(doc_id)
+                    if not members:
+                        del self.bands[key]
+        return state
+
+    def apply_remote(self, doc_id: str, raw: dict[str, Any] | None) -> None:
+        """A state change read from the changelog (another worker's write, or our own echo)."""
+        known = self.states.get(doc_id)
+        if raw is None:
+            self.remove(doc_id)
+            return
+        state = DocState(**raw)
+        if known is None or state.offset >= known.offset:
+            self.add(doc_id, state)
+
+
 class DedupIndex:
     """Finds duplicates and records document versions in a key-value store."""
 
-    def __init__(self, store: MutableMapping[str, Any], max_distance: int = 3, near_enabled: bool = True) -> None:
+    def __init__(
+        self,
+        store: MutableMapping[str, Any],
+        max_distance: int = 3,
+        near_enabled: bool = True,
+        lookups: LookupIndex | None = None,
+    ) -> None:
         self.store = store
         self.max_distance = max_distance
         self.near_enabled = near_enabled
+        self.lookups = lookups or LookupIndex.build(store.items(), max_distance, near_enabled)
 
     def state(self, doc_id: str) -> DocState | None:
         """The remembered state of a document, if any."""
-        raw = self.store.get(f"d:{doc_id}")
-        return DocState(**raw) if raw else None
+        return self.lookups.states.get(doc_id)
 
     def find_duplicate(self, doc_id: str, doc_hash: str, simhash: int | None) -> Duplicate | None:
         """The earlier document this text duplicates, ignoring ``doc_id`` itself."""
-        owner = self.store.get(f"h:{doc_hash}")
+        owner = self.lookups.owners.get(doc_hash)
         if owner is not None and owner != doc_id:
             return Duplicate(of=owner, kind=DuplicateKind.EXACT, distance=0)
         if simhash is None or not self.near_enabled:
             return None
         best: tuple[int, str] | None = None
         for key in band_keys(simhash, self.max_distance):
-            for other_id, other_hash in self.store.get(key) or ():
+            for other_id in self.lookups.bands.get(key, ()):
                 if other_id == doc_id:
                     continue
-                distance = hamming(simhash, int(other_hash))
+                distance = hamming(simhash, self.lookups.states[other_id].simhash)
                 if distance <= self.max_distance and (best is None or (distance, other_id) < best):
                     best = (distance, other_id)
         if best is None:
@@ -128,29 +192,15 @@ class DedupIndex:
         return Duplicate(of=best[1], kind=DuplicateKind.NEAR, distance=best[0])
 
     def forget(self, doc_id: str) -> DocState | None:
-        """Remove a document's hash and band entries; return what was remembered."""
-        previous = self.state(doc_id)
-        if previous is None:
-            return None
-        if previous.duplicate_of is None:
-            if self.store.get(f"h:{previous.doc_hash}") == doc_id:
-                del self.store[f"h:{previous.doc_hash}"]
-            if self.near_enabled:
-                for key in band_keys(previous.simhash, self.max_distance):
-                    members = [m for m in self.store.get(key) or () if m[0] != doc_id]
-                    if members:
-                        self.store[key] = members  # reassign: tables persist on set, not on mutation
-                    elif key in self.store:
-                        del self.store[key]
-        del self.store[f"d:{doc_id}"]
+        """Drop a document's state; return what was remembered."""
+        previous = self.lookups.remove(doc_id)
+        if previous is not None and doc_id in self.store:
+            del self.store[doc_id]
         return previous
 
-    def remember(self, doc_id: str, state: DocState, near_eligible: bool) -> None:
-        """Record a document's new version (after :meth:`forget` of the old one)."""
-        if state.duplicate_of is None:
-            self.store[f"h:{state.doc_hash}"] = doc_id
-            if self.near_enabled and near_eligible:
-                for key in band_keys(state.simhash, self.max_distance):
-                    members = [m for m in self.store.get(key) or () if m[0] != doc_id]
-                    self.store[key] = [*members, [doc_id, str(state.simhash)]]
-        self.store[f"d:{doc_id}"] = asdict(state)
+    def replace(self, doc_id: str, state: DocState) -> DocState | None:
+        """Record a document's new version in one store write; return the previous version."""
+        previous = self.lookups.remove(doc_id)
+        self.lookups.add(doc_id, state)
+        self.store[doc_id] = asdict(state)
+        return previous

@@ -110,7 +110,7 @@ async def _collect(records: AsyncIterator[Any]) -> list[Any]:
 
 def _start_worker(settings: Settings, log_path: Path) -> subprocess.Popen[bytes]:
     log_path.parent.mkdir(parents=True, exist_ok=True)
-    env = {**os.environ, "LLMOPS_LOG_FORMAT": "json"}
+    env = {**os.environ, **settings.to_env(), "LLMOPS_LOG_FORMAT": "json"}
     with open(log_path, "ab") as log:
         return subprocess.Popen(
             [sys.executable, "-m", "streams.cli", "worker", "--agents", "ingest"],

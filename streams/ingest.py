@@ -24,7 +24,7 @@ from typing import Any
 from streams.avro import AvroCodec
 from streams.chunk import TextChunk, Tokenizer, TokenSpan, chunk_spans
 from streams.clean import clean_text
-from streams.dedup import MIN_SHINGLES_FOR_NEAR, DedupIndex, DocState, content_hash, shingles, simhash64
+from streams.dedup import MIN_SHINGLES_FOR_NEAR, DedupIndex, DocState, LookupIndex, content_hash, shingles, simhash64
 from streams.records import (
     ChunkOp,
     CleanChunk,
@@ -167,15 +167,21 @@ class IngestPipeline:
         return chunk_spans(prepared.text, spans, self.config.chunk_tokens, self.config.chunk_overlap)
 
     # --- stateful step ------------------------------------------------------------------
-    def process(self, record: IngestRecord, store: MutableMapping[str, Any]) -> IngestResult:
+    def process(
+        self, record: IngestRecord, store: MutableMapping[str, Any], lookups: LookupIndex | None = None
+    ) -> IngestResult:
         """Run one record through every step (see :meth:`process_batch` for many)."""
-        return self.process_batch([record], store)[0]
+        return self.process_batch([record], store, lookups)[0]
 
-    def process_batch(self, records: Sequence[IngestRecord], store: MutableMapping[str, Any]) -> list[IngestResult]:
+    def process_batch(
+        self, records: Sequence[IngestRecord], store: MutableMapping[str, Any], lookups: LookupIndex | None = None
+    ) -> list[IngestResult]:
         """Run records in order; state updates of one are seen by the next.
 
         Tokenization of every document in the batch happens in one call, which lets the Rust
-        tokenizer use all cores; everything else is per record, in input order.
+        tokenizer use all cores; everything else is per record, in input order. ``lookups`` is
+        the in-memory index derived from ``store``; pass the same one on every call (it is rebuilt
+        from ``store`` when omitted, which costs a pass over the store).
         """
         prepared = [self._prepare_safely(record) for record in records]
         texts = [p.text for p in prepared if isinstance(p, _Prepared)]
@@ -183,7 +189,7 @@ class IngestPipeline:
         all_spans: list[Sequence[TokenSpan]] = (
             list(spans_batch(texts)) if spans_batch and texts else [self.tokenizer.spans(t) for t in texts]
         )
-        dedup = DedupIndex(store, self.config.near_dup_max_hamming, self.config.near_dup_enabled)
+        dedup = DedupIndex(store, self.config.near_dup_max_hamming, self.config.near_dup_enabled, lookups)
         results: list[IngestResult] = []
         span_iter = iter(all_spans)
         for record, item in zip(records, prepared, strict=True):
@@ -223,14 +229,17 @@ class IngestPipeline:
     def _index(self, record: IngestRecord, item: _Prepared, pieces: list[TextChunk], dedup: DedupIndex) -> IngestResult:
         document = item.document
         duplicate = dedup.find_duplicate(document.id, item.doc_hash, item.simhash if item.near_eligible else None)
-        previous = dedup.forget(document.id)
+        state = DocState(
+            item.doc_hash,
+            item.simhash,
+            0 if duplicate else len(pieces),
+            duplicate_of=duplicate.of if duplicate else None,
+            near_eligible=item.near_eligible,
+            offset=record.source.offset,
+        )
+        previous = dedup.replace(document.id, state)
         old_count = previous.chunk_count if previous else 0
         if duplicate is not None:
-            dedup.remember(
-                document.id,
-                DocState(item.doc_hash, item.simhash, 0, duplicate_of=duplicate.of),
-                item.near_eligible,
-            )
             notice = DuplicateNotice(
                 doc_id=document.id,
                 duplicate_of=duplicate.of,
@@ -243,7 +252,6 @@ class IngestPipeline:
             )
             obsolete = tuple(self._deletion(document, index, record) for index in range(old_count))
             return IngestResult(Outcome.DUPLICATE, document.id, chunks=obsolete, duplicate=notice)
-        dedup.remember(document.id, DocState(item.doc_hash, item.simhash, len(pieces)), item.near_eligible)
         upserts = [self._upsert(document, item, piece, len(pieces), record) for piece in pieces]
         stale = [self._deletion(document, index, record) for index in range(len(pieces), old_count)]
         return IngestResult(Outcome.INDEXED, document.id, chunks=(*upserts, *stale), pii_counts=item.pii_counts)

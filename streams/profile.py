@@ -141,7 +141,7 @@ def profile_records(
         ids.append(item.document.id)
         duplicate = dedup.find_duplicate(item.document.id, item.doc_hash, item.simhash if item.near_eligible else None)
         if duplicate is None:
-            dedup.remember(item.document.id, DocState(item.doc_hash, item.simhash, 0), item.near_eligible)
+            dedup.replace(item.document.id, DocState(item.doc_hash, item.simhash, 0, near_eligible=item.near_eligible))
         elif duplicate.kind is DuplicateKind.EXACT:
             profile.exact_duplicates += 1
         else:

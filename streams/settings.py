@@ -21,6 +21,7 @@ Notes:
 
 from __future__ import annotations
 
+import json
 import re
 from pathlib import Path
 from typing import Literal
@@ -110,6 +111,21 @@ class Settings(BaseSettings):
         if value >= size - 2:
             raise ValueError(f"chunk_overlap ({value}) must be smaller than chunk_tokens - 2 ({size - 2})")
         return value
+
+    def to_env(self) -> dict[str, str]:
+        """These settings as ``LLMOPS_*`` variables, for a child process (a worker) to read back."""
+        env: dict[str, str] = {}
+        for name, value in self:
+            if value is None:
+                continue
+            if isinstance(value, SecretStr):
+                value = value.get_secret_value()
+            elif isinstance(value, tuple):
+                value = json.dumps(list(value))
+            elif isinstance(value, bool):
+                value = "true" if value else "false"
+            env[f"LLMOPS_{name.upper()}"] = str(value)
+        return env
 
     @property
     def kafka_dir(self) -> Path:

@@ -67,15 +67,7 @@ class WorkerProcess:
         self.process: subprocess.Popen[bytes] | None = None
 
     def env(self) -> dict[str, str]:
-        return {
-            **os.environ,
-            "LLMOPS_BOOTSTRAP_SERVERS": self.settings.bootstrap_servers,
-            "LLMOPS_NAMESPACE": self.settings.namespace,
-            "LLMOPS_DATA_DIR": str(self.settings.data_dir),
-            "LLMOPS_PARTITIONS": str(self.settings.partitions),
-            "LLMOPS_INGEST_BATCH_SECONDS": str(self.settings.ingest_batch_seconds),
-            "LLMOPS_LOG_FORMAT": "json",
-        }
+        return {**os.environ, **self.settings.to_env(), "LLMOPS_LOG_FORMAT": "json"}
 
     def start(self) -> WorkerProcess:
         with open(self.log, "ab") as log:

@@ -5,7 +5,7 @@ import random
 from hypothesis import given
 from hypothesis import strategies as st
 
-from streams.dedup import DedupIndex, DocState, band_keys, content_hash, hamming, shingles, simhash64
+from streams.dedup import DedupIndex, DocState, LookupIndex, band_keys, content_hash, hamming, shingles, simhash64
 from streams.records import DuplicateKind
 
 LONG = " ".join(f"word{i} means something different in sentence {i % 7}" for i in range(60))
@@ -30,9 +30,7 @@ def test_simhash_is_close_for_a_small_edit_and_far_for_other_text() -> None:
 
 
 def _index(store: dict, doc_id: str, text: str) -> None:
-    index = DedupIndex(store)
-    index.forget(doc_id)
-    index.remember(doc_id, DocState(content_hash(text), simhash64(shingles(text)), 1), near_eligible=True)
+    DedupIndex(store).replace(doc_id, DocState(content_hash(text), simhash64(shingles(text)), 1))
 
 
 def test_exact_then_near_duplicates_are_found_and_self_is_not() -> None:
@@ -57,6 +55,29 @@ def test_forget_releases_every_key() -> None:
 def test_near_detection_can_be_disabled() -> None:
     store: dict = {}
     index = DedupIndex(store, near_enabled=False)
-    index.remember("a", DocState(content_hash(LONG), simhash64(shingles(LONG)), 1), near_eligible=True)
+    index.replace("a", DocState(content_hash(LONG), simhash64(shingles(LONG)), 1))
     near_text = LONG + " and one more clause"
     assert index.find_duplicate("c", content_hash(near_text), simhash64(shingles(near_text))) is None
+
+
+def test_lookups_rebuilt_from_the_store_equal_the_ones_kept_in_step() -> None:
+    store: dict = {}
+    live = DedupIndex(store)
+    for i in range(20):
+        text = LONG + f" variant {i}" * (i % 3)
+        live.replace(f"d{i}", DocState(content_hash(text), simhash64(shingles(text)), 1, offset=i))
+    live.forget("d3")
+    rebuilt = LookupIndex.build(store.items(), 3, True)
+    assert (rebuilt.states, rebuilt.owners, rebuilt.bands) == (
+        live.lookups.states,
+        live.lookups.owners,
+        live.lookups.bands,
+    )
+
+
+def test_a_stale_changelog_echo_does_not_roll_a_document_back() -> None:
+    lookups = LookupIndex(3, True)
+    new = DocState("h2", 2, 1, offset=9)
+    lookups.add("d", new)
+    lookups.apply_remote("d", {"doc_hash": "h1", "simhash": 1, "chunk_count": 1, "offset": 4})
+    assert lookups.states["d"] == new and lookups.owners == {"h2": "d"}

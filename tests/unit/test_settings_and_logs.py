@@ -62,3 +62,12 @@ def test_secrets_never_reach_the_log(capsys: pytest.CaptureFixture[str]) -> None
     assert "hunter2" not in text and "tok-123456" not in text
     assert lines[0]["sasl_password"] == "**********" and lines[0]["level"] == "warning"
     assert lines[1]["logger"] == "aiokafka"
+
+
+def test_settings_survive_the_trip_through_a_child_process_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    original = Settings(
+        namespace="child", partitions=4, redact_pii=("email", "ip"), sasl_password="pw", near_dup_enabled=False
+    )
+    for name, value in original.to_env().items():
+        monkeypatch.setenv(name, value)
+    assert Settings() == original

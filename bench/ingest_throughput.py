@@ -1,0 +1,203 @@
+"""Ingest throughput: the Faust worker vs a plain aiokafka consume-transform-produce loop.
+
+Both run the same work (``IngestPipeline.process_batch``: validate, clean, redact, dedup, chunk,
+then Avro-encode and produce every output) on the same documents, in the same run, against the
+real embedded broker, each in its own namespace. Throughput is documents per second between
+the first and last output record (broker timestamps), so start-up time is not counted.
+
+Usage:
+    python bench/ingest_throughput.py [--docs N] [--rounds R]
+
+Prints one JSON object and writes bench/out/ingest_throughput.{json,png}.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import sys
+import time
+import uuid
+from pathlib import Path
+
+from aiokafka import AIOKafkaConsumer
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from streams.admin import client_kwargs, ensure_topics, offsets, producer, read_range  # noqa: E402
+from streams.avro import AvroCodec, EmbeddedRegistry  # noqa: E402
+from streams.broker import EmbeddedKafka  # noqa: E402
+from streams.chunk import default_tokenizer  # noqa: E402
+from streams.corpus import stdlib_documents  # noqa: E402
+from streams.dedup import LookupIndex  # noqa: E402
+from streams.demo import _start_worker, _stop_worker, wait_until_consumed  # noqa: E402
+from streams.ingest import IngestConfig, IngestPipeline, IngestRecord  # noqa: E402
+from streams.publish import encode_document, publish_records  # noqa: E402
+from streams.records import SourceCoordinates  # noqa: E402
+from streams.settings import Settings  # noqa: E402
+from streams.topics import Topics  # noqa: E402
+
+OUT = ROOT / "bench" / "out"
+
+
+def documents(count: int) -> list[tuple[bytes | None, bytes | None]]:
+    corpus = list(stdlib_documents())
+    records = []
+    for i in range(count):
+        doc = corpus[i % len(corpus)]
+        # Later rounds over the corpus get new ids and a suffix, so they are new documents, not duplicates.
+        suffix = f" (copy {i // len(corpus)})" if i >= len(corpus) else ""
+        records.append(encode_document({**doc, "id": f"{doc['id']}#{i}", "text": doc["text"] + suffix}))
+    return records
+
+
+async def output_span(settings: Settings, before: dict) -> tuple[float, int]:
+    """Seconds between first and last output record, and the number of output records."""
+    topics = Topics(settings.namespace)
+    _, end = await offsets(settings, [topics.docs_clean, topics.docs_duplicates, topics.deadletter])
+    stamps = [m.timestamp async for m in read_range(settings, before, end)]
+    return (max(stamps) - min(stamps)) / 1000.0, len(stamps)
+
+
+async def plain_loop(settings: Settings, total: int, batch: int) -> None:
+    """The baseline: aiokafka consumer group, same pipeline, produce, commit after acks."""
+    topics = Topics(settings.namespace)
+    codec = AvroCodec(EmbeddedRegistry.from_directory())
+    pipeline = IngestPipeline(IngestConfig.from_settings(settings), codec, default_tokenizer())
+    store: dict = {}
+    lookups = LookupIndex(settings.near_dup_max_hamming, settings.near_dup_enabled)
+    consumer = AIOKafkaConsumer(
+        topics.docs_raw,
+        **client_kwargs(settings),
+        group_id=topics.app_id("plain"),
+        enable_auto_commit=False,
+        auto_offset_reset="earliest",
+        max_poll_records=batch,
+    )
+    out = producer(settings)
+    await consumer.start()
+    await out.start()
+    done = 0
+    try:
+        while done < total:
+            polled = await consumer.getmany(timeout_ms=1000, max_records=batch)
+            for messages in polled.values():
+                records = [
+                    IngestRecord(m.key, m.value, SourceCoordinates(m.topic, m.partition, m.offset, m.timestamp), None)
+                    for m in messages
+                ]
+                pending = []
+                for record, result in zip(records, pipeline.process_batch(records, store, lookups), strict=True):
+                    headers = [record.source.header]
+                    for chunk in result.chunks:
+                        value = codec.encode("CleanChunk", chunk.to_avro(), topics.docs_clean)
+                        pending.append(
+                            await out.send(topics.docs_clean, value, key=chunk.doc_id.encode(), headers=headers)
+                        )
+                    if result.duplicate:
+                        value = codec.encode("DuplicateNotice", result.duplicate.to_avro(), topics.docs_duplicates)
+                        pending.append(await out.send(topics.docs_duplicates, value, headers=headers))
+                    if result.dead_letter:
+                        value = codec.encode("DeadLetter", result.dead_letter.to_avro(), topics.deadletter)
+                        pending.append(await out.send(topics.deadletter, value, headers=headers))
+                await asyncio.gather(*pending)
+                done += len(messages)
+            await consumer.commit()
+    finally:
+        await out.stop()
+        await consumer.stop()
+
+
+def prepare(base: Settings, name: str, records: list) -> tuple[Settings, dict]:
+    settings = base.model_copy(update={"namespace": f"bench-{name}-{uuid.uuid4().hex[:6]}"})
+    asyncio.run(ensure_topics(settings))
+    topics = Topics(settings.namespace)
+    _, before = asyncio.run(offsets(settings, [topics.docs_clean, topics.docs_duplicates, topics.deadletter]))
+    asyncio.run(publish_records(settings, records))
+    return settings, before
+
+
+def run_faust(base: Settings, records: list) -> dict:
+    settings, before = prepare(base, "faust", records)
+    topics = Topics(settings.namespace)
+    _, raw_end = asyncio.run(offsets(settings, [topics.docs_raw]))
+    worker = _start_worker(settings, settings.data_dir / "logs" / f"bench-{settings.namespace}.log")
+    try:
+        ok = asyncio.run(
+            wait_until_consumed(settings, topics.app_id("ingest"), raw_end, 900, alive=lambda: worker.poll() is None)
+        )
+    finally:
+        _stop_worker(worker)
+    if not ok:
+        raise RuntimeError("the Faust worker did not finish; see its log under .llmops/logs")
+    seconds, outputs = asyncio.run(output_span(settings, before))
+    return {
+        "docs": len(records),
+        "seconds": round(seconds, 3),
+        "docs_per_s": round(len(records) / seconds, 1),
+        "output_records": outputs,
+    }
+
+
+def run_plain(base: Settings, records: list) -> dict:
+    settings, before = prepare(base, "plain", records)
+    asyncio.run(plain_loop(settings, len(records), base.ingest_batch_size))
+    seconds, outputs = asyncio.run(output_span(settings, before))
+    return {
+        "docs": len(records),
+        "seconds": round(seconds, 3),
+        "docs_per_s": round(len(records) / seconds, 1),
+        "output_records": outputs,
+    }
+
+
+def plot(result: dict, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    names = ["plain aiokafka loop", "Faust worker"]
+    values = [result["plain"]["docs_per_s"], result["faust"]["docs_per_s"]]
+    figure, axis = plt.subplots(figsize=(6, 3.5), dpi=110)
+    axis.barh(names, values, color=["#999999", "#3b75af"])
+    for y, value in enumerate(values):
+        axis.text(value, y, f" {value:.0f}", va="center")
+    axis.set_xlabel("documents / second (validate, clean, redact, dedup, chunk, produce)")
+    axis.set_title(f"Ingest throughput: Faust = {result['faust_vs_plain']:.0%} of plain")
+    figure.tight_layout()
+    figure.savefig(path)
+    plt.close(figure)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--docs", type=int, default=12_000, help="documents per implementation")
+    args = parser.parse_args()
+    base = Settings()
+    EmbeddedKafka.from_settings(base).start(progress=lambda line: print(line, file=sys.stderr))
+    records = documents(args.docs)
+    started = time.time()
+    plain = run_plain(base, records)
+    print(f"plain aiokafka loop: {plain}", file=sys.stderr)
+    faust = run_faust(base, records)
+    print(f"Faust worker: {faust}", file=sys.stderr)
+    result = {
+        "benchmark": "ingest_throughput",
+        "plain": plain,
+        "faust": faust,
+        "faust_vs_plain": round(faust["docs_per_s"] / plain["docs_per_s"], 3),
+        "target": ">= 0.70",
+        "batch_size": base.ingest_batch_size,
+        "wall_seconds": round(time.time() - started, 1),
+    }
+    OUT.mkdir(parents=True, exist_ok=True)
+    (OUT / "ingest_throughput.json").write_text(json.dumps(result, indent=2))
+    plot(result, OUT / "ingest_throughput.png")
+    print(json.dumps(result, indent=2))
+
+
+if __name__ == "__main__":
+    main()
