@@ -83,25 +83,27 @@ def register_ingest(app: faust.App, settings: Settings) -> Any:
     pipeline = IngestPipeline(IngestConfig.from_settings(settings), codec, default_tokenizer())
     totals: Counter[str] = Counter()
 
-    async def publish(result: IngestResult, record: IngestRecord) -> None:
+    def publish(result: IngestResult, record: IngestRecord) -> None:
+        # send_soon buffers in Faust's producer without a round trip per record; offsets are
+        # committed only after Faust flushes the producer, so nothing is acknowledged unsent.
         source = [record.source.header]
         for chunk in result.chunks:
             headers = [*source, ("traceparent", chunk.traceparent.encode())] if chunk.traceparent else source
-            await docs_clean.send(
+            docs_clean.send_soon(
                 key=chunk.doc_id.encode(),
                 value=codec.encode("CleanChunk", chunk.to_avro(), docs_clean.get_topic_name()),
                 headers=headers,
             )
         if result.duplicate is not None:
             notice = result.duplicate
-            await duplicates.send(
+            duplicates.send_soon(
                 key=notice.doc_id.encode(),
                 value=codec.encode("DuplicateNotice", notice.to_avro(), duplicates.get_topic_name()),
                 headers=source,
             )
         if result.dead_letter is not None:
             letter = result.dead_letter
-            await deadletter.send(
+            deadletter.send_soon(
                 key=letter.key,
                 value=codec.encode("DeadLetter", letter.to_avro(), deadletter.get_topic_name()),
                 headers=source,
@@ -125,7 +127,7 @@ def register_ingest(app: faust.App, settings: Settings) -> Any:
                 )
             results = pipeline.process_batch(records, dedup_table, lookups[0])
             for record, result in zip(records, results, strict=True):
-                await publish(result, record)
+                publish(result, record)
                 totals[result.outcome.value] += 1
                 log.debug(
                     "ingested",

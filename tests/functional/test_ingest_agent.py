@@ -27,10 +27,10 @@ async def harness(tmp_path: Any, monkeypatch: pytest.MonkeyPatch) -> AsyncIterat
     app.flow_control.resume()
     sent: list[tuple[str, bytes, bytes, list]] = []
 
-    async def record_send(self: Any, key: Any = None, value: Any = None, headers: Any = None, **_: Any) -> None:
+    def record_send(self: Any, key: Any = None, value: Any = None, headers: Any = None, **_: Any) -> None:
         sent.append((self.get_topic_name(), key, value, list(headers or [])))
 
-    monkeypatch.setattr(type(app.topic("x")), "send", record_send)
+    monkeypatch.setattr(type(app.topic("x")), "send_soon", record_send)
     table = app.tables["ingest-dedup"]
     monkeypatch.setattr(type(table), "send_changelog", lambda *a, **k: _FakeFuture())
     agent = app.agents["ingest"]
