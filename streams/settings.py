@@ -78,7 +78,7 @@ class Settings(BaseSettings):
         3, ge=0, le=15, description="SimHash-64 distance at or under which a document is a near duplicate."
     )
     near_dup_enabled: bool = True
-    ingest_batch_size: int = Field(64, ge=1, description="Events taken per batch by the ingest agent.")
+    ingest_batch_size: int = Field(256, ge=1, description="Events taken per batch by the ingest agent.")
     ingest_batch_seconds: float = Field(0.05, gt=0, description="Longest wait to fill an ingest batch.")
 
     # --- Logging -----------------------------------------------------------------------------
