@@ -53,6 +53,17 @@ def documents(count: int) -> list[tuple[bytes | None, bytes | None]]:
     return records
 
 
+def measure(settings: Settings, before: dict, docs: int) -> dict:
+    """Throughput of one implementation from the broker timestamps of its outputs."""
+    seconds, outputs = asyncio.run(output_span(settings, before))
+    return {
+        "docs": docs,
+        "seconds": round(seconds, 3),
+        "docs_per_s": round(docs / seconds, 1),
+        "output_records": outputs,
+    }
+
+
 async def output_span(settings: Settings, before: dict) -> tuple[float, int]:
     """Seconds between first and last output record, and the number of output records."""
     topics = Topics(settings.namespace)
@@ -132,25 +143,13 @@ def run_faust(base: Settings, records: list) -> dict:
         _stop_worker(worker)
     if not ok:
         raise RuntimeError("the Faust worker did not finish; see its log under .llmops/logs")
-    seconds, outputs = asyncio.run(output_span(settings, before))
-    return {
-        "docs": len(records),
-        "seconds": round(seconds, 3),
-        "docs_per_s": round(len(records) / seconds, 1),
-        "output_records": outputs,
-    }
+    return measure(settings, before, len(records))
 
 
 def run_plain(base: Settings, records: list) -> dict:
     settings, before = prepare(base, "plain", records)
     asyncio.run(plain_loop(settings, len(records), base.ingest_batch_size))
-    seconds, outputs = asyncio.run(output_span(settings, before))
-    return {
-        "docs": len(records),
-        "seconds": round(seconds, 3),
-        "docs_per_s": round(len(records) / seconds, 1),
-        "output_records": outputs,
-    }
+    return measure(settings, before, len(records))
 
 
 def plot(result: dict, path: Path) -> None:
