@@ -6,6 +6,7 @@ events, hands them to the pipeline with the dedup table, and publishes what come
 
 from __future__ import annotations
 
+import asyncio
 import json
 from collections import Counter
 from typing import Any
@@ -15,7 +16,7 @@ import faust
 from streams.avro import AvroCodec, registry_from_settings
 from streams.chunk import default_tokenizer
 from streams.dedup import LookupIndex
-from streams.ingest import IngestConfig, IngestPipeline, IngestRecord, IngestResult
+from streams.ingest import IngestConfig, IngestPipeline, IngestRecord, encode_outputs
 from streams.logs import get_logger
 from streams.records import SourceCoordinates
 from streams.settings import Settings
@@ -43,17 +44,16 @@ def record_from_event(event: Any) -> IngestRecord:
 def register_ingest(app: faust.App, settings: Settings) -> Any:
     """Declare the ingest topics, the dedup table and the agent on ``app``."""
     topics = Topics(settings.namespace)
-    raw_kwargs: dict[str, Any] = {
-        "key_type": bytes,
-        "value_type": bytes,
-        "key_serializer": "raw",
-        "value_serializer": "raw",
-        "partitions": settings.partitions,
-    }
-    docs_raw = app.topic(topics.docs_raw, **raw_kwargs)
-    docs_clean = app.topic(topics.docs_clean, **raw_kwargs)
-    duplicates = app.topic(topics.docs_duplicates, **raw_kwargs)
-    deadletter = app.topic(topics.deadletter, **raw_kwargs)
+    # Bytes in: the pipeline decodes (JSON or Avro) so that a bad record becomes a dead letter.
+    # Outputs are produced as bytes by encode_outputs (docs.clean, docs.duplicates, deadletter).
+    docs_raw = app.topic(
+        topics.docs_raw,
+        key_type=bytes,
+        value_type=bytes,
+        key_serializer="raw",
+        value_serializer="raw",
+        partitions=settings.partitions,
+    )
     # A global table: every worker holds all dedup state (read from the changelog topic on
     # start), so duplicates are found across partitions owned by different workers.
     # Only doc_id -> DocState is stored (one changelog record per document version); the hash
@@ -83,40 +83,6 @@ def register_ingest(app: faust.App, settings: Settings) -> Any:
     pipeline = IngestPipeline(IngestConfig.from_settings(settings), codec, default_tokenizer())
     totals: Counter[str] = Counter()
 
-    def publish(result: IngestResult, record: IngestRecord) -> None:
-        # send_soon buffers in Faust's producer without a round trip per record; offsets are
-        # committed only after Faust flushes the producer, so nothing is acknowledged unsent.
-        source = [record.source.header]
-        for chunk in result.chunks:
-            headers = [*source, ("traceparent", chunk.traceparent.encode())] if chunk.traceparent else source
-            docs_clean.send_soon(
-                key=chunk.doc_id.encode(),
-                value=codec.encode("CleanChunk", chunk.to_avro(), docs_clean.get_topic_name()),
-                headers=headers,
-            )
-        if result.duplicate is not None:
-            notice = result.duplicate
-            duplicates.send_soon(
-                key=notice.doc_id.encode(),
-                value=codec.encode("DuplicateNotice", notice.to_avro(), duplicates.get_topic_name()),
-                headers=source,
-            )
-        if result.dead_letter is not None:
-            letter = result.dead_letter
-            deadletter.send_soon(
-                key=letter.key,
-                value=codec.encode("DeadLetter", letter.to_avro(), deadletter.get_topic_name()),
-                headers=source,
-            )
-            log.warning(
-                "dead_letter",
-                reason=letter.reason,
-                detail=letter.detail,
-                topic=record.source.topic,
-                partition=record.source.partition,
-                offset=record.source.offset,
-            )
-
     @app.agent(docs_raw, name="ingest")
     async def ingest(stream: Any) -> None:
         async for events in stream.take_events(settings.ingest_batch_size, within=settings.ingest_batch_seconds):
@@ -126,18 +92,25 @@ def register_ingest(app: faust.App, settings: Settings) -> Any:
                     LookupIndex.build(dedup_table.items(), settings.near_dup_max_hamming, settings.near_dup_enabled)
                 )
             results = pipeline.process_batch(records, dedup_table, lookups[0])
+            # Straight to Faust's producer, one enqueue per record and one wait per batch: the
+            # batch's events are acknowledged only after every output is acked by the broker.
+            pending = []
             for record, result in zip(records, results, strict=True):
-                publish(result, record)
+                for out in encode_outputs(result, record, codec, topics):
+                    sent = await app.producer.send(out.topic, out.key, out.value, None, None, out.headers)
+                    pending.append(sent)
                 totals[result.outcome.value] += 1
-                log.debug(
-                    "ingested",
-                    outcome=result.outcome.value,
-                    doc_id=result.doc_id,
-                    topic=record.source.topic,
-                    partition=record.source.partition,
-                    offset=record.source.offset,
-                    chunks=len(result.chunks),
-                )
+                if result.dead_letter is not None:
+                    letter = result.dead_letter
+                    log.warning(
+                        "dead_letter",
+                        reason=letter.reason,
+                        detail=letter.detail,
+                        topic=record.source.topic,
+                        partition=record.source.partition,
+                        offset=record.source.offset,
+                    )
+            await asyncio.gather(*pending)
 
     @app.timer(interval=10.0)  # type: ignore[untyped-decorator]  # faust's decorators are untyped
     async def report_totals() -> None:

@@ -35,6 +35,7 @@ from streams.records import (
 )
 from streams.redact import PLACEHOLDERS, redact_pii
 from streams.settings import Settings
+from streams.topics import Topics
 from streams.validate import Rejection, parse_raw_document
 
 STAGE = "ingest"
@@ -295,6 +296,33 @@ class IngestPipeline:
             tenant=document.tenant,
             traceparent=record.traceparent,
         )
+
+
+@dataclass(frozen=True)
+class Outgoing:
+    """One record to produce: what every implementation of the stage sends for a result."""
+
+    topic: str
+    key: bytes | None
+    value: bytes
+    headers: list[tuple[str, bytes]]
+
+
+def encode_outputs(result: IngestResult, record: IngestRecord, codec: AvroCodec, topics: Topics) -> list[Outgoing]:
+    """The Kafka records of one result, each with the ``llmops.source`` header of its input."""
+    source = [record.source.header]
+    out = []
+    for chunk in result.chunks:
+        headers = [*source, ("traceparent", chunk.traceparent.encode())] if chunk.traceparent else source
+        value = codec.encode("CleanChunk", chunk.to_avro(), topics.docs_clean)
+        out.append(Outgoing(topics.docs_clean, chunk.doc_id.encode(), value, headers))
+    if result.duplicate is not None:
+        value = codec.encode("DuplicateNotice", result.duplicate.to_avro(), topics.docs_duplicates)
+        out.append(Outgoing(topics.docs_duplicates, result.duplicate.doc_id.encode(), value, source))
+    if result.dead_letter is not None:
+        value = codec.encode("DeadLetter", result.dead_letter.to_avro(), topics.deadletter)
+        out.append(Outgoing(topics.deadletter, result.dead_letter.key, value, source))
+    return out
 
 
 def redact_pii_counts_in(chunk_text: str) -> dict[str, int]:

@@ -1,7 +1,7 @@
 """The ingest agent through Faust's test context: wiring of topics, table and outputs.
 
-Faust's ``agent.test_context()`` feeds events to the agent without a broker. The output
-topics' ``send`` is recorded here (the one stand-in in this tier); the dedup GlobalTable
+Faust's ``agent.test_context()`` feeds events to the agent without a broker. The
+producer's ``send`` is recorded here (the one stand-in in this tier); the dedup GlobalTable
 is the real Faust table with its in-memory store.
 """
 
@@ -27,10 +27,13 @@ async def harness(tmp_path: Any, monkeypatch: pytest.MonkeyPatch) -> AsyncIterat
     app.flow_control.resume()
     sent: list[tuple[str, bytes, bytes, list]] = []
 
-    def record_send(self: Any, key: Any = None, value: Any = None, headers: Any = None, **_: Any) -> None:
-        sent.append((self.get_topic_name(), key, value, list(headers or [])))
+    async def record_send(topic: str, key: Any, value: Any, partition: Any, timestamp: Any, headers: Any) -> Any:
+        sent.append((topic, key, value, list(headers or [])))
+        done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        done.set_result(None)
+        return done
 
-    monkeypatch.setattr(type(app.topic("x")), "send_soon", record_send)
+    monkeypatch.setattr(app.producer, "send", record_send)
     table = app.tables["ingest-dedup"]
     monkeypatch.setattr(type(table), "send_changelog", lambda *a, **k: _FakeFuture())
     agent = app.agents["ingest"]
