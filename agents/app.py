@@ -21,7 +21,7 @@ import faust
 from streams.settings import Settings
 from streams.topics import Topics
 
-AGENT_GROUPS = ("ingest",)
+AGENT_GROUPS = ("ingest", "embed", "index")
 
 
 def broker_credentials(settings: Settings) -> Any:
@@ -46,7 +46,7 @@ def create_app(settings: Settings, agents: Sequence[str] = AGENT_GROUPS) -> faus
     if unknown:
         raise ValueError(f"unknown agents {unknown}; choose from {list(AGENT_GROUPS)}")
     topics = Topics(settings.namespace)
-    app_id = topics.app_id("+".join(sorted(agents)))
+    app_id = topics.app_id(*agents)
     datadir = settings.data_dir / "faust" / app_id
     datadir.mkdir(parents=True, exist_ok=True)
     app = faust.App(
@@ -77,4 +77,12 @@ def create_app(settings: Settings, agents: Sequence[str] = AGENT_GROUPS) -> faus
         from agents.ingest import register_ingest
 
         register_ingest(app, settings)
+    if "embed" in agents:
+        from agents.embed import register_embed
+
+        register_embed(app, settings)
+    if "index" in agents:
+        from agents.index import register_index
+
+        register_index(app, settings)
     return app

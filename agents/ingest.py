@@ -13,7 +13,7 @@ from typing import Any
 
 import faust
 
-from streams.avro import AvroCodec, registry_from_settings
+from agents.common import codec_from_settings, raw_topic
 from streams.chunk import default_tokenizer
 from streams.dedup import LookupIndex
 from streams.ingest import IngestConfig, IngestPipeline, IngestRecord, encode_outputs
@@ -46,14 +46,7 @@ def register_ingest(app: faust.App, settings: Settings) -> Any:
     topics = Topics(settings.namespace)
     # Bytes in: the pipeline decodes (JSON or Avro) so that a bad record becomes a dead letter.
     # Outputs are produced as bytes by encode_outputs (docs.clean, docs.duplicates, deadletter).
-    docs_raw = app.topic(
-        topics.docs_raw,
-        key_type=bytes,
-        value_type=bytes,
-        key_serializer="raw",
-        value_serializer="raw",
-        partitions=settings.partitions,
-    )
+    docs_raw = raw_topic(app, topics.docs_raw, settings)
     # A global table: every worker holds all dedup state (read from the changelog topic on
     # start), so duplicates are found across partitions owned by different workers.
     # Only doc_id -> DocState is stored (one changelog record per document version); the hash
@@ -73,13 +66,7 @@ def register_ingest(app: faust.App, settings: Settings) -> Any:
         use_partitioner=True,
         on_changelog_event=on_changelog_event,
     )
-    codec = AvroCodec(
-        registry_from_settings(
-            settings.schema_registry_url,
-            settings.schema_registry_username,
-            settings.schema_registry_password.get_secret_value() if settings.schema_registry_password else None,
-        )
-    )
+    codec = codec_from_settings(settings)
     pipeline = IngestPipeline(IngestConfig.from_settings(settings), codec, default_tokenizer())
     totals: Counter[str] = Counter()
 

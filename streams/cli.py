@@ -150,7 +150,10 @@ def kafka_topics(as_json: bool) -> None:
 # --- worker --------------------------------------------------------------------------------
 @cli.command()
 @click.option(
-    "--agents", default="ingest", show_default=True, help="Comma-separated agent groups to run in this process."
+    "--agents",
+    default="ingest,embed,index",
+    show_default=True,
+    help="Comma-separated agent groups to run in this process (embed and index share Milvus Lite).",
 )
 def worker(agents: str) -> None:
     """Run Faust agents until interrupted (Ctrl-C or SIGTERM stop it cleanly).
@@ -315,6 +318,34 @@ def _print_profile(data: dict[str, Any], png: Path | None) -> None:
     console.print(table)
     if png is not None:
         console.print(f"histogram written to {png}")
+
+
+# --- search --------------------------------------------------------------------------------
+@cli.command()
+@click.argument("text")
+@click.option("--top-k", type=click.IntRange(1, 100), default=5, show_default=True, help="Results to return.")
+@click.option("--tenant", default=None, help="Search this tenant's documents (default: documents without one).")
+@click.option("--json", "as_json", is_flag=True, help="Print the hits as JSON.")
+def search(text: str, top_k: int, tenant: str | None, as_json: bool) -> None:
+    """Semantic search over the index: chunk ids, document ids, scores and snippets.
+
+    With Milvus Lite (the default) the index file can be open in one process only: stop the
+    worker first, or run Milvus as a server and set LLMOPS_MILVUS_URI.
+    """
+    from streams.search import hits_as_dicts, search_index
+    from streams.vectorstore import StoreUnavailable
+
+    try:
+        hits = search_index(_settings(), text, top_k, tenant)
+    except StoreUnavailable as error:
+        raise click.ClickException(str(error)) from None
+    if as_json:
+        _echo_json(hits_as_dicts(hits))
+        return
+    if not hits:
+        click.echo("no results (is anything indexed in this namespace and tenant?)")
+    for rank, hit in enumerate(hits, start=1):
+        click.echo(f"{rank:>2}. {hit.score:.3f}  {hit.chunk_id}\n    {hit.snippet}")
 
 
 # --- demo ----------------------------------------------------------------------------------

@@ -52,6 +52,15 @@ BROKEN_RECORDS: list[tuple[bytes | None, bytes | None]] = [
 ]
 
 
+WORKER_AGENTS = ("ingest", "embed", "index")
+DEMO_QUESTIONS = (
+    "parse a JSON document from a string",
+    "create a temporary directory that is removed afterwards",
+    "compress data with gzip",
+    "run a function in a separate thread",
+)
+
+
 def demo_records(limit: int | None) -> list[tuple[bytes | None, bytes | None]]:
     """The stdlib corpus, a copy and a near copy of one document, a deletion, and broken records."""
     documents = list(stdlib_documents(limit=limit))
@@ -113,7 +122,7 @@ def _start_worker(settings: Settings, log_path: Path) -> subprocess.Popen[bytes]
     env = {**os.environ, **settings.to_env(), "LLMOPS_LOG_FORMAT": "json"}
     with open(log_path, "ab") as log:
         return subprocess.Popen(
-            [sys.executable, "-m", "streams.cli", "worker", "--agents", "ingest"],
+            [sys.executable, "-m", "streams.cli", "worker", "--agents", ",".join(WORKER_AGENTS)],
             stdout=log,
             stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL,
@@ -188,7 +197,8 @@ def run_demo(
     topics = Topics(settings.namespace)
     outputs = [topics.docs_clean, topics.docs_duplicates, topics.deadletter]
     before = asyncio.run(_end_offsets(settings, [topics.docs_raw, *outputs]))
-    worker_log = settings.data_dir / "logs" / "worker-ingest.log"
+    before_embeddings = asyncio.run(_end_offsets(settings, [topics.docs_embeddings]))
+    worker_log = settings.data_dir / "logs" / "worker.log"
     worker = _start_worker(settings, worker_log)
     log(f"worker started (pid {worker.pid}, log {worker_log})")
     try:
@@ -197,17 +207,29 @@ def run_demo(
         report = asyncio.run(publish_records(settings, records))
         after_raw = asyncio.run(_end_offsets(settings, [topics.docs_raw]))
         published = {tp: (before.get(tp, 0), end) for tp, end in after_raw.items()}
-        group = topics.app_id("ingest")
-        last = [-1.0]
+        group = topics.app_id(*WORKER_AGENTS)
+        ok = True
+        stage_seconds: dict[str, float] = {}
+        # Stage by stage: once a stage's input is committed, its outputs are all on the next topic.
+        for stage, topic in (
+            ("ingest", topics.docs_raw),
+            ("embed", topics.docs_clean),
+            ("index", topics.docs_embeddings),
+        ):
+            end = after_raw if topic == topics.docs_raw else asyncio.run(_end_offsets(settings, [topic]))
+            last = [-1.0]
 
-        def progress(done: int, total: int) -> None:
-            if time.monotonic() - last[0] > 5 or done >= total:
-                last[0] = time.monotonic()
-                log(f"  ingest committed {done}/{total} offsets on {topics.docs_raw}")
+            def progress(
+                done: int, total: int, stage: str = stage, topic: str = topic, last: list[float] = last
+            ) -> None:
+                if time.monotonic() - last[0] > 5 or done >= total:
+                    last[0] = time.monotonic()
+                    log(f"  {stage}: committed {done}/{total} offsets on {topic}")
 
-        ok = asyncio.run(
-            wait_until_consumed(settings, group, after_raw, timeout, progress, alive=lambda: worker.poll() is None)
-        )
+            ok = ok and asyncio.run(
+                wait_until_consumed(settings, group, end, timeout, progress, alive=lambda: worker.poll() is None)
+            )
+            stage_seconds[stage] = round(time.monotonic() - started, 2)
         processed_at = time.monotonic()
         if worker.poll() is not None:
             log(f"the worker exited with code {worker.returncode}; see {worker_log}")
@@ -221,7 +243,11 @@ def run_demo(
     summary = account(published, messages, codec, topics)
     counts = {name: sum(end - before.get(tp, 0) for tp, end in after.items() if tp.topic == name) for name in outputs}
     counts[topics.docs_raw] = report.records
+    embeddings = asyncio.run(_end_offsets(settings, [topics.docs_embeddings]))
+    counts[topics.docs_embeddings] = sum(end - before_embeddings.get(tp, 0) for tp, end in embeddings.items())
+    summary.update(index_report(settings))
     summary.update(
+        stage_done_after_seconds=stage_seconds,
         topic_records=counts,
         publish_seconds=round(report.seconds, 2),
         ingest_seconds=round(processed_at - started, 2),
@@ -231,6 +257,34 @@ def run_demo(
     )
     summary["accounted"] = summary["accounted"] and ok
     return summary
+
+
+def index_report(settings: Settings) -> dict[str, Any]:
+    """After the worker stopped (Milvus Lite has one owner): index size, freshness, demo searches."""
+    from streams.embed import OnnxEmbedder
+    from streams.search import hits_as_dicts, search_index
+    from streams.vectorstore import MilvusStore
+
+    embedder = OnnxEmbedder.default(threads=settings.embed_threads)
+    store = MilvusStore.from_settings(settings, embedder.version, embedder.dimension)
+    try:
+        freshness = sorted(store.freshness_ms())
+        answers = {
+            question: hits_as_dicts(search_index(settings, question, 3, None, embedder, store))
+            for question in DEMO_QUESTIONS
+        }
+        return {
+            "index_collection": store.collection,
+            "index_chunks": store.count(),
+            "model_version": embedder.version,
+            "freshness_ms": {
+                "p50": freshness[len(freshness) // 2] if freshness else None,
+                "p99": freshness[int(len(freshness) * 0.99)] if freshness else None,
+            },
+            "searches": answers,
+        }
+    finally:
+        store.close()
 
 
 def print_summary(summary: dict[str, Any]) -> None:
@@ -257,6 +311,16 @@ def print_summary(summary: dict[str, Any]) -> None:
     )
     console.print(
         f"{verdict} ({summary['accounted_sources']}/{summary['published']}); "
-        f"publish {summary['publish_seconds']}s, end to end {summary['ingest_seconds']}s; "
+        f"publish {summary['publish_seconds']}s, ingest done after {summary['ingest_seconds']}s; "
         f"worker log {summary['worker_log']}"
     )
+    console.print(
+        f"index {summary['index_collection']}: {summary['index_chunks']} chunks searchable "
+        f"(model {summary['model_version'][:16]}); freshness from raw timestamp to searchable: "
+        f"p50 {summary['freshness_ms']['p50']} ms, p99 {summary['freshness_ms']['p99']} ms "
+        f"(stage done after {summary['stage_done_after_seconds']} s)"
+    )
+    for question, hits in summary["searches"].items():
+        console.print(f"[bold]search:[/] {question}")
+        for hit in hits:
+            console.print(f"   {hit['score']:.3f}  {hit['chunk_id']}: {hit['snippet'][:90]}")

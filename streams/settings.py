@@ -67,6 +67,15 @@ class Settings(BaseSettings):
     # --- Milvus ------------------------------------------------------------------------------
     milvus_uri: str | None = Field(None, description="Milvus server URI; unset = Milvus Lite in data_dir.")
     milvus_token: SecretStr | None = None
+    milvus_index_type: Literal["HNSW", "HNSW_SQ", "IVF_FLAT", "IVF_SQ8"] = "HNSW"
+    milvus_metric: Literal["COSINE", "IP", "L2"] = "COSINE"
+
+    # --- Embedding and indexing --------------------------------------------------------------
+    embed_threads: int = Field(0, ge=0, le=64, description="ONNX Runtime intra-op threads (0 = all cores).")
+    embed_batch_size: int = Field(64, ge=1, le=4096, description="Chunks taken per embedding micro-batch.")
+    embed_batch_seconds: float = Field(0.05, gt=0, description="Longest wait to fill an embedding batch.")
+    index_batch_size: int = Field(256, ge=1, description="Embeddings taken per Milvus write.")
+    index_batch_seconds: float = Field(0.05, gt=0, description="Longest wait to fill a Milvus write.")
 
     # --- Ingestion ---------------------------------------------------------------------------
     chunk_tokens: int = Field(128, ge=16, le=512, description="Max tokens per chunk, [CLS]/[SEP] included.")

@@ -100,9 +100,12 @@ class Topics:
     def telemetry_spans(self) -> str:
         return self.name(TELEMETRY_SPANS)
 
-    def app_id(self, group: str) -> str:
-        """Faust app id (and so consumer group and changelog prefix) of an agent group."""
-        return f"llmops-{self.namespace or 'live'}-{group}"
+    def app_id(self, *agents: str) -> str:
+        """Faust app id (so consumer group and changelog prefix) of a worker running ``agents``.
+
+        Workers that share partitions must run the same set of agents: the set names the group.
+        """
+        return f"llmops-{self.namespace or 'live'}-{'_'.join(sorted(agents))}"
 
     def specs(self, partitions: int, replication_factor: int) -> list[TopicSpec]:
         """Every topic of this namespace with explicit partitions and configs."""

@@ -1,0 +1,73 @@
+"""Wiring shared by the agents: byte topics, the codec, dead letters."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import faust
+
+from streams.avro import AvroCodec, registry_from_settings
+from streams.logs import get_logger
+from streams.records import DeadLetter
+from streams.settings import Settings
+from streams.topics import Topics
+
+log = get_logger(__name__)
+
+
+def raw_topic(app: faust.App, name: str, settings: Settings) -> Any:
+    """A topic read as bytes: our codec decodes, so that a bad record becomes a dead letter."""
+    return app.topic(
+        name,
+        key_type=bytes,
+        value_type=bytes,
+        key_serializer="raw",
+        value_serializer="raw",
+        partitions=settings.partitions,
+    )
+
+
+def codec_from_settings(settings: Settings) -> AvroCodec:
+    """The Avro codec with the configured schema registry."""
+    password = settings.schema_registry_password
+    return AvroCodec(
+        registry_from_settings(
+            settings.schema_registry_url,
+            settings.schema_registry_username,
+            password.get_secret_value() if password else None,
+        )
+    )
+
+
+def dead_letter_for(event: Any, stage: str, reason: str, detail: str) -> DeadLetter:
+    """A dead letter for a Faust event, with its original bytes and coordinates."""
+    message = event.message
+    return DeadLetter(
+        reason=reason,
+        detail=detail,
+        stage=stage,
+        source_topic=message.topic,
+        source_partition=message.partition,
+        source_offset=message.offset,
+        source_timestamp_ms=int((message.timestamp or 0) * 1000),
+        key=message.key,
+        value=message.value,
+        rejected_at_ms=time.time_ns() // 1_000_000,
+    )
+
+
+async def send_dead_letter(app: faust.App, codec: AvroCodec, topics: Topics, letter: DeadLetter) -> Any:
+    """Log and produce a dead letter; returns the send future."""
+    log.warning(
+        "dead_letter",
+        stage=letter.stage,
+        reason=letter.reason,
+        detail=letter.detail,
+        topic=letter.source_topic,
+        partition=letter.source_partition,
+        offset=letter.source_offset,
+    )
+    value = codec.encode("DeadLetter", letter.to_avro(), topics.deadletter)
+    headers = [("llmops.source", f"{letter.source_topic}:{letter.source_partition}:{letter.source_offset}".encode())]
+    return await app.producer.send(topics.deadletter, letter.key, value, None, None, headers)

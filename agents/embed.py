@@ -1,0 +1,55 @@
+"""Embed agent: ``docs.clean`` -> ``docs.embeddings`` (micro-batched ONNX inference).
+
+Takes micro-batches bounded by size and time (``LLMOPS_EMBED_BATCH_SIZE``/``_SECONDS``),
+embeds the UPSERT chunks in one call (sorted by length inside the embedder) and passes
+deletions through. Undecodable records become dead letters; nothing else is done here.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import faust
+
+from agents.common import codec_from_settings, dead_letter_for, raw_topic, send_dead_letter
+from streams.avro import CodecError
+from streams.embed import OnnxEmbedder
+from streams.indexing import embed_chunks
+from streams.logs import get_logger
+from streams.settings import Settings
+from streams.topics import Topics
+
+log = get_logger(__name__)
+
+
+def register_embed(app: faust.App, settings: Settings) -> Any:
+    """Declare the embed agent on ``app``."""
+    topics = Topics(settings.namespace)
+    codec = codec_from_settings(settings)
+    embedder = OnnxEmbedder.default(threads=settings.embed_threads)
+    log.info("embedder_loaded", model=embedder.name, version=embedder.version)
+
+    @app.agent(raw_topic(app, topics.docs_clean, settings), name="embed")
+    async def embed(stream: Any) -> None:
+        async for events in stream.take_events(settings.embed_batch_size, within=settings.embed_batch_seconds):
+            decoded: list[tuple[Any, dict[str, Any]]] = []
+            pending = []
+            for event in events:
+                try:
+                    decoded.append((event, codec.decode(event.message.value or b"", "CleanChunk")))
+                except CodecError as error:
+                    letter = dead_letter_for(event, "embed", error.reason, error.detail)
+                    pending.append(await send_dead_letter(app, codec, topics, letter))
+            records = embed_chunks([chunk for _, chunk in decoded], embedder)
+            for (event, _), record in zip(decoded, records, strict=True):
+                headers = [(k, v) for k, v in (event.message.headers or ()) if k in ("traceparent", "llmops.source")]
+                value = codec.encode("ChunkEmbedding", record, topics.docs_embeddings)
+                pending.append(
+                    await app.producer.send(
+                        topics.docs_embeddings, record["doc_id"].encode(), value, None, None, headers
+                    )
+                )
+            await asyncio.gather(*pending)
+
+    return embed

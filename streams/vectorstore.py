@@ -1,0 +1,243 @@
+"""The vector store: Milvus (Lite by default), one collection per namespace and model version.
+
+Why this exists:
+    The index agent and search need one small API over Milvus: idempotent upserts keyed by
+    chunk id, deletes by chunk id or document, and tenant-scoped search. Vectors of different
+    model versions never share a collection (the collection name carries the version), so a
+    search never compares vectors from two models.
+
+Usage:
+    >>> store = MilvusStore.from_settings(settings, model_version=embedder.version)
+    >>> store.upsert([ChunkRow(...)])
+    >>> store.search(vector, top_k=5, tenant="acme")
+
+Notes:
+    Milvus Lite (a local file under ``LLMOPS_DATA_DIR``) allows one process to open it; agents
+    that touch it share a worker process. ``LLMOPS_MILVUS_URI`` (+ token) selects a Milvus server.
+    Filters are built here from typed arguments with string escaping, never from user text.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from streams.settings import Settings
+
+INDEX_TYPES = {
+    "HNSW": {"M": 16, "efConstruction": 200},
+    "HNSW_SQ": {"M": 16, "efConstruction": 200, "sq_type": "SQ8"},
+    "IVF_FLAT": {"nlist": 128},
+    "IVF_SQ8": {"nlist": 128},
+}
+SEARCH_PARAMS = {"HNSW": {"ef": 64}, "HNSW_SQ": {"ef": 64}, "IVF_FLAT": {"nprobe": 16}, "IVF_SQ8": {"nprobe": 16}}
+MAX_ID = 1100  # validate.MAX_ID_CHARS plus '#<index>', in UTF-8 bytes headroom
+MAX_TEXT = 65_535
+
+
+class StoreUnavailable(RuntimeError):
+    """The vector store cannot be reached or opened; the message says what to do."""
+
+
+@dataclass(frozen=True)
+class ChunkRow:
+    """One chunk as stored beside its vector."""
+
+    chunk_id: str
+    doc_id: str
+    chunk_index: int
+    tenant: str
+    text: str
+    title: str
+    source: str
+    content_hash: str
+    raw_timestamp_ms: int
+    indexed_at_ms: int
+    vector: Sequence[float]
+
+
+@dataclass(frozen=True)
+class Hit:
+    """One search result."""
+
+    chunk_id: str
+    doc_id: str
+    score: float
+    snippet: str
+    title: str
+    tenant: str
+
+
+class VectorStore(Protocol):
+    """What the index agent and search need of a vector store."""
+
+    def upsert(self, rows: Sequence[ChunkRow]) -> None: ...
+
+    def delete_chunks(self, chunk_ids: Sequence[str]) -> None: ...
+
+    def delete_document(self, doc_id: str, from_index: int = 0) -> None: ...
+
+    def search(self, vector: Sequence[float], top_k: int, tenant: str | None) -> list[Hit]: ...
+
+    def count(self) -> int: ...
+
+
+def quote(value: str) -> str:
+    """A Milvus string literal: JSON escaping is accepted by Milvus' expression parser."""
+    return json.dumps(value, ensure_ascii=False)
+
+
+def collection_name(namespace: str, model_version: str) -> str:
+    """``chunks_<namespace>_<first 16 hex of the model version>``, letters/digits/underscores only."""
+    safe = re.sub(r"[^A-Za-z0-9_]", "_", namespace or "live")
+    return f"chunks_{safe}_{model_version[:16]}"
+
+
+class MilvusStore:
+    """Milvus Lite or a Milvus server, one collection per namespace and model version."""
+
+    def __init__(
+        self,
+        uri: str,
+        collection: str,
+        dimension: int,
+        token: str | None = None,
+        index_type: str = "HNSW",
+        metric: str = "COSINE",
+    ) -> None:
+        from pymilvus import MilvusClient
+        from pymilvus.exceptions import MilvusException
+
+        if index_type not in INDEX_TYPES:
+            raise ValueError(f"index type {index_type!r} is not one of {sorted(INDEX_TYPES)}")
+        try:
+            self._client = MilvusClient(uri, token=token or "")
+        except MilvusException as error:
+            raise StoreUnavailable(
+                f"cannot open Milvus at {uri}: {error}. Milvus Lite lets one process open its file: "
+                "stop the worker that holds it, or point LLMOPS_MILVUS_URI at a Milvus server"
+            ) from None
+        self.uri, self.collection, self.dimension = uri, collection, dimension
+        self.index_type, self.metric = index_type, metric
+        self._ensure_collection()
+
+    @classmethod
+    def from_settings(cls, settings: Settings, model_version: str, dimension: int = 384) -> MilvusStore:
+        if settings.milvus_uri:
+            uri = settings.milvus_uri
+        else:
+            settings.data_dir.mkdir(parents=True, exist_ok=True)
+            uri = str((settings.data_dir / "milvus.db").resolve())
+        token = settings.milvus_token.get_secret_value() if settings.milvus_token else None
+        return cls(
+            uri,
+            collection_name(settings.namespace, model_version),
+            dimension,
+            token,
+            settings.milvus_index_type,
+            settings.milvus_metric,
+        )
+
+    def _ensure_collection(self) -> None:
+        from pymilvus import DataType, MilvusClient
+
+        if not self._client.has_collection(self.collection):
+            schema = MilvusClient.create_schema(auto_id=False, enable_dynamic_field=False)
+            schema.add_field("chunk_id", DataType.VARCHAR, is_primary=True, max_length=MAX_ID)
+            schema.add_field("doc_id", DataType.VARCHAR, max_length=MAX_ID)
+            schema.add_field("chunk_index", DataType.INT64)
+            schema.add_field("tenant", DataType.VARCHAR, max_length=256)
+            schema.add_field("title", DataType.VARCHAR, max_length=1024)
+            schema.add_field("source", DataType.VARCHAR, max_length=1024)
+            schema.add_field("text", DataType.VARCHAR, max_length=MAX_TEXT)
+            schema.add_field("content_hash", DataType.VARCHAR, max_length=64)
+            schema.add_field("raw_timestamp_ms", DataType.INT64)
+            schema.add_field("indexed_at_ms", DataType.INT64)
+            schema.add_field("vector", DataType.FLOAT_VECTOR, dim=self.dimension)
+            index = self._client.prepare_index_params()
+            index.add_index(
+                "vector", index_type=self.index_type, metric_type=self.metric, params=INDEX_TYPES[self.index_type]
+            )
+            self._client.create_collection(self.collection, schema=schema, index_params=index)
+        # After a restart the collection exists but may not be loaded into memory.
+        self._client.load_collection(self.collection)
+
+    def upsert(self, rows: Sequence[ChunkRow]) -> None:
+        if rows:
+            self._client.upsert(self.collection, [_row_dict(row) for row in rows])
+
+    def delete_chunks(self, chunk_ids: Sequence[str]) -> None:
+        if chunk_ids:
+            self._client.delete(self.collection, ids=list(chunk_ids))
+
+    def delete_document(self, doc_id: str, from_index: int = 0) -> None:
+        """Delete a document's chunks whose index is ``from_index`` or more (0 = all)."""
+        self._client.delete(self.collection, filter=f"doc_id == {quote(doc_id)} and chunk_index >= {int(from_index)}")
+
+    def search(self, vector: Sequence[float], top_k: int, tenant: str | None) -> list[Hit]:
+        results = self._client.search(
+            self.collection,
+            data=[list(vector)],
+            limit=top_k,
+            filter=f"tenant == {quote(tenant or '')}",
+            output_fields=["chunk_id", "doc_id", "text", "title", "tenant"],
+            search_params={"params": SEARCH_PARAMS[self.index_type]},
+        )
+        return [
+            Hit(
+                chunk_id=hit["entity"]["chunk_id"],
+                doc_id=hit["entity"]["doc_id"],
+                score=float(hit["distance"]),
+                snippet=_snippet(hit["entity"]["text"]),
+                title=hit["entity"]["title"],
+                tenant=hit["entity"]["tenant"],
+            )
+            for hit in results[0]
+        ]
+
+    def get(self, chunk_ids: Sequence[str]) -> list[dict[str, Any]]:
+        """Stored rows by chunk id (vectors included)."""
+        if not chunk_ids:
+            return []
+        return list(self._client.get(self.collection, ids=list(chunk_ids)))
+
+    def chunk_ids(self, doc_id: str) -> list[str]:
+        rows = self._client.query(self.collection, filter=f"doc_id == {quote(doc_id)}", output_fields=["chunk_id"])
+        return sorted(row["chunk_id"] for row in rows)
+
+    def freshness_ms(self, limit: int = 16_384) -> list[int]:
+        """Per chunk, ms from the raw document's Kafka timestamp to its indexing (searchable)."""
+        rows = self._client.query(
+            self.collection, filter="chunk_index >= 0", output_fields=["raw_timestamp_ms", "indexed_at_ms"], limit=limit
+        )
+        return [int(row["indexed_at_ms"]) - int(row["raw_timestamp_ms"]) for row in rows]
+
+    def count(self) -> int:
+        rows = self._client.query(self.collection, filter="", output_fields=["count(*)"])
+        return int(rows[0]["count(*)"])
+
+    def close(self) -> None:
+        self._client.close()
+
+
+def _snippet(text: str, limit: int = 200) -> str:
+    return text if len(text) <= limit else text[: limit - 1].rsplit(" ", 1)[0] + "…"
+
+
+def _row_dict(row: ChunkRow) -> dict[str, Any]:
+    return {
+        "chunk_id": row.chunk_id,
+        "doc_id": row.doc_id,
+        "chunk_index": row.chunk_index,
+        "tenant": row.tenant,
+        "title": row.title[:1000],
+        "source": row.source[:1000],
+        "text": row.text[:16_000],
+        "content_hash": row.content_hash,
+        "raw_timestamp_ms": row.raw_timestamp_ms,
+        "indexed_at_ms": row.indexed_at_ms,
+        "vector": list(row.vector),
+    }
