@@ -49,6 +49,9 @@ def register_index(app: faust.App, settings: Settings) -> Any:
             records = [r for r in records if r not in foreign]
             delay = 0.5
             while True:
+                if app.should_stop:
+                    # Shutting down: hand the batch back unacknowledged; it is redelivered later.
+                    raise asyncio.CancelledError
                 try:
                     if not stores:
                         stores.append(MilvusStore.from_settings(settings, model_version))
@@ -56,6 +59,8 @@ def register_index(app: faust.App, settings: Settings) -> Any:
                     break
                 except Exception as error:  # noqa: BLE001 - any store failure: back off, keep the offsets
                     log.warning("vector_store_unavailable", error=repr(error), retry_in_s=delay)
+                    for store in stores:
+                        store.close()
                     stores.clear()
                     await asyncio.sleep(delay)
                     delay = min(delay * 2, MAX_BACKOFF_SECONDS)

@@ -80,7 +80,9 @@ def apply_embeddings(
         nonlocal upserted
         if pending:
             now = clock_ms()
-            rows = [replace(row, indexed_at_ms=now) for row in pending]
+            # The last version of a chunk in the batch wins (a store may reject repeated keys).
+            latest = {row.chunk_id: row for row in pending}
+            rows = [replace(row, indexed_at_ms=now) for row in latest.values()]
             store.upsert(rows)
             upserted += len(rows)
             freshness.extend(now - row.raw_timestamp_ms for row in rows)

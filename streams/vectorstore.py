@@ -220,7 +220,12 @@ class MilvusStore:
         return int(rows[0]["count(*)"])
 
     def close(self) -> None:
+        """Close the client and, for Milvus Lite, stop its in-process server and release the file lock."""
         self._client.close()
+        if not self.uri.startswith(("http://", "https://", "tcp://", "unix:")):
+            from milvus_lite import server_manager_instance
+
+            server_manager_instance.release_server(self.uri)
 
 
 def _snippet(text: str, limit: int = 200) -> str:

@@ -60,7 +60,7 @@ def settings(kafka_bootstrap: str, tmp_path: Path) -> Settings:
 class WorkerProcess:
     """`llmops worker` in a subprocess, configured by environment like a deployed worker."""
 
-    def __init__(self, settings: Settings, agents: str = "ingest") -> None:
+    def __init__(self, settings: Settings, agents: str = "ingest") -> None:  # comma-separated agent groups
         self.settings = settings
         self.agents = agents
         self.log = settings.data_dir / f"worker-{agents}.log"

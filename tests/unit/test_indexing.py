@@ -1,0 +1,110 @@
+"""Embed and index stages over an in-memory vector store: order, deletes, model versions."""
+
+from collections.abc import Sequence
+
+import numpy as np
+import pytest
+
+from streams.indexing import apply_embeddings, embed_chunks
+from streams.vectorstore import ChunkRow, Hit, collection_name, quote
+
+
+class MemoryStore:
+    """A dict standing in for Milvus in tests of the pure stage."""
+
+    def __init__(self) -> None:
+        self.rows: dict[str, ChunkRow] = {}
+
+    def upsert(self, rows: Sequence[ChunkRow]) -> None:
+        self.rows.update({row.chunk_id: row for row in rows})
+
+    def delete_chunks(self, chunk_ids: Sequence[str]) -> None:
+        for chunk_id in chunk_ids:
+            self.rows.pop(chunk_id, None)
+
+    def delete_document(self, doc_id: str, from_index: int = 0) -> None:
+        for key in [k for k, r in self.rows.items() if r.doc_id == doc_id and r.chunk_index >= from_index]:
+            del self.rows[key]
+
+    def search(self, vector: Sequence[float], top_k: int, tenant: str | None) -> list[Hit]:
+        raise NotImplementedError
+
+    def count(self) -> int:
+        return len(self.rows)
+
+
+class FixedEmbedder:
+    name, version, dimension = "fixed", "v1", 2
+
+    def embed(self, texts: Sequence[str]) -> np.ndarray:
+        return np.array([[float(len(t)), 1.0] for t in texts], dtype=np.float32)
+
+
+def chunk(doc: str, index: int, count: int, op: str = "UPSERT", text: str = "t") -> dict:
+    return {
+        "op": op,
+        "chunk_id": f"{doc}#{index}" if index >= 0 else f"{doc}#*",
+        "doc_id": doc,
+        "chunk_index": index,
+        "chunk_count": count,
+        "content_hash": "h",
+        "text": text,
+        "title": None,
+        "source": None,
+        "tenant": "acme",
+        "raw_timestamp_ms": 1000,
+        "traceparent": None,
+    }
+
+
+def test_embedding_keeps_order_and_passes_deletions_through() -> None:
+    records = embed_chunks(
+        [chunk("a", 0, 2, text="xx"), chunk("a", 1, 0, "DELETE"), chunk("b", 0, 1, text="y")], FixedEmbedder()
+    )
+    assert [(r["chunk_id"], r["op"], r["vector"], r["dimension"]) for r in records] == [
+        ("a#0", "UPSERT", [2.0, 1.0], 2),
+        ("a#1", "DELETE", [], 0),
+        ("b#0", "UPSERT", [1.0, 1.0], 2),
+    ]
+    assert all(r["model_version"] == "v1" for r in records)
+
+
+def test_index_follows_upserts_updates_and_deletes_in_topic_order() -> None:
+    store = MemoryStore()
+    embed = FixedEmbedder()
+    apply_embeddings(embed_chunks([chunk("a", i, 3) for i in range(3)], embed), store, "v1", clock_ms=lambda: 1500)
+    assert sorted(store.rows) == ["a#0", "a#1", "a#2"]
+    assert store.rows["a#0"].indexed_at_ms - store.rows["a#0"].raw_timestamp_ms == 500
+    # A shorter new version drops chunk 2 even when its DELETE was lost.
+    apply_embeddings(embed_chunks([chunk("a", 0, 2), chunk("a", 1, 2)], embed), store, "v1")
+    assert sorted(store.rows) == ["a#0", "a#1"]
+    report = apply_embeddings(embed_chunks([chunk("a", 0, 2), chunk("a", 0, 0, "DELETE")], embed), store, "v1")
+    assert sorted(store.rows) == ["a#1"] and report.upserted == 1 and report.deleted_chunks == 1
+    apply_embeddings(embed_chunks([chunk("a", -1, 0, "DELETE")], embed), store, "v1")
+    assert store.rows == {}
+
+
+def test_replaying_the_same_embeddings_changes_nothing() -> None:
+    store = MemoryStore()
+    records = embed_chunks([chunk("a", 0, 1), chunk("b", 0, 1)], FixedEmbedder())
+    apply_embeddings(records, store, "v1", clock_ms=lambda: 5)
+    before = dict(store.rows)
+    apply_embeddings(records, store, "v1", clock_ms=lambda: 5)
+    assert store.rows == before
+
+
+def test_vectors_of_another_model_version_are_refused() -> None:
+    with pytest.raises(ValueError, match="model"):
+        apply_embeddings(embed_chunks([chunk("a", 0, 1)], FixedEmbedder()), MemoryStore(), "v2")
+
+
+def test_filters_quote_user_values_and_names_are_safe() -> None:
+    assert quote('x" or tenant != "') == '"x\\" or tenant != \\""'
+    assert collection_name("replay-1", "ab" * 32) == "chunks_replay_1_abababababababab"
+
+
+def test_the_last_version_of_a_chunk_in_one_batch_wins() -> None:
+    store = MemoryStore()
+    records = embed_chunks([chunk("a", 0, 1, text="old"), chunk("a", 0, 1, text="new text")], FixedEmbedder())
+    report = apply_embeddings(records, store, "v1")
+    assert store.rows["a#0"].text == "new text" and report.upserted == 1
