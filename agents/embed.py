@@ -27,7 +27,7 @@ def register_embed(app: faust.App, settings: Settings) -> Any:
     """Declare the embed agent on ``app``."""
     topics = Topics(settings.namespace)
     codec = codec_from_settings(settings)
-    embedder = OnnxEmbedder.default(threads=settings.embed_threads)
+    embedder = OnnxEmbedder.from_settings(settings)
     log.info("embedder_loaded", model=embedder.name, version=embedder.version)
 
     @app.agent(raw_topic(app, topics.docs_clean, settings), name="embed")

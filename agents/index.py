@@ -14,7 +14,7 @@ import faust
 
 from agents.common import codec_from_settings, dead_letter_for, raw_topic, send_dead_letter
 from streams.avro import CodecError
-from streams.embed import OnnxEmbedder
+from streams.embed import version_for
 from streams.indexing import apply_embeddings
 from streams.logs import get_logger
 from streams.settings import Settings
@@ -30,7 +30,7 @@ def register_index(app: faust.App, settings: Settings) -> Any:
     topics = Topics(settings.namespace)
     codec = codec_from_settings(settings)
     # The collection follows the embedder this deployment runs; another version is refused.
-    model_version = OnnxEmbedder.default(threads=1).version
+    model_version = version_for(settings)
     stores: list[MilvusStore] = []
 
     @app.agent(raw_topic(app, topics.docs_embeddings, settings), name="index")

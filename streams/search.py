@@ -25,7 +25,7 @@ def search_index(
     store: MilvusStore | None = None,
 ) -> list[Hit]:
     """Top-k chunks for ``text`` within ``tenant`` (None = documents without a tenant)."""
-    embedder = embedder or OnnxEmbedder.default(threads=settings.embed_threads)
+    embedder = embedder or OnnxEmbedder.from_settings(settings)
     owned = store is None
     store = store or MilvusStore.from_settings(settings, embedder.version, embedder.dimension)
     try:

@@ -52,6 +52,7 @@ def settings(kafka_bootstrap: str, tmp_path: Path) -> Settings:
         bootstrap_servers=kafka_bootstrap,
         namespace="t" + uuid.uuid4().hex[:12],
         data_dir=tmp_path,
+        models_dir=ROOT / ".llmops" / "models",  # built graphs are shared by every test
         partitions=3,
         ingest_batch_seconds=0.02,
     )

@@ -34,7 +34,7 @@ def test_documents_become_searchable_once_and_the_index_follows_updates_and_dele
     documents = list(stdlib_documents(limit=40))
     tenant_doc = {"id": "acme-secret-plan", "text": "Acme's plan: compress every report with gzip.", "tenant": "acme"}
     run_pipeline(settings, [encode_document(d) for d in [*documents, tenant_doc]])
-    embedder = OnnxEmbedder.default(threads=2)
+    embedder = OnnxEmbedder.from_settings(settings)
     store = MilvusStore.from_settings(settings, embedder.version)
     try:
         first_count = store.count()

@@ -1,0 +1,40 @@
+"""Building the fp32 and int8 graphs from the shipped packages, and how close their vectors are."""
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from streams.chunk import default_tokenizer_path
+from streams.embed import OnnxEmbedder
+from streams.model_build import ModelFiles, ensure_models
+
+TEXTS = [
+    "Return a new list containing all items from the iterable in ascending order.",
+    "Open a gzip-compressed file in binary or text mode.",
+    "Create and return a temporary directory.",
+    "The cat sat on the mat.",
+] * 3
+
+
+@pytest.fixture(scope="module")
+def files(tmp_path_factory: pytest.TempPathFactory) -> ModelFiles:
+    return ensure_models(tmp_path_factory.mktemp("models"))
+
+
+def embed(graph: Path) -> np.ndarray:
+    return OnnxEmbedder(graph, default_tokenizer_path(), threads=1).embed(TEXTS)
+
+
+def test_built_graphs_are_cached_by_their_inputs(files: ModelFiles) -> None:
+    assert files.fp32.exists() and files.int8.exists()
+    assert ensure_models(files.fp32.parent) == files
+    assert files.int8.stat().st_size < files.fp32.stat().st_size / 3
+
+
+def test_int8_graph_stays_close_to_the_fp32_reference(files: ModelFiles) -> None:
+    reference = embed(files.fp32)
+    shipped = OnnxEmbedder.default(threads=1).embed(TEXTS)
+    quantized = embed(files.int8)
+    assert float((reference * shipped).sum(1).min()) > 0.995, "fp32 weights replace the int8-dequantized ones"
+    assert float((reference * quantized).sum(1).mean()) >= 0.99
