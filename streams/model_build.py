@@ -9,7 +9,14 @@ Why this exists:
       (the reference vectors; matched by name, or for unnamed MatMul weights by the tensor the
       int8 values approximate best, transposed where the graph stores them transposed);
     * ``int8``: the fp32 graph fused by ONNX Runtime's transformer optimizer (SkipLayerNorm,
-      Gelu) and dynamically quantized with per-channel int8 weights (MatMulInteger).
+      BiasGelu) and dynamically quantized with per-channel int8 weights (MatMulInteger,
+      QAttention).
+
+    In both, each layer's self-attention (exported by PyTorch as a decomposed
+    scaled-dot-product with IsNaN/Where guards that ONNX Runtime's optimizer does not recognise)
+    is replaced by one ``com.microsoft.Attention`` node with packed Q/K/V weights: the same
+    math (vectors agree to cosine 1.0) in one kernel, which quantization then turns into
+    ``QAttention``.
 
 Usage:
     >>> files = ensure_models(Path(".llmops/models"))
@@ -34,7 +41,11 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-BUILD_RECIPE = "v1: fp32 weights from safetensors; ORT bert optimizer opt_level=0; quantize_dynamic QInt8 per_channel"
+BUILD_RECIPE = (
+    "v2: fp32 weights from safetensors; packed com.microsoft.Attention per layer; "
+    "ORT bert optimizer opt_level=0; quantize_dynamic QInt8 per_channel"
+)
+NUM_HEADS = 12
 
 
 @dataclass(frozen=True)
@@ -110,8 +121,91 @@ def build_fp32(int8_graph: Path, weights: Path, out: Path) -> Path:
             init.CopyFrom(numpy_helper.from_array(tensors[key], init.name))
     del model.graph.initializer[:]
     model.graph.initializer.extend(kept + new_inits)
+    fuse_attention(model)
     _save_atomically(lambda path: onnx.save(model, str(path)), out)
     return out
+
+
+def fuse_attention(model: Any) -> int:
+    """Replace each layer's decomposed self-attention by one packed ``Attention`` node.
+
+    For layer ``i`` the Q, K and V projections are the MatMul + Add pairs whose bias is
+    ``...layer.{i}.attention.self.{query,key,value}.bias``; the context is the first input of
+    the MatMul feeding the Add with ``...attention.output.dense.bias``. Everything in between
+    (and the mask arithmetic) becomes dead and is pruned. Returns the number of layers fused.
+    """
+    from onnx import TensorProto, helper, numpy_helper
+
+    graph = model.graph
+    producer = {output: node for node in graph.node for output in node.output}
+    initializers = {init.name: init for init in graph.initializer}
+    adds = {name: node for node in graph.node if node.op_type == "Add" for name in node.input if name.endswith(".bias")}
+    prefixes = sorted(
+        {name.rsplit("self.query.bias", 1)[0] for name in adds if name.endswith("attention.self.query.bias")}
+    )
+    mask = "attention_mask_int32"
+    graph.node.append(helper.make_node("Cast", ["attention_mask"], [mask], to=TensorProto.INT32, name="mask_int32"))
+    for index, prefix in enumerate(prefixes):
+        projections = [adds[f"{prefix}self.{part}.bias"] for part in ("query", "key", "value")]
+        matmuls = [producer[next(x for x in add.input if not x.endswith(".bias"))] for add in projections]
+        hidden_input = matmuls[0].input[0]
+        if any(mm.op_type != "MatMul" or mm.input[0] != hidden_input for mm in matmuls):
+            raise ValueError(f"unexpected attention projections in {prefix}")
+        weights = np.concatenate([numpy_helper.to_array(initializers[mm.input[1]]) for mm in matmuls], axis=1)
+        biases = np.concatenate(
+            [numpy_helper.to_array(initializers[f"{prefix}self.{part}.bias"]) for part in ("query", "key", "value")]
+        )
+        out_add = adds[f"{prefix}output.dense.bias"]
+        context = producer[next(x for x in out_add.input if not x.endswith(".bias"))].input[0]
+        graph.node.remove(producer[context])
+        graph.initializer.extend(
+            [
+                numpy_helper.from_array(weights.astype(np.float32), f"packed_qkv_weight_{index}"),
+                numpy_helper.from_array(biases.astype(np.float32), f"packed_qkv_bias_{index}"),
+            ]
+        )
+        graph.node.append(
+            helper.make_node(
+                "Attention",
+                [hidden_input, f"packed_qkv_weight_{index}", f"packed_qkv_bias_{index}", mask],
+                [context],
+                domain="com.microsoft",
+                num_heads=NUM_HEADS,
+                name=f"attention_{index}",
+            )
+        )
+    _prune_and_sort(graph)
+    if not any(opset.domain == "com.microsoft" for opset in model.opset_import):
+        model.opset_import.append(helper.make_opsetid("com.microsoft", 1))
+    return len(prefixes)
+
+
+def _prune_and_sort(graph: Any) -> None:
+    """Drop nodes and initializers that no graph output depends on; order nodes topologically."""
+    producer = {output: node for node in graph.node for output in node.output}
+    live: dict[int, Any] = {}
+    stack = [output.name for output in graph.output]
+    while stack:
+        node = producer.get(stack.pop())
+        if node is not None and id(node) not in live:
+            live[id(node)] = node
+            stack.extend(name for name in node.input if name)
+    available = {value.name for value in graph.input} | {init.name for init in graph.initializer} | {""}
+    ordered, pending = [], [node for node in graph.node if id(node) in live]
+    while pending:
+        ready = [node for node in pending if all(name in available for name in node.input)]
+        if not ready:
+            raise ValueError("the graph has a cycle or a missing input")
+        for node in ready:
+            available.update(node.output)
+        ordered += ready
+        pending = [node for node in pending if all(node is not r for r in ready)]
+    del graph.node[:]
+    graph.node.extend(ordered)
+    used = {name for node in graph.node for name in node.input}
+    kept = [init for init in graph.initializer if init.name in used]
+    del graph.initializer[:]
+    graph.initializer.extend(kept)
 
 
 def _match_weight(

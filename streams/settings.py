@@ -75,8 +75,7 @@ class Settings(BaseSettings):
         "int8", description="Embedding graph: int8 (built, fused, per-channel), fp32 (built), shipped (as packaged)."
     )
     models_dir: Path | None = Field(None, description="Built ONNX graphs (default: <data_dir>/models).")
-    embed_inference_batch: int = Field(16, ge=1, le=1024, description="Rows per ONNX Runtime call (length-sorted).")
-    embed_threads: int = Field(0, ge=0, le=64, description="ONNX Runtime intra-op threads (0 = all cores).")
+    embed_workers: int = Field(0, ge=0, le=64, description="Parallel ONNX Runtime runs, one thread each (0 = cores).")
     embed_batch_size: int = Field(64, ge=1, le=4096, description="Chunks taken per embedding micro-batch.")
     embed_batch_seconds: float = Field(0.05, gt=0, description="Longest wait to fill an embedding batch.")
     index_batch_size: int = Field(256, ge=1, description="Embeddings taken per Milvus write.")

@@ -9,7 +9,7 @@ from streams.embed import OnnxEmbedder, default_graph_path, mean_pool_normalize,
 
 @pytest.fixture(scope="module")
 def embedder() -> OnnxEmbedder:
-    return OnnxEmbedder.default(threads=1, batch_size=4)
+    return OnnxEmbedder.default(workers=2)
 
 
 def test_mean_pooling_ignores_padding_and_normalizes() -> None:

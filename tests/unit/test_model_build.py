@@ -23,7 +23,7 @@ def files(tmp_path_factory: pytest.TempPathFactory) -> ModelFiles:
 
 
 def embed(graph: Path) -> np.ndarray:
-    return OnnxEmbedder(graph, default_tokenizer_path(), threads=1).embed(TEXTS)
+    return OnnxEmbedder(graph, default_tokenizer_path(), workers=1).embed(TEXTS)
 
 
 def test_built_graphs_are_cached_by_their_inputs(files: ModelFiles) -> None:
@@ -34,7 +34,23 @@ def test_built_graphs_are_cached_by_their_inputs(files: ModelFiles) -> None:
 
 def test_int8_graph_stays_close_to_the_fp32_reference(files: ModelFiles) -> None:
     reference = embed(files.fp32)
-    shipped = OnnxEmbedder.default(threads=1).embed(TEXTS)
+    shipped = OnnxEmbedder.default(workers=1).embed(TEXTS)
     quantized = embed(files.int8)
     assert float((reference * shipped).sum(1).min()) > 0.995, "fp32 weights replace the int8-dequantized ones"
     assert float((reference * quantized).sum(1).mean()) >= 0.99
+
+
+def test_each_layer_attention_is_one_fused_kernel(files: ModelFiles) -> None:
+    import onnx
+
+    fp32_ops = [node.op_type for node in onnx.load(str(files.fp32)).graph.node]
+    int8_ops = [node.op_type for node in onnx.load(str(files.int8)).graph.node]
+    assert fp32_ops.count("Attention") == 6 and "Softmax" not in fp32_ops
+    assert int8_ops.count("QAttention") == 6 and "MatMulInteger" in int8_ops
+
+
+def test_int8_vectors_do_not_depend_on_what_is_embedded_alongside(files: ModelFiles) -> None:
+    embedder = OnnxEmbedder(files.int8, default_tokenizer_path(), workers=2)
+    alone = np.stack([embedder.embed([text])[0] for text in TEXTS[:4]])
+    assert np.array_equal(embedder.embed(TEXTS)[:4], alone)
+    assert np.array_equal(embedder.embed(TEXTS[:4][::-1])[::-1], alone)
