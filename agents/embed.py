@@ -41,7 +41,11 @@ def register_embed(app: faust.App, settings: Settings) -> Any:
                 except CodecError as error:
                     letter = dead_letter_for(event, "embed", error.reason, error.detail)
                     pending.append(await send_dead_letter(app, codec, topics, letter))
-            records = embed_chunks([chunk for _, chunk in decoded], embedder)
+            # ONNX Runtime releases the GIL: embedding in a thread keeps the event loop (and the
+            # other agents of this worker) running meanwhile.
+            records = await asyncio.get_running_loop().run_in_executor(
+                None, embed_chunks, [chunk for _, chunk in decoded], embedder
+            )
             for (event, _), record in zip(decoded, records, strict=True):
                 headers = [(k, v) for k, v in (event.message.headers or ()) if k in ("traceparent", "llmops.source")]
                 value = codec.encode("ChunkEmbedding", record, topics.docs_embeddings)

@@ -55,7 +55,10 @@ def register_index(app: faust.App, settings: Settings) -> Any:
                 try:
                     if not stores:
                         stores.append(MilvusStore.from_settings(settings, model_version))
-                    report = apply_embeddings(records, stores[0], model_version)
+                    # Milvus calls block; a thread keeps the event loop serving the other agents.
+                    report = await asyncio.get_running_loop().run_in_executor(
+                        None, apply_embeddings, records, stores[0], model_version
+                    )
                     break
                 except Exception as error:  # noqa: BLE001 - any store failure: back off, keep the offsets
                     log.warning("vector_store_unavailable", error=repr(error), retry_in_s=delay)

@@ -3,9 +3,11 @@
 Why this exists:
     The embed agent turns clean chunks into vectors and the index agent writes them to the
     vector store; both are thin. Here is what they do, testable with a list and an in-memory
-    store: deletions pass through embedding untouched, writes keep the order of the topic
-    (a delete after an upsert of the same chunk wins), and an upsert of chunk 0 also drops any
-    chunk at or beyond the document's new chunk count (a safety net when a DELETE was lost).
+    store: deletions pass through embedding untouched, and writes keep the order of the topic
+    (a delete after an upsert of the same chunk wins) while consecutive upserts and consecutive
+    chunk deletes each go to the store in one call. Chunks beyond a document's new chunk count
+    arrive as explicit DELETEs from the ingest stage, so no delete-by-filter is needed per
+    update (one costs about 27 ms in Milvus Lite, against 1.4 ms for a delete by id).
 """
 
 from __future__ import annotations
@@ -71,25 +73,29 @@ def apply_embeddings(
     Raises:
         ValueError: a record of another model version (it belongs in another collection).
     """
-    pending: list[ChunkRow] = []
+    upserts: list[ChunkRow] = []
+    deletes: list[str] = []
     upserted = deleted_chunks = deleted_documents = 0
     freshness: list[int] = []
-    shrunk: list[tuple[str, int]] = []
 
-    def flush() -> None:
+    def flush_upserts() -> None:
         nonlocal upserted
-        if pending:
+        if upserts:
             now = clock_ms()
             # The last version of a chunk in the batch wins (a store may reject repeated keys).
-            latest = {row.chunk_id: row for row in pending}
+            latest = {row.chunk_id: row for row in upserts}
             rows = [replace(row, indexed_at_ms=now) for row in latest.values()]
             store.upsert(rows)
             upserted += len(rows)
             freshness.extend(now - row.raw_timestamp_ms for row in rows)
-            pending.clear()
-        for doc_id, count in shrunk:
-            store.delete_document(doc_id, from_index=count)
-        shrunk.clear()
+            upserts.clear()
+
+    def flush_deletes() -> None:
+        nonlocal deleted_chunks
+        if deletes:
+            store.delete_chunks(list(dict.fromkeys(deletes)))
+            deleted_chunks += len(deletes)
+            deletes.clear()
 
     for record in records:
         if record["op"] == "UPSERT":
@@ -98,7 +104,8 @@ def apply_embeddings(
                     f"embedding of {record['chunk_id']} is from model {record['model_version'][:16]}, "
                     f"this index holds {model_version[:16]}"
                 )
-            pending.append(
+            flush_deletes()
+            upserts.append(
                 ChunkRow(
                     chunk_id=record["chunk_id"],
                     doc_id=record["doc_id"],
@@ -113,15 +120,14 @@ def apply_embeddings(
                     vector=record["vector"],
                 )
             )
-            if record["chunk_index"] == 0:
-                shrunk.append((record["doc_id"], record["chunk_count"]))
             continue
-        flush()
+        flush_upserts()
         if record["chunk_index"] < 0:
+            flush_deletes()
             store.delete_document(record["doc_id"])
             deleted_documents += 1
         else:
-            store.delete_chunks([record["chunk_id"]])
-            deleted_chunks += 1
-    flush()
+            deletes.append(record["chunk_id"])
+    flush_upserts()
+    flush_deletes()
     return IndexReport(upserted, deleted_chunks, deleted_documents, freshness)

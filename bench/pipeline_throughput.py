@@ -1,0 +1,147 @@
+"""End-to-end indexing: publish -> searchable throughput, freshness at half rate, worker memory.
+
+Runs the real worker (ingest, embed and index agents in one process, as in the embedded
+default) against the real broker and Milvus Lite, each run in a fresh namespace:
+
+1. **max**: publish N stdlib documents at once; throughput = chunks indexed / (last indexed_at
+   - first raw timestamp). Compared with the bare embedder on the same chunk texts, same run.
+2. **one-at-a-time**: the same with LLMOPS_EMBED_BATCH_SIZE=1 (the embed agent takes one
+   message per batch), for the micro-batching ratio.
+3. **half rate**: publish paced at half of (1)'s document rate; freshness p50/p99 = indexed_at
+   - raw Kafka timestamp per chunk.
+
+Also reports the worker's peak resident memory (VmHWM). Prints JSON, writes
+bench/out/pipeline_throughput.{json,png}.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import sys
+import time
+import uuid
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from streams.admin import ensure_topics, offsets  # noqa: E402
+from streams.broker import EmbeddedKafka  # noqa: E402
+from streams.chunk import chunk_text, default_tokenizer  # noqa: E402
+from streams.corpus import stdlib_documents  # noqa: E402
+from streams.demo import _start_worker, _stop_worker, wait_for_stages  # noqa: E402
+from streams.embed import OnnxEmbedder  # noqa: E402
+from streams.publish import encode_document, publish_records  # noqa: E402
+from streams.settings import Settings  # noqa: E402
+from streams.topics import Topics  # noqa: E402
+from streams.vectorstore import MilvusStore  # noqa: E402
+
+OUT = ROOT / "bench" / "out"
+AGENTS = ("embed", "index", "ingest")
+
+
+def peak_rss_mb(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+def run_pipeline(base: Settings, documents: list[dict], rate: float | None = None, **overrides: object) -> dict:
+    """One worker run in a fresh namespace; returns throughput, freshness and memory."""
+    settings = base.model_copy(update={"namespace": f"bench-e2e-{uuid.uuid4().hex[:6]}", **overrides})
+    asyncio.run(ensure_topics(settings))
+    worker = _start_worker(settings, settings.data_dir / "logs" / f"{settings.namespace}.log")
+    try:
+        time.sleep(12)  # let the worker start and join its group before the clock starts
+        records = [encode_document(d) for d in documents]
+        if rate is None:
+            asyncio.run(publish_records(settings, records))
+        else:
+            step = max(1, int(rate / 10))  # ten small bursts a second
+            for start in range(0, len(records), step):
+                began = time.monotonic()
+                asyncio.run(publish_records(settings, records[start : start + step]))
+                time.sleep(max(0.0, step / rate - (time.monotonic() - began)))
+        _, raw_end = asyncio.run(offsets(settings, [Topics(settings.namespace).docs_raw]))
+        ok, _ = wait_for_stages(settings, AGENTS, raw_end, 900, alive=lambda: worker.poll() is None)
+        if not ok:
+            raise RuntimeError(f"the worker did not finish; see {settings.data_dir}/logs/{settings.namespace}.log")
+        memory = peak_rss_mb(worker.pid)
+    finally:
+        _stop_worker(worker)
+    embedder_version = OnnxEmbedder.from_settings(settings).version
+    store = MilvusStore.from_settings(settings, embedder_version)
+    try:
+        timings = store.timings()
+    finally:
+        store.close()
+    raw = np.array([t[0] for t in timings]), np.array([t[1] for t in timings])
+    span = (raw[1].max() - raw[0].min()) / 1000
+    freshness = raw[1] - raw[0]
+    return {
+        "docs": len(documents),
+        "chunks_indexed": len(timings),
+        "seconds": round(float(span), 2),
+        "chunks_per_s": round(len(timings) / float(span), 1),
+        "docs_per_s": round(len(documents) / float(span), 1),
+        "freshness_ms": {
+            "p50": int(np.percentile(freshness, 50)),
+            "p99": int(np.percentile(freshness, 99)),
+            "max": int(freshness.max()),
+        },
+        "worker_peak_rss_mb": round(memory, 1),
+    }
+
+
+def bare_embedder(settings: Settings, documents: list[dict]) -> float:
+    texts = [c.text for d in documents for c in chunk_text(d["text"], default_tokenizer(), 128, 16)]
+    embedder = OnnxEmbedder.from_settings(settings)
+    embedder.embed(texts[:64])
+    start = time.perf_counter()
+    embedder.embed(texts)
+    return len(texts) / (time.perf_counter() - start)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--docs", type=int, default=2000)
+    args = parser.parse_args()
+    base = Settings()
+    EmbeddedKafka.from_settings(base).start(progress=lambda line: print(line, file=sys.stderr))
+    documents = list(stdlib_documents(limit=args.docs))
+    bare = bare_embedder(base, documents)
+    print(f"bare embedder: {bare:.1f} chunks/s", file=sys.stderr)
+    full = run_pipeline(base, documents)
+    print(f"pipeline, max rate: {full}", file=sys.stderr)
+    single = run_pipeline(base, documents, embed_batch_size=1)
+    print(f"pipeline, one message per embed batch: {single}", file=sys.stderr)
+    half = run_pipeline(base, documents, rate=full["docs_per_s"] / 2)
+    print(f"pipeline, half rate: {half}", file=sys.stderr)
+    report = {
+        "benchmark": "pipeline_throughput",
+        "bare_embedder_chunks_per_s": round(bare, 1),
+        "max_rate": full,
+        "pipeline_vs_bare_embedder": round(full["chunks_per_s"] / bare, 3),
+        "one_message_per_embed_batch": single,
+        "micro_batched_vs_one_at_a_time": round(full["chunks_per_s"] / single["chunks_per_s"], 2),
+        "half_rate": half,
+        "targets": {
+            "pipeline_vs_bare_embedder": ">= 0.85",
+            "half_rate_freshness_p99_ms": "<= 1000",
+            "worker_peak_rss_mb": "<= 600",
+        },
+        "cpu_count": os.cpu_count(),
+    }
+    OUT.mkdir(parents=True, exist_ok=True)
+    (OUT / "pipeline_throughput.json").write_text(json.dumps(report, indent=2))
+    print(json.dumps(report, indent=2))
+
+
+if __name__ == "__main__":
+    main()
