@@ -28,7 +28,8 @@ def register_embed(app: faust.App, settings: Settings) -> Any:
     topics = Topics(settings.namespace)
     codec = codec_from_settings(settings)
     embedder = OnnxEmbedder.from_settings(settings)
-    log.info("embedder_loaded", model=embedder.name, version=embedder.version)
+    embedder.embed(["warm-up: the first run of a session is several times slower than the rest"] * embedder.workers)
+    log.info("embedder_loaded", model=embedder.name, version=embedder.version, workers=embedder.workers)
 
     @app.agent(raw_topic(app, topics.docs_clean, settings), name="embed")
     async def embed(stream: Any) -> None:

@@ -33,8 +33,15 @@ def register_index(app: faust.App, settings: Settings) -> Any:
     model_version = version_for(settings)
     stores: list[MilvusStore] = []
 
+    def open_store() -> MilvusStore:
+        return MilvusStore.from_settings(settings, model_version)
+
     @app.agent(raw_topic(app, topics.docs_embeddings, settings), name="index")
     async def index(stream: Any) -> None:
+        try:  # open (and create or load) the collection before the first batch arrives
+            stores.append(await asyncio.get_running_loop().run_in_executor(None, open_store))
+        except Exception as error:  # noqa: BLE001 - retried with backoff on the first batch
+            log.warning("vector_store_unavailable", error=repr(error), retry_in_s=0)
         async for events in stream.take_events(settings.index_batch_size, within=settings.index_batch_seconds):
             records, pending = [], []
             for event in events:
@@ -54,7 +61,7 @@ def register_index(app: faust.App, settings: Settings) -> Any:
                     raise asyncio.CancelledError
                 try:
                     if not stores:
-                        stores.append(MilvusStore.from_settings(settings, model_version))
+                        stores.append(await asyncio.get_running_loop().run_in_executor(None, open_store))
                     # Milvus calls block; a thread keeps the event loop serving the other agents.
                     report = await asyncio.get_running_loop().run_in_executor(
                         None, apply_embeddings, records, stores[0], model_version
