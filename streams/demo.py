@@ -22,7 +22,7 @@ import subprocess
 import sys
 import time
 from collections import Counter
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -119,25 +119,26 @@ async def _collect(records: AsyncIterator[Any]) -> list[Any]:
 
 def wait_for_stages(
     settings: Settings,
-    agents: tuple[str, ...],
+    workers: Sequence[Sequence[str]],
     raw_end: dict[TopicPartition, int],
     timeout: float,
     alive: Callable[[], bool] = lambda: True,
     log: Callable[[str], None] = lambda _: None,
 ) -> tuple[bool, dict[str, float]]:
-    """Wait stage by stage until the worker running ``agents`` has committed its inputs.
+    """Wait stage by stage until the workers (each a set of agents) have committed their inputs.
 
     Once a stage's input is committed, all its outputs are on the next stage's topic (Faust
     flushes the producer before it commits), so the next stage's target is known then.
     """
     topics = Topics(settings.namespace)
-    group = topics.app_id(*agents)
+    group_of = {agent: topics.app_id(*agents) for agents in workers for agent in agents}
     started = time.monotonic()
     stages = [("ingest", topics.docs_raw), ("embed", topics.docs_clean), ("index", topics.docs_embeddings)]
     done_after: dict[str, float] = {}
     for stage, topic in stages:
-        if stage not in agents:
+        if stage not in group_of:
             continue
+        group = group_of[stage]
         end = raw_end if topic == topics.docs_raw else asyncio.run(_end_offsets(settings, [topic]))
         last = [-1.0]
 
@@ -152,12 +153,12 @@ def wait_for_stages(
     return True, done_after
 
 
-def _start_worker(settings: Settings, log_path: Path) -> subprocess.Popen[bytes]:
+def _start_worker(settings: Settings, log_path: Path, agents: Sequence[str] = WORKER_AGENTS) -> subprocess.Popen[bytes]:
     log_path.parent.mkdir(parents=True, exist_ok=True)
     env = {**os.environ, **settings.to_env(), "LLMOPS_LOG_FORMAT": "json"}
     with open(log_path, "ab") as log:
         return subprocess.Popen(
-            [sys.executable, "-m", "streams.cli", "worker", "--agents", ",".join(WORKER_AGENTS)],
+            [sys.executable, "-m", "streams.cli", "worker", "--agents", ",".join(agents)],
             stdout=log,
             stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL,
@@ -243,7 +244,7 @@ def run_demo(
         after_raw = asyncio.run(_end_offsets(settings, [topics.docs_raw]))
         published = {tp: (before.get(tp, 0), end) for tp, end in after_raw.items()}
         ok, stage_seconds = wait_for_stages(
-            settings, WORKER_AGENTS, after_raw, timeout, alive=lambda: worker.poll() is None, log=log
+            settings, [WORKER_AGENTS], after_raw, timeout, alive=lambda: worker.poll() is None, log=log
         )
         processed_at = time.monotonic()
         if worker.poll() is not None:

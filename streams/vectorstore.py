@@ -233,6 +233,8 @@ class MilvusStore:
 
 
 def _snippet(text: str, limit: int = 200) -> str:
+    """The chunk on one line, cut at a word boundary."""
+    text = " ".join(text.split())
     return text if len(text) <= limit else text[: limit - 1].rsplit(" ", 1)[0] + "…"
 
 

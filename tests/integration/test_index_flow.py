@@ -31,7 +31,7 @@ def run_pipeline(settings: Settings, records: list) -> None:
         run(ensure_topics(settings))
         run(publish_records(settings, records))
         _, raw_end = run(offsets(settings, [Topics(settings.namespace).docs_raw]))
-        ok, _ = wait_for_stages(settings, AGENTS, raw_end, 240.0, alive=worker.alive)
+        ok, _ = wait_for_stages(settings, [AGENTS], raw_end, 240.0, alive=worker.alive)
         assert ok, f"the worker did not finish; log:\n{worker.log_tail()}"
     finally:
         assert worker.stop() == 0, worker.log_tail()
