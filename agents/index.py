@@ -2,7 +2,8 @@
 
 Writes are idempotent (keyed by chunk id), so redeliveries and replays never duplicate. When
 Milvus fails, the batch is retried with exponential backoff and its events stay unacknowledged,
-so no offset past an unwritten record is committed.
+so no offset past an unwritten record is committed. Vectors of another model version are
+dead-lettered (FOREIGN_MODEL_VERSION): they belong in another collection.
 """
 
 from __future__ import annotations
@@ -15,11 +16,11 @@ import faust
 from agents.common import codec_from_settings, dead_letter_for, raw_topic, send_dead_letter
 from streams.avro import CodecError
 from streams.embed import version_for
-from streams.indexing import apply_embeddings
+from streams.indexing import ShuttingDown, write_with_retry
 from streams.logs import get_logger
 from streams.settings import Settings
 from streams.topics import Topics
-from streams.vectorstore import MilvusStore
+from streams.vectorstore import MilvusStore, VectorStore
 
 log = get_logger(__name__)
 MAX_BACKOFF_SECONDS = 30.0
@@ -31,9 +32,9 @@ def register_index(app: faust.App, settings: Settings) -> Any:
     codec = codec_from_settings(settings)
     # The collection follows the embedder this deployment runs; another version is refused.
     model_version = version_for(settings)
-    stores: list[MilvusStore] = []
+    stores: list[VectorStore] = []
 
-    def open_store() -> MilvusStore:
+    def open_store() -> VectorStore:
         return MilvusStore.from_settings(settings, model_version)
 
     @app.agent(raw_topic(app, topics.docs_embeddings, settings), name="index")
@@ -46,34 +47,34 @@ def register_index(app: faust.App, settings: Settings) -> Any:
             records, pending = [], []
             for event in events:
                 try:
-                    records.append(codec.decode(event.message.value or b"", "ChunkEmbedding"))
+                    record = codec.decode(event.message.value or b"", "ChunkEmbedding")
                 except CodecError as error:
                     letter = dead_letter_for(event, "index", error.reason, error.detail)
                     pending.append(await send_dead_letter(app, codec, topics, letter))
-            foreign = [r for r in records if r["op"] == "UPSERT" and r["model_version"] != model_version]
-            for record in foreign:
-                log.warning("foreign_model_version", chunk_id=record["chunk_id"], version=record["model_version"])
-            records = [r for r in records if r not in foreign]
-            delay = 0.5
-            while True:
-                if app.should_stop:
-                    # Shutting down: hand the batch back unacknowledged; it is redelivered later.
-                    raise asyncio.CancelledError
-                try:
-                    if not stores:
-                        stores.append(await asyncio.get_running_loop().run_in_executor(None, open_store))
-                    # Milvus calls block; a thread keeps the event loop serving the other agents.
-                    report = await asyncio.get_running_loop().run_in_executor(
-                        None, apply_embeddings, records, stores[0], model_version
+                    continue
+                if record["op"] == "UPSERT" and record["model_version"] != model_version:
+                    detail = (
+                        f"vector from model version {record['model_version'][:16]}; this index holds "
+                        f"{model_version[:16]}: replay it with the matching model, or run that model's worker"
                     )
-                    break
-                except Exception as error:  # noqa: BLE001 - any store failure: back off, keep the offsets
-                    log.warning("vector_store_unavailable", error=repr(error), retry_in_s=delay)
-                    for store in stores:
-                        store.close()
-                    stores.clear()
-                    await asyncio.sleep(delay)
-                    delay = min(delay * 2, MAX_BACKOFF_SECONDS)
+                    letter = dead_letter_for(event, "index", "FOREIGN_MODEL_VERSION", detail)
+                    pending.append(await send_dead_letter(app, codec, topics, letter))
+                    continue
+                records.append(record)
+            try:
+                report = await write_with_retry(
+                    records,
+                    open_store,
+                    model_version,
+                    stores=stores,
+                    should_stop=lambda: bool(app.should_stop),
+                    on_retry=lambda error, delay: log.warning(
+                        "vector_store_unavailable", error=repr(error), retry_in_s=delay
+                    ),
+                    max_backoff=MAX_BACKOFF_SECONDS,
+                )
+            except ShuttingDown:
+                raise asyncio.CancelledError from None  # hand the batch back unacknowledged
             if report.freshness_ms:
                 ordered = sorted(report.freshness_ms)
                 log.debug("indexed", upserted=report.upserted, freshness_p50_ms=ordered[len(ordered) // 2])

@@ -12,8 +12,10 @@ Why this exists:
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -131,3 +133,48 @@ def apply_embeddings(
     flush_upserts()
     flush_deletes()
     return IndexReport(upserted, deleted_chunks, deleted_documents, freshness)
+
+
+class ShuttingDown(Exception):
+    """Raised instead of retrying when the worker stops: the batch stays unacknowledged."""
+
+
+async def write_with_retry(
+    records: Sequence[dict[str, Any]],
+    open_store: Callable[[], VectorStore],
+    model_version: str,
+    *,
+    stores: list[VectorStore],
+    should_stop: Callable[[], bool] = lambda: False,
+    sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+    on_retry: Callable[[BaseException, float], None] = lambda error, delay: None,
+    max_backoff: float = 30.0,
+) -> IndexReport:
+    """Apply a batch, reopening the store and backing off (0.5 s doubling) until it succeeds.
+
+    Store calls run in a thread so the event loop keeps serving other agents. The caller
+    acknowledges its events only after this returns, so no offset passes an unwritten record.
+    ``stores`` holds the open store between calls (empty = open one).
+
+    Raises:
+        ShuttingDown: ``should_stop()`` became true while the store was failing.
+    """
+    loop = asyncio.get_running_loop()
+    delay = 0.5
+    while True:
+        if should_stop():
+            raise ShuttingDown
+        try:
+            if not stores:
+                stores.append(await loop.run_in_executor(None, open_store))
+            return await loop.run_in_executor(None, apply_embeddings, records, stores[0], model_version)
+        except Exception as error:  # noqa: BLE001 - any store failure: back off, keep the offsets
+            on_retry(error, delay)
+            for store in stores:
+                close = getattr(store, "close", None)
+                if close is not None:
+                    with contextlib.suppress(Exception):  # the store is being replaced anyway
+                        close()
+            stores.clear()
+            await sleep(delay)
+            delay = min(delay * 2, max_backoff)

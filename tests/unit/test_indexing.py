@@ -108,3 +108,58 @@ def test_the_last_version_of_a_chunk_in_one_batch_wins() -> None:
     records = embed_chunks([chunk("a", 0, 1, text="old"), chunk("a", 0, 1, text="new text")], FixedEmbedder())
     report = apply_embeddings(records, store, "v1")
     assert store.rows["a#0"].text == "new text" and report.upserted == 1
+
+
+class FlakyStore(MemoryStore):
+    """Fails its first ``failures`` writes, like a Milvus that is restarting."""
+
+    def __init__(self, shared: dict, failures: list[int]) -> None:
+        super().__init__()
+        self.rows = shared
+        self.failures = failures
+
+    def upsert(self, rows: Sequence[ChunkRow]) -> None:
+        if self.failures[0] > 0:
+            self.failures[0] -= 1
+            raise ConnectionError("milvus is down")
+        super().upsert(rows)
+
+
+async def test_a_failing_store_is_reopened_with_backoff_until_the_batch_is_written() -> None:
+    from streams.indexing import write_with_retry
+
+    shared: dict = {}
+    failures = [3]
+    opened: list[int] = []
+    delays: list[float] = []
+
+    def open_store() -> FlakyStore:
+        opened.append(1)
+        return FlakyStore(shared, failures)
+
+    async def fake_sleep(seconds: float) -> None:
+        delays.append(seconds)
+
+    records = embed_chunks([chunk("a", 0, 1)], FixedEmbedder())
+    report = await write_with_retry(records, open_store, "v1", stores=[], sleep=fake_sleep, max_backoff=1.5)
+    assert report.upserted == 1 and sorted(shared) == ["a#0"]
+    assert delays == [0.5, 1.0, 1.5] and len(opened) == 4
+
+
+async def test_shutdown_while_the_store_fails_hands_the_batch_back() -> None:
+    from streams.indexing import ShuttingDown, write_with_retry
+
+    stopping = [False]
+
+    async def fake_sleep(seconds: float) -> None:
+        stopping[0] = True
+
+    with pytest.raises(ShuttingDown):
+        await write_with_retry(
+            embed_chunks([chunk("a", 0, 1)], FixedEmbedder()),
+            lambda: FlakyStore({}, [99]),
+            "v1",
+            stores=[],
+            should_stop=lambda: stopping[0],
+            sleep=fake_sleep,
+        )
