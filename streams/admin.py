@@ -78,19 +78,6 @@ async def _wait_for_metadata(settings: Settings, names: list[str], timeout: floa
         await consumer.stop()
 
 
-async def delete_topics(settings: Settings, names: Iterable[str]) -> None:
-    """Delete the named topics that exist."""
-    admin = AIOKafkaAdminClient(**client_kwargs(settings))
-    await admin.start()
-    try:
-        existing = set(await admin.list_topics())
-        doomed = [name for name in names if name in existing]
-        if doomed:
-            await admin.delete_topics(doomed)
-    finally:
-        await admin.close()
-
-
 async def topic_partitions(settings: Settings, names: Iterable[str]) -> list[TopicPartition]:
     """Partitions of the named topics that exist, in order."""
     admin = AIOKafkaAdminClient(**client_kwargs(settings))

@@ -90,10 +90,6 @@ class CleanChunk:
         record["op"] = self.op.value
         return record
 
-    @classmethod
-    def from_avro(cls, record: dict[str, Any]) -> CleanChunk:
-        return cls(**{**record, "op": ChunkOp(record["op"])})
-
 
 @dataclass(frozen=True)
 class DeadLetter:
@@ -113,10 +109,6 @@ class DeadLetter:
     def to_avro(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
-    @classmethod
-    def from_avro(cls, record: dict[str, Any]) -> DeadLetter:
-        return cls(**record)
-
 
 @dataclass(frozen=True)
 class DuplicateNotice:
@@ -135,7 +127,3 @@ class DuplicateNotice:
         record = dataclasses.asdict(self)
         record["kind"] = self.kind.value
         return record
-
-    @classmethod
-    def from_avro(cls, record: dict[str, Any]) -> DuplicateNotice:
-        return cls(**{**record, "kind": DuplicateKind(record["kind"])})
