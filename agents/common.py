@@ -9,7 +9,7 @@ import faust
 
 from streams.avro import AvroCodec, registry_from_settings
 from streams.logs import get_logger
-from streams.records import DeadLetter
+from streams.records import DeadLetter, SourceCoordinates
 from streams.settings import Settings
 from streams.topics import Topics
 
@@ -57,8 +57,8 @@ def dead_letter_for(event: Any, stage: str, reason: str, detail: str) -> DeadLet
     )
 
 
-async def send_dead_letter(app: faust.App, codec: AvroCodec, topics: Topics, letter: DeadLetter) -> Any:
-    """Log and produce a dead letter; returns the send future."""
+def log_dead_letter(letter: DeadLetter) -> None:
+    """One warning line per rejected record, with where to find it."""
     log.warning(
         "dead_letter",
         stage=letter.stage,
@@ -68,6 +68,13 @@ async def send_dead_letter(app: faust.App, codec: AvroCodec, topics: Topics, let
         partition=letter.source_partition,
         offset=letter.source_offset,
     )
+
+
+async def send_dead_letter(app: faust.App, codec: AvroCodec, topics: Topics, letter: DeadLetter) -> Any:
+    """Log and produce a dead letter; returns the send future."""
+    log_dead_letter(letter)
     value = codec.encode("DeadLetter", letter.to_avro(), topics.deadletter)
-    headers = [("llmops.source", f"{letter.source_topic}:{letter.source_partition}:{letter.source_offset}".encode())]
-    return await app.producer.send(topics.deadletter, letter.key, value, None, None, headers)
+    source = SourceCoordinates(
+        letter.source_topic, letter.source_partition, letter.source_offset, letter.source_timestamp_ms
+    )
+    return await app.producer.send(topics.deadletter, letter.key, value, None, None, [source.header])

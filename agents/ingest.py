@@ -13,7 +13,7 @@ from typing import Any
 
 import faust
 
-from agents.common import codec_from_settings, raw_topic
+from agents.common import codec_from_settings, log_dead_letter, raw_topic
 from streams.chunk import default_tokenizer
 from streams.dedup import LookupIndex
 from streams.ingest import IngestConfig, IngestPipeline, IngestRecord, encode_outputs
@@ -88,15 +88,7 @@ def register_ingest(app: faust.App, settings: Settings) -> Any:
                     pending.append(sent)
                 totals[result.outcome.value] += 1
                 if result.dead_letter is not None:
-                    letter = result.dead_letter
-                    log.warning(
-                        "dead_letter",
-                        reason=letter.reason,
-                        detail=letter.detail,
-                        topic=record.source.topic,
-                        partition=record.source.partition,
-                        offset=record.source.offset,
-                    )
+                    log_dead_letter(result.dead_letter)
             await asyncio.gather(*pending)
 
     @app.timer(interval=10.0)  # type: ignore[untyped-decorator]  # faust's decorators are untyped
