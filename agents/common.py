@@ -40,20 +40,22 @@ def codec_from_settings(settings: Settings) -> AvroCodec:
     )
 
 
+def source_of(event: Any) -> SourceCoordinates:
+    """Where a Faust event was read: topic, partition, offset, Kafka timestamp (ms)."""
+    message = event.message
+    return SourceCoordinates(message.topic, message.partition, message.offset, int((message.timestamp or 0) * 1000))
+
+
 def dead_letter_for(event: Any, stage: str, reason: str, detail: str) -> DeadLetter:
     """A dead letter for a Faust event, with its original bytes and coordinates."""
-    message = event.message
-    return DeadLetter(
+    return DeadLetter.of(
+        source_of(event),
+        event.message.key,
+        event.message.value,
+        stage=stage,
         reason=reason,
         detail=detail,
-        stage=stage,
-        source_topic=message.topic,
-        source_partition=message.partition,
-        source_offset=message.offset,
-        source_timestamp_ms=int((message.timestamp or 0) * 1000),
-        key=message.key,
-        value=message.value,
-        rejected_at_ms=time.time_ns() // 1_000_000,
+        now_ms=time.time_ns() // 1_000_000,
     )
 
 
@@ -74,7 +76,4 @@ async def send_dead_letter(app: faust.App, codec: AvroCodec, topics: Topics, let
     """Log and produce a dead letter; returns the send future."""
     log_dead_letter(letter)
     value = codec.encode("DeadLetter", letter.to_avro(), topics.deadletter)
-    source = SourceCoordinates(
-        letter.source_topic, letter.source_partition, letter.source_offset, letter.source_timestamp_ms
-    )
-    return await app.producer.send(topics.deadletter, letter.key, value, None, None, [source.header])
+    return await app.producer.send(topics.deadletter, letter.key, value, None, None, [letter.source.header])

@@ -13,12 +13,11 @@ from typing import Any
 
 import faust
 
-from agents.common import codec_from_settings, log_dead_letter, raw_topic
+from agents.common import codec_from_settings, log_dead_letter, raw_topic, source_of
 from streams.chunk import default_tokenizer
 from streams.dedup import LookupIndex
 from streams.ingest import IngestConfig, IngestPipeline, IngestRecord, encode_outputs
 from streams.logs import get_logger
-from streams.records import SourceCoordinates
 from streams.settings import Settings
 from streams.topics import Topics
 
@@ -34,9 +33,7 @@ def record_from_event(event: Any) -> IngestRecord:
     return IngestRecord(
         key=message.key,
         value=message.value,
-        source=SourceCoordinates(
-            message.topic, message.partition, message.offset, int((message.timestamp or 0) * 1000)
-        ),
+        source=source_of(event),
         traceparent=traceparent.decode("ascii", "replace") if isinstance(traceparent, bytes) else traceparent,
     )
 

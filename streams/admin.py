@@ -65,17 +65,13 @@ async def ensure_topics(settings: Settings, specs: Iterable[TopicSpec] | None = 
 
 
 async def _wait_for_metadata(settings: Settings, names: list[str], timeout: float = 30.0) -> None:
-    consumer = AIOKafkaConsumer(**client_kwargs(settings))
-    await consumer.start()
-    try:
-        deadline = asyncio.get_running_loop().time() + timeout
-        while asyncio.get_running_loop().time() < deadline:
-            await consumer._client.force_metadata_update()  # no public API for a metadata refresh
-            if all(consumer.partitions_for_topic(name) for name in names):
-                return
-            await asyncio.sleep(0.2)
-    finally:
-        await consumer.stop()
+    """Poll until every created topic reports its partitions (its leaders are elected)."""
+    deadline = asyncio.get_running_loop().time() + timeout
+    while asyncio.get_running_loop().time() < deadline:
+        known = {tp.topic for tp in await topic_partitions(settings, names)}
+        if known >= set(names):
+            return
+        await asyncio.sleep(0.2)
 
 
 async def topic_partitions(settings: Settings, names: Iterable[str]) -> list[TopicPartition]:

@@ -186,7 +186,6 @@ def account(
     indexed_docs: set[str] = set()
     duplicates = Counter[str]()
     dead_letters = Counter[str]()
-    deletions: set[str] = set()
     expected = {
         f"{tp.topic}:{tp.partition}:{offset}"
         for tp, (first, stop) in published.items()
@@ -202,8 +201,6 @@ def account(
             chunks[record["op"]] += 1
             if record["op"] == "UPSERT":
                 indexed_docs.add(record["doc_id"])
-            elif record["chunk_index"] in (0, -1):
-                deletions.add(source)
         elif message.topic == topics.docs_duplicates:
             duplicates[codec.decode(message.value, "DuplicateNotice")["kind"]] += 1
         elif message.topic == topics.deadletter:

@@ -22,7 +22,7 @@ import json
 import os
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
-from functools import cached_property
+from functools import cached_property, lru_cache
 from pathlib import Path
 from typing import Protocol
 
@@ -70,8 +70,14 @@ def default_graph_path() -> Path:
 
 def model_version(graph: Path, tokenizer: Path, pooling: dict[str, object] = POOLING) -> str:
     """sha256 over the graph bytes, the tokenizer bytes and the pooling config."""
+    return _model_version(graph, tokenizer, json.dumps(pooling, sort_keys=True))
+
+
+@lru_cache(maxsize=16)
+def _model_version(graph: Path, tokenizer: Path, pooling: str) -> str:
+    # Model files never change under a path (built graphs are named by their inputs' digest).
     digest = hashlib.sha256()
-    for part in (graph.read_bytes(), tokenizer.read_bytes(), json.dumps(pooling, sort_keys=True).encode()):
+    for part in (graph.read_bytes(), tokenizer.read_bytes(), pooling.encode()):
         digest.update(hashlib.sha256(part).digest())
     return digest.hexdigest()
 

@@ -110,17 +110,14 @@ class _Prepared:
 
 
 def _dead_letter(record: IngestRecord, rejection: Rejection, now_ms: int) -> DeadLetter:
-    return DeadLetter(
+    return DeadLetter.of(
+        record.source,
+        record.key,
+        record.value,
+        stage=STAGE,
         reason=rejection.reason,
         detail=rejection.detail,
-        stage=STAGE,
-        source_topic=record.source.topic,
-        source_partition=record.source.partition,
-        source_offset=record.source.offset,
-        source_timestamp_ms=record.source.timestamp_ms,
-        key=record.key,
-        value=record.value,
-        rejected_at_ms=now_ms,
+        now_ms=now_ms,
     )
 
 

@@ -35,6 +35,7 @@ import os
 import struct
 import tempfile
 from dataclasses import dataclass
+from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
@@ -264,8 +265,13 @@ def inputs_digest(*paths: Path) -> str:
     return digest.hexdigest()[:16]
 
 
+@lru_cache(maxsize=8)
 def ensure_models(models_dir: Path) -> ModelFiles:
-    """Build the fp32 and int8 graphs once (about 10 s); later calls return the cached files."""
+    """Build the fp32 and int8 graphs once (about 10 s); later calls return the cached files.
+
+    Cached per process too: hashing the 113 MB of shipped files takes a noticeable fraction of
+    a second, and every agent and search asks for the graph.
+    """
     int8_graph, weights = shipped_files()
     tag = inputs_digest(int8_graph, weights)
     files = ModelFiles(models_dir / f"minilm-{tag}-fp32.onnx", models_dir / f"minilm-{tag}-int8.onnx")

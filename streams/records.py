@@ -109,6 +109,36 @@ class DeadLetter:
     def to_avro(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
+    @classmethod
+    def of(
+        cls,
+        source: SourceCoordinates,
+        key: bytes | None,
+        value: bytes | None,
+        *,
+        stage: str,
+        reason: str,
+        detail: str,
+        now_ms: int,
+    ) -> DeadLetter:
+        """The dead letter of one input record: its original bytes, where it was, and why."""
+        return cls(
+            reason,
+            detail,
+            stage,
+            source.topic,
+            source.partition,
+            source.offset,
+            source.timestamp_ms,
+            key,
+            value,
+            now_ms,
+        )
+
+    @property
+    def source(self) -> SourceCoordinates:
+        return SourceCoordinates(self.source_topic, self.source_partition, self.source_offset, self.source_timestamp_ms)
+
 
 @dataclass(frozen=True)
 class DuplicateNotice:
