@@ -43,6 +43,18 @@ class BrokerError(RuntimeError):
     """The embedded broker could not be prepared or started; the message says what to do."""
 
 
+def new_cluster_id() -> str:
+    """A random KRaft cluster id: 16 bytes, URL-safe base64 without padding.
+
+    Like Kafka's own ``Uuid.randomUuid`` it never starts with ``-``: the storage tool's argument
+    parser would read such an id as an option and refuse to format (one id in 64 otherwise).
+    """
+    while True:
+        cluster_id = base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
+        if not cluster_id.startswith("-"):
+            return cluster_id
+
+
 @dataclass(frozen=True)
 class BrokerStatus:
     """What ``llmops kafka status`` reports."""
@@ -224,9 +236,8 @@ class EmbeddedKafka:
         """Format KRaft storage once (a fresh cluster id per data folder)."""
         if (self.storage_dir / "meta.properties").exists():
             return
-        cluster_id = base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
         result = subprocess.run(
-            self._java("kafka.tools.StorageTool", "format", "-t", cluster_id, "-c", str(config)),
+            self._java("kafka.tools.StorageTool", "format", f"--cluster-id={new_cluster_id()}", "-c", str(config)),
             capture_output=True,
             text=True,
             check=False,
