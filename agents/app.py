@@ -21,7 +21,7 @@ import faust
 from streams.settings import Settings
 from streams.topics import Topics
 
-AGENT_GROUPS = ("ingest", "embed", "index")
+AGENT_GROUPS = ("ingest", "embed", "index", "infer")
 
 
 def broker_credentials(settings: Settings) -> Any:
@@ -85,4 +85,8 @@ def create_app(settings: Settings, agents: Sequence[str] = AGENT_GROUPS) -> faus
         from agents.index import register_index
 
         register_index(app, settings)
+    if "infer" in agents:
+        from agents.infer import register_infer
+
+        register_infer(app, settings)
     return app

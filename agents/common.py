@@ -7,7 +7,7 @@ from typing import Any
 
 import faust
 
-from streams.avro import AvroCodec, registry_from_settings
+from streams.avro import AvroCodec
 from streams.logs import get_logger
 from streams.records import DeadLetter, SourceCoordinates
 from streams.settings import Settings
@@ -25,18 +25,6 @@ def raw_topic(app: faust.App, name: str, settings: Settings) -> Any:
         key_serializer="raw",
         value_serializer="raw",
         partitions=settings.partitions,
-    )
-
-
-def codec_from_settings(settings: Settings) -> AvroCodec:
-    """The Avro codec with the configured schema registry."""
-    password = settings.schema_registry_password
-    return AvroCodec(
-        registry_from_settings(
-            settings.schema_registry_url,
-            settings.schema_registry_username,
-            password.get_secret_value() if password else None,
-        )
     )
 
 

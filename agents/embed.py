@@ -12,8 +12,8 @@ from typing import Any
 
 import faust
 
-from agents.common import codec_from_settings, dead_letter_for, raw_topic, send_dead_letter
-from streams.avro import CodecError
+from agents.common import dead_letter_for, raw_topic, send_dead_letter
+from streams.avro import CodecError, codec_from_settings
 from streams.embed import OnnxEmbedder
 from streams.indexing import embed_chunks
 from streams.logs import get_logger

@@ -13,14 +13,14 @@ from typing import Any
 
 import faust
 
-from agents.common import codec_from_settings, dead_letter_for, raw_topic, send_dead_letter
-from streams.avro import CodecError
+from agents.common import dead_letter_for, raw_topic, send_dead_letter
+from streams.avro import CodecError, codec_from_settings
 from streams.embed import version_for
 from streams.indexing import ShuttingDown, write_with_retry
 from streams.logs import get_logger
 from streams.settings import Settings
 from streams.topics import Topics
-from streams.vectorstore import MilvusStore, VectorStore
+from streams.vectorstore import VectorStore, shared_store
 
 log = get_logger(__name__)
 MAX_BACKOFF_SECONDS = 30.0
@@ -35,7 +35,7 @@ def register_index(app: faust.App, settings: Settings) -> Any:
     stores: list[VectorStore] = []
 
     def open_store() -> VectorStore:
-        return MilvusStore.from_settings(settings, model_version)
+        return shared_store(settings, model_version)
 
     @app.agent(raw_topic(app, topics.docs_embeddings, settings), name="index")
     async def index(stream: Any) -> None:

@@ -13,7 +13,8 @@ from typing import Any
 
 import faust
 
-from agents.common import codec_from_settings, log_dead_letter, raw_topic, source_of
+from agents.common import log_dead_letter, raw_topic, source_of
+from streams.avro import codec_from_settings
 from streams.chunk import default_tokenizer
 from streams.dedup import LookupIndex
 from streams.ingest import IngestConfig, IngestPipeline, IngestRecord, encode_outputs

@@ -34,6 +34,8 @@ from typing import Any, Protocol
 import fastavro
 from fastavro.schema import to_parsing_canonical_form
 
+from streams.settings import Settings
+
 MAGIC_BYTE = 0
 HEADER = struct.Struct(">bI")
 SCHEMA_DIR = Path(__file__).resolve().parent.parent / "schemas"
@@ -227,3 +229,15 @@ def registry_from_settings(url: str | None, username: str | None, password: str 
     if url:
         return ConfluentRegistry(url, username, password)
     return EmbeddedRegistry.from_directory()
+
+
+def codec_from_settings(settings: Settings) -> AvroCodec:
+    """The Avro codec with the schema registry that ``settings`` configure."""
+    password = settings.schema_registry_password
+    return AvroCodec(
+        registry_from_settings(
+            settings.schema_registry_url,
+            settings.schema_registry_username,
+            password.get_secret_value() if password else None,
+        )
+    )

@@ -9,25 +9,15 @@ Why this exists:
 from __future__ import annotations
 
 import asyncio
-import json
 import sys
 from pathlib import Path
 from typing import Any
 
 import click
 
-from streams.settings import Settings
-
-
-def _settings() -> Settings:
-    try:
-        return Settings()
-    except Exception as error:  # noqa: BLE001 - pydantic's ValidationError, shown to the user as-is
-        raise click.ClickException(f"invalid LLMOPS_* settings:\n{error}") from None
-
-
-def _echo_json(data: Any) -> None:
-    click.echo(json.dumps(data, indent=2, default=str))
+from streams.cli_inference import models, query
+from streams.cli_support import echo_json as _echo_json
+from streams.cli_support import load_settings as _settings
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
@@ -151,9 +141,9 @@ def kafka_topics(as_json: bool) -> None:
 @cli.command()
 @click.option(
     "--agents",
-    default="ingest,embed,index",
+    default="ingest,embed,index,infer",
     show_default=True,
-    help="Comma-separated agent groups to run in this process (embed and index share Milvus Lite).",
+    help="Comma-separated agent groups to run in this process (index and infer share Milvus Lite).",
 )
 def worker(agents: str) -> None:
     """Run Faust agents until interrupted (Ctrl-C or SIGTERM stop it cleanly).
@@ -367,6 +357,10 @@ def demo(limit: int | None, as_json: bool) -> None:
         print_summary(summary)
     if not summary["accounted"]:
         sys.exit(1)
+
+
+cli.add_command(query)
+cli.add_command(models)
 
 
 def main() -> None:

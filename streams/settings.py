@@ -94,6 +94,26 @@ class Settings(BaseSettings):
     ingest_batch_size: int = Field(256, ge=1, description="Events taken per batch by the ingest agent.")
     ingest_batch_seconds: float = Field(0.05, gt=0, description="Longest wait to fill an ingest batch.")
 
+    # --- Inference ---------------------------------------------------------------------------
+    infer_concurrency: int = Field(4, ge=1, le=256, description="Requests the infer agent works on at once.")
+    infer_threads: int = Field(2, ge=1, le=64, description="Threads that embed queries and search for the infer agent.")
+    default_classifier: str = Field(
+        "stdlib-topic", description="Model name that answers `classify` when none is pinned."
+    )
+    injection_block_score: float = Field(
+        0.7, gt=0, le=1, description="Prompt-injection score at which a request is blocked."
+    )
+    injection_flag_score: float = Field(
+        0.3, gt=0, le=1, description="Prompt-injection score at which a request is flagged."
+    )
+    generator_url: str | None = Field(
+        None, description="OpenAI-compatible chat endpoint for `rag` answers; unset = context only."
+    )
+    generator_model: str = Field("gpt-4o-mini", description="Model name sent to the generator endpoint.")
+    generator_api_key: SecretStr | None = None
+    qa_min_accuracy: float = Field(0.6, ge=0, le=1, description="QA gate: lowest accuracy a candidate may have.")
+    qa_max_drop: float = Field(0.02, ge=0, le=1, description="QA gate: largest accuracy drop from production allowed.")
+
     # --- Logging -----------------------------------------------------------------------------
     log_format: Literal["auto", "json", "console"] = "auto"
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"

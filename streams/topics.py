@@ -25,6 +25,7 @@ DOCS_EMBEDDINGS = "docs.embeddings"
 DEADLETTER = "deadletter"
 INFERENCE_REQUESTS = "inference.requests"
 INFERENCE_RESPONSES = "inference.responses"
+INFERENCE_SHADOW = "inference.shadow"
 FEEDBACK = "feedback"
 MONITOR_METRICS = "monitor.metrics"
 MONITOR_ALERTS = "monitor.alerts"
@@ -39,6 +40,7 @@ ALL_BASE_NAMES = (
     DEADLETTER,
     INFERENCE_REQUESTS,
     INFERENCE_RESPONSES,
+    INFERENCE_SHADOW,
     FEEDBACK,
     MONITOR_METRICS,
     MONITOR_ALERTS,
@@ -87,6 +89,22 @@ class Topics:
     @property
     def docs_embeddings(self) -> str:
         return self.name(DOCS_EMBEDDINGS)
+
+    @property
+    def inference_requests(self) -> str:
+        return self.name(INFERENCE_REQUESTS)
+
+    @property
+    def inference_responses(self) -> str:
+        return self.name(INFERENCE_RESPONSES)
+
+    @property
+    def inference_shadow(self) -> str:
+        return self.name(INFERENCE_SHADOW)
+
+    @property
+    def feedback(self) -> str:
+        return self.name(FEEDBACK)
 
     @property
     def deadletter(self) -> str:

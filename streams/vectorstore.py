@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import json
 import re
+import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -122,6 +123,7 @@ class MilvusStore:
             ) from None
         self.uri, self.collection, self.dimension = uri, collection, dimension
         self.index_type, self.metric = index_type, metric
+        self.closed = False
         self._ensure_collection()
 
     @classmethod
@@ -185,6 +187,10 @@ class MilvusStore:
             filter=f"tenant == {quote(tenant or '')}",
             output_fields=["chunk_id", "doc_id", "text", "title", "tenant"],
             search_params={"params": SEARCH_PARAMS[self.index_type]},
+            # Read-your-writes for this client: the index and infer agents of a worker share it,
+            # so a search sees every chunk the worker has written without Strong's wait for a
+            # cluster-wide timestamp.
+            consistency_level="Session",
         )
         return [
             Hit(
@@ -225,11 +231,31 @@ class MilvusStore:
 
     def close(self) -> None:
         """Close the client and, for Milvus Lite, stop its in-process server and release the file lock."""
+        self.closed = True
         self._client.close()
         if not self.uri.startswith(("http://", "https://", "tcp://", "unix:")):
             from milvus_lite import server_manager_instance
 
             server_manager_instance.release_server(self.uri)
+
+
+_shared: dict[tuple[str, str], MilvusStore] = {}
+_shared_lock = threading.Lock()
+
+
+def shared_store(settings: Settings, model_version: str, dimension: int = 384) -> MilvusStore:
+    """The open store of this process for ``settings`` and ``model_version``, opened on first use.
+
+    Milvus Lite lets one process open its file, and closing a client stops its in-process
+    server, so the agents of one worker (index and infer) share one store; a closed one (after a
+    failure) is reopened by the next caller.
+    """
+    with _shared_lock:
+        key = (str(settings.milvus_uri or (settings.data_dir / "milvus.db").resolve()), model_version)
+        store = _shared.get(key)
+        if store is None or store.closed:
+            store = _shared[key] = MilvusStore.from_settings(settings, model_version, dimension)
+        return store
 
 
 def _snippet(text: str, limit: int = 200) -> str:

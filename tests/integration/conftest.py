@@ -108,6 +108,18 @@ def worker(settings: Settings) -> Iterator[WorkerProcess]:
     process.stop()
 
 
+def run_cli(settings: Settings, *args: str) -> subprocess.CompletedProcess[str]:
+    """`llmops ARGS` in a subprocess configured by ``settings``, output captured."""
+    return subprocess.run(
+        [sys.executable, "-m", "streams.cli", *args],
+        capture_output=True,
+        text=True,
+        env=WorkerProcess(settings).env(),
+        cwd=ROOT,
+        check=False,
+    )
+
+
 def run(coro):  # type: ignore[no-untyped-def]
     """Run a coroutine from a synchronous test."""
     return asyncio.run(coro)

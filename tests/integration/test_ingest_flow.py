@@ -5,8 +5,6 @@ from __future__ import annotations
 import io
 import json
 import struct
-import subprocess
-import sys
 
 import fastavro
 from aiokafka.admin import AIOKafkaAdminClient
@@ -19,7 +17,7 @@ from streams.publish import encode_document, publish_records
 from streams.settings import Settings
 from streams.topics import Topics
 
-from .conftest import WorkerProcess, run
+from .conftest import WorkerProcess, run, run_cli
 
 CODEC = AvroCodec(EmbeddedRegistry.from_directory())
 LONG = " ".join(f"Paragraph {i} explains how the module handles case {i % 9} in detail." for i in range(80))
@@ -121,14 +119,7 @@ def test_clean_chunks_are_readable_by_any_avro_consumer(settings: Settings, work
 
 def test_kafka_cli_reports_topics_with_explicit_partitions_and_a_compacted_control_topic(settings: Settings) -> None:
     run(ensure_topics(settings))
-    env = WorkerProcess(settings).env()
-    result = subprocess.run(
-        [sys.executable, "-m", "streams.cli", "kafka", "status", "--json"],
-        capture_output=True,
-        text=True,
-        env=env,
-        check=False,
-    )
+    result = run_cli(settings, "kafka", "status", "--json")
     assert result.returncode == 0, result.stderr
     status = json.loads(result.stdout)
     topics = Topics(settings.namespace)

@@ -1,0 +1,115 @@
+"""The registry's lifecycle rules, and control events through the real Avro codec."""
+
+from __future__ import annotations
+
+import pytest
+
+from streams.avro import AvroCodec, EmbeddedRegistry
+from streams.registry import Kind, ModelVersion, QaGate, Registry, RegistryError, Stage, files_version
+
+GATE = QaGate(min_accuracy=0.6, max_drop=0.02)
+
+
+def version(name: str = "topic", seed: str = "a", accuracy: float = 0.9) -> ModelVersion:
+    vid, digests = files_version({"model.onnx": seed.encode(), "labels.json": b"x\ny"})
+    return ModelVersion(
+        name, vid, Kind.CLASSIFIER, Stage.REGISTERED, 1, digests, ("x", "y"), metrics={"holdout_accuracy": accuracy}
+    )
+
+
+def apply(registry: Registry, events: list[ModelVersion]) -> list[ModelVersion]:
+    for event in events:
+        registry.apply(event)
+    return events
+
+
+def to_production(registry: Registry, v: ModelVersion, accuracy: float, now: int) -> None:
+    apply(registry, registry.register(v))
+    apply(registry, registry.promote(v.name, v.version, Stage.QA, actor="t", now_ms=now))
+    apply(registry, registry.record_evaluation(v.name, v.version, {"accuracy": accuracy}, GATE, actor="t", now_ms=now))
+    apply(registry, registry.promote(v.name, v.version, Stage.PRODUCTION, actor="t", now_ms=now, approved_by="ana"))
+
+
+def test_versions_are_named_by_their_files() -> None:
+    assert version(seed="a").version == version(seed="a").version != version(seed="b").version
+    assert len(version().version) == 64
+
+
+def test_production_needs_qa_a_passed_gate_and_an_approver() -> None:
+    registry = Registry()
+    v = version()
+    apply(registry, registry.register(v))
+    with pytest.raises(RegistryError, match="promote it to qa"):
+        registry.promote("topic", v.version, Stage.PRODUCTION, actor="t", now_ms=2, approved_by="ana")
+    apply(registry, registry.promote("topic", v.version[:8], Stage.QA, actor="t", now_ms=2))
+    with pytest.raises(RegistryError, match="no QA evaluation"):
+        registry.promote("topic", v.version, Stage.PRODUCTION, actor="t", now_ms=3, approved_by="ana")
+    apply(registry, registry.record_evaluation("topic", v.version, {"accuracy": 0.5}, GATE, actor="t", now_ms=3))
+    with pytest.raises(RegistryError, match=r"failed its QA gate: accuracy 0\.500 is below"):
+        registry.promote("topic", v.version, Stage.PRODUCTION, actor="t", now_ms=4, approved_by="ana")
+    apply(registry, registry.record_evaluation("topic", v.version, {"accuracy": 0.8}, GATE, actor="t", now_ms=4))
+    with pytest.raises(RegistryError, match="explicit approval"):
+        registry.promote("topic", v.version, Stage.PRODUCTION, actor="t", now_ms=5, approved_by=" ")
+    apply(registry, registry.promote("topic", v.version, Stage.PRODUCTION, actor="t", now_ms=5, approved_by="ana"))
+    current = registry.production("topic")
+    assert current is not None and current.version == v.version and current.approved_by == "ana"
+    assert registry.resolve("topic").version == v.version
+
+
+def test_a_candidate_worse_than_production_fails_the_gate() -> None:
+    registry = Registry()
+    to_production(registry, version(seed="a"), 0.9, now=10)
+    worse = version(seed="b")
+    apply(registry, registry.register(worse))
+    apply(registry, registry.promote("topic", worse.version, Stage.QA, actor="t", now_ms=11))
+    (evaluated,) = registry.record_evaluation("topic", worse.version, {"accuracy": 0.85}, GATE, actor="t", now_ms=12)
+    assert evaluated.qa_passed is False
+    assert "below production's 0.900" in (evaluated.qa_report or "")
+
+
+def test_promotion_archives_the_old_version_and_rollback_restores_it() -> None:
+    registry = Registry()
+    first, second = version(seed="a"), version(seed="b")
+    to_production(registry, first, 0.9, now=10)
+    to_production(registry, second, 0.91, now=20)
+    assert registry.get("topic", first.version).stage is Stage.ARCHIVED
+    assert [v.version for v in registry.all("topic") if v.stage is Stage.PRODUCTION] == [second.version]
+    events = apply(registry, registry.rollback("topic", actor="t", now_ms=30))
+    assert [(e.version, e.stage) for e in events] == [
+        (second.version, Stage.ARCHIVED),
+        (first.version, Stage.PRODUCTION),
+    ]
+    assert registry.resolve("topic").version == first.version
+    with pytest.raises(RegistryError, match="nothing to roll back to"):
+        registry.rollback("topic", actor="t", now_ms=40)
+
+
+def test_registering_the_same_files_twice_is_refused_and_unknown_versions_say_what_exists() -> None:
+    registry = Registry()
+    v = version()
+    apply(registry, registry.register(v))
+    with pytest.raises(RegistryError, match="already registered"):
+        registry.register(v)
+    with pytest.raises(RegistryError, match=f"known versions: topic@{v.version[:12]}"):
+        registry.get("topic", "ffff")
+    with pytest.raises(RegistryError, match="has no production version"):
+        registry.resolve("topic")
+
+
+def test_a_registry_copy_does_not_see_later_events() -> None:
+    registry = Registry()
+    to_production(registry, version(seed="a"), 0.9, now=10)
+    snapshot = registry.copy()
+    to_production(registry, version(seed="b"), 0.9, now=20)
+    assert snapshot.resolve("topic").version == version(seed="a").version
+    assert registry.resolve("topic").version == version(seed="b").version
+
+
+def test_control_events_round_trip_through_avro() -> None:
+    codec = AvroCodec(EmbeddedRegistry.from_directory())
+    v = ModelVersion.from_avro({**version().to_avro(), "artifact": b"\x00onnx", "shadow": True, "qa_passed": True})
+    decoded = ModelVersion.from_avro(
+        codec.decode(codec.encode("ModelVersion", v.to_avro(), "models.control"), "ModelVersion")
+    )
+    assert decoded == v
+    assert "artifact" not in decoded.summary() and decoded.summary()["artifact_bytes"] == 5
