@@ -346,7 +346,10 @@ def demo(limit: int | None, as_json: bool) -> None:
     """Start the broker and a worker, publish the stdlib corpus with some bad records, report.
 
     This is what `make run` does. Every published record is accounted for: indexed,
-    skipped as a duplicate, deleted, or dead-lettered with a reason.
+    skipped as a duplicate, deleted, or dead-lettered with a reason. Then a classifier is
+    trained, evaluated in QA, approved and promoted, and questions go to the infer agent over
+    Kafka; each answer shows which model versions answered. Exits 1 if anything is unaccounted
+    for or an answer is not what was expected.
     """
     from streams.demo import print_summary, run_demo
 
@@ -355,7 +358,7 @@ def demo(limit: int | None, as_json: bool) -> None:
         _echo_json(summary)
     else:
         print_summary(summary)
-    if not summary["accounted"]:
+    if not (summary["accounted"] and summary["answered"]):
         sys.exit(1)
 
 

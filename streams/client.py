@@ -39,6 +39,33 @@ def partition_for(key: str, partitions: int) -> int:
     return int(murmur2(key.encode("utf-8")) & 0x7FFFFFFF) % partitions
 
 
+def make_request(
+    client_id: str,
+    text: str,
+    task: str = "search",
+    *,
+    tenant: str | None = None,
+    top_k: int = 5,
+    model: str | None = None,
+    explain: bool = False,
+    deadline_s: float | None = None,
+) -> InferenceRequest:
+    """A new request with a fresh id, stamped with the time it was made."""
+    now = time.time_ns() // 1_000_000
+    return InferenceRequest(
+        request_id=uuid.uuid4().hex,
+        task=task,
+        text=text,
+        client_id=client_id,
+        tenant=tenant,
+        top_k=top_k,
+        model=model,
+        deadline_ms=now + int(deadline_s * 1000) if deadline_s is not None else None,
+        explain=explain,
+        sent_at_ms=now,
+    )
+
+
 class InferenceClient:
     """Request/reply over Kafka for one client id."""
 
@@ -115,30 +142,9 @@ class InferenceClient:
         await self._producer.send(self.topics.inference_requests, value, key=self.client_id.encode())
         return future
 
-    def request(
-        self,
-        text: str,
-        task: str = "search",
-        *,
-        tenant: str | None = None,
-        top_k: int = 5,
-        model: str | None = None,
-        explain: bool = False,
-        deadline_s: float | None = None,
-    ) -> InferenceRequest:
-        now = time.time_ns() // 1_000_000
-        return InferenceRequest(
-            request_id=uuid.uuid4().hex,
-            task=task,
-            text=text,
-            client_id=self.client_id,
-            tenant=tenant,
-            top_k=top_k,
-            model=model,
-            deadline_ms=now + int(deadline_s * 1000) if deadline_s is not None else None,
-            explain=explain,
-            sent_at_ms=now,
-        )
+    def request(self, text: str, task: str = "search", **options: Any) -> InferenceRequest:
+        """A request from this client (``options``: tenant, top_k, model, explain, deadline_s)."""
+        return make_request(self.client_id, text, task, **options)
 
     async def ask(self, text: str, task: str = "search", *, timeout: float = 30.0, **options: Any) -> dict[str, Any]:
         """Send one request and wait for its response (``options``: tenant, top_k, model, explain, deadline_s)."""

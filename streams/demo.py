@@ -34,6 +34,7 @@ from streams.admin import client_kwargs, ensure_topics, offsets, read_range
 from streams.avro import AvroCodec, registry_from_settings
 from streams.broker import EmbeddedKafka
 from streams.corpus import stdlib_documents
+from streams.demo_inference import run_inference_demo
 from streams.publish import encode_document, publish_records
 from streams.records import SOURCE_HEADER
 from streams.settings import Settings
@@ -52,13 +53,7 @@ BROKEN_RECORDS: list[tuple[bytes | None, bytes | None]] = [
 ]
 
 
-WORKER_AGENTS = ("ingest", "embed", "index")
-DEMO_QUESTIONS = (
-    "parse a JSON document from a string",
-    "create a temporary directory that is removed afterwards",
-    "compress data with gzip",
-    "run a function in a separate thread",
-)
+WORKER_AGENTS = ("ingest", "embed", "index", "infer")
 
 
 def demo_records(limit: int | None) -> list[tuple[bytes | None, bytes | None]]:
@@ -250,6 +245,7 @@ def run_demo(
             log(f"the worker did not catch up within {timeout:.0f}s; see {worker_log}")
         after = asyncio.run(_end_offsets(settings, outputs))
         messages = asyncio.run(_collect(read_range(settings, before, after)))
+        inference = run_inference_demo(settings, log) if ok and worker.poll() is None else None
     finally:
         code = _stop_worker(worker)
     codec = AvroCodec(registry_from_settings(settings.schema_registry_url, settings.schema_registry_username, None))
@@ -264,28 +260,25 @@ def run_demo(
         topic_records=counts,
         publish_seconds=round(report.seconds, 2),
         pipeline_seconds=round(processed_at - started, 2),
+        inference=inference,
         worker_exit_code=code,
         worker_log=str(worker_log),
         caught_up=ok,
     )
     summary["accounted"] = summary["accounted"] and ok
+    summary["answered"] = inference is not None and inference["as_expected"]
     return summary
 
 
 def index_report(settings: Settings) -> dict[str, Any]:
-    """After the worker stopped (Milvus Lite has one owner): index size, freshness, demo searches."""
+    """After the worker stopped (Milvus Lite has one owner): index size and freshness."""
     from streams.embed import OnnxEmbedder
-    from streams.search import hits_as_dicts, search_index
     from streams.vectorstore import MilvusStore
 
     embedder = OnnxEmbedder.from_settings(settings)
     store = MilvusStore.from_settings(settings, embedder.version, embedder.dimension)
     try:
         freshness = sorted(store.freshness_ms())
-        answers = {
-            question: hits_as_dicts(search_index(settings, question, 3, None, embedder, store))
-            for question in DEMO_QUESTIONS
-        }
         return {
             "index_collection": store.collection,
             "index_chunks": store.count(),
@@ -294,7 +287,6 @@ def index_report(settings: Settings) -> dict[str, Any]:
                 "p50": freshness[len(freshness) // 2] if freshness else None,
                 "p99": freshness[int(len(freshness) * 0.99)] if freshness else None,
             },
-            "searches": answers,
         }
     finally:
         store.close()
@@ -333,7 +325,19 @@ def print_summary(summary: dict[str, Any]) -> None:
         f"p50 {summary['freshness_ms']['p50']} ms, p99 {summary['freshness_ms']['p99']} ms "
         f"(stage done after {summary['stage_done_after_seconds']} s)"
     )
-    for question, hits in summary["searches"].items():
-        console.print(f"[bold]search:[/] {question}")
-        for hit in hits:
-            console.print(f"   {hit['score']:.3f}  {hit['chunk_id']}: {hit['snippet'][:90]}")
+    if summary.get("inference"):
+        print_inference(summary["inference"])
+
+
+def print_inference(inference: dict[str, Any]) -> None:
+    """The classifier that was promoted and each answer, as `llmops query` prints them."""
+    from streams.cli_inference import print_response
+
+    classifier = inference["classifier"]
+    print(
+        f"classifier {classifier['name']}@{classifier['version'][:12]} in production "
+        f"(QA: {classifier['qa_report']}; approved by {classifier['approved_by']})"
+    )
+    for answer in inference["answers"]:
+        print(f"\n> {answer['task']}: {answer['question']}")
+        print_response(answer)

@@ -401,40 +401,53 @@ class InferenceService:
     async def _run_task(
         self, models: ModelSet, request: InferenceRequest, response: dict[str, Any], timer: Timer
     ) -> None:
+        # One hop to a worker thread for all the CPU work of a request (embed, then search or
+        # classify): every extra hand-off between the event loop and a thread costs latency.
+        loaded = models.classifier_for(request) if request.task == "classify" else None
+        if request.task != "classify" and models.store is None:
+            raise RequestRejected("NO_INDEX", "the vector index is not open in this worker", request.request_id)
+        await self._run_blocking(self._compute, models, loaded, request, response, timer)
+        if request.task == "rag":
+            hits = response["hits"]
+            if not hits:
+                response["note"] = "no indexed chunk matches this tenant; nothing to answer from"
+            elif self.generator is None:
+                response["note"] = CONTEXT_ONLY_NOTE
+            else:
+                started = time.perf_counter()
+                response["answer"] = await self.generator.generate(request.text, response["context"])
+                timer.measure("generate", started)
+                response["models"].append({"name": "generator", "version": self.generator.model, "stage": "external"})
+
+    @staticmethod
+    def _compute(
+        models: ModelSet,
+        loaded: LoadedClassifier | None,
+        request: InferenceRequest,
+        response: dict[str, Any],
+        timer: Timer,
+    ) -> None:
+        """The blocking part of a request, run in one worker thread."""
         started = time.perf_counter()
-        vectors = await self._run_blocking(models.embedder.embed, [request.text])
+        vectors = models.embedder.embed([request.text])
         timer.measure("embed", started)
         response["models"].append(models.embedder_ref())
-        if request.task in ("search", "rag"):
-            if models.store is None:
-                raise RequestRejected("NO_INDEX", "the vector index is not open in this worker", request.request_id)
+        if loaded is None:
+            assert models.store is not None
             started = time.perf_counter()
-            hits = await self._run_blocking(models.store.search, vectors[0].tolist(), request.top_k, request.tenant)
+            hits = models.store.search(vectors[0].tolist(), request.top_k, request.tenant)
             timer.measure("search", started)
             response["hits"] = [hit_dict(hit) for hit in hits]
             if request.task == "rag":
                 response["context"] = assemble_context(hits)
-                if not hits:
-                    response["note"] = "no indexed chunk matches this tenant; nothing to answer from"
-                elif self.generator is None:
-                    response["note"] = CONTEXT_ONLY_NOTE
-                else:
-                    started = time.perf_counter()
-                    response["answer"] = await self.generator.generate(request.text, response["context"])
-                    timer.measure("generate", started)
-                    response["models"].append(
-                        {"name": "generator", "version": self.generator.model, "stage": "external"}
-                    )
             return
-        loaded = models.classifier_for(request)
         started = time.perf_counter()
-        label, probabilities = loaded.head.predict(vectors)[0]
+        response["label"], response["probabilities"] = loaded.head.predict(vectors)[0]
         if request.explain:
-            words, method = await self._run_blocking(explain, loaded.head, models.embedder, request.text)
+            words, method = explain(loaded.head, models.embedder, request.text)
             response["explanation"] = [{"token": token, "weight": weight} for token, weight in words]
             response["explanation_method"] = method
         timer.measure("classify", started)
-        response["label"], response["probabilities"] = label, probabilities
         response["models"].append(
             {"name": loaded.version.name, "version": loaded.version.version, "stage": loaded.version.stage.value}
         )

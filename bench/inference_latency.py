@@ -1,0 +1,265 @@
+"""Request -> response latency over Kafka at fixed open-loop rates, saturation, and the in-process baseline.
+
+Runs the real worker (all agents; the infer agent answers) against the real broker and Milvus
+Lite, after indexing N stdlib documents and promoting a stdlib-topic classifier:
+
+1. **open loop**: for each task (search, classify) and rate (10, 50, 100 requests/s), one client
+   sends requests on a fixed schedule whatever the answers do, for S seconds; per request the
+   round trip (send -> response in the client), the work the agent reports (embed + search +
+   classify) and the **Kafka overhead** = round trip - work.
+2. **saturation**: C requests kept in flight for S seconds; answered requests per second.
+3. **in process**: after the worker stops, the same requests answered by the same
+   ``InferenceService`` code in this process (same models, same Milvus Lite collection): the
+   work alone, no Kafka.
+
+Prints JSON and writes bench/out/inference_latency.{json,png}.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import sys
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from streams.admin import ensure_topics, offsets  # noqa: E402
+from streams.broker import EmbeddedKafka  # noqa: E402
+from streams.chunk import default_tokenizer_path  # noqa: E402
+from streams.client import InferenceClient, make_request  # noqa: E402
+from streams.corpus import stdlib_documents  # noqa: E402
+from streams.demo import _start_worker, _stop_worker, wait_for_stages  # noqa: E402
+from streams.demo_inference import promote_demo_classifier  # noqa: E402
+from streams.embed import OnnxEmbedder, graph_for  # noqa: E402
+from streams.inference import InferenceService, ModelSet, load_classifiers, now_ms  # noqa: E402
+from streams.model_ops import load_registry  # noqa: E402
+from streams.publish import encode_document, publish_records  # noqa: E402
+from streams.settings import Settings  # noqa: E402
+from streams.topics import Topics  # noqa: E402
+from streams.vectorstore import MilvusStore  # noqa: E402
+
+OUT = ROOT / "bench" / "out"
+AGENTS = ("embed", "index", "infer", "ingest")
+WORK_STAGES = ("embed_ms", "search_ms", "classify_ms", "generate_ms")
+
+
+def summary(values: list[float]) -> dict[str, float]:
+    array = np.asarray(values, dtype=float)
+    if not len(array):
+        return {}
+    return {p: round(float(np.percentile(array, int(p[1:]))), 2) for p in ("p50", "p95", "p99")} | {
+        "max": round(float(array.max()), 2)
+    }
+
+
+def queries(count: int, skip: int) -> list[str]:
+    """Real questions-sized texts: first sentences of stdlib docstrings not in the index."""
+    texts = []
+    for document in stdlib_documents():
+        if skip > 0:
+            skip -= 1
+            continue
+        texts.append(document["text"].split(". ")[0][:200])
+        if len(texts) == count:
+            break
+    return texts
+
+
+async def open_loop(settings: Settings, task: str, rate: float, seconds: float, texts: list[str]) -> dict[str, Any]:
+    """Send at ``rate`` per second on a fixed schedule; measure each answer when it arrives."""
+    rows: list[dict[str, float]] = []
+    async with InferenceClient(settings) as client:
+        started = time.perf_counter()
+        futures = []
+        total = int(rate * seconds)
+        for index in range(total):
+            delay = started + index / rate - time.perf_counter()
+            if delay > 0:
+                await asyncio.sleep(delay)
+            sent = time.perf_counter()
+            future = await client.send(client.request(texts[index % len(texts)], task))
+
+            def done(f: asyncio.Future[dict[str, Any]], sent: float = sent) -> None:
+                if not f.cancelled() and f.exception() is None:
+                    response = f.result()
+                    work = sum(response["latency"][stage] for stage in WORK_STAGES)
+                    round_trip = (time.perf_counter() - sent) * 1000
+                    rows.append({"round_trip": round_trip, "work": work, "overhead": round_trip - work})
+
+            future.add_done_callback(done)
+            futures.append(future)
+        await asyncio.wait_for(asyncio.gather(*futures, return_exceptions=True), 120)
+    return {
+        "task": task,
+        "rate_per_s": rate,
+        "requests": total,
+        "answered": len(rows),
+        "round_trip_ms": summary([r["round_trip"] for r in rows]),
+        "work_ms": summary([r["work"] for r in rows]),
+        "kafka_overhead_ms": summary([r["overhead"] for r in rows]),
+    }
+
+
+async def saturation(settings: Settings, task: str, in_flight: int, seconds: float, texts: list[str]) -> dict[str, Any]:
+    """Keep ``in_flight`` requests outstanding; answered requests per second."""
+    answered = 0
+    latencies: list[float] = []
+    async with InferenceClient(settings) as client:
+        deadline = time.perf_counter() + seconds
+
+        async def lane(offset: int) -> None:
+            nonlocal answered
+            index = offset
+            while time.perf_counter() < deadline:
+                sent = time.perf_counter()
+                future = await client.send(client.request(texts[index % len(texts)], task))
+                await asyncio.wait_for(future, 60)
+                latencies.append((time.perf_counter() - sent) * 1000)
+                answered += 1
+                index += in_flight
+
+        started = time.perf_counter()
+        await asyncio.gather(*(lane(i) for i in range(in_flight)))
+        elapsed = time.perf_counter() - started
+    return {
+        "task": task,
+        "in_flight": in_flight,
+        "answered_per_s": round(answered / elapsed, 1),
+        "round_trip_ms": summary(latencies),
+    }
+
+
+async def in_process(settings: Settings, task: str, texts: list[str], count: int) -> dict[str, Any]:
+    """The same answers from the same service code in this process: the work without Kafka."""
+    embedder = OnnxEmbedder(graph_for(settings), default_tokenizer_path(), workers=1)
+    store = MilvusStore.from_settings(settings, embedder.version, embedder.dimension)
+    registry = await load_registry(settings)
+    models = ModelSet(embedder, store, registry, load_classifiers(registry, {}))
+    service = InferenceService(models)
+    try:
+        for text in texts[:20]:
+            await service.answer(make_request("bench", text, task), now_ms())
+        timings = []
+        for index in range(count):
+            request = make_request("bench", texts[index % len(texts)], task)
+            started = time.perf_counter()
+            response, _ = await service.answer(request, now_ms())
+            timings.append((time.perf_counter() - started) * 1000)
+            assert response["status"] == "OK", response["error"]
+        return {"task": task, "requests": count, "latency_ms": summary(timings)}
+    finally:
+        store.close()
+
+
+def prepare(settings: Settings, docs: int) -> None:
+    """Index ``docs`` documents and promote a stdlib-topic classifier, with the worker running."""
+    asyncio.run(ensure_topics(settings))
+    asyncio.run(publish_records(settings, [encode_document(d) for d in stdlib_documents(limit=docs)]))
+    _, raw_end = asyncio.run(offsets(settings, [Topics(settings.namespace).docs_raw]))
+    ok, _ = wait_for_stages(settings, [AGENTS], raw_end, 900)
+    if not ok:
+        raise RuntimeError("the worker did not index the documents")
+    promote_demo_classifier(settings, log=lambda line: print(line, file=sys.stderr))
+
+
+async def settle(settings: Settings, texts: list[str], limit_s: float = 120.0) -> float:
+    """Search until Milvus Lite has finished its background work after the bulk writes.
+
+    Right after indexing, Milvus Lite seals segments and builds their HNSW indexes; searches
+    are 10-100x slower meanwhile. Wait until ten answers in a row search within 1.5x of the
+    fastest seen; returns the seconds waited.
+    """
+    started = time.perf_counter()
+    fastest, calm = float("inf"), 0
+    async with InferenceClient(settings) as client:
+        while calm < 10 and time.perf_counter() - started < limit_s:
+            response = await client.ask(texts[calm], "search")
+            search_ms = response["latency"]["search_ms"]
+            fastest = min(fastest, search_ms)
+            calm = calm + 1 if search_ms <= 1.5 * fastest + 1 else 0
+            await asyncio.sleep(0.1)
+    return time.perf_counter() - started
+
+
+def plot(report: dict[str, Any], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    figure, axes = plt.subplots(1, 2, figsize=(11, 4))
+    for axis, task in zip(axes, ("search", "classify"), strict=True):
+        runs = [r for r in report["open_loop"] if r["task"] == task]
+        rates = [r["rate_per_s"] for r in runs]
+        for key, style in (("round_trip_ms", "-o"), ("kafka_overhead_ms", "--s")):
+            for pct in ("p50", "p99"):
+                axis.plot(rates, [r[key].get(pct, np.nan) for r in runs], style, label=f"{key[:-3]} {pct}")
+        baseline = next(r for r in report["in_process"] if r["task"] == task)["latency_ms"]["p50"]
+        axis.axhline(baseline, color="grey", linestyle=":", label="in-process p50")
+        axis.set_title(f"{task}: latency vs offered rate")
+        axis.set_xlabel("requests/s (open loop)")
+        axis.set_ylabel("ms")
+        axis.legend(fontsize=7)
+    figure.tight_layout()
+    figure.savefig(path, dpi=110)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--docs", type=int, default=1000, help="documents to index first")
+    parser.add_argument("--rates", default="10,50,100", help="open-loop rates, requests/s")
+    parser.add_argument("--seconds", type=float, default=10.0, help="seconds per open-loop rate and saturation run")
+    parser.add_argument("--tasks", default="search,classify")
+    parser.add_argument("--in-flight", type=int, default=32, help="outstanding requests in the saturation run")
+    args = parser.parse_args()
+    base = Settings()
+    EmbeddedKafka.from_settings(base).start(progress=lambda line: print(line, file=sys.stderr))
+    settings = base.model_copy(update={"namespace": f"bench-inf-{uuid.uuid4().hex[:6]}"})
+    tasks = args.tasks.split(",")
+    texts = queries(500, skip=args.docs)
+    log = settings.data_dir / "logs" / f"{settings.namespace}.log"
+    worker = _start_worker(settings, log, AGENTS)
+    report: dict[str, Any] = {"benchmark": "inference_latency", "open_loop": [], "saturation": [], "in_process": []}
+    try:
+        prepare(settings, args.docs)
+        report["settled_after_s"] = round(asyncio.run(settle(settings, texts)), 1)
+        for task in tasks:  # warm-up: the first answers load sessions and the collection
+            asyncio.run(open_loop(settings, task, 20, 2, texts))
+        for task in tasks:
+            for rate in (float(r) for r in args.rates.split(",")):
+                result = asyncio.run(open_loop(settings, task, rate, args.seconds, texts))
+                print(json.dumps(result), file=sys.stderr)
+                report["open_loop"].append(result)
+            result = asyncio.run(saturation(settings, task, args.in_flight, args.seconds, texts))
+            print(json.dumps(result), file=sys.stderr)
+            report["saturation"].append(result)
+    finally:
+        _stop_worker(worker)
+    for task in tasks:
+        result = asyncio.run(in_process(settings, task, texts, 300))
+        print(json.dumps(result), file=sys.stderr)
+        report["in_process"].append(result)
+    below = [r for r in report["open_loop"] if r["round_trip_ms"]]
+    report["targets"] = {"kafka_overhead_p50_ms": "<= 5", "kafka_overhead_p99_ms": "<= 25 (below saturation)"}
+    report["worst_below_saturation"] = {
+        "kafka_overhead_p50_ms": max(r["kafka_overhead_ms"]["p50"] for r in below),
+        "kafka_overhead_p99_ms": max(r["kafka_overhead_ms"]["p99"] for r in below),
+    }
+    report["cpu_count"] = os.cpu_count()
+    OUT.mkdir(parents=True, exist_ok=True)
+    (OUT / "inference_latency.json").write_text(json.dumps(report, indent=2))
+    plot(report, OUT / "inference_latency.png")
+    print(json.dumps(report, indent=2))
+
+
+if __name__ == "__main__":
+    main()
