@@ -27,6 +27,7 @@ from streams.chunk import default_tokenizer_path
 from streams.embed import OnnxEmbedder, graph_for
 from streams.inference import (
     GeneratorClient,
+    InferenceRequest,
     InferenceService,
     ModelSet,
     RequestRejected,
@@ -37,6 +38,7 @@ from streams.inference import (
 from streams.logs import get_logger
 from streams.model_ops import decode_version, embedder_version_record, write_events
 from streams.registry import ModelVersion, RegistryFollower
+from streams.replay import ORIGINAL_TIMESTAMP_HEADER
 from streams.settings import Settings
 from streams.topics import Topics
 from streams.vectorstore import shared_store
@@ -50,6 +52,18 @@ def generator_from_settings(settings: Settings) -> GeneratorClient | None:
         return None
     key = settings.generator_api_key.get_secret_value() if settings.generator_api_key else None
     return GeneratorClient(settings.generator_url, settings.generator_model, key)
+
+
+def shift_replayed_deadline(request: InferenceRequest, headers: dict[str, bytes], received_ms: int) -> InferenceRequest:
+    """A replayed request keeps the time budget it had: its deadline moves by the replay delay."""
+    original = headers.get(ORIGINAL_TIMESTAMP_HEADER)
+    if request.deadline_ms is None or original is None:
+        return request
+    try:
+        delay = received_ms - int(original)
+    except ValueError:
+        return request
+    return replace(request, deadline_ms=request.deadline_ms + max(0, delay))
 
 
 def register_infer(app: faust.App, settings: Settings) -> Any:
@@ -103,6 +117,16 @@ def register_infer(app: faust.App, settings: Settings) -> Any:
         state["replies"] = replies
         log.info("infer_ready", embedder=embedder.version[:12], models=[v.short for v in follower.registry.all()])
 
+    async def ensure_started() -> None:
+        if "started" not in state:  # the first caller prepares; everyone else waits for it
+            state["started"] = asyncio.ensure_future(start())
+        await asyncio.shield(state["started"])
+
+    @app.task  # type: ignore[untyped-decorator]
+    async def prepare() -> None:
+        """Prepare as the worker starts, so the first request does not pay for it."""
+        await ensure_started()
+
     async def reply(topic: str, key: str, response: dict[str, Any], headers: list[tuple[str, bytes]]) -> Any:
         value = codec.encode("InferenceResponse", response, topic)
         return await state["replies"].send(topic, value, key=key.encode(), headers=headers)
@@ -128,6 +152,7 @@ def register_infer(app: faust.App, settings: Settings) -> Any:
                 )
             await asyncio.gather(*pending)
             return
+        request = shift_replayed_deadline(request, dict(message.headers or ()), received_ms)
         if service.models.store is None and request.task != "classify":
             service.swap(replace(service.models, store=await run_blocking(open_store)))
         response, verdict = await service.answer(request, received_ms)
@@ -146,11 +171,11 @@ def register_infer(app: faust.App, settings: Settings) -> Any:
         raw_topic(app, topics.inference_requests, settings), name="infer", concurrency=settings.infer_concurrency
     )
     async def infer(stream: Any) -> None:
-        if "started" not in state:  # the first of the concurrent actors prepares; the others wait
-            state["started"] = asyncio.ensure_future(start())
-        await asyncio.shield(state["started"])
+        # The actors iterate from the first moment: awaiting preparation before the first
+        # `async for` left the stream without a reader after some rebalances (seen in replays).
         async for event in stream.events():
             try:
+                await ensure_started()
                 await handle(event)
             except asyncio.CancelledError:
                 raise

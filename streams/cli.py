@@ -16,6 +16,7 @@ from typing import Any
 import click
 
 from streams.cli_inference import models, query
+from streams.cli_replay import replay
 from streams.cli_support import echo_json as _echo_json
 from streams.cli_support import load_settings as _settings
 
@@ -364,11 +365,23 @@ def demo(limit: int | None, as_json: bool) -> None:
 
 cli.add_command(query)
 cli.add_command(models)
+cli.add_command(replay)
 
 
 def main() -> None:
-    """Console-script entry point."""
-    cli()
+    """Console-script entry point: an unreachable broker is a one-line error, not a traceback."""
+    from aiokafka.errors import KafkaConnectionError
+
+    try:
+        cli()
+    except KafkaConnectionError as error:
+        servers = _settings().bootstrap_servers
+        click.echo(
+            f"Error: cannot reach Kafka at {servers} ({error}). Start the embedded broker with "
+            "`llmops kafka start`, or point LLMOPS_BOOTSTRAP_SERVERS at a running one.",
+            err=True,
+        )
+        sys.exit(1)
 
 
 if __name__ == "__main__":

@@ -181,6 +181,7 @@ def account(
     indexed_docs: set[str] = set()
     duplicates = Counter[str]()
     dead_letters = Counter[str]()
+    demoted: set[str] = set()
     expected = {
         f"{tp.topic}:{tp.partition}:{offset}"
         for tp, (first, stop) in published.items()
@@ -197,13 +198,15 @@ def account(
             if record["op"] == "UPSERT":
                 indexed_docs.add(record["doc_id"])
         elif message.topic == topics.docs_duplicates:
-            duplicates[codec.decode(message.value, "DuplicateNotice")["kind"]] += 1
+            notice = codec.decode(message.value, "DuplicateNotice")
+            duplicates[notice["kind"]] += 1
+            demoted.add(notice["doc_id"])  # a copy that stepped down for a smaller id is no longer indexed
         elif message.topic == topics.deadletter:
             dead_letters[codec.decode(message.value, "DeadLetter")["reason"]] += 1
     missing = sorted(expected - seen)
     return {
         "published": len(expected),
-        "indexed_documents": len(indexed_docs),
+        "indexed_documents": len(indexed_docs - demoted),
         "chunks_upserted": chunks["UPSERT"],
         "chunk_deletes": chunks["DELETE"],
         "duplicates": dict(duplicates),

@@ -9,6 +9,11 @@ Why this exists:
 What one record becomes (exactly one outcome, so every input is accounted for):
     INDEXED   -> UPSERT chunks, plus DELETEs of chunks that an update no longer has
     DUPLICATE -> a DuplicateNotice (plus DELETEs of the document's previous chunks, if any)
+
+    Of a group of duplicates the smallest id is the indexed copy, whatever the arrival order:
+    when it arrives after a larger-id copy was indexed, that copy steps down (a DuplicateNotice
+    and DELETEs of its chunks travel with the INDEXED result). So the final index depends only
+    on the documents, not on how partitions interleave, and a replay reproduces it.
     DELETED   -> DELETE events for every chunk the document had
     REJECTED  -> a DeadLetter with the original bytes and a reason code
 """
@@ -17,14 +22,23 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, MutableMapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from enum import StrEnum
 from typing import Any
 
 from streams.avro import AvroCodec
 from streams.chunk import TextChunk, Tokenizer, TokenSpan, chunk_spans
 from streams.clean import clean_text
-from streams.dedup import MIN_SHINGLES_FOR_NEAR, DedupIndex, DocState, LookupIndex, content_hash, shingles, simhash64
+from streams.dedup import (
+    MIN_SHINGLES_FOR_NEAR,
+    DedupIndex,
+    DocState,
+    Duplicate,
+    LookupIndex,
+    content_hash,
+    shingles,
+    simhash64,
+)
 from streams.records import (
     ChunkOp,
     CleanChunk,
@@ -95,6 +109,7 @@ class IngestResult:
     duplicate: DuplicateNotice | None = None
     dead_letter: DeadLetter | None = None
     pii_counts: dict[str, int] = field(default_factory=dict)
+    demoted: tuple[DuplicateNotice, ...] = ()  # earlier documents this one replaces as the canonical copy
 
 
 @dataclass(frozen=True)
@@ -227,6 +242,16 @@ class IngestPipeline:
     def _index(self, record: IngestRecord, item: _Prepared, pieces: list[TextChunk], dedup: DedupIndex) -> IngestResult:
         document = item.document
         duplicate = dedup.find_duplicate(document.id, item.doc_hash, item.simhash if item.near_eligible else None)
+        demoted: list[DuplicateNotice] = []
+        retired: list[CleanChunk] = []
+        if duplicate is not None and document.id < duplicate.of:
+            # The canonical copy of a duplicate group is the smallest id, whatever the arrival
+            # order: the earlier document steps down, so a replay (other partitions, other
+            # interleaving) ends with the same index.
+            notice, chunks = self._demote(duplicate, document, item, record, dedup)
+            demoted.append(notice)
+            retired.extend(chunks)
+            duplicate = None
         state = DocState(
             item.doc_hash,
             item.simhash,
@@ -252,7 +277,34 @@ class IngestPipeline:
             return IngestResult(Outcome.DUPLICATE, document.id, chunks=obsolete, duplicate=notice)
         upserts = [self._upsert(document, item, piece, len(pieces), record) for piece in pieces]
         stale = [self._deletion(document, index, record) for index in range(len(pieces), old_count)]
-        return IngestResult(Outcome.INDEXED, document.id, chunks=(*upserts, *stale), pii_counts=item.pii_counts)
+        return IngestResult(
+            Outcome.INDEXED,
+            document.id,
+            chunks=(*retired, *upserts, *stale),
+            pii_counts=item.pii_counts,
+            demoted=tuple(demoted),
+        )
+
+    def _demote(
+        self, duplicate: Duplicate, winner: RawDocument, item: _Prepared, record: IngestRecord, dedup: DedupIndex
+    ) -> tuple[DuplicateNotice, list[CleanChunk]]:
+        """Make the indexed document ``duplicate.of`` a duplicate of ``winner``: state, notice, deletes."""
+        loser_id = duplicate.of
+        old = dedup.state(loser_id)
+        assert old is not None  # lookups only hold documents they know
+        dedup.replace(loser_id, replace(old, chunk_count=0, duplicate_of=winner.id))
+        notice = DuplicateNotice(
+            doc_id=loser_id,
+            duplicate_of=winner.id,
+            kind=duplicate.kind,
+            distance=duplicate.distance,
+            doc_hash=old.doc_hash,
+            source_topic=record.source.topic,
+            source_partition=record.source.partition,
+            source_offset=record.source.offset,
+        )
+        loser = RawDocument(id=loser_id, deleted=True)
+        return notice, [self._deletion(loser, index, record) for index in range(old.chunk_count)]
 
     def _upsert(
         self, document: RawDocument, item: _Prepared, piece: TextChunk, count: int, record: IngestRecord
@@ -313,9 +365,10 @@ def encode_outputs(result: IngestResult, record: IngestRecord, codec: AvroCodec,
         headers = [*source, ("traceparent", chunk.traceparent.encode())] if chunk.traceparent else source
         value = codec.encode("CleanChunk", chunk.to_avro(), topics.docs_clean)
         out.append(Outgoing(topics.docs_clean, chunk.doc_id.encode(), value, headers))
-    if result.duplicate is not None:
-        value = codec.encode("DuplicateNotice", result.duplicate.to_avro(), topics.docs_duplicates)
-        out.append(Outgoing(topics.docs_duplicates, result.duplicate.doc_id.encode(), value, source))
+    notices = (result.duplicate, *result.demoted) if result.duplicate else result.demoted
+    for notice in notices:
+        value = codec.encode("DuplicateNotice", notice.to_avro(), topics.docs_duplicates)
+        out.append(Outgoing(topics.docs_duplicates, notice.doc_id.encode(), value, source))
     if result.dead_letter is not None:
         value = codec.encode("DeadLetter", result.dead_letter.to_avro(), topics.deadletter)
         out.append(Outgoing(topics.deadletter, result.dead_letter.key, value, source))

@@ -214,6 +214,11 @@ class MilvusStore:
         rows = self._client.query(self.collection, filter=f"doc_id == {quote(doc_id)}", output_fields=["chunk_id"])
         return sorted(row["chunk_id"] for row in rows)
 
+    def all_chunk_ids(self, limit: int = 16_384) -> list[str]:
+        """Every chunk id in the collection (up to ``limit``, Milvus' largest query window)."""
+        rows = self._client.query(self.collection, filter="chunk_index >= 0", output_fields=["chunk_id"], limit=limit)
+        return sorted(row["chunk_id"] for row in rows)
+
     def timings(self, limit: int = 16_384) -> list[tuple[int, int]]:
         """Per chunk (up to ``limit``): (raw document's Kafka timestamp, time it was indexed), ms."""
         rows = self._client.query(

@@ -24,7 +24,9 @@ from streams.broker import BrokerError, EmbeddedKafka
 from streams.settings import Settings
 
 ROOT = Path(__file__).resolve().parents[2]
-TEST_PORT = int(os.environ.get("LLMOPS_TEST_KAFKA_PORT", "39092"))
+# Below the ephemeral port range (32768-60999 on Linux): a client socket can never hold the port
+# while the broker restarts.
+TEST_PORT = int(os.environ.get("LLMOPS_TEST_KAFKA_PORT", "29092"))
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:

@@ -136,3 +136,50 @@ def test_every_record_has_exactly_one_outcome_and_batches_equal_single_steps(rec
         assert sum(produced) == 1
         if result.outcome is Outcome.INDEXED:
             assert any(c.op is ChunkOp.UPSERT for c in result.chunks)
+
+
+def final_index(results: list) -> dict[str, str]:
+    """chunk_id -> content hash after applying every emitted chunk op in order (what the index holds)."""
+    index: dict[str, str] = {}
+    for result in results:
+        for chunk in result.chunks:
+            if chunk.op is ChunkOp.UPSERT:
+                index[chunk.chunk_id] = chunk.content_hash
+            elif chunk.chunk_index < 0:
+                index = {k: v for k, v in index.items() if not k.startswith(f"{chunk.doc_id}#")}
+            else:
+                index.pop(chunk.chunk_id, None)
+    return index
+
+
+def test_the_smallest_id_is_the_canonical_copy_in_either_arrival_order() -> None:
+    late_small = [record({"id": "b", "text": TEXT}), record({"id": "a", "text": "<p>" + TEXT + "</p>"}, offset=1)]
+    store: dict = {}
+    results = pipeline().process_batch(late_small, store)
+    assert [r.outcome for r in results] == [Outcome.INDEXED, Outcome.INDEXED]
+    (notice,) = results[1].demoted
+    assert (notice.doc_id, notice.duplicate_of) == ("b", "a")
+    assert {c.doc_id for c in results[1].chunks if c.op is ChunkOp.DELETE} == {"b"}
+    assert store["b"]["duplicate_of"] == "a" and store["b"]["chunk_count"] == 0
+    early_small = pipeline().process_batch(list(reversed(late_small)), {})
+    assert final_index(results) == final_index(early_small)
+    assert {k.split("#")[0] for k in final_index(results)} == {"a"}
+
+
+@settings(max_examples=30, deadline=None)
+@given(st.permutations(range(6)))
+def test_the_final_index_does_not_depend_on_arrival_order(order: list[int]) -> None:
+    near = TEXT.replace("sentence 3 ", "sentence three ")
+    other = " ".join(f"an unrelated line {i} about gardening and soil" for i in range(40))
+    documents = [
+        {"id": "d1", "text": TEXT},
+        {"id": "d0", "text": near},  # near duplicate, smaller id
+        {"id": "d5", "text": TEXT},  # exact duplicate, larger id
+        {"id": "e2", "text": other},
+        {"id": "e1", "text": other + " and compost"},
+        {"id": "f", "text": "a short text of its own"},
+    ]
+    baseline = final_index(pipeline().process_batch([record(d, offset=i) for i, d in enumerate(documents)], {}))
+    assert {chunk_id.split("#")[0] for chunk_id in baseline} == {"d0", "e1", "f"}  # one copy per group
+    shuffled = [record(documents[i], offset=n) for n, i in enumerate(order)]
+    assert final_index(pipeline().process_batch(shuffled, {})) == baseline
