@@ -165,16 +165,21 @@ def worker(agents: str) -> None:
     from agents.app import create_app
     from streams.admin import ensure_topics
     from streams.logs import configure_logging
+    from streams.tracing import Telemetry
 
     settings = _settings()
     configure_logging(settings)
     asyncio.run(ensure_topics(settings))
+    telemetry = Telemetry.from_settings(settings)
     try:
-        app = create_app(settings, [a.strip() for a in agents.split(",") if a.strip()])
+        app = create_app(settings, [a.strip() for a in agents.split(",") if a.strip()], telemetry)
     except ValueError as error:
         raise click.ClickException(str(error)) from None
     runner = faust.Worker(app, loglevel=settings.log_level.lower(), override_logging=False, redirect_stdouts=False)
-    runner.execute_from_commandline()
+    try:
+        runner.execute_from_commandline()
+    finally:
+        telemetry.shutdown()  # the last spans reach telemetry.spans before the process exits
 
 
 # --- publish -------------------------------------------------------------------------------

@@ -306,13 +306,15 @@ class Outgoing:
 
 
 def encode_outputs(result: IngestResult, record: IngestRecord, codec: AvroCodec, topics: Topics) -> list[Outgoing]:
-    """The Kafka records of one result, each with the ``llmops.source`` header of its input."""
+    """The Kafka records of one result, each with the ``llmops.source`` header of its input.
+
+    Trace context headers are the agent's to add (streams.tracing): they name its span.
+    """
     source = [record.source.header]
     out = []
     for chunk in result.chunks:
-        headers = [*source, ("traceparent", chunk.traceparent.encode())] if chunk.traceparent else source
         value = codec.encode("CleanChunk", chunk.to_avro(), topics.docs_clean)
-        out.append(Outgoing(topics.docs_clean, chunk.doc_id.encode(), value, headers))
+        out.append(Outgoing(topics.docs_clean, chunk.doc_id.encode(), value, source))
     if result.duplicate is not None:
         value = codec.encode("DuplicateNotice", result.duplicate.to_avro(), topics.docs_duplicates)
         out.append(Outgoing(topics.docs_duplicates, result.duplicate.doc_id.encode(), value, source))
