@@ -371,24 +371,24 @@ def trace_command(trace_id: str | None, doc_id: str | None, request_id: str | No
     from rich.console import Console
 
     from streams.topics import Topics
-    from streams.traceview import load_trace, print_trace, trace_as_dict
+    from streams.traceview import load_trace, print_trace
 
     if sum(x is not None for x in (trace_id, doc_id, request_id)) + last != 1:
         raise click.UsageError("give exactly one of TRACE_ID, --doc ID, --request ID or --last")
     if trace_id is not None and not re.fullmatch(r"[0-9a-fA-F]{32}", trace_id):
         raise click.UsageError(f"a trace id is 32 hex digits; got {trace_id!r}")
     settings = _settings()
-    spans = load_trace(settings, trace_id=trace_id, doc_id=doc_id, request_id=request_id)
-    if not spans:
+    data = load_trace(settings, trace_id=trace_id, doc_id=doc_id, request_id=request_id)
+    if data is None:
         what = trace_id or (f"document {doc_id}" if doc_id else f"request {request_id}" if request_id else "any")
         raise click.ClickException(
             f"no trace for {what} on {Topics(settings.namespace).telemetry_spans} "
             "(do the workers run with LLMOPS_TRACING on, in this namespace?)"
         )
     if as_json:
-        _echo_json(trace_as_dict(spans))
+        _echo_json(data)
     else:
-        print_trace(Console(), spans)
+        print_trace(Console(), data)
 
 
 # --- demo ----------------------------------------------------------------------------------

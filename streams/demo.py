@@ -53,6 +53,7 @@ BROKEN_RECORDS: list[tuple[bytes | None, bytes | None]] = [
 
 
 WORKER_AGENTS = ("ingest", "embed", "index")
+TRACE_KEYS = ("document_trace", "request_trace")
 DEMO_QUESTIONS = (
     "parse a JSON document from a string",
     "create a temporary directory that is removed afterwards",
@@ -259,6 +260,7 @@ def run_demo(
     embeddings = asyncio.run(_end_offsets(settings, [topics.docs_embeddings]))
     counts[topics.docs_embeddings] = sum(end - before_embeddings.get(tp, 0) for tp, end in embeddings.items())
     summary.update(index_report(settings))
+    summary["document_trace"] = document_trace(settings, summary["searches"])
     summary.update(
         stage_done_after_seconds=stage_seconds,
         topic_records=counts,
@@ -300,6 +302,14 @@ def index_report(settings: Settings) -> dict[str, Any]:
         store.close()
 
 
+def document_trace(settings: Settings, searches: dict[str, list[dict[str, Any]]]) -> dict[str, Any] | None:
+    """The latest trace of the top document of the first search (None without hits or spans)."""
+    from streams.traceview import load_trace
+
+    hits = next(iter(searches.values()), [])
+    return load_trace(settings, doc_id=hits[0]["doc_id"]) if hits else None
+
+
 def print_summary(summary: dict[str, Any]) -> None:
     """Human summary of :func:`run_demo`."""
     from rich.console import Console
@@ -337,3 +347,11 @@ def print_summary(summary: dict[str, Any]) -> None:
         console.print(f"[bold]search:[/] {question}")
         for hit in hits:
             console.print(f"   {hit['score']:.3f}  {hit['chunk_id']}: {hit['snippet'][:90]}")
+    from streams.traceview import print_trace
+
+    for key in TRACE_KEYS:
+        if summary.get(key):
+            console.print(f"[bold]{key.replace('_', ' ')}[/] (llmops trace {summary[key]['trace_id']}):")
+            print_trace(console, summary[key])
+        elif key in summary:
+            console.print(f"[yellow]{key.replace('_', ' ')}: no spans found on telemetry.spans[/]")

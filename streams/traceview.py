@@ -7,8 +7,8 @@ Why this exists:
     latest, and printed as a tree with durations and attributes plus a terminal waterfall.
 
 Usage:
-    >>> spans = load_trace(settings, doc_id="json#doc")       # or trace_id=..., request_id=..., or none: latest
-    >>> print_trace(Console(), spans)
+    >>> data = load_trace(settings, doc_id="json")    # or trace_id=..., request_id=..., or none: the latest
+    >>> print_trace(Console(), data)
 
 Notes:
     Decoding and selection are pure functions over :class:`SpanRecord`; only :func:`read_spans`
@@ -33,6 +33,7 @@ from streams.tracing import DOC_ID, REQUEST_ID
 KINDS = {0: "UNSPECIFIED", 1: "INTERNAL", 2: "SERVER", 3: "CLIENT", 4: "PRODUCER", 5: "CONSUMER"}
 STATUS = {0: "UNSET", 1: "OK", 2: "ERROR"}
 BATCH_SIZE_ATTRIBUTE = "messaging.batch.message_count"
+KEY_ATTRIBUTE = "messaging.kafka.message.key"
 
 
 @dataclass(frozen=True)
@@ -121,19 +122,22 @@ def find_trace_id(
     doc_id: str | None = None,
     request_id: str | None = None,
 ) -> str | None:
-    """The trace asked for: by id, the latest with a document or request id, or the latest of all.
+    """The trace asked for: by id, the latest one of a document or request, or the latest of all.
 
-    With none of the three, the latest trace that is not only a batch span is chosen.
+    A document is found by ``llmops.doc_id`` or by its Kafka key (a record rejected before its
+    id could be read has only the key). With none of the three, the latest trace of a document
+    or request is chosen (batch traces aside), or else the latest of any.
     """
+    spans = list(spans)
     if trace_id is not None:
         wanted = trace_id.lower()
         return wanted if any(s.trace_id == wanted for s in spans) else None
     if doc_id is not None:
-        matches = [s for s in spans if s.attributes.get(DOC_ID) == doc_id]
+        matches = [s for s in spans if doc_id in (s.attributes.get(DOC_ID), s.attributes.get(KEY_ATTRIBUTE))]
     elif request_id is not None:
         matches = [s for s in spans if s.attributes.get(REQUEST_ID) == request_id]
     else:
-        matches = [s for s in spans if BATCH_SIZE_ATTRIBUTE not in s.attributes]
+        matches = [s for s in spans if DOC_ID in s.attributes or REQUEST_ID in s.attributes] or spans
     if not matches:
         return None
     return max(matches, key=lambda s: s.start_ns).trace_id
@@ -186,48 +190,56 @@ def trace_as_dict(spans: Sequence[SpanRecord]) -> dict[str, Any]:
     }
 
 
-SHOWN_ATTRIBUTES = (
-    DOC_ID,
-    "llmops.chunk_id",
-    REQUEST_ID,
-    "llmops.outcome",
-    "llmops.op",
-    "llmops.dead_letter.reason",
-    "messaging.destination.name",
-    "messaging.kafka.destination.partition",
-    "messaging.kafka.message.offset",
-)
+# What the terminal view shows of each span, by label (``--json`` has every attribute).
+SHOWN_ATTRIBUTES = {
+    "doc_id": DOC_ID,
+    "chunk_id": "llmops.chunk_id",
+    "request_id": REQUEST_ID,
+    "outcome": "llmops.outcome",
+    "op": "llmops.op",
+    "dead_letter": "llmops.dead_letter.reason",
+    "partition": "messaging.kafka.destination.partition",
+    "offset": "messaging.kafka.message.offset",
+}
 
 
-def print_trace(console: Any, spans: Sequence[SpanRecord], width: int = 40) -> None:
-    """A rich tree-and-waterfall table of one trace: name, service, duration, bar, attributes."""
+def print_trace(console: Any, data: dict[str, Any]) -> None:
+    """One :func:`trace_as_dict` trace as a table: indented span tree with attributes, ms, waterfall."""
     from rich.table import Table
     from rich.text import Text
 
-    data = trace_as_dict(spans)
+    width = min(40, max(10, console.width - 70))
     total_ms = max(data["duration_ms"], 1e-3)
     table = Table(
         title=f"trace {data['trace_id']}: {data['span_count']} spans, {data['duration_ms']:.1f} ms, "
-        f"services {', '.join(data['services'])}",
+        f"{data['errors']} errors, services {', '.join(data['services'])}",
         title_justify="left",
     )
-    table.add_column("span")
-    table.add_column("service")
+    table.add_column("span (attributes)", ratio=1)
     table.add_column("ms", justify="right")
-    table.add_column("waterfall", no_wrap=True)
-    table.add_column("attributes")
-    for span, row in zip(spans, data["spans"], strict=True):
-        begin = int(row["offset_ms"] / total_ms * width)
-        length = max(1, round(span.duration_ms / total_ms * width))
-        colour = "red" if span.status == "ERROR" else "cyan"
-        bar = Text(" " * min(begin, width - 1)) + Text("█" * min(length, width - min(begin, width - 1)), style=colour)
-        shown = {k.removeprefix("llmops.").removeprefix("messaging."): span.attributes.get(k) for k in SHOWN_ATTRIBUTES}
-        attributes = ", ".join(f"{k}={v}" for k, v in shown.items() if v is not None)
-        if span.links:
-            attributes += f", links={len(span.links)} (batch {span.links[0][0][:8]}…)"
-        if span.status == "ERROR":
-            attributes += f", [red]{span.status_message}[/]"
-        table.add_row("  " * row["depth"] + span.name, span.service, f"{span.duration_ms:.1f}", bar, attributes)
+    table.add_column("waterfall", no_wrap=True, width=width)
+    for span in data["spans"]:
+        begin = min(int(span["offset_ms"] / total_ms * width), width - 1)
+        length = min(max(1, round(span["duration_ms"] / total_ms * width)), width - begin)
+        error = span["status"] == "ERROR"
+        bar = Text(" " * begin) + Text("█" * length, style="red" if error else "cyan")
+        indent = "  " * span["depth"]
+        attributes = [
+            f"{label}={span['attributes'][key]}"
+            for label, key in SHOWN_ATTRIBUTES.items()
+            if span["attributes"].get(key) is not None
+        ]
+        if BATCH_SIZE_ATTRIBUTE in span["attributes"]:
+            attributes.append(f"members={span['attributes'][BATCH_SIZE_ATTRIBUTE]}")
+        else:
+            attributes += [f"batch={link['trace_id'][:12]}…" for link in span["links"][:1]]
+        cell = Text(indent) + Text(span["name"], style="bold red" if error else "bold")
+        cell += Text(f" [{span['service'].removeprefix('llmops-')}]", style="dim")
+        if attributes:
+            cell += Text("\n" + indent + "  " + " ".join(attributes), style="dim")
+        if error and span["status_message"]:
+            cell += Text("\n" + indent + "  " + span["status_message"], style="red")
+        table.add_row(cell, f"{span['duration_ms']:.1f}", bar)
     console.print(table)
 
 
@@ -244,8 +256,11 @@ async def read_spans(settings: Settings) -> list[SpanRecord]:
 
 def load_trace(
     settings: Settings, *, trace_id: str | None = None, doc_id: str | None = None, request_id: str | None = None
-) -> list[SpanRecord]:
-    """One trace from ``telemetry.spans`` in tree order (see :func:`find_trace_id`); [] if not found."""
+) -> dict[str, Any] | None:
+    """One trace from ``telemetry.spans`` as :func:`trace_as_dict` (see :func:`find_trace_id`), or None.
+
+    ``load_trace(settings, request_id=...)`` is what the demo shows for an inference request.
+    """
     spans = asyncio.run(read_spans(settings))
     found = find_trace_id(spans, trace_id=trace_id, doc_id=doc_id, request_id=request_id)
-    return trace_spans(spans, found) if found else []
+    return trace_as_dict(trace_spans(spans, found)) if found else None

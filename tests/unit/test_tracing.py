@@ -237,6 +237,6 @@ def test_a_trace_is_found_by_doc_id_and_printed_as_a_tree() -> None:
     from rich.console import Console
 
     console = Console(record=True, width=200)
-    print_trace(console, tree)
+    print_trace(console, data)
     text = console.export_text()
     assert "embed docs.clean" in text and "chunk_id=d1#1" in text and "█" in text
