@@ -240,3 +240,29 @@ def test_a_trace_is_found_by_doc_id_and_printed_as_a_tree() -> None:
     print_trace(console, data)
     text = console.export_text()
     assert "embed docs.clean" in text and "chunk_id=d1#1" in text and "█" in text
+
+
+def test_tracing_settings_come_from_llmops_and_standard_otel_variables(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("LLMOPS_TRACING", "off")
+    monkeypatch.setenv("OTEL_EXPORTER_OTLP_ENDPOINT", "http://collector:4318/")
+    settings = Settings()
+    assert not settings.tracing
+    assert settings.otlp_traces_url == "http://collector:4318/v1/traces"
+    env = settings.to_env()  # what a worker subprocess reads back
+    assert (env["LLMOPS_TRACING"], env["OTEL_EXPORTER_OTLP_ENDPOINT"]) == ("false", "http://collector:4318/")
+    monkeypatch.setenv("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", "http://traces:4318/custom")
+    assert Settings().otlp_traces_url == "http://traces:4318/custom"
+
+
+def test_otlp_export_is_added_only_when_an_endpoint_is_set_and_nothing_connects_before_a_span(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from streams.span_export import exporters_from_settings
+
+    monkeypatch.delenv("OTEL_EXPORTER_OTLP_ENDPOINT", raising=False)
+    monkeypatch.delenv("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", raising=False)
+    kafka_only = exporters_from_settings(Settings())
+    with_otlp = exporters_from_settings(Settings(otlp_endpoint="http://127.0.0.1:9/"))
+    assert (len(kafka_only), len(with_otlp)) == (1, 2)
+    for processor in [*kafka_only, *with_otlp]:
+        processor.shutdown()  # no span ended: the Kafka sink never started, nothing to flush

@@ -1,0 +1,76 @@
+"""Tracing overhead: pipeline throughput with every record traced vs tracing off, same run.
+
+Runs the real worker (ingest, embed and index, as ``bench/pipeline_throughput.py`` does, with its
+helpers) on N stdlib documents in fresh namespaces, alternating ``LLMOPS_TRACING=off`` and on
+(sampler ``always_on``: every record gets its spans, exported to ``telemetry.spans``), so that a
+noisy neighbour hurts both alike. Throughput is chunks indexed per second from the first raw
+timestamp to the last indexed chunk. Prints JSON (also bench/out/tracing_overhead.json) with the
+median ratio traced / untraced; the target is an overhead of at most 10% (ratio >= 0.90).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import sys
+import uuid
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "bench"))
+
+from pipeline_throughput import OUT, run_pipeline  # noqa: E402
+
+from streams.broker import EmbeddedKafka  # noqa: E402
+from streams.corpus import stdlib_documents  # noqa: E402
+from streams.settings import Settings  # noqa: E402
+from streams.traceview import read_spans  # noqa: E402
+
+
+def traced_round(base: Settings, documents: list[dict]) -> dict:
+    """One traced run, with the number of spans its worker exported."""
+    namespace = f"bench-trace-{uuid.uuid4().hex[:6]}"
+    result = run_pipeline(base, documents, tracing=True, namespace=namespace)
+    spans = asyncio.run(read_spans(base.model_copy(update={"namespace": namespace})))
+    return {**result, "spans_exported": len(spans), "traces": len({s.trace_id for s in spans})}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--docs", type=int, default=2000)
+    parser.add_argument("--rounds", type=int, default=3, help="alternating off/on rounds (median reported)")
+    args = parser.parse_args()
+    # Every record sampled, whatever the caller's environment says (the workers inherit it).
+    os.environ["OTEL_TRACES_SAMPLER"] = "always_on"
+    base = Settings()
+    EmbeddedKafka.from_settings(base).start(progress=lambda line: print(line, file=sys.stderr))
+    documents = list(stdlib_documents(limit=args.docs))
+    rounds = []
+    for number in range(args.rounds):
+        off = run_pipeline(base, documents, tracing=False)
+        on = traced_round(base, documents)
+        ratio = round(on["chunks_per_s"] / off["chunks_per_s"], 3)
+        print(f"round {number + 1}: off {off}, on {on}, ratio {ratio}", file=sys.stderr)
+        rounds.append({"tracing_off": off, "tracing_on": on, "on_vs_off": ratio})
+    ratios = sorted(r["on_vs_off"] for r in rounds)
+    median = ratios[len(ratios) // 2]
+    report = {
+        "benchmark": "tracing_overhead",
+        "docs": args.docs,
+        "rounds": rounds,
+        "on_vs_off_median": median,
+        "on_vs_off_range": [ratios[0], ratios[-1]],
+        "overhead_median": round(1 - median, 3),
+        "target": "overhead <= 0.10 (on_vs_off >= 0.90)",
+        "cpu_count": os.cpu_count(),
+    }
+    OUT.mkdir(parents=True, exist_ok=True)
+    (OUT / "tracing_overhead.json").write_text(json.dumps(report, indent=2))
+    print(json.dumps(report, indent=2))
+
+
+if __name__ == "__main__":
+    main()
