@@ -130,6 +130,14 @@ def bare_embedder(settings: Settings, documents: list[dict]) -> float:
     return len(texts) / (time.perf_counter() - start)
 
 
+def write_report(report: dict) -> None:
+    """Print the report as JSON and keep it as bench/out/<benchmark>.json (with the core count)."""
+    report = {**report, "cpu_count": os.cpu_count()}
+    OUT.mkdir(parents=True, exist_ok=True)
+    (OUT / f"{report['benchmark']}.json").write_text(json.dumps(report, indent=2))
+    print(json.dumps(report, indent=2))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--docs", type=int, default=2000)
@@ -169,11 +177,8 @@ def main() -> None:
             "worker_peak_rss_mb": "<= 600",
         },
         "workers": WORKERS,
-        "cpu_count": os.cpu_count(),
     }
-    OUT.mkdir(parents=True, exist_ok=True)
-    (OUT / "pipeline_throughput.json").write_text(json.dumps(report, indent=2))
-    print(json.dumps(report, indent=2))
+    write_report(report)
 
 
 if __name__ == "__main__":

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import os
 import sys
 import uuid
@@ -22,7 +21,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
-from pipeline_throughput import OUT, run_pipeline  # noqa: E402
+from pipeline_throughput import run_pipeline, write_report  # noqa: E402
 
 from streams.broker import EmbeddedKafka  # noqa: E402
 from streams.corpus import stdlib_documents  # noqa: E402
@@ -65,11 +64,8 @@ def main() -> None:
         "on_vs_off_range": [ratios[0], ratios[-1]],
         "overhead_median": round(1 - median, 3),
         "target": "overhead <= 0.10 (on_vs_off >= 0.90)",
-        "cpu_count": os.cpu_count(),
     }
-    OUT.mkdir(parents=True, exist_ok=True)
-    (OUT / "tracing_overhead.json").write_text(json.dumps(report, indent=2))
-    print(json.dumps(report, indent=2))
+    write_report(report)
 
 
 if __name__ == "__main__":
