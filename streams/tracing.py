@@ -88,14 +88,6 @@ def trace_headers(span: Span) -> list[tuple[str, bytes]]:
     return [(k, carrier[k].encode()) for k in TRACE_HEADERS if k in carrier]
 
 
-def traceparent_of(span: Span) -> str | None:
-    """The W3C ``traceparent`` string of ``span``, or None for an invalid span."""
-    for name, value in trace_headers(span):
-        if name == TRACEPARENT:
-            return value.decode()
-    return None
-
-
 def service_name(agent: str) -> str:
     """``llmops-<agent>``, or ``<OTEL_SERVICE_NAME>-<agent>`` when that variable is set."""
     prefix = OTELResourceDetector().detect().attributes.get("service.name") or "llmops"
@@ -221,7 +213,10 @@ class BatchTrace:
 
     def traceparent(self, index: int) -> str | None:
         """The ``traceparent`` of member ``index`` (for records that also carry it in their value)."""
-        return traceparent_of(self.members[index])
+        for name, value in self.inject(index, []):
+            if name == TRACEPARENT:
+                return value.decode()
+        return None
 
 
 def _clean(attributes: Mapping[str, Any]) -> dict[str, Any]:
