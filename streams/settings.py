@@ -28,7 +28,7 @@ import re
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, SecretStr, field_validator
+from pydantic import AliasChoices, Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 PII_KINDS = ("email", "phone", "card", "ip", "secret")
@@ -37,6 +37,7 @@ NAMESPACE_PATTERN = re.compile(r"^[a-z0-9][a-z0-9_-]{0,48}$")
 OTEL_ENV_NAMES = {
     "otlp_endpoint": "OTEL_EXPORTER_OTLP_ENDPOINT",
     "otlp_traces_endpoint": "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT",
+    "otlp_protocol": "OTEL_EXPORTER_OTLP_PROTOCOL",
 }
 
 
@@ -122,6 +123,11 @@ class Settings(BaseSettings):
         None,
         validation_alias=OTEL_ENV_NAMES["otlp_traces_endpoint"],
         description="OTLP/HTTP traces URL (OTEL_EXPORTER_OTLP_TRACES_ENDPOINT); wins over otlp_endpoint.",
+    )
+    otlp_protocol: Literal["http/protobuf"] | None = Field(
+        None,
+        validation_alias=AliasChoices("OTEL_EXPORTER_OTLP_TRACES_PROTOCOL", OTEL_ENV_NAMES["otlp_protocol"]),
+        description="Only OTLP over HTTP with protobuf is sent (the Collector's port 4318); grpc is refused.",
     )
 
     # --- Logging -----------------------------------------------------------------------------

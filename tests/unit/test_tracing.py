@@ -10,6 +10,7 @@ from opentelemetry import trace
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor, SpanExportResult
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+from pydantic import ValidationError
 
 from streams.logs import configure_logging, get_logger
 from streams.settings import Settings
@@ -252,6 +253,9 @@ def test_tracing_settings_come_from_llmops_and_standard_otel_variables(monkeypat
     assert (env["LLMOPS_TRACING"], env["OTEL_EXPORTER_OTLP_ENDPOINT"]) == ("false", "http://collector:4318/")
     monkeypatch.setenv("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", "http://traces:4318/custom")
     assert Settings().otlp_traces_url == "http://traces:4318/custom"
+    monkeypatch.setenv("OTEL_EXPORTER_OTLP_PROTOCOL", "grpc")  # not sent: refused at start, not ignored
+    with pytest.raises(ValidationError, match=r"OTLP_TRACES_PROTOCOL\n  Input should be 'http/protobuf'"):
+        Settings()
 
 
 def test_otlp_export_is_added_only_when_an_endpoint_is_set_and_nothing_connects_before_a_span(
