@@ -28,7 +28,7 @@ from opentelemetry.proto.common.v1.common_pb2 import AnyValue
 
 from streams.settings import Settings
 from streams.topics import Topics
-from streams.tracing import DOC_ID, REQUEST_ID
+from streams.tracing import CHUNK_ID, DOC_ID, REQUEST_ID
 
 KINDS = {0: "UNSPECIFIED", 1: "INTERNAL", 2: "SERVER", 3: "CLIENT", 4: "PRODUCER", 5: "CONSUMER"}
 STATUS = {0: "UNSET", 1: "OK", 2: "ERROR"}
@@ -193,7 +193,7 @@ def trace_as_dict(spans: Sequence[SpanRecord]) -> dict[str, Any]:
 # What the terminal view shows of each span, by label (``--json`` has every attribute).
 SHOWN_ATTRIBUTES = {
     "doc_id": DOC_ID,
-    "chunk_id": "llmops.chunk_id",
+    "chunk_id": CHUNK_ID,
     "request_id": REQUEST_ID,
     "outcome": "llmops.outcome",
     "op": "llmops.op",
