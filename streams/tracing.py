@@ -107,6 +107,22 @@ class AgentTracer:
         """Spans for one micro-batch; use as a context manager (ends every span on exit)."""
         return BatchTrace(self, deliveries)
 
+    @contextlib.contextmanager
+    def send(self, topic: str, **attributes: Any) -> Iterator[list[tuple[str, bytes]]]:
+        """A PRODUCER span around sending one record (a client's request); yields its trace headers.
+
+        A request sent inside it starts (or continues, if a span is current) the trace that the
+        serving agent's consumer span and the response continue: one trace from request to answer.
+        """
+        if self.tracer is None:
+            yield trace_headers(trace.get_current_span())
+            return
+        common = {"messaging.system": "kafka", "messaging.operation.type": "send", "messaging.destination.name": topic}
+        with self.tracer.start_as_current_span(
+            f"{self.stage} {topic}", kind=SpanKind.PRODUCER, attributes={**common, **_clean(attributes)}
+        ) as span:
+            yield trace_headers(span)
+
 
 class BatchTrace:
     """One batch span linked to a consumer span per member; members continue their traces."""

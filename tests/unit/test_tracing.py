@@ -6,6 +6,7 @@ import threading
 
 import pytest
 import structlog
+from opentelemetry import context as otel_context
 from opentelemetry import trace
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor, SpanExportResult
@@ -270,3 +271,36 @@ def test_otlp_export_is_added_only_when_an_endpoint_is_set_and_nothing_connects_
     assert (len(kafka_only), len(with_otlp)) == (1, 2)
     for processor in [*kafka_only, *with_otlp]:
         processor.shutdown()  # no span ended: the Kafka sink never started, nothing to flush
+
+
+def test_a_request_and_its_response_are_one_trace(spans: InMemorySpanExporter) -> None:
+    telemetry = telemetry_with(spans)
+    client = telemetry.agent_tracer("query", group="")
+    server = telemetry.agent_tracer("infer", group="g")
+    with client.send("inference.requests", request_id="r-1") as request_headers:
+        pass
+    with server.batch([Delivery("inference.requests", 0, 5, request_headers, b"r-1")]) as batch:
+        batch.annotate(0, request_id="r-1")
+        response_headers = batch.inject(0, [])
+    with client.batch([Delivery("inference.responses", 0, 9, response_headers, b"r-1")]) as received:
+        received.annotate(0, request_id="r-1")
+    by_name = {s.name: s for s in spans.get_finished_spans()}
+    send = by_name["query inference.requests"]
+    serve = by_name["infer inference.requests"]
+    answer = by_name["query inference.responses"]
+    assert send.kind == trace.SpanKind.PRODUCER and send.parent is None
+    assert serve.parent.span_id == send.context.span_id and answer.parent.span_id == serve.context.span_id
+    assert len({s.context.trace_id for s in (send, serve, answer)}) == 1
+    assert all(s.attributes["llmops.request_id"] == "r-1" for s in (send, serve, answer))
+    assert trace.get_current_span() is trace.INVALID_SPAN  # nothing left current
+
+
+def test_with_tracing_off_a_client_passes_on_the_current_context() -> None:
+    tracer = Telemetry([], enabled=False).agent_tracer("query", group="")
+    context = extract_context([("traceparent", TRACEPARENT.encode())])
+    token = otel_context.attach(context)
+    try:
+        with tracer.send("inference.requests") as headers:
+            assert headers == [("traceparent", TRACEPARENT.encode())]
+    finally:
+        otel_context.detach(token)
