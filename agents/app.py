@@ -6,7 +6,8 @@ Why this exists:
     ``r1`` never shares offsets or state with live traffic.
 
 Usage:
-    >>> app = create_app(Settings(), agents=("ingest",))
+    >>> telemetry = Telemetry.from_settings(settings)           # span exporters of this process
+    >>> app = create_app(Settings(), agents=("ingest",), telemetry=telemetry)
     >>> faust.Worker(app, loglevel="info").execute_from_commandline()   # what `llmops worker` does
 """
 
@@ -18,8 +19,10 @@ from typing import Any
 
 import faust
 
+from agents import faust_fixes
 from streams.settings import Settings
 from streams.topics import Topics
+from streams.tracing import Telemetry
 
 AGENT_GROUPS = ("ingest", "embed", "index", "infer")
 
@@ -40,8 +43,15 @@ def broker_credentials(settings: Settings) -> Any:
     return None
 
 
-def create_app(settings: Settings, agents: Sequence[str] = AGENT_GROUPS) -> faust.App:
-    """A Faust app with the named agent groups registered."""
+def create_app(
+    settings: Settings, agents: Sequence[str] = AGENT_GROUPS, telemetry: Telemetry | None = None
+) -> faust.App:
+    """A Faust app with the named agent groups registered; each traces as its own service.
+
+    ``telemetry`` holds the span exporters (None: no spans are recorded; trace headers still
+    pass through). The caller flushes it with ``telemetry.shutdown()`` when the worker stops.
+    """
+    faust_fixes.apply()
     unknown = sorted(set(agents) - set(AGENT_GROUPS))
     if unknown:
         raise ValueError(f"unknown agents {unknown}; choose from {list(AGENT_GROUPS)}")
@@ -73,20 +83,25 @@ def create_app(settings: Settings, agents: Sequence[str] = AGENT_GROUPS) -> faus
     # its time in bench/ingest_throughput.py. A batch writes one state per document, so allow a
     # few batches' worth.
     app.producer.buffer.max_messages = max(10_000, 4 * settings.ingest_batch_size)
+    telemetry = telemetry or Telemetry([], enabled=False)
+
+    def tracer(agent: str) -> Any:
+        return telemetry.agent_tracer(agent, group=app_id, namespace=settings.namespace)
+
     if "ingest" in agents:
         from agents.ingest import register_ingest
 
-        register_ingest(app, settings)
+        register_ingest(app, settings, tracer("ingest"))
     if "embed" in agents:
         from agents.embed import register_embed
 
-        register_embed(app, settings)
+        register_embed(app, settings, tracer("embed"))
     if "index" in agents:
         from agents.index import register_index
 
-        register_index(app, settings)
+        register_index(app, settings, tracer("index"))
     if "infer" in agents:
         from agents.infer import register_infer
 
-        register_infer(app, settings)
+        register_infer(app, settings, tracer("infer"))
     return app

@@ -1,4 +1,4 @@
-"""Wiring shared by the agents: byte topics, the codec, dead letters."""
+"""Wiring shared by the agents: byte topics, the codec, dead letters, tracing deliveries."""
 
 from __future__ import annotations
 
@@ -12,6 +12,7 @@ from streams.logs import get_logger
 from streams.records import DeadLetter, SourceCoordinates
 from streams.settings import Settings
 from streams.topics import Topics
+from streams.tracing import Delivery
 
 log = get_logger(__name__)
 
@@ -32,6 +33,12 @@ def source_of(event: Any) -> SourceCoordinates:
     """Where a Faust event was read: topic, partition, offset, Kafka timestamp (ms)."""
     message = event.message
     return SourceCoordinates(message.topic, message.partition, message.offset, int((message.timestamp or 0) * 1000))
+
+
+def delivery_of(event: Any) -> Delivery:
+    """A Faust event as tracing sees it: coordinates, key and headers."""
+    message = event.message
+    return Delivery(message.topic, message.partition, message.offset, message.headers, message.key)
 
 
 def dead_letter_for(event: Any, stage: str, reason: str, detail: str) -> DeadLetter:
@@ -60,8 +67,11 @@ def log_dead_letter(letter: DeadLetter) -> None:
     )
 
 
-async def send_dead_letter(app: faust.App, codec: AvroCodec, topics: Topics, letter: DeadLetter) -> Any:
-    """Log and produce a dead letter; returns the send future."""
+async def send_dead_letter(
+    app: faust.App, codec: AvroCodec, topics: Topics, letter: DeadLetter, trace_headers: list[tuple[str, bytes]]
+) -> Any:
+    """Log and produce a dead letter (with the trace context of its record); returns the send future."""
     log_dead_letter(letter)
     value = codec.encode("DeadLetter", letter.to_avro(), topics.deadletter)
-    return await app.producer.send(topics.deadletter, letter.key, value, None, None, [letter.source.header])
+    headers = [letter.source.header, *trace_headers]
+    return await app.producer.send(topics.deadletter, letter.key, value, None, None, headers)

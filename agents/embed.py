@@ -2,7 +2,8 @@
 
 Takes micro-batches bounded by size and time (``LLMOPS_EMBED_BATCH_SIZE``/``_SECONDS``),
 embeds the UPSERT chunks in one call (sorted by length inside the embedder) and passes
-deletions through. Undecodable records become dead letters; nothing else is done here.
+deletions through. Undecodable records become dead letters; nothing else is done here. Each
+output continues the trace of its chunk; the batch span holds the one ONNX run.
 """
 
 from __future__ import annotations
@@ -12,18 +13,20 @@ from typing import Any
 
 import faust
 
-from agents.common import dead_letter_for, raw_topic, send_dead_letter
+from agents.common import dead_letter_for, delivery_of, raw_topic, send_dead_letter
 from streams.avro import CodecError, codec_from_settings
 from streams.embed import OnnxEmbedder
 from streams.indexing import embed_chunks
 from streams.logs import get_logger
+from streams.records import SOURCE_HEADER
 from streams.settings import Settings
 from streams.topics import Topics
+from streams.tracing import AgentTracer, header_items
 
 log = get_logger(__name__)
 
 
-def register_embed(app: faust.App, settings: Settings) -> Any:
+def register_embed(app: faust.App, settings: Settings, tracer: AgentTracer) -> Any:
     """Declare the embed agent on ``app``."""
     topics = Topics(settings.namespace)
     codec = codec_from_settings(settings)
@@ -34,27 +37,33 @@ def register_embed(app: faust.App, settings: Settings) -> Any:
     @app.agent(raw_topic(app, topics.docs_clean, settings), name="embed")
     async def embed(stream: Any) -> None:
         async for events in stream.take_events(settings.embed_batch_size, within=settings.embed_batch_seconds):
-            decoded: list[tuple[Any, dict[str, Any]]] = []
-            pending = []
-            for event in events:
-                try:
-                    decoded.append((event, codec.decode(event.message.value or b"", "CleanChunk")))
-                except CodecError as error:
-                    letter = dead_letter_for(event, "embed", error.reason, error.detail)
-                    pending.append(await send_dead_letter(app, codec, topics, letter))
-            # ONNX Runtime releases the GIL: embedding in a thread keeps the event loop (and the
-            # other agents of this worker) running meanwhile.
-            records = await asyncio.get_running_loop().run_in_executor(
-                None, embed_chunks, [chunk for _, chunk in decoded], embedder
-            )
-            for (event, _), record in zip(decoded, records, strict=True):
-                headers = [(k, v) for k, v in (event.message.headers or ()) if k in ("traceparent", "llmops.source")]
-                value = codec.encode("ChunkEmbedding", record, topics.docs_embeddings)
-                pending.append(
-                    await app.producer.send(
-                        topics.docs_embeddings, record["doc_id"].encode(), value, None, None, headers
+            with tracer.batch([delivery_of(event) for event in events]) as batch:
+                decoded: list[tuple[int, Any, dict[str, Any]]] = []
+                pending = []
+                for i, event in enumerate(events):
+                    try:
+                        chunk = codec.decode(event.message.value or b"", "CleanChunk")
+                    except CodecError as error:
+                        batch.fail(i, error.reason, error.detail)
+                        with batch.current(i):
+                            letter = dead_letter_for(event, "embed", error.reason, error.detail)
+                            pending.append(await send_dead_letter(app, codec, topics, letter, batch.inject(i, [])))
+                        continue
+                    batch.annotate(i, doc_id=chunk["doc_id"], chunk_id=chunk["chunk_id"], op=chunk["op"])
+                    decoded.append((i, event, chunk))
+                # ONNX Runtime releases the GIL: embedding in a thread keeps the event loop (and the
+                # other agents of this worker) running meanwhile.
+                with batch.step("onnx.embed", chunks=len(decoded), model=embedder.name):
+                    records = await asyncio.get_running_loop().run_in_executor(
+                        None, embed_chunks, [chunk for _, _, chunk in decoded], embedder
                     )
-                )
-            await asyncio.gather(*pending)
+                for (i, event, _), record in zip(decoded, records, strict=True):
+                    record["traceparent"] = batch.traceparent(i)
+                    source = [h for h in header_items(event.message.headers) if h[0] == SOURCE_HEADER]
+                    value = codec.encode("ChunkEmbedding", record, topics.docs_embeddings)
+                    key = record["doc_id"].encode()
+                    headers = batch.inject(i, source)
+                    pending.append(await app.producer.send(topics.docs_embeddings, key, value, None, None, headers))
+                await asyncio.gather(*pending)
 
     return embed

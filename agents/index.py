@@ -3,7 +3,8 @@
 Writes are idempotent (keyed by chunk id), so redeliveries and replays never duplicate. When
 Milvus fails, the batch is retried with exponential backoff and its events stay unacknowledged,
 so no offset past an unwritten record is committed. Vectors of another model version are
-dead-lettered (FOREIGN_MODEL_VERSION): they belong in another collection.
+dead-lettered (FOREIGN_MODEL_VERSION): they belong in another collection. Each record's span
+ends its document's trace; the batch span holds the Milvus write.
 """
 
 from __future__ import annotations
@@ -13,20 +14,21 @@ from typing import Any
 
 import faust
 
-from agents.common import dead_letter_for, raw_topic, send_dead_letter
+from agents.common import dead_letter_for, delivery_of, raw_topic, send_dead_letter
 from streams.avro import CodecError, codec_from_settings
 from streams.embed import version_for
 from streams.indexing import ShuttingDown, write_with_retry
 from streams.logs import get_logger
 from streams.settings import Settings
 from streams.topics import Topics
+from streams.tracing import AgentTracer, BatchTrace
 from streams.vectorstore import VectorStore, shared_store
 
 log = get_logger(__name__)
 MAX_BACKOFF_SECONDS = 30.0
 
 
-def register_index(app: faust.App, settings: Settings) -> Any:
+def register_index(app: faust.App, settings: Settings, tracer: AgentTracer) -> Any:
     """Declare the index agent on ``app``."""
     topics = Topics(settings.namespace)
     codec = codec_from_settings(settings)
@@ -44,23 +46,30 @@ def register_index(app: faust.App, settings: Settings) -> Any:
         except Exception as error:  # noqa: BLE001 - retried with backoff on the first batch
             log.warning("vector_store_unavailable", error=repr(error), retry_in_s=0)
         async for events in stream.take_events(settings.index_batch_size, within=settings.index_batch_seconds):
-            records, pending = [], []
-            for event in events:
-                try:
-                    record = codec.decode(event.message.value or b"", "ChunkEmbedding")
-                except CodecError as error:
-                    letter = dead_letter_for(event, "index", error.reason, error.detail)
-                    pending.append(await send_dead_letter(app, codec, topics, letter))
+            with tracer.batch([delivery_of(event) for event in events]) as batch:
+                await index_batch(events, batch)
+
+    async def index_batch(events: list[Any], batch: BatchTrace) -> None:
+        records, pending = [], []
+        for i, event in enumerate(events):
+            try:
+                record = codec.decode(event.message.value or b"", "ChunkEmbedding")
+            except CodecError as error:
+                letter = dead_letter_for(event, "index", error.reason, error.detail)
+            else:
+                batch.annotate(i, doc_id=record["doc_id"], chunk_id=record["chunk_id"], op=record["op"])
+                if record["op"] != "UPSERT" or record["model_version"] == model_version:
+                    records.append(record)
                     continue
-                if record["op"] == "UPSERT" and record["model_version"] != model_version:
-                    detail = (
-                        f"vector from model version {record['model_version'][:16]}; this index holds "
-                        f"{model_version[:16]}: replay it with the matching model, or run that model's worker"
-                    )
-                    letter = dead_letter_for(event, "index", "FOREIGN_MODEL_VERSION", detail)
-                    pending.append(await send_dead_letter(app, codec, topics, letter))
-                    continue
-                records.append(record)
+                detail = (
+                    f"vector from model version {record['model_version'][:16]}; this index holds "
+                    f"{model_version[:16]}: replay it with the matching model, or run that model's worker"
+                )
+                letter = dead_letter_for(event, "index", "FOREIGN_MODEL_VERSION", detail)
+            batch.fail(i, letter.reason, letter.detail)
+            with batch.current(i):
+                pending.append(await send_dead_letter(app, codec, topics, letter, batch.inject(i, [])))
+        with batch.step("milvus.write", records=len(records)) as span:
             try:
                 report = await write_with_retry(
                     records,
@@ -75,9 +84,10 @@ def register_index(app: faust.App, settings: Settings) -> Any:
                 )
             except ShuttingDown:
                 raise asyncio.CancelledError from None  # hand the batch back unacknowledged
-            if report.freshness_ms:
-                ordered = sorted(report.freshness_ms)
-                log.debug("indexed", upserted=report.upserted, freshness_p50_ms=ordered[len(ordered) // 2])
-            await asyncio.gather(*pending)
+            span.set_attributes({"llmops.upserted": report.upserted, "llmops.deleted_chunks": report.deleted_chunks})
+        if report.freshness_ms:
+            ordered = sorted(report.freshness_ms)
+            log.debug("indexed", upserted=report.upserted, freshness_p50_ms=ordered[len(ordered) // 2])
+        await asyncio.gather(*pending)
 
     return index

@@ -20,7 +20,7 @@ from typing import Any, cast
 
 import faust
 
-from agents.common import dead_letter_for, raw_topic, send_dead_letter
+from agents.common import dead_letter_for, delivery_of, raw_topic, send_dead_letter
 from streams.admin import producer
 from streams.avro import codec_from_settings
 from streams.chunk import default_tokenizer_path
@@ -41,6 +41,7 @@ from streams.registry import ModelVersion, RegistryFollower
 from streams.replay import ORIGINAL_TIMESTAMP_HEADER
 from streams.settings import Settings
 from streams.topics import Topics
+from streams.tracing import AgentTracer, BatchTrace
 from streams.vectorstore import shared_store
 
 log = get_logger(__name__)
@@ -66,7 +67,7 @@ def shift_replayed_deadline(request: InferenceRequest, headers: dict[str, bytes]
     return replace(request, deadline_ms=request.deadline_ms + max(0, delay))
 
 
-def register_infer(app: faust.App, settings: Settings) -> Any:
+def register_infer(app: faust.App, settings: Settings, tracer: AgentTracer) -> Any:
     """Declare the infer agent on ``app``."""
     topics = Topics(settings.namespace)
     codec = codec_from_settings(settings)
@@ -131,17 +132,18 @@ def register_infer(app: faust.App, settings: Settings) -> Any:
         value = codec.encode("InferenceResponse", response, topic)
         return await state["replies"].send(topic, value, key=key.encode(), headers=headers)
 
-    async def handle(event: Any) -> None:
+    async def handle(event: Any, batch: BatchTrace) -> None:
         message = event.message
         received_ms = int((message.timestamp or time.time()) * 1000)
-        headers = [(k, v) for k, v in (message.headers or ()) if k == "traceparent"]
+        headers = batch.inject(0, [])  # the response continues the request's trace
         pending = []
         try:
             request = parse_request(message.value, codec)
         except RequestRejected as error:
-            pending.append(
-                await send_dead_letter(app, codec, topics, dead_letter_for(event, "infer", error.reason, error.detail))
-            )
+            batch.fail(0, error.reason, error.detail)
+            batch.annotate(0, request_id=error.request_id)
+            letter = dead_letter_for(event, "infer", error.reason, error.detail)
+            pending.append(await send_dead_letter(app, codec, topics, letter, headers))
             response = rejection_response(error)
             if response is not None:
                 service.finish(response, received_ms)
@@ -152,17 +154,20 @@ def register_infer(app: faust.App, settings: Settings) -> Any:
                 )
             await asyncio.gather(*pending)
             return
+        batch.annotate(0, request_id=request.request_id, task=request.task, tenant=request.tenant)
         request = shift_replayed_deadline(request, dict(message.headers or ()), received_ms)
         if service.models.store is None and request.task != "classify":
             service.swap(replace(service.models, store=await run_blocking(open_store)))
-        response, verdict = await service.answer(request, received_ms)
+        with batch.step("infer.answer", task=request.task, request_id=request.request_id):
+            response, verdict = await service.answer(request, received_ms)
+        batch.annotate(0, status=response["status"], models=[m["version"][:12] for m in response["models"]])
         service.finish(response, received_ms)
         pending.append(await reply(topics.inference_responses, request.reply_key, response, headers))
         if verdict.blocked:
             detail = f"prompt injection suspected, score {verdict.score:.2f}, rules {list(verdict.rules)}"
-            pending.append(
-                await send_dead_letter(app, codec, topics, dead_letter_for(event, "infer", "PROMPT_INJECTION", detail))
-            )
+            batch.fail(0, "PROMPT_INJECTION", detail)
+            letter = dead_letter_for(event, "infer", "PROMPT_INJECTION", detail)
+            pending.append(await send_dead_letter(app, codec, topics, letter, headers))
         shadows = await service.shadow_answers(request, response)
         pending.extend([await reply(topics.inference_shadow, request.reply_key, s, headers) for s in shadows])
         await asyncio.gather(*pending)
@@ -174,15 +179,17 @@ def register_infer(app: faust.App, settings: Settings) -> Any:
         # The actors iterate from the first moment: awaiting preparation before the first
         # `async for` left the stream without a reader after some rebalances (seen in replays).
         async for event in stream.events():
-            try:
-                await ensure_started()
-                await handle(event)
-            except asyncio.CancelledError:
-                raise
-            except Exception as error:
-                log.exception("infer_failed", error=repr(error))
-                letter = dead_letter_for(event, "infer", "INTERNAL_ERROR", repr(error)[:500])
-                await send_dead_letter(app, codec, topics, letter)
+            with tracer.batch([delivery_of(event)]) as batch, batch.current(0):
+                try:
+                    await ensure_started()
+                    await handle(event, batch)
+                except asyncio.CancelledError:
+                    raise
+                except Exception as error:
+                    log.exception("infer_failed", error=repr(error))
+                    batch.fail(0, "INTERNAL_ERROR", repr(error))
+                    letter = dead_letter_for(event, "infer", "INTERNAL_ERROR", repr(error)[:500])
+                    await send_dead_letter(app, codec, topics, letter, batch.inject(0, []))
 
     async def stop(*_: Any, **__: Any) -> None:
         await follower.stop()

@@ -1,7 +1,8 @@
 """Ingest agent: ``docs.raw`` -> ``docs.clean`` (+ ``docs.duplicates``, ``deadletter``).
 
 All logic lives in :class:`streams.ingest.IngestPipeline`; this module reads batches of
-events, hands them to the pipeline with the dedup table, and publishes what comes back.
+events, hands them to the pipeline with the dedup table, and publishes what comes back, each
+output carrying the trace context of its input record's span.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ from typing import Any
 
 import faust
 
-from agents.common import log_dead_letter, raw_topic, source_of
+from agents.common import delivery_of, log_dead_letter, raw_topic, source_of
 from streams.avro import codec_from_settings
 from streams.chunk import default_tokenizer
 from streams.dedup import LookupIndex
@@ -21,25 +22,19 @@ from streams.ingest import IngestConfig, IngestPipeline, IngestRecord, encode_ou
 from streams.logs import get_logger
 from streams.settings import Settings
 from streams.topics import Topics
+from streams.tracing import AgentTracer
 
 log = get_logger(__name__)
 DEDUP_TABLE = "ingest-dedup"
 
 
-def record_from_event(event: Any) -> IngestRecord:
-    """Our view of a Faust event: bytes, coordinates and the trace context header."""
+def record_from_event(event: Any, traceparent: str | None) -> IngestRecord:
+    """Our view of a Faust event: bytes, coordinates and the trace context its outputs carry."""
     message = event.message
-    headers = dict(message.headers or ())
-    traceparent = headers.get("traceparent")
-    return IngestRecord(
-        key=message.key,
-        value=message.value,
-        source=source_of(event),
-        traceparent=traceparent.decode("ascii", "replace") if isinstance(traceparent, bytes) else traceparent,
-    )
+    return IngestRecord(key=message.key, value=message.value, source=source_of(event), traceparent=traceparent)
 
 
-def register_ingest(app: faust.App, settings: Settings) -> Any:
+def register_ingest(app: faust.App, settings: Settings, tracer: AgentTracer) -> Any:
     """Declare the ingest topics, the dedup table and the agent on ``app``."""
     topics = Topics(settings.namespace)
     # Bytes in: the pipeline decodes (JSON or Avro) so that a bad record becomes a dead letter.
@@ -71,23 +66,28 @@ def register_ingest(app: faust.App, settings: Settings) -> Any:
     @app.agent(docs_raw, name="ingest")
     async def ingest(stream: Any) -> None:
         async for events in stream.take_events(settings.ingest_batch_size, within=settings.ingest_batch_seconds):
-            records = [record_from_event(event) for event in events]
-            if not lookups:
-                lookups.append(
-                    LookupIndex.build(dedup_table.items(), settings.near_dup_max_hamming, settings.near_dup_enabled)
-                )
-            results = pipeline.process_batch(records, dedup_table, lookups[0])
-            # Straight to Faust's producer, one enqueue per record and one wait per batch: the
-            # batch's events are acknowledged only after every output is acked by the broker.
-            pending = []
-            for record, result in zip(records, results, strict=True):
-                for out in encode_outputs(result, record, codec, topics):
-                    sent = await app.producer.send(out.topic, out.key, out.value, None, None, out.headers)
-                    pending.append(sent)
-                totals[result.outcome.value] += 1
-                if result.dead_letter is not None:
-                    log_dead_letter(result.dead_letter)
-            await asyncio.gather(*pending)
+            with tracer.batch([delivery_of(event) for event in events]) as batch:
+                records = [record_from_event(event, batch.traceparent(i)) for i, event in enumerate(events)]
+                if not lookups:
+                    lookups.append(
+                        LookupIndex.build(dedup_table.items(), settings.near_dup_max_hamming, settings.near_dup_enabled)
+                    )
+                with batch.step("ingest.pipeline", records=len(records)):
+                    results = pipeline.process_batch(records, dedup_table, lookups[0])
+                # Straight to Faust's producer, one enqueue per record and one wait per batch: the
+                # batch's events are acknowledged only after every output is acked by the broker.
+                pending = []
+                for i, (record, result) in enumerate(zip(records, results, strict=True)):
+                    batch.annotate(i, doc_id=result.doc_id, outcome=result.outcome.value, chunks=len(result.chunks))
+                    with batch.current(i):
+                        for out in encode_outputs(result, record, codec, topics):
+                            headers = batch.inject(i, out.headers)
+                            pending.append(await app.producer.send(out.topic, out.key, out.value, None, None, headers))
+                        totals[result.outcome.value] += 1
+                        if result.dead_letter is not None:
+                            batch.fail(i, result.dead_letter.reason, result.dead_letter.detail)
+                            log_dead_letter(result.dead_letter)
+                await asyncio.gather(*pending)
 
     @app.timer(interval=10.0)  # type: ignore[untyped-decorator]  # faust's decorators are untyped
     async def report_totals() -> None:

@@ -156,16 +156,21 @@ def worker(agents: str) -> None:
     from agents.app import create_app
     from streams.admin import ensure_topics
     from streams.logs import configure_logging
+    from streams.tracing import Telemetry
 
     settings = _settings()
     configure_logging(settings)
     asyncio.run(ensure_topics(settings))
+    telemetry = Telemetry.from_settings(settings)
     try:
-        app = create_app(settings, [a.strip() for a in agents.split(",") if a.strip()])
+        app = create_app(settings, [a.strip() for a in agents.split(",") if a.strip()], telemetry)
     except ValueError as error:
         raise click.ClickException(str(error)) from None
     runner = faust.Worker(app, loglevel=settings.log_level.lower(), override_logging=False, redirect_stdouts=False)
-    runner.execute_from_commandline()
+    try:
+        runner.execute_from_commandline()
+    finally:
+        telemetry.shutdown()  # the last spans reach telemetry.spans before the process exits
 
 
 # --- publish -------------------------------------------------------------------------------
@@ -337,6 +342,44 @@ def search(text: str, top_k: int, tenant: str | None, as_json: bool) -> None:
         click.echo("no results (is anything indexed in this namespace and tenant?)")
     for rank, hit in enumerate(hits, start=1):
         click.echo(f"{rank:>2}. {hit.score:.3f}  {hit.chunk_id}\n    {hit.snippet}")
+
+
+# --- trace ---------------------------------------------------------------------------------
+@cli.command("trace")
+@click.argument("trace_id", required=False)
+@click.option("--doc", "doc_id", default=None, help="The latest trace of this document id.")
+@click.option("--request", "request_id", default=None, help="The trace of this inference request id.")
+@click.option("--last", is_flag=True, help="The latest trace (batch spans aside).")
+@click.option("--json", "as_json", is_flag=True, help="Print the trace as JSON.")
+def trace_command(trace_id: str | None, doc_id: str | None, request_id: str | None, last: bool, as_json: bool) -> None:
+    """Print one trace from telemetry.spans: its span tree, durations, attributes and a waterfall.
+
+    Give a TRACE_ID (32 hex digits, as in log lines' trace_id), --doc ID, --request ID or --last.
+    Spans reach the topic about a second after they end (all of them once a worker stops).
+    """
+    import re
+
+    from rich.console import Console
+
+    from streams.topics import Topics
+    from streams.traceview import load_trace, print_trace
+
+    if sum(x is not None for x in (trace_id, doc_id, request_id)) + last != 1:
+        raise click.UsageError("give exactly one of TRACE_ID, --doc ID, --request ID or --last")
+    if trace_id is not None and not re.fullmatch(r"[0-9a-fA-F]{32}", trace_id):
+        raise click.UsageError(f"a trace id is 32 hex digits; got {trace_id!r}")
+    settings = _settings()
+    data = load_trace(settings, trace_id=trace_id, doc_id=doc_id, request_id=request_id)
+    if data is None:
+        what = trace_id or (f"document {doc_id}" if doc_id else f"request {request_id}" if request_id else "any")
+        raise click.ClickException(
+            f"no trace for {what} on {Topics(settings.namespace).telemetry_spans} "
+            "(do the workers run with LLMOPS_TRACING on, in this namespace?)"
+        )
+    if as_json:
+        _echo_json(data)
+    else:
+        print_trace(Console(), data)
 
 
 # --- demo ----------------------------------------------------------------------------------

@@ -66,6 +66,8 @@ def print_response(response: dict[str, Any]) -> None:
     models = ", ".join(f"{m['name']}@{m['version'][:12]} ({m['stage']})" for m in response.get("models", []))
     latency = response["latency"]
     console.print(f"  models: {models or 'none'}")
+    if response.get("trace_id"):
+        console.print(f"  [dim]trace: llmops trace {response['trace_id']}[/]")
     console.print(
         "  latency ms: "
         + ", ".join(f"{k[:-3]} {v:.1f}" for k, v in latency.items() if v or k == "total_ms")

@@ -30,6 +30,15 @@ from streams.settings import Settings
 from streams.topics import Topics
 
 
+def trace_id_of(headers: Any) -> str | None:
+    """The trace id in a record's W3C ``traceparent`` header (``llmops trace ID`` shows the trace)."""
+    for name, value in headers or ():
+        if name == "traceparent" and value:
+            parts = value.decode("ascii", "replace").split("-")
+            return parts[1] if len(parts) == 4 else None
+    return None
+
+
 class InferenceTimeout(TimeoutError):
     """No response arrived in time; the message says what to check."""
 
@@ -124,6 +133,7 @@ class InferenceClient:
                 future = self._waiting.pop(response["request_id"], None)
                 if future is not None and not future.done():
                     response["received_at_ms"] = time.time_ns() // 1_000_000
+                    response["trace_id"] = trace_id_of(message.headers)
                     future.set_result(response)
 
     def expect(self, request_id: str) -> asyncio.Future[dict[str, Any]]:

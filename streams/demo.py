@@ -54,6 +54,7 @@ BROKEN_RECORDS: list[tuple[bytes | None, bytes | None]] = [
 
 
 WORKER_AGENTS = ("ingest", "embed", "index", "infer")
+TRACE_KEYS = ("document_trace", "request_trace")
 
 
 def demo_records(limit: int | None) -> list[tuple[bytes | None, bytes | None]]:
@@ -258,6 +259,7 @@ def run_demo(
     embeddings = asyncio.run(_end_offsets(settings, [topics.docs_embeddings]))
     counts[topics.docs_embeddings] = sum(end - before_embeddings.get(tp, 0) for tp, end in embeddings.items())
     summary.update(index_report(settings))
+    summary.update(traces(settings, inference))
     summary.update(
         stage_done_after_seconds=stage_seconds,
         topic_records=counts,
@@ -295,6 +297,21 @@ def index_report(settings: Settings) -> dict[str, Any]:
         store.close()
 
 
+def traces(settings: Settings, inference: dict[str, Any] | None) -> dict[str, Any]:
+    """The trace of the top document of the first search answer, and the trace of that request."""
+    from streams.traceview import load_trace
+
+    if inference is None:
+        return {}
+    answer = next((a for a in inference["answers"] if a["task"] == "search" and a["hits"]), None)
+    if answer is None:
+        return {}
+    return {
+        "document_trace": load_trace(settings, doc_id=answer["hits"][0]["doc_id"]),
+        "request_trace": load_trace(settings, request_id=answer["request_id"]),
+    }
+
+
 def print_summary(summary: dict[str, Any]) -> None:
     """Human summary of :func:`run_demo`."""
     from rich.console import Console
@@ -330,6 +347,14 @@ def print_summary(summary: dict[str, Any]) -> None:
     )
     if summary.get("inference"):
         print_inference(summary["inference"])
+    from streams.traceview import print_trace
+
+    for key in TRACE_KEYS:
+        if summary.get(key):
+            console.print(f"[bold]{key.replace('_', ' ')}[/] (llmops trace {summary[key]['trace_id']}):")
+            print_trace(console, summary[key])
+        elif key in summary:
+            console.print(f"[yellow]{key.replace('_', ' ')}: no spans found on telemetry.spans[/]")
 
 
 def print_inference(inference: dict[str, Any]) -> None:

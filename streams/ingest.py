@@ -358,13 +358,15 @@ class Outgoing:
 
 
 def encode_outputs(result: IngestResult, record: IngestRecord, codec: AvroCodec, topics: Topics) -> list[Outgoing]:
-    """The Kafka records of one result, each with the ``llmops.source`` header of its input."""
+    """The Kafka records of one result, each with the ``llmops.source`` header of its input.
+
+    Trace context headers are the agent's to add (streams.tracing): they name its span.
+    """
     source = [record.source.header]
     out = []
     for chunk in result.chunks:
-        headers = [*source, ("traceparent", chunk.traceparent.encode())] if chunk.traceparent else source
         value = codec.encode("CleanChunk", chunk.to_avro(), topics.docs_clean)
-        out.append(Outgoing(topics.docs_clean, chunk.doc_id.encode(), value, headers))
+        out.append(Outgoing(topics.docs_clean, chunk.doc_id.encode(), value, source))
     notices = (result.duplicate, *result.demoted) if result.duplicate else result.demoted
     for notice in notices:
         value = codec.encode("DuplicateNotice", notice.to_avro(), topics.docs_duplicates)

@@ -11,6 +11,8 @@ Usage:
     >>> get_logger(__name__).info("ingested", topic="docs.raw", partition=0, offset=42, doc_id="d1")
 
 Notes:
+    A line written inside an OpenTelemetry span carries its ``trace_id`` and ``span_id`` (hex, as
+    trace tools show them), so logs and traces join on those ids.
     ``log_format="auto"`` picks the console renderer when stderr is a terminal, JSON otherwise.
     Values that are ``SecretStr`` render as ``**********``; the redaction processor also masks
     keys that look like secrets (password, token, secret, sasl_plain_password).
@@ -25,6 +27,7 @@ from collections.abc import MutableMapping
 from typing import Any
 
 import structlog
+from opentelemetry import trace
 
 from streams.settings import Settings
 
@@ -40,6 +43,15 @@ def mask_secrets(_: Any, __: str, event_dict: MutableMapping[str, Any]) -> Mutab
     return event_dict
 
 
+def add_trace_ids(_: Any, __: str, event_dict: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
+    """structlog processor: ``trace_id`` and ``span_id`` of the current span, if there is one."""
+    context = trace.get_current_span().get_span_context()
+    if context.is_valid:
+        event_dict.setdefault("trace_id", trace.format_trace_id(context.trace_id))
+        event_dict.setdefault("span_id", trace.format_span_id(context.span_id))
+    return event_dict
+
+
 def configure_logging(settings: Settings | None = None, *, json_lines: bool | None = None) -> None:
     """Configure structlog and route the standard ``logging`` module through it."""
     settings = settings or Settings()
@@ -50,6 +62,7 @@ def configure_logging(settings: Settings | None = None, *, json_lines: bool | No
         structlog.stdlib.add_log_level,
         structlog.stdlib.add_logger_name,
         structlog.processors.TimeStamper(fmt="iso", utc=True),
+        add_trace_ids,
         mask_secrets,
     ]
     renderer: Any = (

@@ -162,7 +162,7 @@ async def resolve_range(settings: Settings, spec: ReplaySpec) -> dict[TopicParti
 
 @dataclass
 class Manifest:
-    """Exactly what a replay ran; written to ``<data_dir>/replays/NAME/manifest.json``."""
+    """Exactly what a replay ran; one file per replayed topic, ``<data_dir>/replays/NAME/manifest-<topic>.json``."""
 
     namespace: str
     source_topic: str
@@ -180,21 +180,39 @@ class Manifest:
     worker_restarts: int = 0
     notes: list[str] = field(default_factory=list)
 
+    @property
+    def topic(self) -> str:
+        """The replayed topic's base name (``docs.raw`` or ``inference.requests``)."""
+        return self.target_topic.removeprefix(f"{self.namespace}.")
+
     def write(self, directory: Path) -> Path:
         directory.mkdir(parents=True, exist_ok=True)
-        path = directory / "manifest.json"
+        path = directory / f"manifest-{self.topic}.json"
         path.write_text(json.dumps(asdict(self), indent=2))
         return path
 
     @classmethod
-    def read(cls, directory: Path) -> Manifest:
-        path = directory / "manifest.json"
-        if not path.exists():
-            raise ReplayError(f"no replay manifest at {path}: run `llmops replay run ... --namespace {directory.name}`")
-        return cls(**json.loads(path.read_text()))
+    def read(cls, directory: Path, topic: str) -> Manifest:
+        manifests = read_manifests(directory)
+        if topic not in manifests:
+            raise ReplayError(f"namespace {directory.name} has no replay of {topic} (it has {sorted(manifests)})")
+        return manifests[topic]
 
     def ranges(self) -> dict[TopicPartition, tuple[int, int]]:
         return {TopicPartition(self.source_topic, int(p)): (r[0], r[1]) for p, r in self.partitions.items()}
+
+
+def read_manifests(directory: Path) -> dict[str, Manifest]:
+    """Every replay manifest of a namespace, by replayed topic."""
+    manifests = {}
+    for path in sorted(directory.glob("manifest-*.json")):
+        manifest = Manifest(**json.loads(path.read_text()))
+        manifests[manifest.topic] = manifest
+    if not manifests:
+        raise ReplayError(
+            f"no replay manifest in {directory}: run `llmops replay run --topic docs.raw --namespace {directory.name}`"
+        )
+    return manifests
 
 
 def embed_model_for(live: Settings, pins: tuple[str, ...]) -> str:
@@ -394,11 +412,10 @@ def run_replay(
 
 def list_replays(live: Settings) -> list[dict[str, Any]]:
     root = live.data_dir / "replays"
-    found = []
+    found: list[dict[str, Any]] = []
     for directory in sorted(root.glob("*")) if root.exists() else []:
         with contextlib.suppress(ReplayError, TypeError, json.JSONDecodeError):
-            manifest = Manifest.read(directory)
-            found.append(
+            found.extend(
                 {
                     "namespace": manifest.namespace,
                     "source_topic": manifest.source_topic,
@@ -408,6 +425,7 @@ def list_replays(live: Settings) -> list[dict[str, Any]]:
                     "started_at_ms": manifest.started_at_ms,
                     "finished_at_ms": manifest.finished_at_ms,
                 }
+                for manifest in read_manifests(directory).values()
             )
     return found
 

@@ -28,9 +28,9 @@ import numpy as np
 from streams.admin import read_topic
 from streams.avro import codec_from_settings
 from streams.records import SOURCE_HEADER
-from streams.replay import Manifest, ReplayError, read_ranges, replay_dir, replay_settings
+from streams.replay import Manifest, ReplayError, read_manifests, read_ranges, replay_dir, replay_settings
 from streams.settings import Settings
-from streams.topics import DOCS_RAW, Topics
+from streams.topics import DOCS_RAW, INFERENCE_REQUESTS, Topics
 
 MAX_LISTED = 50
 
@@ -268,50 +268,61 @@ def _response_differences(a: dict[str, Any], b: dict[str, Any], tolerance: float
     return problems
 
 
-async def _range_facts(live: Settings, manifest: Manifest) -> tuple[set[str], set[str], set[str] | None]:
-    """Source coordinates, document ids and request ids of the replayed range."""
-    ranges = manifest.ranges()
-    sources, docs, requests = set(), set(), set()
-    codec = codec_from_settings(live)
-    async for message in read_ranges(live, ranges):
-        sources.add(f"{message.topic}:{message.partition}:{message.offset}")
-        if message.key is not None:
-            docs.add(message.key.decode("utf-8", "replace"))
-        if not manifest.source_topic.endswith(DOCS_RAW) and message.value:
-            from streams.inference import RequestRejected, parse_request
+async def _range_facts(live: Settings, manifests: dict[str, Manifest]) -> tuple[set[str], set[str], set[str] | None]:
+    """Source coordinates, document ids and request ids (None: no requests replayed) of the ranges."""
+    from streams.inference import RequestRejected, parse_request
 
-            with contextlib.suppress(RequestRejected):
-                requests.add(parse_request(message.value, codec).request_id)
-    return sources, docs, (requests if not manifest.source_topic.endswith(DOCS_RAW) else None)
+    sources: set[str] = set()
+    docs: set[str] = set()
+    requests: set[str] | None = set() if INFERENCE_REQUESTS in manifests else None
+    codec = codec_from_settings(live)
+    for topic, manifest in manifests.items():
+        async for message in read_ranges(live, manifest.ranges()):
+            sources.add(f"{message.topic}:{message.partition}:{message.offset}")
+            if topic == DOCS_RAW and message.key is not None:
+                docs.add(message.key.decode("utf-8", "replace"))
+            if requests is not None and topic == INFERENCE_REQUESTS and message.value:
+                with contextlib.suppress(RequestRejected):
+                    requests.add(parse_request(message.value, codec).request_id)
+    return sources, docs, requests
 
 
 def diff_replay(live: Settings, namespace: str, against: str = "live", tolerance: float = 0.999) -> DiffReport:
-    """Compare replay ``namespace`` with live traffic for its range, or with replay ``against``."""
-    manifest = Manifest.read(replay_dir(live, namespace))
-    sources, docs, request_ids = asyncio.run(_range_facts(live, manifest))
-    mine = replay_settings(live, namespace, embed_model=manifest.embed_model)
-    right = asyncio.run(load_side(mine, namespace, _embedder(manifest), None, request_ids))
+    """Compare replay ``namespace`` with live traffic for its ranges, or with replay ``against``.
+
+    Every topic replayed into ``namespace`` is compared; ``against`` must have replayed the same
+    ranges of those topics.
+    """
+    manifests = read_manifests(replay_dir(live, namespace))
+    first = next(iter(manifests.values()))
+    sources, docs, request_ids = asyncio.run(_range_facts(live, manifests))
+    mine = replay_settings(live, namespace, embed_model=first.embed_model)
+    right = asyncio.run(load_side(mine, namespace, _embedder(first), None, request_ids))
     load_index(mine, right)
+    notes = []
     if against == "live":
         from streams.embed import version_for
 
         left = asyncio.run(load_side(live, "live", version_for(live), sources, request_ids))
         load_index(live, left)
     else:
-        other = Manifest.read(replay_dir(live, against))
-        if other.source_topic != manifest.source_topic or other.partitions != manifest.partitions:
-            raise ReplayError(
-                f"{against} replayed {other.source_topic} {other.partitions}, {namespace} replayed "
-                f"{manifest.source_topic} {manifest.partitions}: diff replays of the same range"
-            )
-        theirs = replay_settings(live, against, embed_model=other.embed_model)
-        left = asyncio.run(load_side(theirs, against, _embedder(other), None, request_ids))
+        others = read_manifests(replay_dir(live, against))
+        for topic, manifest in manifests.items():
+            other = others.get(topic)
+            if other is None or (other.source_topic, other.partitions) != (manifest.source_topic, manifest.partitions):
+                theirs_range = f"{other.source_topic} {other.partitions}" if other else f"no {topic}"
+                raise ReplayError(
+                    f"{against} replayed {theirs_range}, {namespace} replayed {manifest.source_topic} "
+                    f"{manifest.partitions}: diff replays of the same ranges"
+                )
+            if other.settings_digest != manifest.settings_digest:
+                notes.append(f"{topic}: the replays ran with different result-shaping settings (digests differ)")
+        other_first = others[next(iter(manifests))]
+        theirs = replay_settings(live, against, embed_model=other_first.embed_model)
+        left = asyncio.run(load_side(theirs, against, _embedder(other_first), None, request_ids))
         load_index(theirs, left)
     report = compare(left, right, tolerance, docs)
-    if manifest.settings_digest != (
-        Manifest.read(replay_dir(live, against)).settings_digest if against != "live" else manifest.settings_digest
-    ):
-        report.notes.append("the two replays ran with different result-shaping settings (settings digest differs)")
+    report.notes.extend(notes)
     return report
 
 

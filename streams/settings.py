@@ -15,8 +15,10 @@ Usage:
 
 Notes:
     ``extra="forbid"`` makes a misspelt keyword argument an error. No other module reads
-    ``os.environ`` for configuration (the standard ``OTEL_*`` variables are read by the
-    OpenTelemetry SDK itself).
+    ``os.environ`` for configuration. Of the standard ``OTEL_*`` variables, the OTLP endpoints
+    are read here (they switch OTLP export on); the rest (``OTEL_SERVICE_NAME``,
+    ``OTEL_RESOURCE_ATTRIBUTES``, ``OTEL_TRACES_SAMPLER(_ARG)``, ``OTEL_EXPORTER_OTLP_HEADERS``...)
+    are read by the OpenTelemetry SDK itself.
 """
 
 from __future__ import annotations
@@ -26,18 +28,29 @@ import re
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, SecretStr, field_validator
+from pydantic import AliasChoices, Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 PII_KINDS = ("email", "phone", "card", "ip", "secret")
 NAMESPACE_PATTERN = re.compile(r"^[a-z0-9][a-z0-9_-]{0,48}$")
+# Fields read from standard OpenTelemetry variables rather than LLMOPS_* ones.
+OTEL_ENV_NAMES = {
+    "otlp_endpoint": "OTEL_EXPORTER_OTLP_ENDPOINT",
+    "otlp_traces_endpoint": "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT",
+    "otlp_protocol": "OTEL_EXPORTER_OTLP_PROTOCOL",
+}
 
 
 class Settings(BaseSettings):
     """All configuration, each field from ``LLMOPS_<FIELD_NAME>``."""
 
     model_config = SettingsConfigDict(
-        env_prefix="LLMOPS_", env_file=".env", extra="forbid", frozen=True, validate_default=True
+        env_prefix="LLMOPS_",
+        env_file=".env",
+        extra="forbid",
+        frozen=True,
+        validate_default=True,
+        validate_by_name=True,
     )
 
     # --- Kafka -------------------------------------------------------------------------------
@@ -114,6 +127,29 @@ class Settings(BaseSettings):
     qa_min_accuracy: float = Field(0.6, ge=0, le=1, description="QA gate: lowest accuracy a candidate may have.")
     qa_max_drop: float = Field(0.02, ge=0, le=1, description="QA gate: largest accuracy drop from production allowed.")
 
+    # --- Tracing -----------------------------------------------------------------------------
+    tracing: bool = Field(
+        True, description="Spans for every record (LLMOPS_TRACING=off: none; trace headers still pass through)."
+    )
+    tracing_queue_size: int = Field(
+        8192, ge=64, description="Ended spans waiting for export; past it spans are dropped and counted."
+    )
+    otlp_endpoint: str | None = Field(
+        None,
+        validation_alias=OTEL_ENV_NAMES["otlp_endpoint"],
+        description="OTLP/HTTP base URL (OTEL_EXPORTER_OTLP_ENDPOINT); set = spans also go there.",
+    )
+    otlp_traces_endpoint: str | None = Field(
+        None,
+        validation_alias=OTEL_ENV_NAMES["otlp_traces_endpoint"],
+        description="OTLP/HTTP traces URL (OTEL_EXPORTER_OTLP_TRACES_ENDPOINT); wins over otlp_endpoint.",
+    )
+    otlp_protocol: Literal["http/protobuf"] | None = Field(
+        None,
+        validation_alias=AliasChoices("OTEL_EXPORTER_OTLP_TRACES_PROTOCOL", OTEL_ENV_NAMES["otlp_protocol"]),
+        description="Only OTLP over HTTP with protobuf is sent (the Collector's port 4318); grpc is refused.",
+    )
+
     # --- Logging -----------------------------------------------------------------------------
     log_format: Literal["auto", "json", "console"] = "auto"
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
@@ -157,13 +193,22 @@ class Settings(BaseSettings):
                 value = json.dumps(list(value))
             elif isinstance(value, bool):
                 value = "true" if value else "false"
-            env[f"LLMOPS_{name.upper()}"] = str(value)
+            env[OTEL_ENV_NAMES.get(name, f"LLMOPS_{name.upper()}")] = str(value)
         return env
 
     @property
     def kafka_dir(self) -> Path:
         """Folder of the embedded broker: jars, storage and log."""
         return self.data_dir / "kafka"
+
+    @property
+    def otlp_traces_url(self) -> str | None:
+        """Where OTLP/HTTP spans go, if anywhere (the signal URL, as the OTLP spec derives it)."""
+        if self.otlp_traces_endpoint:
+            return self.otlp_traces_endpoint
+        if self.otlp_endpoint:
+            return self.otlp_endpoint.rstrip("/") + "/v1/traces"
+        return None
 
     def kafka_client_config(self) -> dict[str, object]:
         """Security keyword arguments shared by aiokafka producers, consumers and admin clients."""

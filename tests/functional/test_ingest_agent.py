@@ -5,45 +5,22 @@ producer's ``send`` is recorded here (the one stand-in in this tier); the dedup 
 is the real Faust table with its in-memory store.
 """
 
-import asyncio
 from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
 
-from agents.app import create_app
 from streams.avro import AvroCodec, EmbeddedRegistry
 from streams.records import SOURCE_HEADER
-from streams.settings import Settings
+from tests.functional.conftest import ingest_context, wait_for_outputs
 
 CODEC = AvroCodec(EmbeddedRegistry.from_directory())
 
 
 @pytest.fixture
 async def harness(tmp_path: Any, monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[tuple[Any, list]]:
-    app = create_app(Settings(namespace="functional", data_dir=tmp_path, ingest_batch_seconds=0.01))
-    app.finalize()
-    app.conf.store = "memory://"
-    app.flow_control.resume()
-    sent: list[tuple[str, bytes, bytes, list]] = []
-
-    async def record_send(topic: str, key: Any, value: Any, partition: Any, timestamp: Any, headers: Any) -> Any:
-        sent.append((topic, key, value, list(headers or [])))
-        done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        done.set_result(None)
-        return done
-
-    monkeypatch.setattr(app.producer, "send", record_send)
-    table = app.tables["ingest-dedup"]
-    monkeypatch.setattr(type(table), "send_changelog", lambda *a, **k: _FakeFuture())
-    agent = app.agents["ingest"]
-    async with agent.test_context() as context:
-        yield context, sent
-
-
-class _FakeFuture:
-    class message:
-        partition = 0
+    async with ingest_context(tmp_path, monkeypatch) as context_and_sent:
+        yield context_and_sent
 
 
 async def test_good_bad_and_duplicate_records_reach_their_topics(harness: tuple[Any, list]) -> None:
@@ -52,10 +29,7 @@ async def test_good_bad_and_duplicate_records_reach_their_topics(harness: tuple[
     await context.put(b'{"id": "d2", "text": "Hello world, mail me at a@b.io"}', key=b"d2")
     await context.put(b"not json", key=b"d3")
     await context.put(None, key=b"d1")
-    for _ in range(200):  # the agent takes events in batches, so outputs follow shortly after put()
-        if len(sent) >= 4:
-            break
-        await asyncio.sleep(0.01)
+    await wait_for_outputs(sent, 4)
     topics = [s[0] for s in sent]
     assert topics == [
         "functional.docs.clean",

@@ -20,13 +20,18 @@ from pathlib import Path
 
 import pytest
 
+from streams.admin import ensure_topics, offsets
 from streams.broker import BrokerError, EmbeddedKafka
+from streams.demo import wait_for_stages
+from streams.publish import publish_records
 from streams.settings import Settings
+from streams.topics import Topics
 
 ROOT = Path(__file__).resolve().parents[2]
 # Below the ephemeral port range (32768-60999 on Linux): a client socket can never hold the port
 # while the broker restarts.
 TEST_PORT = int(os.environ.get("LLMOPS_TEST_KAFKA_PORT", "29092"))
+PIPELINE_AGENTS = ("embed", "index", "ingest")
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
@@ -134,3 +139,19 @@ def wait_for(predicate, timeout: float = 60.0, interval: float = 0.5) -> bool:  
             return True
         time.sleep(interval)
     return False
+
+
+def run_pipeline(settings: Settings, records: list) -> None:
+    """Publish, run a full worker until every stage committed, stop it (Milvus Lite has one owner).
+
+    Records already on docs.raw count too: a test may publish its own way first and pass [].
+    """
+    worker = WorkerProcess(settings, agents=",".join(PIPELINE_AGENTS)).start()
+    try:
+        run(ensure_topics(settings))
+        run(publish_records(settings, records))
+        _, raw_end = run(offsets(settings, [Topics(settings.namespace).docs_raw]))
+        ok, _ = wait_for_stages(settings, [PIPELINE_AGENTS], raw_end, 240.0, alive=worker.alive)
+        assert ok, f"the worker did not finish; log:\n{worker.log_tail()}"
+    finally:
+        assert worker.stop() == 0, worker.log_tail()

@@ -105,7 +105,7 @@ def test_a_range_replayed_twice_is_identical_and_live_is_untouched(live: Setting
     assert report.counts["responses_equal"] == 12
     assert report.counts[f"index_{again}"] == report.counts[f"index_{baseline}"] == report.counts["chunks_total"]
     assert live_offsets(live) == before, "a replay never writes a live topic"
-    recorded = Manifest.read(replay_dir(live, again))
+    recorded = Manifest.read(replay_dir(live, again), "docs.raw")
     assert recorded.models[0]["version"] == version_for(live)
     assert any(m["name"] == live.default_classifier and len(m["files"]) == 2 for m in recorded.models)
     assert recorded.code_version and len(recorded.settings_digest) == 64
