@@ -21,7 +21,7 @@ import faust
 from streams.settings import Settings
 from streams.topics import Topics
 
-AGENT_GROUPS = ("ingest", "embed", "index", "infer")
+AGENT_GROUPS = ("ingest", "embed", "index", "infer", "monitor")
 
 
 def broker_credentials(settings: Settings) -> Any:
@@ -89,4 +89,8 @@ def create_app(settings: Settings, agents: Sequence[str] = AGENT_GROUPS) -> faus
         from agents.infer import register_infer
 
         register_infer(app, settings)
+    if "monitor" in agents:
+        from agents.monitor import register_monitor
+
+        register_monitor(app, settings)
     return app

@@ -79,6 +79,14 @@ class WordPieceTokenizer:
             for encoding in encodings
         ]
 
+    def count_unknown_batch(self, texts: Sequence[str]) -> list[tuple[int, int]]:
+        """(tokens, ``[UNK]`` tokens) of each text: words the vocabulary cannot spell."""
+        unknown = self._tokenizer.token_to_id("[UNK]")
+        if unknown is None:
+            return [(len(encoding.ids), 0) for encoding in self._tokenizer.encode_batch(list(texts), False)]
+        encodings = self._tokenizer.encode_batch(list(texts), add_special_tokens=False)
+        return [(len(encoding.ids), encoding.ids.count(unknown)) for encoding in encodings]
+
 
 class RegexTokenizer:
     """Words and punctuation marks as tokens; a stand-in for tests of the pure core."""
