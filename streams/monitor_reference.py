@@ -277,3 +277,18 @@ def set_stdlib_reference(settings: Settings, split: str = "reference", seed: int
     samples = documents_from_texts(settings, corpus_texts(split), settings.monitor_reference_size, seed)
     description = f"stdlib corpus, {split} half, {settings.monitor_reference_size} chunks, seed {seed}"
     return asyncio.run(store_reference(settings, samples, description))
+
+
+def package_description_texts(min_chars: int = 500) -> list[str]:
+    """Long descriptions from installed packages' METADATA: real text unlike stdlib docstrings.
+
+    Used to show that drift is caught (tests, benchmark); sorted for a stable order.
+    """
+    from importlib import metadata
+
+    texts = set()
+    for distribution in metadata.distributions():
+        body = distribution.metadata.get_payload() or distribution.metadata.get("Description") or ""  # type: ignore[attr-defined]
+        if isinstance(body, str) and len(body) >= min_chars:
+            texts.add(body)
+    return sorted(texts)
