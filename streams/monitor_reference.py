@@ -80,7 +80,7 @@ def sample_chunks(
 
 def documents_sample(chunks: Sequence[str], embedder: Embedder, tokenizer: WordPieceTokenizer) -> ReferenceSample:
     """Vectors and text features of chunk texts."""
-    features = text_features(chunks, tokenizer)
+    features = text_features(chunks, tokenizer, redacted=True)
     vectors = np.asarray(embedder.embed(list(chunks)), dtype=np.float64)
     return ReferenceSample(vectors=vectors, numeric={k: features[k] for k in DRIFT_FEATURES})
 
@@ -243,7 +243,7 @@ async def samples_from_topic(
         records = [codec.decode(v, "ChunkEmbedding") for v in values]
         rows = sample_rows([r for r in records if r["op"] == "UPSERT" and r["vector"]], size, seed)
         tokenizer = default_tokenizer()
-        features = text_features([r["text"] for r in rows], tokenizer)
+        features = text_features([r["text"] for r in rows], tokenizer, redacted=True)
         vectors = np.asarray([r["vector"] for r in rows], dtype=np.float64)
         return {"documents": ReferenceSample(vectors=vectors, numeric={k: features[k] for k in DRIFT_FEATURES})}
     if topic == topics.docs_raw:

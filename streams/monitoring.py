@@ -610,8 +610,8 @@ class Monitor:
 
     def _documents(self, window: Window[Any]) -> list[Metric]:
         texts = [text for _, text in window.items]
-        features = text_features(texts, self.tokenizer)
-        vectors = np.asarray([vector for vector, _ in window.items], dtype=np.float64)
+        features = text_features(texts, self.tokenizer, redacted=True)
+        vectors = np.asarray([vector for vector, _ in window.items], dtype=np.float32)
         sample = WindowSample(vectors=vectors, numeric={k: features[k] for k in DRIFT_FEATURES})
         cpu_now = self.cpu_clock()
         cpu, self._cpu_mark = cpu_now - self._cpu_mark, cpu_now

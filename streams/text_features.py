@@ -10,8 +10,8 @@ Features (one value per text):
     * ``tokens``: WordPiece tokens of the embedder's tokenizer (also summed as tokens processed).
     * ``unknown_token_rate``: share of those tokens that are ``[UNK]``.
     * ``non_ascii_share``: share of characters outside ASCII.
-    * ``pii_hits``: PII found by :func:`streams.redact.redact_pii` plus redaction placeholders
-      already in the text (chunks on ``docs.embeddings`` are redacted at ingestion).
+    * ``pii_hits``: redaction placeholders already in the text (chunks on ``docs.embeddings`` are
+      redacted at ingestion), plus what :func:`streams.redact.redact_pii` finds in unredacted text.
 """
 
 from __future__ import annotations
@@ -36,13 +36,22 @@ class UnknownTokenCounter(Protocol):
         ...
 
 
-def pii_hits(text: str) -> int:
-    """PII hits in ``text``: new finds plus placeholders left by earlier redaction."""
-    return sum(redact_pii(text).counts.values()) + sum(redact_pii_counts_in(text).values())
+def pii_hits(text: str, redacted: bool = False) -> int:
+    """PII hits in ``text``: placeholders left by earlier redaction, plus new finds unless ``redacted``."""
+    placeholders = sum(redact_pii_counts_in(text).values())
+    return placeholders if redacted else placeholders + sum(redact_pii(text).counts.values())
 
 
-def text_features(texts: Sequence[str], tokenizer: UnknownTokenCounter) -> dict[str, Floats]:
-    """Each feature as an array with one value per text."""
+def text_features(texts: Sequence[str], tokenizer: UnknownTokenCounter, redacted: bool = False) -> dict[str, Floats]:
+    """Each feature as an array with one value per text.
+
+    Args:
+        texts: The texts.
+        tokenizer: Counts tokens and unknown tokens.
+        redacted: The texts went through ingestion's redaction (chunks on docs.embeddings), so
+            PII is counted by its placeholders alone; scanning again would find nothing new
+            and would cost more than the rest of monitoring together.
+    """
     counts = tokenizer.count_unknown_batch(texts) if texts else []
     tokens = np.array([total for total, _ in counts], dtype=np.float64)
     unknown = np.array([missing for _, missing in counts], dtype=np.float64)
@@ -53,5 +62,5 @@ def text_features(texts: Sequence[str], tokenizer: UnknownTokenCounter) -> dict[
         "non_ascii_share": np.array(
             [(len(t) - len(t.encode("ascii", "ignore"))) / len(t) if t else 0.0 for t in texts], dtype=np.float64
         ),
-        "pii_hits": np.array([pii_hits(t) for t in texts], dtype=np.float64),
+        "pii_hits": np.array([pii_hits(t, redacted) for t in texts], dtype=np.float64),
     }
