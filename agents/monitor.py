@@ -15,7 +15,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import Any, cast
 
 import faust
 
@@ -145,4 +145,9 @@ def register_monitor(app: faust.App, settings: Settings) -> Any:
         if "started" in state and state["started"].done():
             await publish(monitor.tick())
 
+    async def flush(*_: Any, **__: Any) -> None:
+        if "started" in state and state["started"].done():
+            await publish(monitor.flush())
+
+    app.on_before_shutdown.connect(cast(Any, flush))
     return monitor

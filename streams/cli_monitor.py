@@ -115,51 +115,51 @@ KEY_METRICS = (
 
 
 def render_status(status: dict[str, Any]) -> Any:
-    """A rich renderable of :func:`streams.monitor_status.monitor_status`."""
+    """A rich renderable of :func:`streams.monitor_status.monitor_status` (fits 80 columns)."""
     from rich.console import Group
     from rich.table import Table
     from rich.text import Text
 
     reference = status["reference"]
-    head = Text(
-        f"namespace {status['namespace'] or '(live)'}; reference "
-        + (f"{reference['reference_id']} ({', '.join(reference['samples'])})" if reference else "NOT SET")
-        + "; lag "
-        + (", ".join(f"{k} {v}" for k, v in status["lag"].items()) or "unknown (no monitor group)")
-    )
-    table = Table(title="Latest window per stream")
-    for column in ("stream", "window", "events", "statistic", "slice", "value", "threshold", ""):
-        table.add_column(column)
+    parts: list[Any] = [
+        Text(
+            f"namespace {status['namespace'] or '(live)'}; reference "
+            + (f"{reference['reference_id']} ({', '.join(reference['samples'])})" if reference else "NOT SET")
+            + "; lag "
+            + (", ".join(f"{k} {v}" for k, v in status["lag"].items()) or "unknown (no monitor group)")
+        )
+    ]
     for stream, snapshot in sorted(status["streams"].items()):
+        table = Table(
+            title=f"{stream}: window {snapshot['seq']} ({snapshot['events']} events, by {snapshot['closed_by']})",
+            title_justify="left",
+        )
+        table.add_column("statistic", overflow="fold")
+        table.add_column("slice", overflow="fold")
+        table.add_column("value", justify="right", no_wrap=True)
+        table.add_column("threshold", justify="right", no_wrap=True)
+        table.add_column("", no_wrap=True)
         for metric in snapshot["metrics"]:
             shown = metric["threshold"] is not None or metric["name"].endswith(KEY_METRICS)
             if not shown or (metric["slice"] and not metric["breached"]):
                 continue
             threshold = "" if metric["threshold"] is None else f"{metric['threshold']:.4g}"
-            table.add_row(
-                stream,
-                f"{snapshot['seq']} ({snapshot['closed_by']})",
-                str(snapshot["events"]),
-                metric["name"],
-                metric["slice"] or "",
-                f"{metric['value']:.4g}",
-                threshold,
-                "[red]BREACH[/]" if metric["breached"] else ("[green]ok[/]" if threshold else ""),
-            )
-    alerts = Table(title=f"Open alerts ({len(status['open_alerts'])})")
-    for column in ("severity", "metric", "slice", "value", "threshold", "window", "hint"):
-        alerts.add_column(column)
+            verdict = "[red]BREACH[/]" if metric["breached"] else ("[green]ok[/]" if threshold else "")
+            table.add_row(metric["name"], metric["slice"] or "", f"{metric['value']:.4g}", threshold, verdict)
+        parts.append(table)
+    parts.append(Text(f"Open alerts: {len(status['open_alerts'])}", style="bold"))
     for alert in status["open_alerts"]:
-        alerts.add_row(
-            alert["severity"],
-            alert["metric"],
-            alert["slice"] or "",
-            f"{alert['value']:.4g}",
-            f"{alert['threshold']:.4g}",
-            alert["window_id"],
-            alert["hint"][:80],
+        side = ">" if alert["direction"] == "above" else "<"
+        where = f" [{alert['slice']}]" if alert["slice"] else ""
+        parts.append(
+            Text(
+                f"  {alert['severity'].upper()} {alert['metric']}{where}"
+                f" = {alert['value']:.4g} {side} {alert['threshold']:.4g} (window {alert['window_id']})\n"
+                f"    {alert['hint']}",
+                style="red" if alert["severity"] == "critical" else "yellow",
+            )
         )
-    return Group(head, table, alerts)
+    return Group(*parts)
 
 
 @monitor.command("status")

@@ -48,6 +48,7 @@ STREAMS = ("documents", "requests", "responses", "feedback")
 STAGES = ("queue", "embed", "search", "classify", "generate", "total")
 SLICE_DIMENSIONS = ("tenant", "source", "language")
 PERCENTILES = (50, 95, 99)
+FAILED_STATUSES = ("ERROR", "TIMEOUT", "UNAVAILABLE")
 
 HINTS = {
     "embedding": "documents differ in meaning from the reference: look at the sources and tenants of recent "
@@ -67,7 +68,8 @@ HINTS = {
     "with the reference and its feedback with the others",
     "latency": "end-to-end p95 above the SLO: compare queue_ms (consumer lag, too few workers) with "
     "embed/search ms (CPU) in the snapshot",
-    "errors": "more responses are not OK: group them by status and error in inference.responses",
+    "errors": "more responses fail (ERROR, TIMEOUT, UNAVAILABLE): group them by status and error in "
+    "inference.responses; TIMEOUT with a high queue_ms means too few infer workers",
 }
 
 
@@ -146,7 +148,7 @@ class Window(Generic[T]):
     start_ms: int
     end_ms: int
     items: list[T]
-    closed_by: Literal["count", "time"]
+    closed_by: Literal["count", "time", "stop"]
 
     @property
     def window_id(self) -> str:
@@ -184,7 +186,11 @@ class TumblingWindow(Generic[T]):
             return self._close("time")
         return None
 
-    def _close(self, how: Literal["count", "time"]) -> Window[T]:
+    def close_now(self) -> Window[T] | None:
+        """Close the window early (at shutdown), if it has events."""
+        return self._close("stop") if self._items else None
+
+    def _close(self, how: Literal["count", "time", "stop"]) -> Window[T]:
         self.seq += 1
         window = Window(self.stream, self.seq, self._first_ms, self._last_ms, self._items, how)
         self._items = []
@@ -354,8 +360,8 @@ def drift_metrics(
 def _rate(window: Window[Any]) -> Metric:
     return Metric(
         f"{window.stream}.per_second",
-        len(window.items) / window.seconds,
-        "events / (last - first Kafka timestamp in the window)",
+        len(window.items) / max(window.seconds, 1.0),
+        "events / (last - first Kafka timestamp in the window, at least 1 s)",
         count=len(window.items),
     )
 
@@ -447,18 +453,25 @@ def response_metrics(items: list[dict[str, Any]], config: MonitorConfig) -> list
             else {}
         )
         metrics += _percentiles(f"latency.{stage}", values, latency_method, **extra)
-    not_ok = sum(r["status"] != "OK" for r in items)
-    metrics.append(
+    failed = sum(r["status"] in FAILED_STATUSES for r in items)
+    rejected = sum(r["status"] in ("INVALID", "BLOCKED") for r in items)
+    metrics += [
         Metric(
             "responses.error_share",
-            not_ok / len(items),
-            "share of responses whose status is not OK",
+            failed / len(items),
+            f"share of responses with status {', '.join(FAILED_STATUSES)} (the service failed the caller)",
             config.max_error_share,
             count=len(items),
             severity="critical",
             hint=HINTS["errors"],
-        )
-    )
+        ),
+        Metric(
+            "responses.rejected_share",
+            rejected / len(items),
+            "share of responses INVALID or BLOCKED (the request was at fault or hostile)",
+            count=len(items),
+        ),
+    ]
     compute = [sum(float(r["latency"][f"{s}_ms"]) for s in ("embed", "search", "classify", "generate")) for r in items]
     metrics.append(
         Metric(
@@ -549,6 +562,15 @@ class Monitor:
             self.pending_feedback.put(record["request_id"], dict(record), self.clock())
             return []
         return self._judge(record, answer, timestamp_ms)
+
+    def flush(self) -> list[Output]:
+        """Close every window that has events (the worker is stopping): nothing seen goes unreported."""
+        outputs: list[Output] = []
+        for window in self.windows.values():
+            closed = window.close_now()
+            if closed is not None:
+                outputs += self._snapshot(closed)
+        return outputs
 
     def tick(self) -> list[Output]:
         """Close windows whose time is up and expire the join tables; call about once a second."""

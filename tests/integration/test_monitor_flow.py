@@ -156,8 +156,9 @@ def test_held_out_stdlib_raises_no_drift_alert_and_package_descriptions_do_withi
                 "windows_with_drift_alert": len(false_alarm_windows),
                 "false_alarm_rate": len(false_alarm_windows) / HELD_OUT_WINDOWS,
                 "windows_with_any_breaching_statistic": len(breaching),
+                "breaching_windows": breaching,
                 "detection_delay_windows": None if first_detection is None else first_detection - HELD_OUT_WINDOWS,
-                "alerts": sorted({a["metric"] for a in drift}),
+                "alerts": sorted((a["window_id"], a["metric"]) for a in drift),
             }
         )
     )
