@@ -48,10 +48,8 @@ def register_monitor(app: faust.App, settings: Settings) -> Any:
         if reference is None:
             log.warning("monitor_no_reference", hint="set one with `llmops monitor set-reference --corpus stdlib`")
             return
-        # Calibrate for full windows off the event loop before the reference answers windows.
-        await asyncio.get_running_loop().run_in_executor(
-            None, reference.thresholds, "documents", config.window_events, config
-        )
+        # Calibrating takes seconds of CPU: do it off the event loop before the reference answers windows.
+        await asyncio.get_running_loop().run_in_executor(None, reference.calibrate_all, config)
         monitor.set_reference(reference)
         log.info("monitor_reference", reference_id=reference.reference_id, samples=sorted(reference.samples))
 

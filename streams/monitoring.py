@@ -315,21 +315,42 @@ class Reference:
     _thresholds: dict[tuple[str, int], Thresholds] = field(default_factory=dict, repr=False)
 
     def thresholds(self, stream: str, n: int, config: MonitorConfig) -> Thresholds | None:
-        """Thresholds for a window of ``n`` rows, calibrated once per size (rounded down to a multiple of 10).
+        """Thresholds for a window of ``n`` rows, calibrated once per size on :func:`calibration_sizes`.
 
-        Rounding down is conservative: a smaller calibration window has higher thresholds.
+        ``n`` is rounded down to the nearest size of that grid: a smaller calibration window has
+        higher thresholds, so rounding down is conservative.
         """
         sample = self.samples.get(stream)
         if sample is None or n < config.min_drift_events:
             return None
-        size = max(config.min_drift_events, n - n % 10)
-        size = min(size, sample.size - 10)
-        if size < 2:
+        fitting = [size for size in calibration_sizes(config) if size <= n and size <= sample.size - 10]
+        if not fitting:
             return None
-        key = (stream, size)
+        key = (stream, fitting[-1])
         if key not in self._thresholds:
-            self._thresholds[key] = sample.calibrate(size, config.calibration_draws, config.drift_quantile)
+            self._thresholds[key] = sample.calibrate(key[1], config.calibration_draws, config.drift_quantile)
         return self._thresholds[key]
+
+    def calibrate_all(self, config: MonitorConfig) -> None:
+        """Calibrate every stream at every grid size now (a worker does this off its event loop)."""
+        for stream in self.samples:
+            for size in calibration_sizes(config):
+                self.thresholds(stream, size, config)
+
+
+def calibration_sizes(config: MonitorConfig) -> list[int]:
+    """Window sizes thresholds are calibrated for: the full window, then halves down to the minimum.
+
+    Windows closed by count all have the full size; windows closed by time (quiet streams) use
+    the largest grid size they reach, so a reference is calibrated a handful of times, not once
+    per possible size.
+    """
+    sizes = [config.window_events]
+    while sizes[-1] // 2 >= config.min_drift_events:
+        sizes.append(sizes[-1] // 2)
+    if sizes[-1] > config.min_drift_events:
+        sizes.append(config.min_drift_events)
+    return sorted(sizes)
 
 
 def drift_metrics(

@@ -222,3 +222,16 @@ def test_open_alerts_and_the_report_show_history(tmp_path: Path) -> None:
     write_report(tmp_path / "r.html", snapshots, alerts)
     assert (tmp_path / "r.png").read_bytes()[:4] == b"\x89PNG"
     assert "quality.accuracy" in (tmp_path / "r.html").read_text()
+
+
+def test_thresholds_are_calibrated_on_a_small_grid_of_window_sizes() -> None:
+    from streams.monitoring import calibration_sizes
+
+    config = MonitorConfig(window_events=200, min_drift_events=20, calibration_draws=100)
+    assert calibration_sizes(config) == [20, 25, 50, 100, 200]
+    sample = ReferenceSample(numeric={"x": np.arange(300.0)})
+    reference = Reference("r", "", {"documents": sample})
+    assert reference.thresholds("documents", 19, config) is None
+    assert reference.thresholds("documents", 140, config).n == 100  # type: ignore[union-attr]
+    reference.calibrate_all(config)
+    assert sorted(n for _, n in reference._thresholds) == [20, 25, 50, 100, 200]
