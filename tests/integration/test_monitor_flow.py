@@ -65,7 +65,6 @@ def monitored(kafka_bootstrap: str, tmp_path_factory: pytest.TempPathFactory) ->
     finally:
         code = worker.stop()
         assert code == 0, f"worker exit code {code}; log:\n{worker.log_tail()}"
-    settings.data_dir.joinpath("worker.log").write_text(worker.log_tail(200))
 
 
 async def send_in_order(settings: Settings, topic: str, records: list[tuple[str, str, dict[str, Any]]]) -> None:
@@ -139,7 +138,9 @@ def test_held_out_stdlib_raises_no_drift_alert_and_package_descriptions_do_withi
     run(send_in_order(monitored, topic, chunk_embeddings(monitored, foreign, "package-metadata")))
     snapshots = wait_for_snapshots(monitored, "documents", HELD_OUT_WINDOWS + DRIFT_WINDOWS)
     assert all(s["closed_by"] == "count" and s["events"] == WINDOW for s in snapshots)
-    assert all(s["reference_id"] for s in snapshots)
+    # The worker started after the reference was set: it read it back from monitor.reference.
+    stored = json.loads(run_cli(monitored, "monitor", "status", "--json").stdout)["reference"]
+    assert all(s["reference_id"] == stored["reference_id"] for s in snapshots)
     drift = [a for a in alerts_of(monitored) if a["metric"].startswith("drift.") and a["state"] == "FIRING"]
     seq = {a["alert_id"]: int(a["window_id"].split(":")[1]) for a in drift}
     false_alarm_windows = {s for s in seq.values() if s <= HELD_OUT_WINDOWS}
