@@ -121,8 +121,15 @@ def register_monitor(app: faust.App, settings: Settings) -> Any:
                 except (BadFeedback, CodecError) as error:
                     await reject(event, error.reason, error.detail)
                     continue
-                if record is not None:
-                    await publish(handler(record, timestamp_ms(event)))
+                if record is None:
+                    continue
+                try:
+                    outputs = handler(record, timestamp_ms(event))
+                except Exception as error:  # one odd record must not stop monitoring (it is dead-lettered)
+                    log.exception("monitor_failed", error=repr(error))
+                    await reject(event, "INTERNAL_ERROR", repr(error)[:500])
+                    continue
+                await publish(outputs)
 
         return agent
 
@@ -133,10 +140,15 @@ def register_monitor(app: faust.App, settings: Settings) -> Any:
     async def follow_reference(stream: Any) -> None:
         await ready()
         async for event in stream.events():
-            if event.message.value:
+            if not event.message.value:
+                continue
+            try:
                 reference = reference_from_avro(codec.decode(event.message.value, "MonitorReference"))
-                if monitor.reference is None or reference.reference_id != monitor.reference.reference_id:
-                    await use_reference(reference)
+            except (CodecError, KeyError, ValueError) as error:
+                log.warning("monitor_bad_reference", error=repr(error), hint="run `llmops monitor set-reference` again")
+                continue
+            if monitor.reference is None or reference.reference_id != monitor.reference.reference_id:
+                await use_reference(reference)
 
     @app.timer(1.0)  # type: ignore[untyped-decorator]  # faust ships no type hints
     async def close_windows_by_time() -> None:
