@@ -14,7 +14,7 @@ from aiokafka import TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
 
 from streams.admin import client_kwargs, offsets, read_range
-from streams.avro import AvroCodec, codec_from_settings
+from streams.avro import codec_from_settings
 from streams.monitor_reference import load_reference, summary
 from streams.settings import Settings
 from streams.topics import Topics
@@ -27,11 +27,7 @@ async def read_records(settings: Settings, topic: str, name: str, last: int | No
     start = {tp: max(begin[tp], end[tp] - last) if last else begin[tp] for tp in end}
     messages = [m async for m in read_range(settings, start, end)]
     messages.sort(key=lambda m: (m.timestamp, m.partition, m.offset))
-    return [_decode(codec, m.value, name) for m in messages if m.value]
-
-
-def _decode(codec: AvroCodec, value: bytes, name: str) -> dict[str, Any]:
-    return codec.decode(value, name)
+    return [codec.decode(m.value, name) for m in messages if m.value]
 
 
 def open_alerts(alerts: list[dict[str, Any]]) -> list[dict[str, Any]]:
