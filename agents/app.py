@@ -24,7 +24,7 @@ from streams.settings import Settings
 from streams.topics import Topics
 from streams.tracing import Telemetry
 
-AGENT_GROUPS = ("ingest", "embed", "index", "infer")
+AGENT_GROUPS = ("ingest", "embed", "index", "infer", "monitor")
 
 
 def broker_credentials(settings: Settings) -> Any:
@@ -104,4 +104,8 @@ def create_app(
         from agents.infer import register_infer
 
         register_infer(app, settings, tracer("infer"))
+    if "monitor" in agents:
+        from agents.monitor import register_monitor
+
+        register_monitor(app, settings)
     return app

@@ -16,6 +16,7 @@ from typing import Any
 import click
 
 from streams.cli_inference import models, query
+from streams.cli_monitor import monitor
 from streams.cli_replay import replay
 from streams.cli_support import echo_json as _echo_json
 from streams.cli_support import load_settings as _settings
@@ -142,7 +143,7 @@ def kafka_topics(as_json: bool) -> None:
 @cli.command()
 @click.option(
     "--agents",
-    default="ingest,embed,index,infer",
+    default="ingest,embed,index,infer,monitor",
     show_default=True,
     help="Comma-separated agent groups to run in this process (index and infer share Milvus Lite).",
 )
@@ -409,6 +410,7 @@ def demo(limit: int | None, as_json: bool) -> None:
 cli.add_command(query)
 cli.add_command(models)
 cli.add_command(replay)
+cli.add_command(monitor)
 
 
 def main() -> None:

@@ -35,6 +35,7 @@ from streams.avro import AvroCodec, registry_from_settings
 from streams.broker import EmbeddedKafka
 from streams.corpus import stdlib_documents
 from streams.demo_inference import run_inference_demo
+from streams.demo_monitor import monitor_summary, prepare_monitor, print_monitor
 from streams.publish import encode_document, publish_records
 from streams.records import SOURCE_HEADER
 from streams.settings import Settings
@@ -53,7 +54,7 @@ BROKEN_RECORDS: list[tuple[bytes | None, bytes | None]] = [
 ]
 
 
-WORKER_AGENTS = ("ingest", "embed", "index", "infer")
+WORKER_AGENTS = ("ingest", "embed", "index", "infer", "monitor")
 TRACE_KEYS = ("document_trace", "request_trace")
 
 
@@ -230,6 +231,7 @@ def run_demo(
     outputs = [topics.docs_clean, topics.docs_duplicates, topics.deadletter]
     before = asyncio.run(_end_offsets(settings, [topics.docs_raw, *outputs]))
     before_embeddings = asyncio.run(_end_offsets(settings, [topics.docs_embeddings]))
+    prepare_monitor(settings, log)
     worker_log = settings.data_dir / "logs" / "worker.log"
     worker = _start_worker(settings, worker_log)
     log(f"worker started (pid {worker.pid}, log {worker_log})")
@@ -258,7 +260,7 @@ def run_demo(
     counts[topics.docs_raw] = report.records
     embeddings = asyncio.run(_end_offsets(settings, [topics.docs_embeddings]))
     counts[topics.docs_embeddings] = sum(end - before_embeddings.get(tp, 0) for tp, end in embeddings.items())
-    summary.update(index_report(settings))
+    summary.update(index_report(settings), monitor=monitor_summary(settings))
     summary.update(traces(settings, inference))
     summary.update(
         stage_done_after_seconds=stage_seconds,
@@ -347,6 +349,7 @@ def print_summary(summary: dict[str, Any]) -> None:
     )
     if summary.get("inference"):
         print_inference(summary["inference"])
+    print_monitor(summary["monitor"])
     from streams.traceview import print_trace
 
     for key in TRACE_KEYS:

@@ -150,6 +150,35 @@ class Settings(BaseSettings):
         description="Only OTLP over HTTP with protobuf is sent (the Collector's port 4318); grpc is refused.",
     )
 
+    # --- Monitoring (agent group "monitor") ---------------------------------------------------
+    monitor_window_events: int = Field(
+        200, ge=2, description="A monitoring window closes after this many events of its stream..."
+    )
+    monitor_window_seconds: float = Field(60.0, gt=0, description="...or this many seconds after it opened.")
+    monitor_min_drift_events: int = Field(
+        20, ge=2, description="Windows with fewer events report no drift verdict (too little evidence)."
+    )
+    monitor_reference_size: int = Field(500, ge=50, le=2000, description="Rows sampled into a drift reference.")
+    monitor_drift_quantile: float = Field(
+        0.995, gt=0.5, lt=1, description="Drift thresholds: this quantile of the statistic under permutation."
+    )
+    monitor_calibration_draws: int = Field(1000, ge=100, description="Permutations that calibrate thresholds.")
+    monitor_alert_after: int = Field(2, ge=1, description="Consecutive breaching windows that raise an alert.")
+    monitor_clear_after: int = Field(2, ge=1, description="Consecutive healthy windows that resolve an alert.")
+    monitor_cooldown_windows: int = Field(
+        5, ge=0, description="Windows after a resolved alert during which the same alert is not raised again."
+    )
+    monitor_feedback_ttl_seconds: float = Field(
+        3600.0, gt=0, description="How long responses wait for their feedback (and feedback for its response)."
+    )
+    monitor_min_accuracy: float = Field(0.7, ge=0, le=1, description="Quality alert below this accuracy.")
+    monitor_max_fairness_gap: float = Field(
+        0.2, ge=0, le=1, description="Fairness alert when best minus worst slice accuracy exceeds this."
+    )
+    monitor_min_slice_events: int = Field(10, ge=1, description="Slices with fewer labelled events are not judged.")
+    monitor_latency_p95_ms: float = Field(1000.0, gt=0, description="SLO: end-to-end p95 latency per window.")
+    monitor_max_error_share: float = Field(0.05, ge=0, le=1, description="SLO: share of responses that are not OK.")
+
     # --- Logging -----------------------------------------------------------------------------
     log_format: Literal["auto", "json", "console"] = "auto"
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"

@@ -29,6 +29,7 @@ INFERENCE_SHADOW = "inference.shadow"
 FEEDBACK = "feedback"
 MONITOR_METRICS = "monitor.metrics"
 MONITOR_ALERTS = "monitor.alerts"
+MONITOR_REFERENCE = "monitor.reference"
 MODELS_CONTROL = "models.control"
 TELEMETRY_SPANS = "telemetry.spans"
 
@@ -44,14 +45,19 @@ ALL_BASE_NAMES = (
     FEEDBACK,
     MONITOR_METRICS,
     MONITOR_ALERTS,
+    MONITOR_REFERENCE,
     MODELS_CONTROL,
     TELEMETRY_SPANS,
 )
 
 # models.control is the registry's source of truth: keep the latest event per model key forever.
-COMPACTED = {MODELS_CONTROL: {"cleanup.policy": "compact", "min.compaction.lag.ms": "0"}}
+# monitor.reference keeps the drift reference across restarts, readable by a worker on any machine.
+COMPACTED = {
+    MODELS_CONTROL: {"cleanup.policy": "compact", "min.compaction.lag.ms": "0"},
+    MONITOR_REFERENCE: {"cleanup.policy": "compact", "min.compaction.lag.ms": "0", "max.message.bytes": "4194304"},
+}
 # Control topics are low-volume; one partition keeps a total order of registry events.
-SINGLE_PARTITION = {MODELS_CONTROL}
+SINGLE_PARTITION = {MODELS_CONTROL, MONITOR_REFERENCE}
 
 
 @dataclass(frozen=True)
@@ -105,6 +111,18 @@ class Topics:
     @property
     def feedback(self) -> str:
         return self.name(FEEDBACK)
+
+    @property
+    def monitor_metrics(self) -> str:
+        return self.name(MONITOR_METRICS)
+
+    @property
+    def monitor_alerts(self) -> str:
+        return self.name(MONITOR_ALERTS)
+
+    @property
+    def monitor_reference(self) -> str:
+        return self.name(MONITOR_REFERENCE)
 
     @property
     def deadletter(self) -> str:

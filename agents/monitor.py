@@ -1,0 +1,166 @@
+"""Monitor agents: docs.embeddings, inference.requests, inference.responses, feedback -> monitor.*.
+
+Each input topic has an agent that decodes a record and hands it to one shared
+:class:`streams.monitoring.Monitor`; closed windows come back as snapshots (``monitor.metrics``,
+key = stream) and alerts (``monitor.alerts``, key = metric|slice), also recorded as OpenTelemetry
+metrics. A one-second timer closes windows by time. The drift reference is read from the
+compacted ``monitor.reference`` at start and followed while running.
+
+The join of feedback with responses is in this process's memory: run one monitor worker per
+namespace (its topics are small next to the documents the embed agent handles).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable
+from typing import Any, cast
+
+import faust
+
+from agents.common import dead_letter_for, raw_topic, send_dead_letter
+from streams.avro import CodecError, codec_from_settings
+from streams.chunk import default_tokenizer
+from streams.feedback import BadFeedback, decode_feedback
+from streams.inference import RequestRejected, parse_request
+from streams.logs import get_logger
+from streams.monitor_otel import OtelMonitorExporter
+from streams.monitor_reference import load_reference, reference_from_avro
+from streams.monitoring import Monitor, MonitorConfig, Output, Reference
+from streams.settings import Settings
+from streams.topics import Topics
+from streams.tracing import TRACE_HEADERS, header_items
+
+log = get_logger(__name__)
+Handler = Callable[[dict[str, Any], int], list[Output]]
+
+
+def register_monitor(app: faust.App, settings: Settings) -> Any:
+    """Declare the monitor agents and timer on ``app``."""
+    topics = Topics(settings.namespace)
+    codec = codec_from_settings(settings)
+    config = MonitorConfig.from_settings(settings)
+    exporter = OtelMonitorExporter()
+    monitor = Monitor(config, default_tokenizer(), on_outputs=exporter.export)
+    state: dict[str, Any] = {}
+
+    async def use_reference(reference: Reference | None) -> None:
+        if reference is None:
+            log.warning("monitor_no_reference", hint="set one with `llmops monitor set-reference --corpus stdlib`")
+            return
+        # Calibrating takes seconds of CPU: do it off the event loop before the reference answers windows.
+        await asyncio.get_running_loop().run_in_executor(None, reference.calibrate_all, config)
+        monitor.set_reference(reference)
+        log.info("monitor_reference", reference_id=reference.reference_id, samples=sorted(reference.samples))
+
+    async def start() -> None:
+        await use_reference(await load_reference(settings, codec))
+
+    async def ready() -> None:
+        if "started" not in state:
+            state["started"] = asyncio.ensure_future(start())
+        await asyncio.shield(state["started"])
+
+    async def publish(outputs: list[Output]) -> None:
+        pending = []
+        for kind, record in outputs:
+            if kind == "snapshot":
+                value = codec.encode("MetricSnapshot", record, topics.monitor_metrics)
+                pending.append(
+                    await app.producer.send(topics.monitor_metrics, record["stream"].encode(), value, None, None, None)
+                )
+            else:
+                log.warning(
+                    "monitor_alert",
+                    **{
+                        k: record[k]
+                        for k in ("state", "severity", "metric", "slice", "value", "threshold", "window_id")
+                    },
+                )
+                key = f"{record['metric']}|{record['slice'] or ''}".encode()
+                value = codec.encode("Alert", record, topics.monitor_alerts)
+                pending.append(await app.producer.send(topics.monitor_alerts, key, value, None, None, None))
+        await asyncio.gather(*pending)
+
+    def timestamp_ms(event: Any) -> int:
+        return int((event.message.timestamp or time.time()) * 1000)
+
+    async def reject(event: Any, reason: str, detail: str) -> None:
+        # The monitor records no spans; the dead letter keeps the record's own trace context.
+        context = [h for h in header_items(event.message.headers) if h[0] in TRACE_HEADERS]
+        await send_dead_letter(app, codec, topics, dead_letter_for(event, "monitor", reason, detail), context)
+
+    def decode_embedding(value: bytes) -> dict[str, Any] | None:
+        try:
+            return codec.decode(value, "ChunkEmbedding")
+        except CodecError:
+            return None  # the index agent dead-letters what it cannot read: one dead letter per record
+
+    def decode_request(value: bytes) -> dict[str, Any] | None:
+        try:
+            return parse_request(value, codec).to_avro()
+        except RequestRejected:
+            return None  # the infer agent answers INVALID and dead-letters it
+
+    inputs: list[tuple[str, str, Callable[[bytes], dict[str, Any] | None], Handler]] = [
+        (topics.docs_embeddings, "monitor_documents", decode_embedding, monitor.on_embedding),
+        (topics.inference_requests, "monitor_requests", decode_request, monitor.on_request),
+        (
+            topics.inference_responses,
+            "monitor_responses",
+            lambda v: codec.decode(v, "InferenceResponse"),
+            monitor.on_response,
+        ),
+        (topics.feedback, "monitor_feedback", lambda v: decode_feedback(v, codec), monitor.on_feedback),
+    ]
+
+    def consume(decode: Callable[[bytes], dict[str, Any] | None], handler: Handler) -> Callable[[Any], Any]:
+        async def agent(stream: Any) -> None:
+            await ready()
+            async for event in stream.events():
+                try:
+                    record = decode(event.message.value or b"")
+                except (BadFeedback, CodecError) as error:
+                    await reject(event, error.reason, error.detail)
+                    continue
+                if record is None:
+                    continue
+                try:
+                    outputs = handler(record, timestamp_ms(event))
+                except Exception as error:  # one odd record must not stop monitoring (it is dead-lettered)
+                    log.exception("monitor_failed", error=repr(error))
+                    await reject(event, "INTERNAL_ERROR", repr(error)[:500])
+                    continue
+                await publish(outputs)
+
+        return agent
+
+    for topic, name, decode, handler in inputs:
+        app.agent(raw_topic(app, topic, settings), name=name)(consume(decode, handler))
+
+    @app.agent(raw_topic(app, topics.monitor_reference, settings), name="monitor_reference")
+    async def follow_reference(stream: Any) -> None:
+        await ready()
+        async for event in stream.events():
+            if not event.message.value:
+                continue
+            try:
+                reference = reference_from_avro(codec.decode(event.message.value, "MonitorReference"))
+            except (CodecError, KeyError, ValueError) as error:
+                log.warning("monitor_bad_reference", error=repr(error), hint="run `llmops monitor set-reference` again")
+                continue
+            if monitor.reference is None or reference.reference_id != monitor.reference.reference_id:
+                await use_reference(reference)
+
+    @app.timer(1.0)  # type: ignore[untyped-decorator]  # faust ships no type hints
+    async def close_windows_by_time() -> None:
+        if "started" in state and state["started"].done():
+            await publish(monitor.tick())
+
+    async def flush(*_: Any, **__: Any) -> None:
+        if "started" in state and state["started"].done():
+            await publish(monitor.flush())
+
+    app.on_before_shutdown.connect(cast(Any, flush))
+    return monitor

@@ -1,0 +1,323 @@
+"""Drift statistics: is this window of data from the same distribution as the reference?
+
+Why this exists:
+    Monitoring compares each window of live data with a reference sample. This module holds the
+    statistics as plain numpy functions (no Kafka, no Faust), and :class:`ReferenceSample`, which
+    calibrates every statistic's threshold on the reference itself, so that "drift" means "less
+    likely than 1 - ``quantile`` under no drift" rather than a guessed constant.
+
+Statistics:
+    * ``mmd``: squared maximum mean discrepancy (unbiased) with an RBF kernel whose bandwidth is
+      the median pairwise distance of the reference (median heuristic), on embedding vectors.
+    * ``centroid``: cosine distance between the window's mean vector and the reference's.
+    * ``ks``: two-sample Kolmogorov-Smirnov statistic on a numeric feature.
+    * ``psi``: population stability index on a numeric feature (deciles of the reference) or a
+      categorical one (its categories), with counts smoothed by 0.5.
+
+Calibration (permutation on the reference):
+    The reference pool is shuffled ``draws`` times; each time ``n`` rows play the window and the
+    rest play the reference, and every statistic is computed. A statistic's threshold is its
+    ``quantile`` over those draws (KS and PSI thresholds are at least 0.1, see
+    THRESHOLD_FLOORS). For the MMD the pool's kernel matrix is computed once and each draw only
+    sums rows of it, so calibrating 1,000 draws on 500 vectors takes well under a second.
+
+Usage:
+    >>> ref = ReferenceSample(vectors=v, numeric={"length_chars": lengths})
+    >>> thresholds = ref.calibrate(n=50)
+    >>> stats = ref.compare(WindowSample(vectors=w, numeric={"length_chars": wl}), thresholds)
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from functools import cached_property
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+
+Floats = npt.NDArray[np.floating[Any]]  # float64, or float32 where a kernel row is enough
+SMOOTHING = 1e-3  # added to every bin's share (then renormalized) so that an empty bin does not make PSI infinite
+PSI_BINS = 10
+# Smallest thresholds for the feature tests: a rare feature (PII, unknown tokens) that the reference
+# sample happens not to show would otherwise calibrate to 0 and alert on one row. 0.1 is a shift of
+# a tenth of the distribution (KS) and the conventional "moderate shift" line (PSI).
+THRESHOLD_FLOORS = {"ks": 0.1, "psi": 0.1}
+
+
+@dataclass(frozen=True)
+class DriftStatistic:
+    """One statistic of one window against the reference."""
+
+    name: str
+    value: float
+    threshold: float | None
+    method: str
+
+    @property
+    def drifted(self) -> bool:
+        return self.threshold is not None and self.value > self.threshold
+
+
+# --- the statistics ----------------------------------------------------------------------------
+
+
+def rbf_gram(x: Floats, y: Floats, bandwidth: float) -> Floats:
+    """exp(-||x - y||^2 / (2 bandwidth^2)) for every pair of rows."""
+    sq = (x * x).sum(1)[:, None] + (y * y).sum(1)[None, :] - 2.0 * (x @ y.T)
+    gram: Floats = np.exp(-np.maximum(sq, 0.0) / (2.0 * bandwidth * bandwidth))
+    return gram
+
+
+def median_bandwidth(x: Floats, max_rows: int = 1000) -> float:
+    """Median pairwise Euclidean distance between rows (the median heuristic)."""
+    rows = x[:max_rows]
+    sq = (rows * rows).sum(1)[:, None] + (rows * rows).sum(1)[None, :] - 2.0 * (rows @ rows.T)
+    distances = np.sqrt(np.maximum(sq[np.triu_indices(len(rows), 1)], 0.0))
+    median = float(np.median(distances)) if distances.size else 1.0
+    return median if median > 0 else 1.0
+
+
+def mmd2_from_sums(k_ww: float, k_rr: float, k_wr: float, n: int, m: int) -> float:
+    """Unbiased MMD^2 from the kernel sums of the window (diagonal excluded), reference and cross terms."""
+    return k_ww / (n * (n - 1)) + k_rr / (m * (m - 1)) - 2.0 * k_wr / (n * m)
+
+
+def mmd2(window: Floats, reference: Floats, bandwidth: float) -> float:
+    """Unbiased squared MMD between two samples of row vectors (RBF kernel)."""
+    n, m = len(window), len(reference)
+    k_ww = rbf_gram(window, window, bandwidth)
+    k_rr = rbf_gram(reference, reference, bandwidth)
+    k_wr = rbf_gram(window, reference, bandwidth)
+    return mmd2_from_sums(
+        float(k_ww.sum() - np.trace(k_ww)), float(k_rr.sum() - np.trace(k_rr)), float(k_wr.sum()), n, m
+    )
+
+
+def centroid_cosine_distance(window: Floats, reference_centroid: Floats) -> float:
+    """1 - cosine similarity of the window's mean vector and the reference's."""
+    centroid = window.mean(0)
+    denominator = float(np.linalg.norm(centroid) * np.linalg.norm(reference_centroid))
+    return 1.0 - float(centroid @ reference_centroid) / denominator if denominator else 1.0
+
+
+def ks_statistic(window: Floats, reference_sorted: Floats) -> float:
+    """Two-sample Kolmogorov-Smirnov statistic; ``reference_sorted`` must be sorted."""
+    if not len(window) or not len(reference_sorted):
+        return 0.0
+    window_sorted = np.sort(window)
+    points = np.concatenate([window_sorted, reference_sorted])
+    cdf_w = np.searchsorted(window_sorted, points, side="right") / len(window_sorted)
+    cdf_r = np.searchsorted(reference_sorted, points, side="right") / len(reference_sorted)
+    return float(np.max(np.abs(cdf_w - cdf_r)))
+
+
+def psi(window_counts: Floats, reference_counts: Floats) -> float:
+    """Population stability index of two histograms over the same bins (shares smoothed by 0.001).
+
+    Shares, not counts, are smoothed, so two samples of different sizes with the same shares have
+    a PSI of exactly 0.
+    """
+    bins = len(window_counts)
+    w = (window_counts / max(window_counts.sum(), 1.0) + SMOOTHING) / (1 + SMOOTHING * bins)
+    r = (reference_counts / max(reference_counts.sum(), 1.0) + SMOOTHING) / (1 + SMOOTHING * bins)
+    return float(np.sum((w - r) * np.log(w / r)))
+
+
+def quantile_edges(values: Floats, bins: int = PSI_BINS) -> Floats:
+    """Inner bin edges at the reference's quantiles (duplicates dropped for discrete features)."""
+    return np.unique(np.quantile(values, np.linspace(0, 1, bins + 1)[1:-1]))
+
+
+def histogram(values: Floats, edges: Floats) -> Floats:
+    return np.bincount(np.searchsorted(edges, values, side="right"), minlength=len(edges) + 1).astype(np.float64)
+
+
+def category_counts(values: Sequence[str], categories: Sequence[str]) -> Floats:
+    """Counts per known category, plus one bin for anything the reference never saw."""
+    counts = Counter(values)
+    known = [counts.get(c, 0) for c in categories]
+    return np.array([*known, sum(counts.values()) - sum(known)], dtype=np.float64)
+
+
+# --- reference and windows ---------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class WindowSample:
+    """What one window holds: vectors (optional), numeric features, categorical features."""
+
+    vectors: Floats | None = None
+    numeric: Mapping[str, Floats] = field(default_factory=dict)
+    categorical: Mapping[str, Sequence[str]] = field(default_factory=dict)
+
+    @property
+    def size(self) -> int:
+        if self.vectors is not None:
+            return len(self.vectors)
+        for values in (*self.numeric.values(), *self.categorical.values()):
+            return len(values)
+        return 0
+
+
+@dataclass(frozen=True)
+class Thresholds:
+    """Calibrated thresholds for windows of ``n`` rows."""
+
+    n: int
+    quantile: float
+    draws: int
+    values: Mapping[str, float]
+
+
+@dataclass(frozen=True)
+class ReferenceSample(WindowSample):
+    """A reference pool, with what every comparison needs precomputed once."""
+
+    @cached_property
+    def bandwidth(self) -> float:
+        return median_bandwidth(self.vectors) if self.vectors is not None else 1.0
+
+    @cached_property
+    def _vectors32(self) -> Floats:
+        assert self.vectors is not None
+        return np.asarray(self.vectors, dtype=np.float32)
+
+    @cached_property
+    def centroid(self) -> Floats:
+        assert self.vectors is not None
+        return np.asarray(self.vectors.mean(0))
+
+    @cached_property
+    def _gram(self) -> Floats:
+        assert self.vectors is not None
+        return rbf_gram(self.vectors, self.vectors, self.bandwidth)
+
+    @cached_property
+    def _k_rr(self) -> float:
+        gram = self._gram
+        return float(gram.sum() - np.trace(gram))
+
+    @cached_property
+    def _sorted(self) -> dict[str, Floats]:
+        return {name: np.sort(values) for name, values in self.numeric.items()}
+
+    @cached_property
+    def _edges(self) -> dict[str, Floats]:
+        return {name: quantile_edges(values) for name, values in self.numeric.items()}
+
+    @cached_property
+    def _categories(self) -> dict[str, list[str]]:
+        return {name: sorted(set(values)) for name, values in self.categorical.items()}
+
+    def methods(self, n: int, thresholds: Thresholds | None) -> dict[str, str]:
+        """A line per statistic saying how it is computed and how its threshold was set."""
+        how = (
+            f"threshold = {thresholds.quantile:.3f} quantile of {thresholds.draws} permutations of the reference "
+            f"({self.size} rows) into windows of {thresholds.n} (KS and PSI at least 0.1)"
+            if thresholds
+            else "no threshold (window too small to test)"
+        )
+        methods = {}
+        if self.vectors is not None:
+            methods["embedding.mmd"] = (
+                f"unbiased MMD^2, RBF kernel, median-heuristic bandwidth {self.bandwidth:.3f}; {how}"
+            )
+            methods["embedding.centroid_cosine"] = f"cosine distance of mean vectors; {how}"
+        for name in self.numeric:
+            methods[f"{name}.ks"] = f"two-sample Kolmogorov-Smirnov D; {how}"
+            methods[f"{name}.psi"] = f"PSI over reference deciles, shares +0.001; {how}"
+        for name in self.categorical:
+            methods[f"{name}.psi"] = f"PSI over reference categories (+1 unseen bin), shares +0.001; {how}"
+        return methods
+
+    def statistics(self, window: WindowSample) -> dict[str, float]:
+        """Every statistic of ``window`` against this reference."""
+        values: dict[str, float] = {}
+        if self.vectors is not None and window.vectors is not None and len(window.vectors) > 1:
+            # float32 halves the cost of the window's kernel rows; sums are taken in float64.
+            w = np.asarray(window.vectors, dtype=np.float32)
+            k_ww = rbf_gram(w, w, self.bandwidth).astype(np.float64)
+            k_wr = float(rbf_gram(w, self._vectors32, self.bandwidth).sum(dtype=np.float64))
+            values["embedding.mmd"] = mmd2_from_sums(
+                float(k_ww.sum() - np.trace(k_ww)), self._k_rr, k_wr, len(w), self.size
+            )
+            values["embedding.centroid_cosine"] = centroid_cosine_distance(w.astype(np.float64), self.centroid)
+        for name, sorted_ref in self._sorted.items():
+            if name in window.numeric and len(window.numeric[name]):
+                data = np.asarray(window.numeric[name], dtype=np.float64)
+                values[f"{name}.ks"] = ks_statistic(data, sorted_ref)
+                edges = self._edges[name]
+                values[f"{name}.psi"] = psi(histogram(data, edges), histogram(self.numeric[name], edges))
+        for name, categories in self._categories.items():
+            if name in window.categorical and len(window.categorical[name]):
+                values[f"{name}.psi"] = psi(
+                    category_counts(window.categorical[name], categories),
+                    category_counts(self.categorical[name], categories),
+                )
+        return values
+
+    def calibrate(self, n: int, draws: int = 1000, quantile: float = 0.995, seed: int = 0) -> Thresholds:
+        """Thresholds for windows of ``n`` rows, by permutation of the reference pool.
+
+        Raises:
+            ValueError: when the pool is too small to split into a window and a reference.
+        """
+        size = self.size
+        if n < 2 or size < n + 10:
+            raise ValueError(f"a reference of {size} rows cannot calibrate windows of {n}; set a larger reference")
+        rng = np.random.default_rng(seed)
+        samples: dict[str, list[float]] = {}
+        gram = self._gram if self.vectors is not None else None
+        row_sums = gram.sum(1) if gram is not None else None
+        for _ in range(draws):
+            order = rng.permutation(size)
+            w, r = order[:n], order[n:]
+            if gram is not None and row_sums is not None and self.vectors is not None:
+                k_w_all = gram[w]  # n x size
+                k_ww_full = float(k_w_all[:, w].sum())
+                k_ww = k_ww_full - n  # diagonal of an RBF gram is 1
+                k_wr = float(k_w_all.sum()) - k_ww_full
+                k_rr = self._k_rr - 2.0 * k_wr - k_ww  # pool minus window rows and columns
+                samples.setdefault("embedding.mmd", []).append(mmd2_from_sums(k_ww, k_rr, k_wr, n, size - n))
+                ref_centroid = self.vectors[r].mean(0)
+                samples.setdefault("embedding.centroid_cosine", []).append(
+                    centroid_cosine_distance(self.vectors[w], ref_centroid)
+                )
+            for name, values in self.numeric.items():
+                window_values, ref_values = values[w], values[r]
+                samples.setdefault(f"{name}.ks", []).append(ks_statistic(window_values, np.sort(ref_values)))
+                edges = quantile_edges(ref_values)
+                samples.setdefault(f"{name}.psi", []).append(
+                    psi(histogram(window_values, edges), histogram(ref_values, edges))
+                )
+            for name, labels in self.categorical.items():
+                labels_array = np.asarray(labels, dtype=object)
+                ref_labels = list(labels_array[r])
+                categories = sorted(set(ref_labels))
+                samples.setdefault(f"{name}.psi", []).append(
+                    psi(category_counts(list(labels_array[w]), categories), category_counts(ref_labels, categories))
+                )
+        return Thresholds(
+            n=n,
+            quantile=quantile,
+            draws=draws,
+            values={
+                name: max(
+                    float(np.quantile(np.asarray(v), quantile)), THRESHOLD_FLOORS.get(name.rsplit(".", 1)[-1], 0.0)
+                )
+                for name, v in samples.items()
+            },
+        )
+
+    def compare(self, window: WindowSample, thresholds: Thresholds | None) -> list[DriftStatistic]:
+        """Every statistic of ``window``, each with its threshold (None when not calibrated) and method."""
+        methods = self.methods(window.size, thresholds)
+        return [
+            DriftStatistic(
+                name, value, thresholds.values.get(name) if thresholds else None, methods.get(name, "unknown")
+            )
+            for name, value in self.statistics(window).items()
+        ]

@@ -1,0 +1,237 @@
+"""The pure monitoring core: windows, the feedback join, statistics, alerts, OpenTelemetry export."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+from opentelemetry.sdk.metrics import MeterProvider
+from opentelemetry.sdk.metrics.export import InMemoryMetricReader
+
+from streams.avro import AvroCodec, EmbeddedRegistry
+from streams.drift import ReferenceSample
+from streams.feedback import BadFeedback, decode_feedback, feedback_record
+from streams.inference import base_response
+from streams.monitor_otel import OtelMonitorExporter
+from streams.monitor_reference import reference_from_avro, reference_to_avro
+from streams.monitor_report import write_report
+from streams.monitor_status import open_alerts
+from streams.monitoring import (
+    AlertManager,
+    Metric,
+    Monitor,
+    MonitorConfig,
+    Reference,
+    TtlTable,
+    TumblingWindow,
+    Window,
+    accuracy_metrics,
+    with_reference_id,
+)
+
+
+class WordCounter:
+    """A tokenizer stand-in: words are tokens, words with digits are unknown."""
+
+    def count_unknown_batch(self, texts: Sequence[str]) -> list[tuple[int, int]]:
+        return [(len(t.split()), sum(any(c.isdigit() for c in w) for w in t.split())) for t in texts]
+
+
+class FakeClock:
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def window(seq: int = 1) -> Window[Any]:
+    return Window("feedback", seq, 0, 1000, [], "count")
+
+
+def test_tumbling_windows_close_by_count_and_by_time() -> None:
+    windows: TumblingWindow[int] = TumblingWindow("s", max_events=3, max_seconds=10)
+    assert windows.add(1, 100, 0.0) is None and windows.add(2, 50, 1.0) is None
+    closed = windows.add(3, 300, 2.0)
+    assert closed is not None and closed.items == [1, 2, 3] and closed.closed_by == "count"
+    assert (closed.start_ms, closed.end_ms, closed.window_id) == (50, 300, "s:1")
+    assert windows.due(100.0) is None  # empty windows never close
+    windows.add(4, 400, 5.0)
+    assert windows.due(14.9) is None
+    late = windows.due(15.0)
+    assert late is not None and late.items == [4] and late.closed_by == "time" and late.seq == 2
+
+
+def test_ttl_table_expires_oldest_entries_first() -> None:
+    table: TtlTable[str] = TtlTable(ttl=10)
+    table.put("a", "1", 0.0)
+    table.put("b", "2", 5.0)
+    assert table.expire(10.0) == 1 and table.get("a") is None and table.get("b") == "2"
+    assert table.pop("b") == "2" and len(table) == 0
+
+
+def test_one_incident_is_one_alert_with_hysteresis_and_cooldown() -> None:
+    manager = AlertManager(alert_after=2, clear_after=2, cooldown_windows=3, now_ms=lambda: 7)
+
+    def observe(value: float, seq: int) -> list[dict[str, Any]]:
+        return manager.observe([Metric("quality.accuracy", value, "m", 0.7, "below", hint="look")], window(seq))
+
+    values = [0.9, 0.5, 0.9, 0.5, 0.5, 0.4, 0.6, 0.8, 0.5, 0.8, 0.8, 0.5, 0.5, 0.5, 0.5, 0.5]
+    events = [(seq, e["state"]) for seq, v in enumerate(values, 1) for e in observe(v, seq)]
+    # a single bad window raises nothing; two in a row raise one alert however long it lasts;
+    # two healthy windows in a row resolve it; windows 12-14 are the cooldown, so it fires again at 15.
+    assert events == [(5, "FIRING"), (11, "RESOLVED"), (15, "FIRING")]
+
+
+def test_accuracy_per_slice_and_fairness_gap_name_the_worst_slice() -> None:
+    config = MonitorConfig(min_slice_events=5)
+    items = [{"correct": True, "tenant": "a", "source": "app", "language": "en"}] * 20
+    items += [{"correct": i % 4 == 0, "tenant": "b", "source": "app", "language": "en"} for i in range(20)]
+    metrics = accuracy_metrics(items, config)
+    by_slice = {(m.name, m.slice): m for m in metrics}
+    assert by_slice[("quality.accuracy", None)].value == pytest.approx(0.625)
+    assert (
+        by_slice[("quality.accuracy", "tenant=b")].breached and not by_slice[("quality.accuracy", "tenant=a")].breached
+    )
+    gap = by_slice[("fairness.accuracy_gap.tenant", "tenant=b")]
+    assert gap.value == pytest.approx(0.75) and gap.breached and gap.severity == "critical"
+    assert ("fairness.accuracy_gap.source", "source=app") not in by_slice  # one slice: no gap
+
+
+def response(request_id: str, label: str | None = None, total_ms: float = 20.0, tenant: str | None = None) -> dict:
+    record = base_response(request_id, "c", "classify" if label else "search", "OK", tenant=tenant)
+    record["label"] = label
+    record["probabilities"] = {label: 0.8, "other": 0.2} if label else {}
+    record["latency"].update(embed_ms=5.0, classify_ms=1.0, total_ms=total_ms)
+    return record
+
+
+def test_feedback_joins_responses_in_either_order_and_expires() -> None:
+    clock = FakeClock()
+    monitor = Monitor(
+        MonitorConfig(window_events=4, min_slice_events=2, feedback_ttl_seconds=60), WordCounter(), clock=clock
+    )
+    outputs = monitor.on_feedback(feedback_record("r1", label="x", tenant="t"), 1)  # before its response
+    outputs += monitor.on_response(response("r1", "x"), 2)
+    outputs += monitor.on_response(response("r2", "x"), 3)
+    outputs += monitor.on_feedback(feedback_record("r2", label="y"), 4)
+    outputs += monitor.on_response(response("r3", "x"), 5)
+    outputs += monitor.on_feedback(feedback_record("r3", rating=0.9), 6)
+    outputs += monitor.on_feedback(feedback_record("r4", rating=1.0), 7)  # its response never comes
+    clock.now = 61
+    outputs += monitor.tick()
+    snapshots = {record["stream"]: record for kind, record in outputs if kind == "snapshot"}
+    accuracy = {(m["name"], m["slice"]): m["value"] for m in snapshots["feedback"]["metrics"]}
+    assert accuracy[("quality.accuracy", None)] == pytest.approx(2 / 3)
+    assert snapshots["feedback"]["events"] == 3 and snapshots["feedback"]["closed_by"] == "time"
+    assert monitor.unmatched_feedback == 1
+    latency = {m["name"]: m for m in snapshots["responses"]["metrics"]}
+    assert latency["latency.total.p95"]["threshold"] == 1000.0
+    assert latency["quality.confidence_mean"]["value"] == pytest.approx(0.8)
+    assert latency["cost.compute_ms_per_request"]["value"] == pytest.approx(6.0)
+
+
+def test_documents_window_drifts_and_alerts_once_with_named_method_and_threshold() -> None:
+    rng = np.random.default_rng(0)
+
+    def rows(n: int, shift: float) -> np.ndarray:
+        x = rng.normal(size=(n, 8))
+        x[:, 0] += shift
+        return x / np.linalg.norm(x, axis=1, keepdims=True)
+
+    reference = with_reference_id(Reference("", "", {"documents": ReferenceSample(vectors=rows(300, 0.0))}), "test")
+    config = MonitorConfig(window_events=30, min_drift_events=10, calibration_draws=300, alert_after=2)
+    monitor = Monitor(config, WordCounter(), reference, cpu_clock=lambda: 1.0)
+    outputs = []
+    for shift in (0.0, 0.0, 3.0, 3.0, 3.0):
+        for vector in rows(30, shift):
+            record = {"op": "UPSERT", "vector": vector.tolist(), "text": "plain words here"}
+            outputs += monitor.on_embedding(record, 1)
+    alerts = [r for kind, r in outputs if kind == "alert"]
+    mmd_alerts = [a for a in alerts if a["metric"] == "drift.embedding.mmd"]
+    assert len(mmd_alerts) == 1 and mmd_alerts[0]["window_id"] == "documents:4"
+    assert mmd_alerts[0]["severity"] == "warning" and "set-reference" in mmd_alerts[0]["hint"]
+    first = next(r for kind, r in outputs if kind == "snapshot")
+    mmd = next(m for m in first["metrics"] if m["name"] == "drift.embedding.mmd")
+    assert mmd["threshold"] > 0 and "median-heuristic" in mmd["method"] and not mmd["breached"]
+    assert first["reference_id"] == reference.reference_id
+
+
+def test_snapshots_alerts_feedback_and_references_fit_their_avro_schemas() -> None:
+    codec = AvroCodec(EmbeddedRegistry.from_directory())
+    monitor = Monitor(MonitorConfig(window_events=2, min_slice_events=1, alert_after=1), WordCounter())
+    outputs = []
+    for i in range(4):
+        outputs += monitor.on_response(response(f"r{i}", "x", tenant="t"), i)
+        outputs += monitor.on_feedback(feedback_record(f"r{i}", label="y", tenant="t"), i)
+    for kind, record in outputs:
+        name = "MetricSnapshot" if kind == "snapshot" else "Alert"
+        assert codec.decode(codec.encode(name, record, "t"), name) == record
+    assert any(kind == "alert" for kind, _ in outputs)
+    feedback = feedback_record("r1", rating=0.5, language="en")
+    assert decode_feedback(codec.encode("Feedback", feedback, "feedback"), codec) == feedback
+    assert decode_feedback(b'{"request_id": "r9", "label": "x"}', codec)["label"] == "x"
+    with pytest.raises(BadFeedback, match="WRONG_TYPE"):
+        decode_feedback(b'{"request_id": "r9"}', codec)
+    sample = ReferenceSample(vectors=np.eye(3), numeric={"f": np.arange(3.0)}, categorical={"l": ["a", "b", "a"]})
+    reference = with_reference_id(Reference("", "", {"documents": sample}, 5), "d")
+    record = codec.decode(codec.encode("MonitorReference", reference_to_avro(reference), "r"), "MonitorReference")
+    back = reference_from_avro(record)
+    assert back.reference_id == reference.reference_id and back.samples["documents"].categorical == {
+        "l": ["a", "b", "a"]
+    }
+    np.testing.assert_allclose(back.samples["documents"].vectors, np.eye(3))
+
+
+def test_outputs_are_exported_as_opentelemetry_metrics() -> None:
+    reader = InMemoryMetricReader()
+    exporter = OtelMonitorExporter(MeterProvider(metric_readers=[reader]).get_meter("test"))
+    monitor = Monitor(
+        MonitorConfig(window_events=2, min_slice_events=1, alert_after=1), WordCounter(), on_outputs=exporter.export
+    )
+    for i in range(2):
+        monitor.on_response(response(f"r{i}", "x"), i)
+        monitor.on_feedback(feedback_record(f"r{i}", label="y"), i)
+    data = reader.get_metrics_data()
+    assert data is not None
+    points = {
+        (metric.name, point.attributes.get("metric"), point.attributes.get("state")): point.value
+        for rm in data.resource_metrics
+        for sm in rm.scope_metrics
+        for metric in sm.metrics
+        for point in metric.data.data_points
+    }
+    assert points[("llmops.monitor.value", "quality.accuracy", None)] == 0.0
+    assert points[("llmops.monitor.alerts", "quality.accuracy", "FIRING")] == 1
+    assert points[("llmops.monitor.alerts_firing", "quality.accuracy", None)] == 1
+
+
+def test_open_alerts_and_the_report_show_history(tmp_path: Path) -> None:
+    monitor = Monitor(MonitorConfig(window_events=2, min_slice_events=1, alert_after=1), WordCounter())
+    outputs = []
+    for i in range(6):
+        outputs += monitor.on_response(response(f"r{i}", "x"), i * 1000)
+        outputs += monitor.on_feedback(feedback_record(f"r{i}", label="y" if i < 4 else "x"), i * 1000)
+    snapshots = [r for kind, r in outputs if kind == "snapshot"]
+    alerts = [r for kind, r in outputs if kind == "alert"]
+    assert {a["state"] for a in alerts} == {"FIRING"} and len(open_alerts(alerts)) == len(alerts)
+    write_report(tmp_path / "r.png", snapshots, alerts)
+    write_report(tmp_path / "r.html", snapshots, alerts)
+    assert (tmp_path / "r.png").read_bytes()[:4] == b"\x89PNG"
+    assert "quality.accuracy" in (tmp_path / "r.html").read_text()
+
+
+def test_thresholds_are_calibrated_on_a_small_grid_of_window_sizes() -> None:
+    from streams.monitoring import calibration_sizes
+
+    config = MonitorConfig(window_events=200, min_drift_events=20, calibration_draws=100)
+    assert calibration_sizes(config) == [20, 25, 50, 100, 200]
+    sample = ReferenceSample(numeric={"x": np.arange(300.0)})
+    reference = Reference("r", "", {"documents": sample})
+    assert reference.thresholds("documents", 19, config) is None
+    assert reference.thresholds("documents", 140, config).n == 100  # type: ignore[union-attr]
+    reference.calibrate_all(config)
+    assert sorted(n for _, n in reference._thresholds) == [20, 25, 50, 100, 200]
