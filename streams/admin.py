@@ -162,3 +162,25 @@ async def read_topic(settings: Settings, name: str) -> AsyncIterator[Any]:
     begin, end = await offsets(settings, [name])
     async for message in read_range(settings, begin, end):
         yield message
+
+
+async def group_is_stable(settings: Settings, group: str) -> bool:
+    """Whether consumer group ``group`` has members and has finished rebalancing."""
+    admin = AIOKafkaAdminClient(**client_kwargs(settings))
+    await admin.start()
+    try:
+        (described,) = (await admin.describe_consumer_groups([group]))[0].groups
+    finally:
+        await admin.close()
+    state, members = described[2], described[5]  # (error_code, group, state, protocol_type, protocol, members)
+    return bool(state == "Stable" and members)
+
+
+async def wait_for_group(settings: Settings, group: str, timeout: float = 90.0) -> bool:
+    """Poll until ``group`` is stable (its workers joined and got partitions); False on timeout."""
+    deadline = asyncio.get_running_loop().time() + timeout
+    while asyncio.get_running_loop().time() < deadline:
+        if await group_is_stable(settings, group):
+            return True
+        await asyncio.sleep(0.5)
+    return False

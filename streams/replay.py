@@ -36,7 +36,7 @@ from typing import Any
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
-from streams.admin import client_kwargs, ensure_topics, offsets, producer, read_range
+from streams.admin import client_kwargs, ensure_topics, offsets, producer, read_range, wait_for_group
 from streams.embed import version_for
 from streams.logs import get_logger
 from streams.model_ops import load_registry, write_events
@@ -393,6 +393,11 @@ def run_replay(
     if worker is not None:
         on_worker(worker)
     try:
+        if worker is not None:
+            # Records copied while the worker is still joining its group would be fetched
+            # during Faust's recovery; waiting also keeps start-up out of the replay's pace.
+            progress("waiting for the replay worker to join its consumer group")
+            asyncio.run(wait_for_group(target, Topics(target.namespace).app_id(*REPLAY_AGENTS)))
         progress(f"copying {total} records of {manifest.source_topic} to {manifest.target_topic}")
         asyncio.run(copy_range(live, target, ranges, lambda done: on_copied(done, total)))
         manifest.copied_at_ms = now_ms()
