@@ -171,23 +171,72 @@ def prepare(settings: Settings, docs: int) -> None:
     promote_demo_classifier(settings, log=lambda line: print(line, file=sys.stderr))
 
 
-async def settle(settings: Settings, texts: list[str], limit_s: float = 120.0) -> float:
+async def settle(settings: Settings, texts: list[str], least_s: float = 60.0, limit_s: float = 300.0) -> float:
     """Search until Milvus Lite has finished its background work after the bulk writes.
 
-    Right after indexing, Milvus Lite seals segments and builds their HNSW indexes; searches
-    are 10-100x slower meanwhile. Wait until ten answers in a row search within 1.5x of the
-    fastest seen; returns the seconds waited.
+    For a minute or more after indexing, Milvus Lite seals segments and builds their indexes
+    in the worker process, and searches take 10-30x longer (90-170 ms instead of 5-12 ms
+    here). Wait at least ``least_s``, then until three batches of ten searches in a row have
+    a median within 1.3x of the best batch; returns the seconds waited.
     """
     started = time.perf_counter()
-    fastest, calm = float("inf"), 0
+    best, calm = float("inf"), 0
     async with InferenceClient(settings) as client:
-        while calm < 10 and time.perf_counter() - started < limit_s:
-            response = await client.ask(texts[calm], "search")
-            search_ms = response["latency"]["search_ms"]
-            fastest = min(fastest, search_ms)
-            calm = calm + 1 if search_ms <= 1.5 * fastest + 1 else 0
-            await asyncio.sleep(0.1)
+        while time.perf_counter() - started < limit_s:
+            batch = [(await client.ask(text, "search"))["latency"]["search_ms"] for text in texts[:10]]
+            median = float(np.median(batch))
+            best = min(best, median)
+            calm = calm + 1 if median <= 1.3 * best else 0
+            if calm >= 3 and time.perf_counter() - started >= least_s:
+                break
+            await asyncio.sleep(0.5)
     return time.perf_counter() - started
+
+
+async def kafka_floor(settings: Settings, count: int = 300) -> dict[str, float]:
+    """The same request/reply shape with nothing in between: a plain aiokafka echo, same broker.
+
+    One producer sends to a fresh topic, an echo loop (consumer + producer, same process)
+    sends each record on to a second topic, and the sender waits for it there: two Kafka
+    hops, the floor under any request/reply service on this broker and machine.
+    """
+    from aiokafka import AIOKafkaConsumer, TopicPartition
+
+    from streams.admin import client_kwargs, producer
+    from streams.topics import TopicSpec
+
+    suffix = uuid.uuid4().hex[:6]
+    ask_topic, answer_topic = f"bench-floor-ask-{suffix}", f"bench-floor-answer-{suffix}"
+    await ensure_topics(settings, [TopicSpec(ask_topic, 1, 1), TopicSpec(answer_topic, 1, 1)])
+    sender, echo_out = producer(settings, linger_ms=0), producer(settings, linger_ms=0)
+    echo_in = AIOKafkaConsumer(**client_kwargs(settings), enable_auto_commit=False)
+    answers = AIOKafkaConsumer(**client_kwargs(settings), enable_auto_commit=False)
+    for client in (sender, echo_out, echo_in, answers):
+        await client.start()
+    ask_tp, answer_tp = TopicPartition(ask_topic, 0), TopicPartition(answer_topic, 0)
+    echo_in.assign([ask_tp])
+    answers.assign([answer_tp])
+
+    async def echo() -> None:
+        while True:
+            for message in (await echo_in.getmany(ask_tp, timeout_ms=1000)).get(ask_tp, []):
+                await echo_out.send(answer_topic, message.value)
+
+    task = asyncio.create_task(echo())
+    latencies = []
+    try:
+        for _ in range(count):
+            started = time.perf_counter()
+            await sender.send(ask_topic, b"x" * 300)
+            while not (await answers.getmany(answer_tp, timeout_ms=1000)).get(answer_tp):
+                pass
+            latencies.append((time.perf_counter() - started) * 1000)
+            await asyncio.sleep(0.01)
+    finally:
+        task.cancel()
+        for client in (sender, echo_out, echo_in, answers):
+            await client.stop()
+    return summary(latencies)
 
 
 def plot(report: dict[str, Any], path: Path) -> None:
@@ -229,6 +278,8 @@ def main() -> None:
     log = settings.data_dir / "logs" / f"{settings.namespace}.log"
     worker = _start_worker(settings, log, AGENTS)
     report: dict[str, Any] = {"benchmark": "inference_latency", "open_loop": [], "saturation": [], "in_process": []}
+    report["kafka_round_trip_floor_ms"] = asyncio.run(kafka_floor(settings))
+    print(f"plain aiokafka echo, two hops: {report['kafka_round_trip_floor_ms']}", file=sys.stderr)
     try:
         prepare(settings, args.docs)
         report["settled_after_s"] = round(asyncio.run(settle(settings, texts)), 1)
@@ -250,9 +301,11 @@ def main() -> None:
         report["in_process"].append(result)
     below = [r for r in report["open_loop"] if r["round_trip_ms"]]
     report["targets"] = {"kafka_overhead_p50_ms": "<= 5", "kafka_overhead_p99_ms": "<= 25 (below saturation)"}
-    report["worst_below_saturation"] = {
-        "kafka_overhead_p50_ms": max(r["kafka_overhead_ms"]["p50"] for r in below),
-        "kafka_overhead_p99_ms": max(r["kafka_overhead_ms"]["p99"] for r in below),
+    capacity = {r["task"]: r["answered_per_s"] for r in report["saturation"]}
+    below = [r for r in below if r["rate_per_s"] < 0.8 * capacity.get(r["task"], float("inf"))]
+    report["worst_below_saturation"] = {  # rates under 80% of the measured saturation throughput
+        "kafka_overhead_p50_ms": max((r["kafka_overhead_ms"]["p50"] for r in below), default=None),
+        "kafka_overhead_p99_ms": max((r["kafka_overhead_ms"]["p99"] for r in below), default=None),
     }
     report["cpu_count"] = os.cpu_count()
     OUT.mkdir(parents=True, exist_ok=True)
