@@ -12,7 +12,7 @@ from typing import Any
 
 import faust
 
-from agents.common import codec_from_settings, dead_letter_for, raw_topic, send_dead_letter
+from agents.common import codec_from_settings, dead_letter_for, raw_topic, send_dead_letter, stop_without_acking
 from streams.avro import CodecError
 from streams.embed import OnnxEmbedder
 from streams.indexing import embed_chunks
@@ -34,27 +34,31 @@ def register_embed(app: faust.App, settings: Settings) -> Any:
     @app.agent(raw_topic(app, topics.docs_clean, settings), name="embed")
     async def embed(stream: Any) -> None:
         async for events in stream.take_events(settings.embed_batch_size, within=settings.embed_batch_seconds):
-            decoded: list[tuple[Any, dict[str, Any]]] = []
-            pending = []
-            for event in events:
-                try:
-                    decoded.append((event, codec.decode(event.message.value or b"", "CleanChunk")))
-                except CodecError as error:
-                    letter = dead_letter_for(event, "embed", error.reason, error.detail)
-                    pending.append(await send_dead_letter(app, codec, topics, letter))
-            # ONNX Runtime releases the GIL: embedding in a thread keeps the event loop (and the
-            # other agents of this worker) running meanwhile.
-            records = await asyncio.get_running_loop().run_in_executor(
-                None, embed_chunks, [chunk for _, chunk in decoded], embedder
+            try:
+                await embed_batch(events)
+            except Exception as error:  # noqa: BLE001 - commit nothing of this batch, exit, be restarted
+                await stop_without_acking(app, "embed", events, error)
+
+    async def embed_batch(events: list[Any]) -> None:
+        decoded: list[tuple[Any, dict[str, Any]]] = []
+        pending = []
+        for event in events:
+            try:
+                decoded.append((event, codec.decode(event.message.value or b"", "CleanChunk")))
+            except CodecError as error:
+                letter = dead_letter_for(event, "embed", error.reason, error.detail)
+                pending.append(await send_dead_letter(app, codec, topics, letter))
+        # ONNX Runtime releases the GIL: embedding in a thread keeps the event loop (and the
+        # other agents of this worker) running meanwhile.
+        records = await asyncio.get_running_loop().run_in_executor(
+            None, embed_chunks, [chunk for _, chunk in decoded], embedder
+        )
+        for (event, _), record in zip(decoded, records, strict=True):
+            headers = [(k, v) for k, v in (event.message.headers or ()) if k in ("traceparent", "llmops.source")]
+            value = codec.encode("ChunkEmbedding", record, topics.docs_embeddings)
+            pending.append(
+                await app.producer.send(topics.docs_embeddings, record["doc_id"].encode(), value, None, None, headers)
             )
-            for (event, _), record in zip(decoded, records, strict=True):
-                headers = [(k, v) for k, v in (event.message.headers or ()) if k in ("traceparent", "llmops.source")]
-                value = codec.encode("ChunkEmbedding", record, topics.docs_embeddings)
-                pending.append(
-                    await app.producer.send(
-                        topics.docs_embeddings, record["doc_id"].encode(), value, None, None, headers
-                    )
-                )
-            await asyncio.gather(*pending)
+        await asyncio.gather(*pending)
 
     return embed

@@ -2,7 +2,8 @@
 
 Writes are idempotent (keyed by chunk id), so redeliveries and replays never duplicate. When
 Milvus fails, the batch is retried with exponential backoff and its events stay unacknowledged,
-so no offset past an unwritten record is committed. Vectors of another model version are
+so no offset past an unwritten record is committed; a worker asked to stop meanwhile exits
+without acknowledging the batch (it is read again on restart). Vectors of another model version are
 dead-lettered (FOREIGN_MODEL_VERSION): they belong in another collection.
 """
 
@@ -13,7 +14,7 @@ from typing import Any
 
 import faust
 
-from agents.common import codec_from_settings, dead_letter_for, raw_topic, send_dead_letter
+from agents.common import codec_from_settings, dead_letter_for, raw_topic, send_dead_letter, stop_without_acking
 from streams.avro import CodecError
 from streams.embed import version_for
 from streams.indexing import ShuttingDown, write_with_retry
@@ -44,40 +45,43 @@ def register_index(app: faust.App, settings: Settings) -> Any:
         except Exception as error:  # noqa: BLE001 - retried with backoff on the first batch
             log.warning("vector_store_unavailable", error=repr(error), retry_in_s=0)
         async for events in stream.take_events(settings.index_batch_size, within=settings.index_batch_seconds):
-            records, pending = [], []
-            for event in events:
-                try:
-                    record = codec.decode(event.message.value or b"", "ChunkEmbedding")
-                except CodecError as error:
-                    letter = dead_letter_for(event, "index", error.reason, error.detail)
-                    pending.append(await send_dead_letter(app, codec, topics, letter))
-                    continue
-                if record["op"] == "UPSERT" and record["model_version"] != model_version:
-                    detail = (
-                        f"vector from model version {record['model_version'][:16]}; this index holds "
-                        f"{model_version[:16]}: replay it with the matching model, or run that model's worker"
-                    )
-                    letter = dead_letter_for(event, "index", "FOREIGN_MODEL_VERSION", detail)
-                    pending.append(await send_dead_letter(app, codec, topics, letter))
-                    continue
-                records.append(record)
             try:
-                report = await write_with_retry(
-                    records,
-                    open_store,
-                    model_version,
-                    stores=stores,
-                    should_stop=lambda: bool(app.should_stop),
-                    on_retry=lambda error, delay: log.warning(
-                        "vector_store_unavailable", error=repr(error), retry_in_s=delay
-                    ),
-                    max_backoff=MAX_BACKOFF_SECONDS,
+                await index_batch(events)
+            except ShuttingDown as stopping:  # the store is down and the worker stops: hand the batch back
+                await stop_without_acking(app, "index", events, stopping, requested=True)
+            except Exception as error:  # noqa: BLE001 - commit nothing of this batch, exit, be restarted
+                await stop_without_acking(app, "index", events, error)
+
+    async def index_batch(events: list[Any]) -> None:
+        records, pending = [], []
+        for event in events:
+            try:
+                record = codec.decode(event.message.value or b"", "ChunkEmbedding")
+            except CodecError as error:
+                letter = dead_letter_for(event, "index", error.reason, error.detail)
+                pending.append(await send_dead_letter(app, codec, topics, letter))
+                continue
+            if record["op"] == "UPSERT" and record["model_version"] != model_version:
+                detail = (
+                    f"vector from model version {record['model_version'][:16]}; this index holds "
+                    f"{model_version[:16]}: replay it with the matching model, or run that model's worker"
                 )
-            except ShuttingDown:
-                raise asyncio.CancelledError from None  # hand the batch back unacknowledged
-            if report.freshness_ms:
-                ordered = sorted(report.freshness_ms)
-                log.debug("indexed", upserted=report.upserted, freshness_p50_ms=ordered[len(ordered) // 2])
-            await asyncio.gather(*pending)
+                letter = dead_letter_for(event, "index", "FOREIGN_MODEL_VERSION", detail)
+                pending.append(await send_dead_letter(app, codec, topics, letter))
+                continue
+            records.append(record)
+        report = await write_with_retry(
+            records,
+            open_store,
+            model_version,
+            stores=stores,
+            should_stop=lambda: bool(app.should_stop),
+            on_retry=lambda error, delay: log.warning("vector_store_unavailable", error=repr(error), retry_in_s=delay),
+            max_backoff=MAX_BACKOFF_SECONDS,
+        )
+        if report.freshness_ms:
+            ordered = sorted(report.freshness_ms)
+            log.debug("indexed", upserted=report.upserted, freshness_p50_ms=ordered[len(ordered) // 2])
+        await asyncio.gather(*pending)
 
     return index

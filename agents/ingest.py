@@ -13,7 +13,7 @@ from typing import Any
 
 import faust
 
-from agents.common import codec_from_settings, log_dead_letter, raw_topic, source_of
+from agents.common import codec_from_settings, log_dead_letter, raw_topic, source_of, stop_without_acking
 from streams.chunk import default_tokenizer
 from streams.dedup import LookupIndex
 from streams.ingest import IngestConfig, IngestPipeline, IngestRecord, encode_outputs
@@ -70,23 +70,29 @@ def register_ingest(app: faust.App, settings: Settings) -> Any:
     @app.agent(docs_raw, name="ingest")
     async def ingest(stream: Any) -> None:
         async for events in stream.take_events(settings.ingest_batch_size, within=settings.ingest_batch_seconds):
-            records = [record_from_event(event) for event in events]
-            if not lookups:
-                lookups.append(
-                    LookupIndex.build(dedup_table.items(), settings.near_dup_max_hamming, settings.near_dup_enabled)
-                )
-            results = pipeline.process_batch(records, dedup_table, lookups[0])
-            # Straight to Faust's producer, one enqueue per record and one wait per batch: the
-            # batch's events are acknowledged only after every output is acked by the broker.
-            pending = []
-            for record, result in zip(records, results, strict=True):
-                for out in encode_outputs(result, record, codec, topics):
-                    sent = await app.producer.send(out.topic, out.key, out.value, None, None, out.headers)
-                    pending.append(sent)
-                totals[result.outcome.value] += 1
-                if result.dead_letter is not None:
-                    log_dead_letter(result.dead_letter)
-            await asyncio.gather(*pending)
+            try:
+                await ingest_batch(events)
+            except Exception as error:  # noqa: BLE001 - commit nothing of this batch, exit, be restarted
+                await stop_without_acking(app, "ingest", events, error)
+
+    async def ingest_batch(events: list[Any]) -> None:
+        records = [record_from_event(event) for event in events]
+        if not lookups:
+            lookups.append(
+                LookupIndex.build(dedup_table.items(), settings.near_dup_max_hamming, settings.near_dup_enabled)
+            )
+        results = pipeline.process_batch(records, dedup_table, lookups[0])
+        # Straight to Faust's producer, one enqueue per record and one wait per batch: the
+        # batch's events are acknowledged only after every output is acked by the broker.
+        pending = []
+        for record, result in zip(records, results, strict=True):
+            for out in encode_outputs(result, record, codec, topics):
+                sent = await app.producer.send(out.topic, out.key, out.value, None, None, out.headers)
+                pending.append(sent)
+            totals[result.outcome.value] += 1
+            if result.dead_letter is not None:
+                log_dead_letter(result.dead_letter)
+        await asyncio.gather(*pending)
 
     @app.timer(interval=10.0)  # type: ignore[untyped-decorator]  # faust's decorators are untyped
     async def report_totals() -> None:
