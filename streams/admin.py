@@ -10,6 +10,7 @@ Why this exists:
 from __future__ import annotations
 
 import asyncio
+import ssl
 from collections.abc import AsyncIterator, Iterable
 from dataclasses import dataclass
 from typing import Any
@@ -162,3 +163,37 @@ async def read_topic(settings: Settings, name: str) -> AsyncIterator[Any]:
     begin, end = await offsets(settings, [name])
     async for message in read_range(settings, begin, end):
         yield message
+
+
+async def diagnose_connection(settings: Settings) -> str:
+    """Why the first bootstrap server cannot be used, in words (never with the password).
+
+    aiokafka reports a refused login, a TLS failure and a stopped broker alike, as "Unable to
+    bootstrap"; one direct connection tells them apart.
+    """
+    from aiokafka.conn import create_conn
+    from aiokafka.errors import KafkaError, SaslAuthenticationFailed, UnsupportedSaslMechanismError
+
+    first = settings.bootstrap_servers.split(",")[0].strip()
+    host, _, port = first.rpartition(":")
+    try:
+        connection = await create_conn(host, int(port), request_timeout_ms=10_000, **settings.kafka_client_config())
+    except SaslAuthenticationFailed:
+        return (
+            f"Kafka at {first} refused the credentials of user {settings.sasl_username!r} "
+            f"({settings.sasl_mechanism}): check LLMOPS_SASL_USERNAME and LLMOPS_SASL_PASSWORD"
+        )
+    except UnsupportedSaslMechanismError as error:
+        return f"Kafka at {first} does not offer {settings.sasl_mechanism}: {error} (LLMOPS_SASL_MECHANISM)"
+    except ssl.SSLError as error:
+        return (
+            f"the TLS handshake with Kafka at {first} failed: {error.reason or error}; check LLMOPS_SSL_CAFILE "
+            f"(the CA that signed the broker's certificate) and LLMOPS_SECURITY_PROTOCOL ({settings.security_protocol})"
+        )
+    except (TimeoutError, OSError, KafkaError) as error:
+        return (
+            f"cannot connect to Kafka at {first} with {settings.security_protocol}: {error!r} "
+            "(is the broker running, e.g. `llmops kafka start`, and does it expect this security protocol?)"
+        )
+    connection.close()
+    return f"Kafka at {first} accepts a connection now; the earlier failure was transient or from another broker"

@@ -34,6 +34,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from streams.broker_security import BrokerSecurity, BrokerSecurityError
 from streams.settings import Settings
 
 POM = Path(__file__).resolve().parent.parent / "infra" / "kafka" / "pom.xml"
@@ -108,12 +109,14 @@ class EmbeddedKafka:
         port: int = 9092,
         heap: str = "768m",
         extra_properties: dict[str, str] | None = None,
+        security: BrokerSecurity | None = None,
     ) -> None:
         self.home = home.resolve()
         self.host = host
         self.port = port
         self.heap = heap
         self.extra_properties = dict(extra_properties or {})
+        self.security = security
 
     @classmethod
     def from_settings(cls, settings: Settings) -> EmbeddedKafka:
@@ -124,7 +127,11 @@ class EmbeddedKafka:
                 f"LLMOPS_BOOTSTRAP_SERVERS={settings.bootstrap_servers} is not a loopback address; "
                 "the embedded broker only runs locally (use your cluster directly instead)"
             )
-        return cls(settings.kafka_dir, host="127.0.0.1", port=int(port), heap=settings.kafka_heap)
+        try:
+            security = BrokerSecurity.from_settings(settings)
+        except BrokerSecurityError as error:
+            raise BrokerError(str(error)) from None
+        return cls(settings.kafka_dir, host="127.0.0.1", port=int(port), heap=settings.kafka_heap, security=security)
 
     # --- paths ------------------------------------------------------------------------------
     @property
@@ -184,15 +191,21 @@ class EmbeddedKafka:
         return self.libs_dir
 
     def _write_config(self) -> Path:
+        protocol = self.security.protocol if self.security else "PLAINTEXT"
+        try:
+            secured = self.security.properties(protocol, self.home / f"tls-{self.port}") if self.security else {}
+        except BrokerSecurityError as error:
+            raise BrokerError(str(error)) from None
         properties = {
             "process.roles": "broker,controller",
             "node.id": "1",
             "controller.quorum.voters": f"1@{self.host}:{self.port + 1}",
-            "listeners": f"PLAINTEXT://{self.host}:{self.port},CONTROLLER://{self.host}:{self.port + 1}",
-            "advertised.listeners": f"PLAINTEXT://{self.host}:{self.port}",
+            "listeners": f"{protocol}://{self.host}:{self.port},CONTROLLER://{self.host}:{self.port + 1}",
+            "advertised.listeners": f"{protocol}://{self.host}:{self.port}",
             "controller.listener.names": "CONTROLLER",
-            "listener.security.protocol.map": "PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT",
-            "inter.broker.listener.name": "PLAINTEXT",
+            "listener.security.protocol.map": f"{protocol}:{protocol},CONTROLLER:PLAINTEXT",
+            "inter.broker.listener.name": protocol,
+            **secured,
             "log.dirs": str(self.storage_dir),
             "num.partitions": "6",
             "offsets.topic.replication.factor": "1",
@@ -205,6 +218,8 @@ class EmbeddedKafka:
             **self.extra_properties,
         }
         config = self.home / f"server-{self.port}.properties"
+        config.touch(mode=0o600)  # it may hold the SCRAM and keystore passwords
+        config.chmod(0o600)
         config.write_text("".join(f"{k}={v}\n" for k, v in properties.items()))
         log4j = self.home / "log4j.properties"
         log4j.write_text(
@@ -237,7 +252,14 @@ class EmbeddedKafka:
         if (self.storage_dir / "meta.properties").exists():
             return
         result = subprocess.run(
-            self._java("kafka.tools.StorageTool", "format", f"--cluster-id={new_cluster_id()}", "-c", str(config)),
+            self._java(
+                "kafka.tools.StorageTool",
+                "format",
+                f"--cluster-id={new_cluster_id()}",
+                "-c",
+                str(config),
+                *(self.security.format_arguments() if self.security else []),
+            ),
             capture_output=True,
             text=True,
             check=False,
@@ -303,6 +325,17 @@ class EmbeddedKafka:
             return "\n".join(self.log_file.read_text(errors="replace").splitlines()[-lines:])
         except OSError:
             return "(no log yet)"
+
+    def kill(self) -> bool:
+        """SIGKILL the broker (a crash, for fault tests); True if one was running."""
+        pid = self._read_pid()
+        if pid is None:
+            return False
+        os.kill(pid, signal.SIGKILL)
+        while _pid_alive(pid):
+            time.sleep(0.05)
+        self.pid_file.unlink(missing_ok=True)
+        return True
 
     def stop(self, timeout: float = 30.0) -> bool:
         """Stop the broker (SIGTERM, then SIGKILL after ``timeout``); True if one was running."""

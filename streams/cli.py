@@ -370,8 +370,16 @@ def demo(limit: int | None, as_json: bool) -> None:
 
 
 def main() -> None:
-    """Console-script entry point."""
-    cli()
+    """Console-script entry point; a broker that cannot be used is explained in one line."""
+    from aiokafka.errors import KafkaConnectionError
+
+    try:
+        cli()
+    except KafkaConnectionError:
+        from streams.admin import diagnose_connection
+
+        click.echo(f"Error: {asyncio.run(diagnose_connection(_settings()))}", err=True)
+        sys.exit(2)
 
 
 if __name__ == "__main__":

@@ -10,10 +10,33 @@ another port never collides with this one.
 
 from __future__ import annotations
 
+import shutil
+from collections.abc import Iterator
+
 import pytest
+
+from streams.broker import BrokerError, EmbeddedKafka
+
+from ..conftest import ROOT
+from .helpers import fault_port
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     for item in items:
         if "/faults/" in str(item.fspath):
             item.add_marker(pytest.mark.faults)
+
+
+@pytest.fixture
+def own_broker(request: pytest.FixtureRequest) -> Iterator[EmbeddedKafka]:
+    """A fresh single broker of this test's own (port ``LLMOPS_TEST_KAFKA_PORT - 12``), to break."""
+    broker = EmbeddedKafka(ROOT / ".llmops" / "kafka", port=fault_port(12), heap="384m")
+    broker.stop()
+    shutil.rmtree(broker.storage_dir, ignore_errors=True)
+    try:
+        broker.start(timeout=180)
+    except BrokerError as error:
+        pytest.fail(f"the test's own Kafka broker did not start:\n{error}")
+    yield broker
+    broker.stop()
+    shutil.rmtree(broker.storage_dir, ignore_errors=True)
