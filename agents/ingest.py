@@ -75,7 +75,15 @@ def register_ingest(app: faust.App, settings: Settings) -> Any:
             except Exception as error:  # noqa: BLE001 - commit nothing of this batch, exit, be restarted
                 await stop_without_acking(app, "ingest", events, error)
 
+    changelog = dedup_table.changelog_topic.get_topic_name()
+
     async def ingest_batch(events: list[Any]) -> None:
+        # A table write picks its changelog partition from the producer's metadata without waiting
+        # for it; on a cluster that metadata can lack the changelog topic for minutes after start,
+        # and every write failed (each document dead-lettered as INTERNAL_ERROR). Waiting here costs
+        # nothing once the topic is known. (Faust exposes its aiokafka producer only privately.)
+        producer: Any = app.producer
+        await producer._ensure_producer().partitions_for(changelog)
         records = [record_from_event(event) for event in events]
         if not lookups:
             lookups.append(

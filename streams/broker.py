@@ -110,6 +110,8 @@ class EmbeddedKafka:
         heap: str = "768m",
         extra_properties: dict[str, str] | None = None,
         security: BrokerSecurity | None = None,
+        node_id: int = 1,
+        voters: str | None = None,
     ) -> None:
         self.home = home.resolve()
         self.host = host
@@ -117,6 +119,10 @@ class EmbeddedKafka:
         self.heap = heap
         self.extra_properties = dict(extra_properties or {})
         self.security = security
+        self.node_id = node_id
+        # controller.quorum.voters: this node alone unless it is one of a cluster's voters.
+        self.voters = voters or f"{node_id}@{host}:{port + 1}"
+        self._log_start = 0
 
     @classmethod
     def from_settings(cls, settings: Settings) -> EmbeddedKafka:
@@ -198,8 +204,8 @@ class EmbeddedKafka:
             raise BrokerError(str(error)) from None
         properties = {
             "process.roles": "broker,controller",
-            "node.id": "1",
-            "controller.quorum.voters": f"1@{self.host}:{self.port + 1}",
+            "node.id": str(self.node_id),
+            "controller.quorum.voters": self.voters,
             "listeners": f"{protocol}://{self.host}:{self.port},CONTROLLER://{self.host}:{self.port + 1}",
             "advertised.listeners": f"{protocol}://{self.host}:{self.port}",
             "controller.listener.names": "CONTROLLER",
@@ -221,7 +227,7 @@ class EmbeddedKafka:
         config.touch(mode=0o600)  # it may hold the SCRAM and keystore passwords
         config.chmod(0o600)
         config.write_text("".join(f"{k}={v}\n" for k, v in properties.items()))
-        log4j = self.home / "log4j.properties"
+        log4j = self.home / f"log4j-{self.port}.properties"
         log4j.write_text(
             "log4j.rootLogger=INFO, file\n"
             "log4j.logger.kafka.request.logger=WARN\n"
@@ -241,21 +247,21 @@ class EmbeddedKafka:
             "-Xms128m",
             "-XX:+UseG1GC",
             "-Djava.awt.headless=true",
-            f"-Dlog4j.configuration=file:{self.home / 'log4j.properties'}",
+            f"-Dlog4j.configuration=file:{self.home / f'log4j-{self.port}.properties'}",
             "-cp",
             f"{self.libs_dir}/*",
             *args,
         ]
 
-    def format_storage(self, config: Path) -> None:
-        """Format KRaft storage once (a fresh cluster id per data folder)."""
+    def format_storage(self, config: Path, cluster_id: str | None = None) -> None:
+        """Format KRaft storage once (a fresh cluster id per data folder unless ``cluster_id``)."""
         if (self.storage_dir / "meta.properties").exists():
             return
         result = subprocess.run(
             self._java(
                 "kafka.tools.StorageTool",
                 "format",
-                f"--cluster-id={new_cluster_id()}",
+                f"--cluster-id={cluster_id or new_cluster_id()}",
                 "-c",
                 str(config),
                 *(self.security.format_arguments() if self.security else []),
@@ -286,11 +292,21 @@ class EmbeddedKafka:
             if status.pid is None:
                 progress(f"a broker already answers at {self.bootstrap} (not started by llmops); using it")
             return self.bootstrap
+        process = self.launch(progress)
+        self.wait_until_started(process, timeout)
+        return self.bootstrap
+
+    def launch(
+        self, progress: Callable[[str], None] = lambda _: None, cluster_id: str | None = None
+    ) -> subprocess.Popen[bytes]:
+        """Write the config, format storage if new, and start the process without waiting for it."""
         self.home.mkdir(parents=True, exist_ok=True)
         self.resolve_jars(progress)
         config = self._write_config()
-        self.format_storage(config)
+        self.format_storage(config, cluster_id)
         progress(f"starting Kafka broker on {self.bootstrap} (log: {self.log_file})")
+        # Readiness is read from what the log gains from now on (it keeps earlier runs' lines).
+        self._log_start = self.log_file.stat().st_size if self.log_file.exists() else 0
         with open(self.home / f"broker-{self.port}.stdout", "ab") as out:
             process = subprocess.Popen(
                 self._java("kafka.Kafka", str(config)),
@@ -300,6 +316,10 @@ class EmbeddedKafka:
                 start_new_session=True,
             )
         self.pid_file.write_text(str(process.pid))
+        return process
+
+    def wait_until_started(self, process: subprocess.Popen[bytes], timeout: float) -> None:
+        """Wait until the launched broker says it started and accepts connections, or raise."""
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if process.poll() is not None:
@@ -307,7 +327,7 @@ class EmbeddedKafka:
                     f"the broker exited with code {process.returncode}; see {self.log_file}:\n" + self._log_tail()
                 )
             if _port_open(self.host, self.port) and self._started_in_log():
-                return self.bootstrap
+                return
             time.sleep(0.25)
         self.stop()
         raise BrokerError(f"the broker did not answer within {timeout:.0f}s; see {self.log_file}:\n{self._log_tail()}")
@@ -315,7 +335,7 @@ class EmbeddedKafka:
     def _started_in_log(self) -> bool:
         try:
             with open(self.log_file, "rb") as log:
-                log.seek(max(0, os.path.getsize(self.log_file) - 200_000))
+                log.seek(max(self._log_start, os.path.getsize(self.log_file) - 200_000))
                 return b"Kafka Server started" in log.read()
         except OSError:
             return False
@@ -351,3 +371,72 @@ class EmbeddedKafka:
             os.kill(pid, signal.SIGKILL)
         self.pid_file.unlink(missing_ok=True)
         return True
+
+
+class EmbeddedCluster:
+    """Three (or more) KRaft nodes on loopback, each broker and controller, from the same jars.
+
+    Node ``i`` (0-based) listens on ``base_port + 2i`` and runs its controller on the port after;
+    all nodes are voters of one quorum, so the cluster survives losing a minority of them.
+    Topics default to replication ``size`` with ``min.insync.replicas`` a majority of it, so an
+    ``acks=all`` write survives the loss of one node of three and is refused when two are gone.
+
+    Usage:
+        >>> cluster = EmbeddedCluster(Path(".llmops/kafka"), base_port=19092)
+        >>> cluster.start()
+        '127.0.0.1:19092,127.0.0.1:19094,127.0.0.1:19096'
+        >>> cluster.kill(0); cluster.restart(0)   # a crash and a recovery, for fault tests
+        >>> cluster.stop()
+    """
+
+    def __init__(self, home: Path, base_port: int, size: int = 3, heap: str = "320m") -> None:
+        host = "127.0.0.1"
+        voters = ",".join(f"{i + 1}@{host}:{base_port + 2 * i + 1}" for i in range(size))
+        majority = size // 2 + 1
+        properties = {
+            "default.replication.factor": str(size),
+            "min.insync.replicas": str(majority),
+            "offsets.topic.replication.factor": str(size),
+            "transaction.state.log.replication.factor": str(size),
+            "transaction.state.log.min.isr": str(majority),
+            # A restarted node takes its partitions back as leader once it is in sync again.
+            "auto.leader.rebalance.enable": "true",
+            "leader.imbalance.check.interval.seconds": "10",
+        }
+        self.nodes = [
+            EmbeddedKafka(home, host, base_port + 2 * i, heap, properties, node_id=i + 1, voters=voters)
+            for i in range(size)
+        ]
+
+    @property
+    def bootstrap(self) -> str:
+        return ",".join(node.bootstrap for node in self.nodes)
+
+    @property
+    def storage_dirs(self) -> list[Path]:
+        return [node.storage_dir for node in self.nodes]
+
+    def start(self, timeout: float = 180.0, progress: Callable[[str], None] = lambda _: None) -> str:
+        """Format every node with one cluster id, start all at once (a quorum needs a majority up), wait."""
+        cluster_id = new_cluster_id()
+        processes = [node.launch(progress, cluster_id) for node in self.nodes]
+        for node, process in zip(self.nodes, processes, strict=True):
+            try:
+                node.wait_until_started(process, timeout)
+            except BrokerError:
+                self.stop()
+                raise
+        return self.bootstrap
+
+    def kill(self, index: int) -> None:
+        """SIGKILL one node."""
+        self.nodes[index].kill()
+
+    def restart(self, index: int, timeout: float = 180.0) -> None:
+        """Start a stopped node again on its storage; it rejoins the quorum and catches up."""
+        node = self.nodes[index]
+        node.wait_until_started(node.launch(), timeout)
+
+    def stop(self) -> None:
+        for node in self.nodes:
+            node.stop()

@@ -162,7 +162,7 @@ def worker(agents: str) -> None:
     """
     import faust
 
-    from agents.app import create_app
+    from agents.app import create_app, internal_topic_specs
     from streams.admin import ensure_topics
     from streams.logs import configure_logging
 
@@ -173,6 +173,7 @@ def worker(agents: str) -> None:
         app = create_app(settings, [a.strip() for a in agents.split(",") if a.strip()])
     except ValueError as error:
         raise click.ClickException(str(error)) from None
+    asyncio.run(ensure_topics(settings, internal_topic_specs(app, settings)))
     runner = faust.Worker(app, loglevel=settings.log_level.lower(), override_logging=False, redirect_stdouts=False)
     runner.execute_from_commandline()
 

@@ -15,10 +15,10 @@ from collections.abc import Iterator
 
 import pytest
 
-from streams.broker import BrokerError, EmbeddedKafka
+from streams.broker import BrokerError, EmbeddedCluster, EmbeddedKafka
 
 from ..conftest import ROOT
-from .helpers import fault_port
+from .helpers import fault_port, fresh
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
@@ -28,15 +28,24 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
 
 
 @pytest.fixture
-def own_broker(request: pytest.FixtureRequest) -> Iterator[EmbeddedKafka]:
+def own_broker() -> Iterator[EmbeddedKafka]:
     """A fresh single broker of this test's own (port ``LLMOPS_TEST_KAFKA_PORT - 12``), to break."""
-    broker = EmbeddedKafka(ROOT / ".llmops" / "kafka", port=fault_port(12), heap="384m")
-    broker.stop()
-    shutil.rmtree(broker.storage_dir, ignore_errors=True)
+    with fresh(EmbeddedKafka(ROOT / ".llmops" / "kafka", port=fault_port(12), heap="384m")) as broker:
+        yield broker
+
+
+@pytest.fixture
+def cluster() -> Iterator[EmbeddedCluster]:
+    """Three KRaft nodes (ports from ``LLMOPS_TEST_KAFKA_PORT - 6``), replication 3, min ISR 2."""
+    nodes = EmbeddedCluster(ROOT / ".llmops" / "kafka", base_port=fault_port(6), heap="320m")
+    nodes.stop()
+    for storage in nodes.storage_dirs:
+        shutil.rmtree(storage, ignore_errors=True)
     try:
-        broker.start(timeout=180)
+        nodes.start(timeout=240)
     except BrokerError as error:
-        pytest.fail(f"the test's own Kafka broker did not start:\n{error}")
-    yield broker
-    broker.stop()
-    shutil.rmtree(broker.storage_dir, ignore_errors=True)
+        pytest.fail(f"the three-node test cluster did not start:\n{error}")
+    yield nodes
+    nodes.stop()
+    for storage in nodes.storage_dirs:
+        shutil.rmtree(storage, ignore_errors=True)

@@ -2,18 +2,22 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import shutil
 import signal
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+import pytest
 from aiokafka import TopicPartition
 
 from streams.admin import ensure_topics, offsets, read_range
 from streams.avro import AvroCodec, EmbeddedRegistry
+from streams.broker import BrokerError, EmbeddedKafka
 from streams.corpus import stdlib_documents
 from streams.demo import _committed, account, wait_for_stages
 from streams.embed import version_for
@@ -182,3 +186,19 @@ def committed_but_unprocessed(settings: Settings, group: str, index: IndexSnapsh
 
 def read_topic_messages(settings: Settings, name: str) -> list[Any]:
     return run(_outputs(settings, {}, [name]))
+
+
+@contextlib.contextmanager
+def fresh(broker: EmbeddedKafka) -> Iterator[EmbeddedKafka]:
+    """Run ``broker`` on empty storage for the block; a broker that will not start fails the test."""
+    broker.stop()
+    shutil.rmtree(broker.storage_dir, ignore_errors=True)
+    try:
+        broker.start(timeout=180)
+    except BrokerError as error:
+        pytest.fail(f"a test broker on port {broker.port} did not start:\n{error}")
+    try:
+        yield broker
+    finally:
+        broker.stop()
+        shutil.rmtree(broker.storage_dir, ignore_errors=True)

@@ -15,14 +15,14 @@ import pytest
 from pydantic import SecretStr
 
 from streams.admin import offsets
-from streams.broker import BrokerError, EmbeddedKafka
+from streams.broker import EmbeddedKafka
 from streams.broker_security import BrokerSecurity
 from streams.demo import wait_until_consumed
 from streams.settings import Settings
 from streams.topics import Topics
 
 from ..conftest import ROOT, WorkerProcess, run
-from .helpers import account_raw, fault_port, publish, records_of, report, unique_documents
+from .helpers import account_raw, fault_port, fresh, publish, records_of, report, unique_documents
 
 
 @pytest.fixture(params=["SASL_PLAINTEXT", "SASL_SSL"])
@@ -42,16 +42,9 @@ def secured(request: pytest.FixtureRequest, settings: Settings, tmp_path: Path) 
     broker = EmbeddedKafka(
         ROOT / ".llmops" / "kafka", port=port, heap="256m", security=BrokerSecurity.from_settings(secured)
     )
-    broker.stop()
-    shutil.rmtree(broker.storage_dir, ignore_errors=True)
     shutil.rmtree(broker.home / f"tls-{port}", ignore_errors=True)
-    try:
-        broker.start(timeout=180)
-    except BrokerError as error:
-        pytest.fail(f"the secured broker did not start:\n{error}")
-    yield secured
-    broker.stop()
-    shutil.rmtree(broker.storage_dir, ignore_errors=True)
+    with fresh(broker):
+        yield secured
 
 
 def cli(settings: Settings, *args: str) -> subprocess.CompletedProcess[str]:
