@@ -68,7 +68,7 @@ class BrokerStatus:
     log_file: Path
 
 
-def _port_open(host: str, port: int, timeout: float = 0.5) -> bool:
+def port_open(host: str, port: int, timeout: float = 0.5) -> bool:
     try:
         with socket.create_connection((host, port), timeout=timeout):
             return True
@@ -282,7 +282,7 @@ class EmbeddedKafka:
 
     def status(self) -> BrokerStatus:
         return BrokerStatus(
-            _port_open(self.host, self.port), self._read_pid(), self.bootstrap, self.storage_dir, self.log_file
+            port_open(self.host, self.port), self._read_pid(), self.bootstrap, self.storage_dir, self.log_file
         )
 
     def start(self, timeout: float = 90.0, progress: Callable[[str], None] = lambda _: None) -> str:
@@ -326,7 +326,7 @@ class EmbeddedKafka:
                 raise BrokerError(
                     f"the broker exited with code {process.returncode}; see {self.log_file}:\n" + self._log_tail()
                 )
-            if _port_open(self.host, self.port) and self._started_in_log():
+            if port_open(self.host, self.port) and self._started_in_log():
                 return
             time.sleep(0.25)
         self.stop()
