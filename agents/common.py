@@ -113,5 +113,10 @@ async def stop_without_acking(
         await app.consumer.commit()
     except Exception as commit_error:  # noqa: BLE001 - exiting anyway; uncommitted work is redelivered
         log.warning("commit_before_exit_failed", error=repr(commit_error))
+    exit_process(EXIT_HANDED_BACK if requested else EXIT_BATCH_FAILED)
+
+
+def exit_process(code: int) -> NoReturn:
+    """Flush the logs and end the process now: a graceful stop would acknowledge the batch."""
     logging.shutdown()
-    os._exit(EXIT_HANDED_BACK if requested else EXIT_BATCH_FAILED)
+    os._exit(code)

@@ -34,11 +34,19 @@ async def harness(tmp_path: Any, monkeypatch: pytest.MonkeyPatch) -> AsyncIterat
         return done
 
     monkeypatch.setattr(app.producer, "send", record_send)
+    monkeypatch.setattr(app.producer, "_ensure_producer", lambda: _MetadataReady())
     table = app.tables["ingest-dedup"]
     monkeypatch.setattr(type(table), "send_changelog", lambda *a, **k: _FakeFuture())
     agent = app.agents["ingest"]
     async with agent.test_context() as context:
         yield context, sent
+
+
+class _MetadataReady:
+    """What the agent asks of the (unstarted) aiokafka producer: the changelog's partitions."""
+
+    async def partitions_for(self, topic: str) -> set[int]:
+        return {0}
 
 
 class _FakeFuture:
@@ -70,3 +78,32 @@ async def test_good_bad_and_duplicate_records_reach_their_topics(harness: tuple[
     assert (letter["reason"], letter["value"], letter["key"]) == ("BAD_JSON", b"not json", b"d3")
     assert CODEC.decode(sent[3][2], "CleanChunk")["op"] == "DELETE"
     assert all(any(h[0] == SOURCE_HEADER for h in s[3]) for s in sent)
+
+
+async def test_a_batch_that_fails_ends_the_worker_without_acknowledging_it(
+    harness: tuple[Any, list], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An output that cannot be sent: no ack for the batch (so no commit), exit code 70 for the supervisor."""
+    context, _ = harness
+    put: list[Any] = []
+    exits: list[tuple[int, list[bool]]] = []
+
+    def record_exit(code: int) -> None:
+        exits.append((code, [event.message.acked for event in put]))
+        raise asyncio.CancelledError  # ends the agent here; the real exit ends the process
+
+    async def failing_send(*args: Any) -> Any:
+        for _ in range(200):  # until the test holds the event, to look at it when the agent exits
+            if put:
+                break
+            await asyncio.sleep(0.01)
+        raise RuntimeError("MessageSizeTooLargeError, say")
+
+    monkeypatch.setattr("agents.common.exit_process", record_exit)
+    monkeypatch.setattr(context.app.producer, "send", failing_send)
+    put.append(await context.put(b'{"id": "d1", "text": "some words"}', key=b"d1"))
+    for _ in range(300):
+        if exits:
+            break
+        await asyncio.sleep(0.01)
+    assert exits == [(70, [False])], "exit code 70, and the batch not acknowledged when the worker exits"
