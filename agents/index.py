@@ -10,6 +10,7 @@ dead-lettered (FOREIGN_MODEL_VERSION): they belong in another collection.
 from __future__ import annotations
 
 import asyncio
+import math
 from typing import Any
 
 import faust
@@ -52,6 +53,14 @@ def register_index(app: faust.App, settings: Settings) -> Any:
             except Exception as error:  # noqa: BLE001 - commit nothing of this batch, exit, be restarted
                 await stop_without_acking(app, "index", events, error)
 
+    async def sleep_unless_stopping(seconds: float) -> None:
+        """The backoff wait, cut short when the worker is asked to stop (it can be 30 s long)."""
+        steps = max(1, math.ceil(seconds / 0.25))
+        for _ in range(steps):
+            if app.should_stop:
+                return
+            await asyncio.sleep(seconds / steps)
+
     async def index_batch(events: list[Any]) -> None:
         records, pending = [], []
         for event in events:
@@ -76,6 +85,7 @@ def register_index(app: faust.App, settings: Settings) -> Any:
             model_version,
             stores=stores,
             should_stop=lambda: bool(app.should_stop),
+            sleep=sleep_unless_stopping,
             on_retry=lambda error, delay: log.warning("vector_store_unavailable", error=repr(error), retry_in_s=delay),
             max_backoff=MAX_BACKOFF_SECONDS,
         )
