@@ -10,6 +10,8 @@ Lite, in a fresh namespace:
    is skipped as a duplicate; near-duplicate detection off) at ``--fraction`` of that rate, open
    loop, for ``--minutes``. Every ``--sample-s`` seconds: consumer lag of each stage (end offset
    of its input topic minus its committed offset) and the worker's resident memory (VmRSS).
+   With ``--id-space N`` the documents are updates of N ids instead of new documents, so the
+   dedup state (one entry per distinct document, kept in memory) stops growing after N.
 
 Bounded lag: the largest lag of the last third of the run is not above the largest of the first
 third plus one sample period's worth of input. Memory: RSS at the end against RSS once warm
@@ -56,12 +58,17 @@ def rss_mb(pid: int) -> float:
     return float("nan")
 
 
-def soak_records(corpus: list[dict[str, Any]], count: int) -> list[tuple[bytes, bytes]]:
-    """``count`` documents cycling through the corpus, each with a new id and a unique last line."""
+def soak_records(corpus: list[dict[str, Any]], count: int, id_space: int | None) -> list[tuple[bytes, bytes]]:
+    """``count`` documents cycling through the corpus, each with a unique last line.
+
+    Ids are all new (``id_space`` None: the dedup state grows by one entry per document), or
+    cycle through ``id_space`` ids (updates: the state stays bounded, so growth is not state).
+    """
     records = []
     for n in range(count):
         doc = corpus[n % len(corpus)]
-        records.append(encode_document({**doc, "id": f"soak-{n}", "text": f"{doc['text']}\n\n(soak copy {n})"}))
+        doc_id = f"soak-{n if id_space is None else n % id_space}"
+        records.append(encode_document({**doc, "id": doc_id, "text": f"{doc['text']}\n\n(soak copy {n})"}))
     return records
 
 
@@ -76,7 +83,14 @@ async def lags(settings: Settings) -> dict[str, int]:
     }
 
 
-def soak(base: Settings, corpus: list[dict[str, Any]], rate: float, minutes: float, sample_s: float, warm_up_s: float):
+def soak(
+    base: Settings,
+    corpus: list[dict[str, Any]],
+    rate: float,
+    minutes: float,
+    sample_s: float,
+    id_space: int | None = None,
+):
     settings = base.model_copy(update={"namespace": f"soak-{uuid.uuid4().hex[:6]}", "near_dup_enabled": False})
     asyncio.run(ensure_topics(settings))
     log = settings.data_dir / "logs" / f"{settings.namespace}.log"
@@ -84,7 +98,7 @@ def soak(base: Settings, corpus: list[dict[str, Any]], rate: float, minutes: flo
     samples: list[dict[str, Any]] = []
     try:
         time.sleep(12)  # the worker loads the model and joins its group
-        records = soak_records(corpus, int(rate * minutes * 60))
+        records = soak_records(corpus, int(rate * minutes * 60), id_space)
         started = time.monotonic()
 
         async def run() -> None:
@@ -151,6 +165,7 @@ def main() -> None:
     parser.add_argument("--calibration-docs", type=int, default=800)
     parser.add_argument("--sample-s", type=float, default=10.0)
     parser.add_argument("--warm-up-s", type=float, default=30.0, help="memory is compared from this time on")
+    parser.add_argument("--id-space", type=int, default=None, help="cycle through this many document ids (updates)")
     args = parser.parse_args()
     base = Settings()
     EmbeddedKafka.from_settings(base).start(progress=lambda line: print(line, file=sys.stderr))
@@ -163,7 +178,7 @@ def main() -> None:
         print(f"calibration: {calibration}", file=sys.stderr)
     rate = max_rate * args.fraction
     settings, samples, published, published_s, drained, drain_s = soak(
-        base, corpus, rate, args.minutes, args.sample_s, args.warm_up_s
+        base, corpus, rate, args.minutes, args.sample_s, args.id_space
     )
     report = {
         "benchmark": "soak",
@@ -171,6 +186,7 @@ def main() -> None:
         "max_docs_per_s": max_rate,
         "calibration": calibration,
         "fraction": args.fraction,
+        "id_space": args.id_space,
         "docs_per_s": round(rate, 1),
         "published_docs": published,
         "publishing_s": published_s,
