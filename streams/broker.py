@@ -222,6 +222,9 @@ class EmbeddedKafka:
             "group.initial.rebalance.delay.ms": "0",
             "auto.create.topics.enable": "false",
             "log.retention.hours": "168",
+            # The log cleaner allocates its dedupe buffer (128 MiB by default) at start; with the
+            # small heaps of local and test brokers that failed now and then (OutOfMemoryError).
+            "log.cleaner.dedupe.buffer.size": str(16 * 1024 * 1024),
             **self.extra_properties,
         }
         config = self.home / f"server-{self.port}.properties"
@@ -293,9 +296,19 @@ class EmbeddedKafka:
             if status.pid is None:
                 progress(f"a broker already answers at {self.bootstrap} (not started by llmops); using it")
             return self.bootstrap
-        process = self.launch(progress)
-        self.wait_until_started(process, timeout)
-        return self.bootstrap
+        for attempt in range(3):
+            process = self.launch(progress)
+            try:
+                self.wait_until_started(process, timeout)
+                return self.bootstrap
+            except BrokerError as error:
+                # Ports in the ephemeral range can be held for a moment by some client's outgoing
+                # connection; the broker then exits at once with "Address already in use".
+                if attempt == 2 or "Address already in use" not in str(error):
+                    raise
+                progress(f"port {self.port} or {self.port + 1} was briefly in use; starting again")
+                time.sleep(2.0)
+        raise AssertionError("unreachable")
 
     def launch(
         self, progress: Callable[[str], None] = lambda _: None, cluster_id: str | None = None
@@ -333,6 +346,15 @@ class EmbeddedKafka:
         self.stop()
         raise BrokerError(f"the broker did not answer within {timeout:.0f}s; see {self.log_file}:\n{self._log_tail()}")
 
+    def _run_log_lines(self) -> list[str]:
+        """Lines the log gained since the current launch."""
+        try:
+            with open(self.log_file, "rb") as log:
+                log.seek(self._log_start)
+                return log.read().decode(errors="replace").splitlines()
+        except OSError:
+            return []
+
     def _started_in_log(self) -> bool:
         try:
             with open(self.log_file, "rb") as log:
@@ -343,7 +365,9 @@ class EmbeddedKafka:
 
     def _log_tail(self, lines: int = 20) -> str:
         try:
-            return "\n".join(self.log_file.read_text(errors="replace").splitlines()[-lines:])
+            tail = self.log_file.read_text(errors="replace").splitlines()[-lines:]
+            bind_errors = [line for line in self._run_log_lines() if "Address already in use" in line]
+            return "\n".join(bind_errors[-1:] + tail)
         except OSError:
             return "(no log yet)"
 
@@ -422,11 +446,16 @@ class EmbeddedCluster:
         cluster_id = new_cluster_id()
         processes = [node.launch(progress, cluster_id) for node in self.nodes]
         for node, process in zip(self.nodes, processes, strict=True):
-            try:
-                node.wait_until_started(process, timeout)
-            except BrokerError:
-                self.stop()
-                raise
+            for attempt in range(3):
+                try:
+                    node.wait_until_started(process, timeout)
+                    break
+                except BrokerError as error:
+                    if attempt == 2 or "Address already in use" not in str(error):
+                        self.stop()
+                        raise
+                    time.sleep(2.0)  # a client's ephemeral port held it for a moment (see EmbeddedKafka.start)
+                    process = node.launch(progress, cluster_id)
         return self.bootstrap
 
     def kill(self, index: int) -> None:
