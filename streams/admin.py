@@ -17,7 +17,7 @@ from typing import Any
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
-from aiokafka.errors import TopicAlreadyExistsError
+from aiokafka.errors import KafkaConnectionError, KafkaError, TopicAlreadyExistsError
 
 from streams.settings import Settings
 from streams.topics import Topics, TopicSpec
@@ -41,9 +41,25 @@ def producer(settings: Settings, **overrides: Any) -> AIOKafkaProducer:
     return AIOKafkaProducer(**client_kwargs(settings), **options)
 
 
-async def ensure_topics(settings: Settings, specs: Iterable[TopicSpec] | None = None) -> list[str]:
-    """Create missing topics; return the names that were created."""
+async def ensure_topics(settings: Settings, specs: Iterable[TopicSpec] | None = None, attempts: int = 10) -> list[str]:
+    """Create missing topics; return the names that were created.
+
+    A retriable error (a request sent to a broker that just went down, a leader moving) is
+    retried, once a second: with one broker of three down, publishing must still work.
+    """
     specs = list(specs or Topics(settings.namespace).specs(settings.partitions, settings.replication_factor))
+    for _ in range(attempts - 1):
+        try:
+            return await _ensure_topics(settings, specs)
+        except KafkaError as error:
+            # Not a failed bootstrap: no broker answering, or refused credentials, is said at once.
+            if not error.retriable or isinstance(error, KafkaConnectionError):
+                raise
+            await asyncio.sleep(1.0)
+    return await _ensure_topics(settings, specs)
+
+
+async def _ensure_topics(settings: Settings, specs: list[TopicSpec]) -> list[str]:
     admin = AIOKafkaAdminClient(**client_kwargs(settings))
     await admin.start()
     try:
@@ -172,7 +188,7 @@ async def diagnose_connection(settings: Settings) -> str:
     bootstrap"; one direct connection tells them apart.
     """
     from aiokafka.conn import create_conn
-    from aiokafka.errors import KafkaError, SaslAuthenticationFailed, UnsupportedSaslMechanismError
+    from aiokafka.errors import SaslAuthenticationFailed, UnsupportedSaslMechanismError
 
     first = settings.bootstrap_servers.split(",")[0].strip()
     host, _, port = first.rpartition(":")

@@ -7,6 +7,7 @@ import json
 import os
 import shutil
 import signal
+import time
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -24,7 +25,7 @@ from streams.embed import version_for
 from streams.publish import encode_document, publish_records
 from streams.settings import Settings
 from streams.topics import Topics
-from streams.vectorstore import MilvusStore
+from streams.vectorstore import MilvusStore, StoreUnavailable
 
 from ..conftest import TEST_PORT, WorkerProcess, run
 
@@ -107,7 +108,14 @@ class IndexSnapshot:
 
 def snapshot(settings: Settings) -> IndexSnapshot:
     """Read the namespace's whole collection (the worker that owns Milvus Lite must be stopped)."""
-    store = MilvusStore.from_settings(settings, version_for(settings))
+    for _ in range(10):  # a Milvus server that just restarted, on a busy machine, may refuse a moment
+        try:
+            store = MilvusStore.from_settings(settings, version_for(settings))
+            break
+        except StoreUnavailable:
+            time.sleep(3.0)
+    else:
+        store = MilvusStore.from_settings(settings, version_for(settings))
     try:
         total = store.count()
         rows = store._client.query(  # a test reads every row, vectors included
