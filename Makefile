@@ -6,7 +6,7 @@ LLMOPS := $(VENV)/bin/llmops
 STAMP  := $(VENV)/.installed-stamp
 
 .DEFAULT_GOAL := help
-.PHONY: help install run test test-unit test-integration lint format bench kafka-up kafka-down clean
+.PHONY: help install run test test-unit test-integration test-faults soak lint format bench kafka-up kafka-down clean
 
 help: ## List the targets
 	@grep -hE '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "} {printf "  \033[36m%-18s\033[0m %s\n", $$1, $$2}'
@@ -26,13 +26,16 @@ run: install ## Start the broker and a worker, publish the stdlib corpus, print 
 
 test: install ## Lint, then run every test tier against the real broker (started by the tests)
 	$(MAKE) lint
-	$(PY) -m pytest tests
+	$(PY) -m pytest tests -m "not faults"
 
 test-unit: install ## Only the pure, fast tests (no broker)
 	$(PY) -m pytest tests/unit tests/functional
 
-test-integration: install ## Only the tests against the real broker
-	$(PY) -m pytest tests/integration
+test-integration: install ## Only the tests against the real broker (fault tests aside)
+	$(PY) -m pytest tests/integration -m "not faults"
+
+test-faults: install ## Break real processes (kill -9, SIGTERM, broker restarts, a 3-broker cluster, SASL, garbage); prints FAULT lines
+	$(PY) -m pytest tests -m faults -s
 
 lint: install ## ruff (bug-catching rules) and mypy --strict on streams/ and agents/
 	$(VENV)/bin/ruff check streams agents tests bench
@@ -42,6 +45,9 @@ lint: install ## ruff (bug-catching rules) and mypy --strict on streams/ and age
 format: install ## Apply ruff's fixes and formatting
 	$(VENV)/bin/ruff check --fix streams agents tests bench
 	$(VENV)/bin/ruff format streams agents tests bench
+
+soak: install ## Soak at 70% of max throughput for 10 minutes (MINUTES=n): lag and worker memory, JSON in bench/out/soak.json
+	$(PY) bench/soak.py --minutes $(or $(MINUTES),10)
 
 bench: install ## Benchmarks (print JSON, write plots under bench/out/)
 	$(PY) bench/ingest_throughput.py

@@ -21,7 +21,7 @@ import faust
 
 from agents import faust_fixes
 from streams.settings import Settings
-from streams.topics import Topics
+from streams.topics import Topics, TopicSpec
 from streams.tracing import Telemetry
 
 AGENT_GROUPS = ("ingest", "embed", "index", "infer", "monitor")
@@ -109,3 +109,24 @@ def create_app(
 
         register_monitor(app, settings)
     return app
+
+
+def internal_topic_specs(app: faust.App, settings: Settings) -> list[TopicSpec]:
+    """Faust's own topics of ``app`` (table changelogs, the assignor's leader topic), to create first.
+
+    Faust creates them itself moments before its first rebalance. On a cluster the consumer's
+    metadata can lag that creation: the assignor then skips the changelog ("Ignoring missing
+    topic") and table recovery waits for it forever. Created (and propagated) before the worker
+    starts, they are in the metadata from its first fetch.
+    """
+    specs = [
+        TopicSpec(
+            table.changelog_topic.get_topic_name(),
+            table.partitions or settings.partitions,
+            settings.replication_factor,
+            {"cleanup.policy": "compact"},
+        )
+        for table in app.tables.values()
+    ]
+    specs.append(TopicSpec(f"{app.conf.id}-__assignor-__leader", 1, settings.replication_factor))
+    return specs

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import logging
+import os
 import time
-from typing import Any
+from collections.abc import Sequence
+from typing import Any, NoReturn
 
 import faust
 
@@ -15,6 +18,9 @@ from streams.topics import Topics
 from streams.tracing import Delivery
 
 log = get_logger(__name__)
+# Exit codes of a worker that stopped without acknowledging a batch (see stop_without_acking).
+EXIT_BATCH_FAILED = 70  # EX_SOFTWARE: a batch raised; restart the worker to read it again
+EXIT_HANDED_BACK = 0  # asked to stop while a batch could not finish; it is read again on restart
 
 
 def raw_topic(app: faust.App, name: str, settings: Settings) -> Any:
@@ -75,3 +81,40 @@ async def send_dead_letter(
     value = codec.encode("DeadLetter", letter.to_avro(), topics.deadletter)
     headers = [letter.source.header, *trace_headers]
     return await app.producer.send(topics.deadletter, letter.key, value, None, None, headers)
+
+
+async def stop_without_acking(
+    app: faust.App, stage: str, events: Sequence[Any], error: BaseException, *, requested: bool = False
+) -> NoReturn:
+    """End this worker now, committing what earlier batches finished but not ``events``.
+
+    Faust acknowledges every event of a ``take_events`` batch when the batch's generator closes,
+    also when the agent failed in the middle of it, and its next commit (a supervisor restart of
+    the agent, or the graceful stop) then moves the offsets past records that produced nothing.
+    This is called from inside the failed batch, before that can happen: it commits what is
+    acknowledged so far (earlier batches, whose outputs are acked by the broker) and exits the
+    process, so a restarted worker reads the batch again (at least once; downstream writes are
+    idempotent). ``requested``: the worker is stopping (exit 0); otherwise the batch failed and the
+    exit code is ``EXIT_BATCH_FAILED`` for the process supervisor to restart it.
+    """
+    first = events[0].message if events else None
+    log.error(
+        "batch_handed_back" if requested else "batch_failed",
+        stage=stage,
+        records=len(events),
+        topic=first.topic if first else None,
+        partition=first.partition if first else None,
+        offset=first.offset if first else None,
+        error=repr(error),
+    )
+    try:
+        await app.consumer.commit()
+    except Exception as commit_error:  # noqa: BLE001 - exiting anyway; uncommitted work is redelivered
+        log.warning("commit_before_exit_failed", error=repr(commit_error))
+    exit_process(EXIT_HANDED_BACK if requested else EXIT_BATCH_FAILED)
+
+
+def exit_process(code: int) -> NoReturn:
+    """Flush the logs and end the process now: a graceful stop would acknowledge the batch."""
+    logging.shutdown()
+    os._exit(code)

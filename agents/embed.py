@@ -13,7 +13,7 @@ from typing import Any
 
 import faust
 
-from agents.common import dead_letter_for, delivery_of, raw_topic, send_dead_letter
+from agents.common import dead_letter_for, delivery_of, raw_topic, send_dead_letter, stop_without_acking
 from streams.avro import CodecError, codec_from_settings
 from streams.embed import OnnxEmbedder
 from streams.indexing import embed_chunks
@@ -37,33 +37,39 @@ def register_embed(app: faust.App, settings: Settings, tracer: AgentTracer) -> A
     @app.agent(raw_topic(app, topics.docs_clean, settings), name="embed")
     async def embed(stream: Any) -> None:
         async for events in stream.take_events(settings.embed_batch_size, within=settings.embed_batch_seconds):
-            with tracer.batch([delivery_of(event) for event in events]) as batch:
-                decoded: list[tuple[int, Any, dict[str, Any]]] = []
-                pending = []
-                for i, event in enumerate(events):
-                    try:
-                        chunk = codec.decode(event.message.value or b"", "CleanChunk")
-                    except CodecError as error:
-                        batch.fail(i, error.reason, error.detail)
-                        with batch.current(i):
-                            letter = dead_letter_for(event, "embed", error.reason, error.detail)
-                            pending.append(await send_dead_letter(app, codec, topics, letter, batch.inject(i, [])))
-                        continue
-                    batch.annotate(i, doc_id=chunk["doc_id"], chunk_id=chunk["chunk_id"], op=chunk["op"])
-                    decoded.append((i, event, chunk))
-                # ONNX Runtime releases the GIL: embedding in a thread keeps the event loop (and the
-                # other agents of this worker) running meanwhile.
-                with batch.step("onnx.embed", chunks=len(decoded), model=embedder.name):
-                    records = await asyncio.get_running_loop().run_in_executor(
-                        None, embed_chunks, [chunk for _, _, chunk in decoded], embedder
-                    )
-                for (i, event, _), record in zip(decoded, records, strict=True):
-                    record["traceparent"] = batch.traceparent(i)
-                    source = [h for h in header_items(event.message.headers) if h[0] == SOURCE_HEADER]
-                    value = codec.encode("ChunkEmbedding", record, topics.docs_embeddings)
-                    key = record["doc_id"].encode()
-                    headers = batch.inject(i, source)
-                    pending.append(await app.producer.send(topics.docs_embeddings, key, value, None, None, headers))
-                await asyncio.gather(*pending)
+            try:
+                await embed_batch(events)
+            except Exception as error:  # noqa: BLE001 - commit nothing of this batch, exit, be restarted
+                await stop_without_acking(app, "embed", events, error)
+
+    async def embed_batch(events: list[Any]) -> None:
+        with tracer.batch([delivery_of(event) for event in events]) as batch:
+            decoded: list[tuple[int, Any, dict[str, Any]]] = []
+            pending = []
+            for i, event in enumerate(events):
+                try:
+                    chunk = codec.decode(event.message.value or b"", "CleanChunk")
+                except CodecError as error:
+                    batch.fail(i, error.reason, error.detail)
+                    with batch.current(i):
+                        letter = dead_letter_for(event, "embed", error.reason, error.detail)
+                        pending.append(await send_dead_letter(app, codec, topics, letter, batch.inject(i, [])))
+                    continue
+                batch.annotate(i, doc_id=chunk["doc_id"], chunk_id=chunk["chunk_id"], op=chunk["op"])
+                decoded.append((i, event, chunk))
+            # ONNX Runtime releases the GIL: embedding in a thread keeps the event loop (and the
+            # other agents of this worker) running meanwhile.
+            with batch.step("onnx.embed", chunks=len(decoded), model=embedder.name):
+                records = await asyncio.get_running_loop().run_in_executor(
+                    None, embed_chunks, [chunk for _, _, chunk in decoded], embedder
+                )
+            for (i, event, _), record in zip(decoded, records, strict=True):
+                record["traceparent"] = batch.traceparent(i)
+                source = [h for h in header_items(event.message.headers) if h[0] == SOURCE_HEADER]
+                value = codec.encode("ChunkEmbedding", record, topics.docs_embeddings)
+                key = record["doc_id"].encode()
+                headers = batch.inject(i, source)
+                pending.append(await app.producer.send(topics.docs_embeddings, key, value, None, None, headers))
+            await asyncio.gather(*pending)
 
     return embed

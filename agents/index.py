@@ -2,7 +2,8 @@
 
 Writes are idempotent (keyed by chunk id), so redeliveries and replays never duplicate. When
 Milvus fails, the batch is retried with exponential backoff and its events stay unacknowledged,
-so no offset past an unwritten record is committed. Vectors of another model version are
+so no offset past an unwritten record is committed; a worker asked to stop meanwhile exits
+without acknowledging the batch (it is read again on restart). Vectors of another model version are
 dead-lettered (FOREIGN_MODEL_VERSION): they belong in another collection. Each record's span
 ends its document's trace; the batch span holds the Milvus write.
 """
@@ -10,11 +11,12 @@ ends its document's trace; the batch span holds the Milvus write.
 from __future__ import annotations
 
 import asyncio
+import math
 from typing import Any
 
 import faust
 
-from agents.common import dead_letter_for, delivery_of, raw_topic, send_dead_letter
+from agents.common import dead_letter_for, delivery_of, raw_topic, send_dead_letter, stop_without_acking
 from streams.avro import CodecError, codec_from_settings
 from streams.embed import version_for
 from streams.indexing import ShuttingDown, write_with_retry
@@ -46,8 +48,21 @@ def register_index(app: faust.App, settings: Settings, tracer: AgentTracer) -> A
         except Exception as error:  # noqa: BLE001 - retried with backoff on the first batch
             log.warning("vector_store_unavailable", error=repr(error), retry_in_s=0)
         async for events in stream.take_events(settings.index_batch_size, within=settings.index_batch_seconds):
-            with tracer.batch([delivery_of(event) for event in events]) as batch:
-                await index_batch(events, batch)
+            try:
+                with tracer.batch([delivery_of(event) for event in events]) as batch:
+                    await index_batch(events, batch)
+            except ShuttingDown as stopping:  # the store is down and the worker stops: hand the batch back
+                await stop_without_acking(app, "index", events, stopping, requested=True)
+            except Exception as error:  # noqa: BLE001 - commit nothing of this batch, exit, be restarted
+                await stop_without_acking(app, "index", events, error)
+
+    async def sleep_unless_stopping(seconds: float) -> None:
+        """The backoff wait, cut short when the worker is asked to stop (it can be 30 s long)."""
+        steps = max(1, math.ceil(seconds / 0.25))
+        for _ in range(steps):
+            if app.should_stop:
+                return
+            await asyncio.sleep(seconds / steps)
 
     async def index_batch(events: list[Any], batch: BatchTrace) -> None:
         records, pending = [], []
@@ -70,20 +85,18 @@ def register_index(app: faust.App, settings: Settings, tracer: AgentTracer) -> A
             with batch.current(i):
                 pending.append(await send_dead_letter(app, codec, topics, letter, batch.inject(i, [])))
         with batch.step("milvus.write", records=len(records)) as span:
-            try:
-                report = await write_with_retry(
-                    records,
-                    open_store,
-                    model_version,
-                    stores=stores,
-                    should_stop=lambda: bool(app.should_stop),
-                    on_retry=lambda error, delay: log.warning(
-                        "vector_store_unavailable", error=repr(error), retry_in_s=delay
-                    ),
-                    max_backoff=MAX_BACKOFF_SECONDS,
-                )
-            except ShuttingDown:
-                raise asyncio.CancelledError from None  # hand the batch back unacknowledged
+            report = await write_with_retry(
+                records,
+                open_store,
+                model_version,
+                stores=stores,
+                should_stop=lambda: bool(app.should_stop),
+                sleep=sleep_unless_stopping,
+                on_retry=lambda error, delay: log.warning(
+                    "vector_store_unavailable", error=repr(error), retry_in_s=delay
+                ),
+                max_backoff=MAX_BACKOFF_SECONDS,
+            )
             span.set_attributes({"llmops.upserted": report.upserted, "llmops.deleted_chunks": report.deleted_chunks})
         if report.freshness_ms:
             ordered = sorted(report.freshness_ms)

@@ -14,7 +14,7 @@ from typing import Any
 
 import faust
 
-from agents.common import delivery_of, log_dead_letter, raw_topic, source_of
+from agents.common import delivery_of, log_dead_letter, raw_topic, source_of, stop_without_acking
 from streams.avro import codec_from_settings
 from streams.chunk import default_tokenizer
 from streams.dedup import LookupIndex
@@ -66,28 +66,42 @@ def register_ingest(app: faust.App, settings: Settings, tracer: AgentTracer) -> 
     @app.agent(docs_raw, name="ingest")
     async def ingest(stream: Any) -> None:
         async for events in stream.take_events(settings.ingest_batch_size, within=settings.ingest_batch_seconds):
-            with tracer.batch([delivery_of(event) for event in events]) as batch:
-                records = [record_from_event(event, batch.traceparent(i)) for i, event in enumerate(events)]
-                if not lookups:
-                    lookups.append(
-                        LookupIndex.build(dedup_table.items(), settings.near_dup_max_hamming, settings.near_dup_enabled)
-                    )
-                with batch.step("ingest.pipeline", records=len(records)):
-                    results = pipeline.process_batch(records, dedup_table, lookups[0])
-                # Straight to Faust's producer, one enqueue per record and one wait per batch: the
-                # batch's events are acknowledged only after every output is acked by the broker.
-                pending = []
-                for i, (record, result) in enumerate(zip(records, results, strict=True)):
-                    batch.annotate(i, doc_id=result.doc_id, outcome=result.outcome.value, chunks=len(result.chunks))
-                    with batch.current(i):
-                        for out in encode_outputs(result, record, codec, topics):
-                            headers = batch.inject(i, out.headers)
-                            pending.append(await app.producer.send(out.topic, out.key, out.value, None, None, headers))
-                        totals[result.outcome.value] += 1
-                        if result.dead_letter is not None:
-                            batch.fail(i, result.dead_letter.reason, result.dead_letter.detail)
-                            log_dead_letter(result.dead_letter)
-                await asyncio.gather(*pending)
+            try:
+                await ingest_batch(events)
+            except Exception as error:  # noqa: BLE001 - commit nothing of this batch, exit, be restarted
+                await stop_without_acking(app, "ingest", events, error)
+
+    changelog = dedup_table.changelog_topic.get_topic_name()
+
+    async def ingest_batch(events: list[Any]) -> None:
+        # A table write picks its changelog partition from the producer's metadata without waiting
+        # for it; on a cluster that metadata can lack the changelog topic for minutes after start,
+        # and every write failed (each document dead-lettered as INTERNAL_ERROR). Waiting here costs
+        # nothing once the topic is known. (Faust exposes its aiokafka producer only privately.)
+        producer: Any = app.producer
+        await producer._ensure_producer().partitions_for(changelog)
+        with tracer.batch([delivery_of(event) for event in events]) as batch:
+            records = [record_from_event(event, batch.traceparent(i)) for i, event in enumerate(events)]
+            if not lookups:
+                lookups.append(
+                    LookupIndex.build(dedup_table.items(), settings.near_dup_max_hamming, settings.near_dup_enabled)
+                )
+            with batch.step("ingest.pipeline", records=len(records)):
+                results = pipeline.process_batch(records, dedup_table, lookups[0])
+            # Straight to Faust's producer, one enqueue per record and one wait per batch: the
+            # batch's events are acknowledged only after every output is acked by the broker.
+            pending = []
+            for i, (record, result) in enumerate(zip(records, results, strict=True)):
+                batch.annotate(i, doc_id=result.doc_id, outcome=result.outcome.value, chunks=len(result.chunks))
+                with batch.current(i):
+                    for out in encode_outputs(result, record, codec, topics):
+                        headers = batch.inject(i, out.headers)
+                        pending.append(await app.producer.send(out.topic, out.key, out.value, None, None, headers))
+                    totals[result.outcome.value] += 1
+                    if result.dead_letter is not None:
+                        batch.fail(i, result.dead_letter.reason, result.dead_letter.detail)
+                        log_dead_letter(result.dead_letter)
+            await asyncio.gather(*pending)
 
     @app.timer(interval=10.0)  # type: ignore[untyped-decorator]  # faust's decorators are untyped
     async def report_totals() -> None:

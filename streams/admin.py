@@ -10,13 +10,14 @@ Why this exists:
 from __future__ import annotations
 
 import asyncio
+import ssl
 from collections.abc import AsyncIterator, Iterable
 from dataclasses import dataclass
 from typing import Any
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
-from aiokafka.errors import TopicAlreadyExistsError
+from aiokafka.errors import KafkaConnectionError, KafkaError, TopicAlreadyExistsError
 
 from streams.settings import Settings
 from streams.topics import Topics, TopicSpec
@@ -40,9 +41,25 @@ def producer(settings: Settings, **overrides: Any) -> AIOKafkaProducer:
     return AIOKafkaProducer(**client_kwargs(settings), **options)
 
 
-async def ensure_topics(settings: Settings, specs: Iterable[TopicSpec] | None = None) -> list[str]:
-    """Create missing topics; return the names that were created."""
+async def ensure_topics(settings: Settings, specs: Iterable[TopicSpec] | None = None, attempts: int = 10) -> list[str]:
+    """Create missing topics; return the names that were created.
+
+    A retriable error (a request sent to a broker that just went down, a leader moving) is
+    retried, once a second: with one broker of three down, publishing must still work.
+    """
     specs = list(specs or Topics(settings.namespace).specs(settings.partitions, settings.replication_factor))
+    for _ in range(attempts - 1):
+        try:
+            return await _ensure_topics(settings, specs)
+        except KafkaError as error:
+            # Not a failed bootstrap: no broker answering, or refused credentials, is said at once.
+            if not error.retriable or isinstance(error, KafkaConnectionError):
+                raise
+            await asyncio.sleep(1.0)
+    return await _ensure_topics(settings, specs)
+
+
+async def _ensure_topics(settings: Settings, specs: list[TopicSpec]) -> list[str]:
     admin = AIOKafkaAdminClient(**client_kwargs(settings))
     await admin.start()
     try:
@@ -184,3 +201,37 @@ async def wait_for_group(settings: Settings, group: str, timeout: float = 90.0) 
             return True
         await asyncio.sleep(0.5)
     return False
+
+
+async def diagnose_connection(settings: Settings) -> str:
+    """Why the first bootstrap server cannot be used, in words (never with the password).
+
+    aiokafka reports a refused login, a TLS failure and a stopped broker alike, as "Unable to
+    bootstrap"; one direct connection tells them apart.
+    """
+    from aiokafka.conn import create_conn
+    from aiokafka.errors import SaslAuthenticationFailed, UnsupportedSaslMechanismError
+
+    first = settings.bootstrap_servers.split(",")[0].strip()
+    host, _, port = first.rpartition(":")
+    try:
+        connection = await create_conn(host, int(port), request_timeout_ms=10_000, **settings.kafka_client_config())
+    except SaslAuthenticationFailed:
+        return (
+            f"Kafka at {first} refused the credentials of user {settings.sasl_username!r} "
+            f"({settings.sasl_mechanism}): check LLMOPS_SASL_USERNAME and LLMOPS_SASL_PASSWORD"
+        )
+    except UnsupportedSaslMechanismError as error:
+        return f"Kafka at {first} does not offer {settings.sasl_mechanism}: {error} (LLMOPS_SASL_MECHANISM)"
+    except ssl.SSLError as error:
+        return (
+            f"the TLS handshake with Kafka at {first} failed: {error.reason or error}; check LLMOPS_SSL_CAFILE "
+            f"(the CA that signed the broker's certificate) and LLMOPS_SECURITY_PROTOCOL ({settings.security_protocol})"
+        )
+    except (TimeoutError, OSError, KafkaError) as error:
+        return (
+            f"cannot connect to Kafka at {first} with {settings.security_protocol}: {error!r} "
+            "(is the broker running, e.g. `llmops kafka start`, and does it expect this security protocol?)"
+        )
+    connection.close()
+    return f"Kafka at {first} accepts a connection now; the earlier failure was transient or from another broker"

@@ -154,7 +154,7 @@ def worker(agents: str) -> None:
     """
     import faust
 
-    from agents.app import create_app
+    from agents.app import create_app, internal_topic_specs
     from streams.admin import ensure_topics
     from streams.logs import configure_logging
     from streams.tracing import Telemetry
@@ -167,6 +167,7 @@ def worker(agents: str) -> None:
         app = create_app(settings, [a.strip() for a in agents.split(",") if a.strip()], telemetry)
     except ValueError as error:
         raise click.ClickException(str(error)) from None
+    asyncio.run(ensure_topics(settings, internal_topic_specs(app, settings)))
     runner = faust.Worker(app, loglevel=settings.log_level.lower(), override_logging=False, redirect_stdouts=False)
     try:
         runner.execute_from_commandline()
@@ -414,19 +415,16 @@ cli.add_command(monitor)
 
 
 def main() -> None:
-    """Console-script entry point: an unreachable broker is a one-line error, not a traceback."""
+    """Console-script entry point; a broker that cannot be used is explained in one line."""
     from aiokafka.errors import KafkaConnectionError
 
     try:
         cli()
-    except KafkaConnectionError as error:
-        servers = _settings().bootstrap_servers
-        click.echo(
-            f"Error: cannot reach Kafka at {servers} ({error}). Start the embedded broker with "
-            "`llmops kafka start`, or point LLMOPS_BOOTSTRAP_SERVERS at a running one.",
-            err=True,
-        )
-        sys.exit(1)
+    except KafkaConnectionError:
+        from streams.admin import diagnose_connection
+
+        click.echo(f"Error: {asyncio.run(diagnose_connection(_settings()))}", err=True)
+        sys.exit(2)
 
 
 if __name__ == "__main__":

@@ -13,6 +13,10 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any
 
+# Half the default producer request (and broker message) limit of 1 MiB: a dead letter always fits.
+MAX_DEAD_LETTER_BYTES = 512 * 1024
+MAX_DETAIL_CHARS = 4000
+
 
 class ChunkOp(StrEnum):
     """What a CleanChunk asks downstream stages to do."""
@@ -93,7 +97,13 @@ class CleanChunk:
 
 @dataclass(frozen=True)
 class DeadLetter:
-    """A rejected record with its original bytes (schema ``DeadLetter``)."""
+    """A rejected record with its original bytes (schema ``DeadLetter``).
+
+    Key and value are kept whole up to :data:`MAX_DEAD_LETTER_BYTES` together; beyond that the
+    value (then the key) is cut and ``detail`` says so and where the whole record is. Without the
+    cut, a rejected record close to the 1 MiB producer limit would make a dead letter larger than
+    the limit, and its stage would fail to send it.
+    """
 
     reason: str
     detail: str
@@ -122,6 +132,16 @@ class DeadLetter:
         now_ms: int,
     ) -> DeadLetter:
         """The dead letter of one input record: its original bytes, where it was, and why."""
+        detail = detail[:MAX_DETAIL_CHARS]
+        size = len(key or b"") + len(value or b"")
+        if size > MAX_DEAD_LETTER_BYTES:
+            key = key[:MAX_DEAD_LETTER_BYTES] if key is not None else None
+            room = MAX_DEAD_LETTER_BYTES - len(key or b"")
+            value = value[:room] if value is not None else None
+            detail += (
+                f" [key and value cut to their first {MAX_DEAD_LETTER_BYTES} of {size} bytes; the whole record "
+                f"is at {source.topic}:{source.partition}:{source.offset}]"
+            )
         return cls(
             reason,
             detail,

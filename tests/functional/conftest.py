@@ -13,6 +13,13 @@ from streams.settings import Settings
 from streams.tracing import Telemetry
 
 
+class _MetadataReady:
+    """What the agent asks of the (unstarted) aiokafka producer: the changelog's partitions."""
+
+    async def partitions_for(self, topic: str) -> set[int]:
+        return {0}
+
+
 class _FakeFuture:
     class message:
         partition = 0
@@ -38,6 +45,7 @@ async def ingest_context(
         return done
 
     monkeypatch.setattr(app.producer, "send", record_send)
+    monkeypatch.setattr(app.producer, "_ensure_producer", lambda: _MetadataReady())
     table = app.tables["ingest-dedup"]
     monkeypatch.setattr(type(table), "send_changelog", lambda *a, **k: _FakeFuture())
     agent = app.agents["ingest"]

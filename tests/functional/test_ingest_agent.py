@@ -5,6 +5,7 @@ producer's ``send`` is recorded here (the one stand-in in this tier); the dedup 
 is the real Faust table with its in-memory store.
 """
 
+import asyncio
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -44,3 +45,32 @@ async def test_good_bad_and_duplicate_records_reach_their_topics(harness: tuple[
     assert (letter["reason"], letter["value"], letter["key"]) == ("BAD_JSON", b"not json", b"d3")
     assert CODEC.decode(sent[3][2], "CleanChunk")["op"] == "DELETE"
     assert all(any(h[0] == SOURCE_HEADER for h in s[3]) for s in sent)
+
+
+async def test_a_batch_that_fails_ends_the_worker_without_acknowledging_it(
+    harness: tuple[Any, list], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An output that cannot be sent: no ack for the batch (so no commit), exit code 70 for the supervisor."""
+    context, _ = harness
+    put: list[Any] = []
+    exits: list[tuple[int, list[bool]]] = []
+
+    def record_exit(code: int) -> None:
+        exits.append((code, [event.message.acked for event in put]))
+        raise asyncio.CancelledError  # ends the agent here; the real exit ends the process
+
+    async def failing_send(*args: Any) -> Any:
+        for _ in range(200):  # until the test holds the event, to look at it when the agent exits
+            if put:
+                break
+            await asyncio.sleep(0.01)
+        raise RuntimeError("MessageSizeTooLargeError, say")
+
+    monkeypatch.setattr("agents.common.exit_process", record_exit)
+    monkeypatch.setattr(context.app.producer, "send", failing_send)
+    put.append(await context.put(b'{"id": "d1", "text": "some words"}', key=b"d1"))
+    for _ in range(300):
+        if exits:
+            break
+        await asyncio.sleep(0.01)
+    assert exits == [(70, [False])], "exit code 70, and the batch not acknowledged when the worker exits"

@@ -1,0 +1,212 @@
+"""What the fault tests share: pipeline workers, waiting on committed offsets, Milvus snapshots."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import signal
+import time
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import pytest
+from aiokafka import TopicPartition
+
+from streams.admin import ensure_topics, offsets, read_range
+from streams.avro import AvroCodec, EmbeddedRegistry
+from streams.broker import BrokerError, EmbeddedKafka
+from streams.corpus import stdlib_documents
+from streams.demo import _committed, account, wait_for_stages
+from streams.embed import version_for
+from streams.publish import encode_document, publish_records
+from streams.settings import Settings
+from streams.topics import Topics
+from streams.vectorstore import MilvusStore, StoreUnavailable
+
+from ..conftest import TEST_PORT, WorkerProcess, run
+
+PIPELINE = ("ingest", "embed", "index")
+CODEC = AvroCodec(EmbeddedRegistry.from_directory())
+
+
+def fault_port(offset: int) -> int:
+    """A port for an extra broker: ``LLMOPS_TEST_KAFKA_PORT - offset`` (the test broker uses +0/+1)."""
+    return TEST_PORT - offset
+
+
+def report(fault: str, **figures: Any) -> None:
+    """Print what a fault test survived, as one JSON line (``pytest -s`` shows it)."""
+    print("FAULT " + json.dumps({"fault": fault, **figures}, sort_keys=True, default=str), flush=True)
+
+
+def unique_documents(limit: int, offset: int = 0) -> list[dict[str, Any]]:
+    """Stdlib documents whose texts are all different (a suffix makes sure), so dedup never fires."""
+    documents = list(stdlib_documents(limit=limit + offset))[offset:]
+    return [{**doc, "text": f"{doc['text']}\n\n(document {i} of the fault corpus)"} for i, doc in enumerate(documents)]
+
+
+def records_of(documents: Iterable[dict[str, Any]]) -> list[tuple[bytes | None, bytes | None]]:
+    return [encode_document(doc) for doc in documents]
+
+
+def pipeline_worker(settings: Settings) -> WorkerProcess:
+    return WorkerProcess(settings, agents=",".join(PIPELINE))
+
+
+def publish(settings: Settings, records: list[tuple[bytes | None, bytes | None]]) -> None:
+    run(ensure_topics(settings))
+    run(publish_records(settings, records))
+
+
+def raw_end(settings: Settings) -> dict[TopicPartition, int]:
+    return run(offsets(settings, [Topics(settings.namespace).docs_raw]))[1]
+
+
+def end_total(settings: Settings, topic: str) -> int:
+    return sum(run(offsets(settings, [topic]))[1].values())
+
+
+def committed_total(settings: Settings, group: str, topic: str) -> int:
+    return sum(offset for tp, offset in run(_committed(settings, group)).items() if tp.topic == topic)
+
+
+def wait_pipeline(settings: Settings, worker: WorkerProcess, timeout: float = 300.0) -> None:
+    """Wait until every stage has committed everything published so far, or fail with the log."""
+    ok, _ = wait_for_stages(settings, [PIPELINE], raw_end(settings), timeout, alive=worker.alive)
+    assert ok, f"the pipeline did not catch up (alive={worker.alive()}); log:\n{worker.log_tail()}"
+
+
+def sigkill(worker: WorkerProcess) -> None:
+    assert worker.process is not None
+    os.kill(worker.process.pid, signal.SIGKILL)
+    worker.process.wait()
+
+
+@dataclass(frozen=True)
+class IndexSnapshot:
+    """Every row of a namespace's collection: chunk id -> (doc id, text, vector)."""
+
+    rows: dict[str, tuple[str, str, np.ndarray]]
+
+    def differences(self, other: IndexSnapshot) -> dict[str, Any]:
+        """Empty when both hold the same chunk ids, texts and vectors (float32 tolerance)."""
+        missing = sorted(set(self.rows) - set(other.rows))
+        extra = sorted(set(other.rows) - set(self.rows))
+        changed = [
+            chunk_id
+            for chunk_id in set(self.rows) & set(other.rows)
+            if self.rows[chunk_id][:2] != other.rows[chunk_id][:2]
+            or not np.allclose(self.rows[chunk_id][2], other.rows[chunk_id][2], atol=1e-6)
+        ]
+        problems = {"missing": missing[:10], "extra": extra[:10], "changed": sorted(changed)[:10]}
+        return {k: v for k, v in problems.items() if v}
+
+
+def snapshot(settings: Settings) -> IndexSnapshot:
+    """Read the namespace's whole collection (the worker that owns Milvus Lite must be stopped)."""
+    for _ in range(10):  # a Milvus server that just restarted, on a busy machine, may refuse a moment
+        try:
+            store = MilvusStore.from_settings(settings, version_for(settings))
+            break
+        except StoreUnavailable:
+            time.sleep(3.0)
+    else:
+        store = MilvusStore.from_settings(settings, version_for(settings))
+    try:
+        total = store.count()
+        rows = store._client.query(  # a test reads every row, vectors included
+            store.collection,
+            filter="chunk_index >= 0",
+            output_fields=["chunk_id", "doc_id", "text", "vector"],
+            limit=max(total, 1),
+        )
+    finally:
+        store.close()
+    snap = IndexSnapshot(
+        {row["chunk_id"]: (row["doc_id"], row["text"], np.asarray(row["vector"], dtype=np.float32)) for row in rows}
+    )
+    assert len(snap.rows) == total, f"count() says {total}, query returned {len(snap.rows)}"
+    return snap
+
+
+async def _outputs(settings: Settings, before: dict[TopicPartition, int], names: list[str]) -> list[Any]:
+    _, end = await offsets(settings, names)
+    return [message async for message in read_range(settings, before, end)]
+
+
+def account_raw(settings: Settings) -> dict[str, Any]:
+    """Every docs.raw offset of the namespace matched with the ingest outputs that name it."""
+    topics = Topics(settings.namespace)
+    begin, end = run(offsets(settings, [topics.docs_raw]))
+    published = {tp: (begin[tp], end[tp]) for tp in end}
+    outputs = run(_outputs(settings, {}, [topics.docs_clean, topics.docs_duplicates, topics.deadletter]))
+    return account(published, outputs, CODEC, topics)
+
+
+def _by_partition(messages: list[Any]) -> dict[tuple[str, int], list[Any]]:
+    grouped: dict[tuple[str, int], list[Any]] = {}
+    for message in messages:
+        grouped.setdefault((message.topic, message.partition), []).append(message)
+    return grouped
+
+
+def committed_but_unprocessed(settings: Settings, group: str, index: IndexSnapshot | None) -> dict[str, list[str]]:
+    """Records below a committed offset whose output is missing, per stage (empty lists = none).
+
+    ingest: a docs.raw offset below the commit that no output names in its ``llmops.source``
+    header. embed: a docs.clean chunk below the commit with no docs.embeddings record.
+    index: a docs.embeddings UPSERT below the commit whose chunk is not in ``index``.
+    """
+    topics = Topics(settings.namespace)
+    committed = run(_committed(settings, group))
+    stage_topics = [topics.docs_raw, topics.docs_clean, topics.docs_duplicates, topics.deadletter]
+    messages = run(_outputs(settings, {}, [*stage_topics, topics.docs_embeddings]))
+    by_topic: dict[str, list[Any]] = {}
+    for message in messages:
+        by_topic.setdefault(message.topic, []).append(message)
+    sources = {
+        dict(m.headers or ()).get("llmops.source", b"").decode()
+        for name in (topics.docs_clean, topics.docs_duplicates, topics.deadletter)
+        for m in by_topic.get(name, [])
+    }
+    embedded = {CODEC.decode(m.value, "ChunkEmbedding")["chunk_id"] for m in by_topic.get(topics.docs_embeddings, [])}
+    problems: dict[str, list[str]] = {"ingest": [], "embed": [], "index": []}
+    for (topic, partition), records in _by_partition(messages).items():
+        limit = committed.get(TopicPartition(topic, partition), 0)
+        for message in records:
+            if message.offset >= limit:
+                continue
+            where = f"{topic}:{partition}:{message.offset}"
+            if topic == topics.docs_raw and where not in sources:
+                problems["ingest"].append(where)
+            elif topic == topics.docs_clean and CODEC.decode(message.value, "CleanChunk")["chunk_id"] not in embedded:
+                problems["embed"].append(where)
+            elif topic == topics.docs_embeddings and index is not None:
+                record = CODEC.decode(message.value, "ChunkEmbedding")
+                if record["op"] == "UPSERT" and record["chunk_id"] not in index.rows:
+                    problems["index"].append(where)
+    return problems
+
+
+def read_topic_messages(settings: Settings, name: str) -> list[Any]:
+    return run(_outputs(settings, {}, [name]))
+
+
+@contextlib.contextmanager
+def fresh(broker: EmbeddedKafka) -> Iterator[EmbeddedKafka]:
+    """Run ``broker`` on empty storage for the block; a broker that will not start fails the test."""
+    broker.stop()
+    shutil.rmtree(broker.storage_dir, ignore_errors=True)
+    try:
+        broker.start(timeout=180)
+    except BrokerError as error:
+        pytest.fail(f"a test broker on port {broker.port} did not start:\n{error}")
+    try:
+        yield broker
+    finally:
+        broker.stop()
+        shutil.rmtree(broker.storage_dir, ignore_errors=True)

@@ -1,0 +1,99 @@
+"""SASL/SCRAM-SHA-512, plain and over TLS, on a broker of the test's own: every client (admin,
+producers, consumers, the Faust worker) authenticates through settings, a wrong password fails
+with a clear message, and no log line ever holds the password."""
+
+from __future__ import annotations
+
+import secrets
+import shutil
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from pydantic import SecretStr
+
+from streams.admin import offsets
+from streams.broker import EmbeddedKafka
+from streams.broker_security import BrokerSecurity
+from streams.demo import wait_until_consumed
+from streams.settings import Settings
+from streams.topics import Topics
+
+from ..conftest import ROOT, WorkerProcess, run
+from .helpers import account_raw, fault_port, fresh, publish, records_of, report, unique_documents
+
+
+@pytest.fixture(params=["SASL_PLAINTEXT", "SASL_SSL"])
+def secured(request: pytest.FixtureRequest, settings: Settings, tmp_path: Path) -> Iterator[Settings]:
+    """Settings for a SCRAM-SHA-512 broker (port ``LLMOPS_TEST_KAFKA_PORT - 10``) and that broker."""
+    port = fault_port(10)
+    secured = settings.model_copy(
+        update={
+            "bootstrap_servers": f"127.0.0.1:{port}",
+            "security_protocol": request.param,
+            "sasl_mechanism": "SCRAM-SHA-512",
+            "sasl_username": "llmops-test",
+            "sasl_password": SecretStr("pw-" + secrets.token_urlsafe(18)),
+            "ssl_cafile": tmp_path / "tls" / "ca.pem",
+        }
+    )
+    broker = EmbeddedKafka(
+        ROOT / ".llmops" / "kafka", port=port, heap="256m", security=BrokerSecurity.from_settings(secured)
+    )
+    shutil.rmtree(broker.home / f"tls-{port}", ignore_errors=True)
+    with fresh(broker):
+        yield secured
+
+
+def cli(settings: Settings, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "streams.cli", *args],
+        capture_output=True,
+        text=True,
+        env=WorkerProcess(settings).env(),
+        cwd=ROOT,
+        timeout=120,
+        check=False,
+    )
+
+
+def test_scram_clients_work_wrong_passwords_fail_clearly_and_secrets_stay_out_of_logs(secured: Settings) -> None:
+    password = secured.sasl_password.get_secret_value() if secured.sasl_password else ""
+    topics = Topics(secured.namespace)
+    worker = WorkerProcess(secured, agents="ingest").start()
+    try:
+        records = records_of(unique_documents(30, offset=900))
+        publish(secured, records)
+        _, end = run(offsets(secured, [topics.docs_raw]))
+        consumed = run(wait_until_consumed(secured, topics.app_id("ingest"), end, 180.0, alive=worker.alive))
+        assert consumed, worker.log_tail()
+    finally:
+        assert worker.stop() == 0, worker.log_tail()
+    summary = account_raw(secured)
+    assert summary["accounted"] and summary["published"] == 30, summary
+
+    status = cli(secured, "kafka", "topics", "--json")
+    assert status.returncode == 0, status.stderr
+
+    wrong = secured.model_copy(update={"sasl_password": SecretStr("not-the-" + secrets.token_urlsafe(8))})
+    refused = cli(wrong, "kafka", "topics")
+    assert refused.returncode != 0
+    assert "refused the credentials of user 'llmops-test'" in refused.stderr, refused.stderr
+    refused_worker = cli(wrong, "worker", "--agents", "ingest")
+    assert refused_worker.returncode != 0
+    assert "LLMOPS_SASL_PASSWORD" in refused_worker.stderr, refused_worker.stderr[-2000:]
+
+    logs = worker.log.read_text(errors="replace") + status.stdout + status.stderr
+    wrong_password = wrong.sasl_password.get_secret_value() if wrong.sasl_password else ""
+    outputs = refused.stdout + refused.stderr + refused_worker.stdout + refused_worker.stderr
+    assert password not in logs and wrong_password not in outputs
+    report(
+        f"{secured.security_protocol} with SCRAM-SHA-512",
+        documents=30,
+        accounted=summary["accounted"],
+        wrong_password_message=refused.stderr.strip().splitlines()[-1],
+        worker_log_lines=len(worker.log.read_text().splitlines()),
+        password_in_logs=False,
+    )
