@@ -260,3 +260,19 @@ def test_models_cli_lists_versions_as_json(served: Settings) -> None:
     listed = json.loads(result.stdout)
     assert any(v["kind"] == "embedder" and v["stage"] == "production" for v in listed)
     assert all("artifact" not in v for v in listed)
+
+
+def test_a_request_is_one_trace_that_the_response_continues(served: Settings) -> None:
+    from streams.traceview import load_trace
+
+    (response,) = run(ask_all(served, [{"text": "read a zip archive", "task": "search"}]))
+    assert response["trace_id"], "the response record carries the request's trace context"
+    deadline = time.monotonic() + 30  # spans reach telemetry.spans about a second after they end
+    trace = None
+    while time.monotonic() < deadline and not trace:
+        trace = load_trace(served, request_id=response["request_id"])
+        time.sleep(0.5)
+    assert trace is not None and trace["trace_id"] == response["trace_id"]
+    names = {span["name"] for span in trace["spans"]}
+    assert f"infer {Topics(served.namespace).inference_requests}" in names  # the consumer span of the request
+    assert "llmops-infer" in trace["services"]
