@@ -158,7 +158,7 @@ def register_infer(app: faust.App, settings: Settings, tracer: AgentTracer) -> A
         request = shift_replayed_deadline(request, dict(message.headers or ()), received_ms)
         if service.models.store is None and request.task != "classify":
             service.swap(replace(service.models, store=await run_blocking(open_store)))
-        with batch.step("infer.answer", task=request.task, request_id=request.request_id):
+        with batch.step("infer.answer", task=request.task):
             response, verdict = await service.answer(request, received_ms)
         batch.annotate(0, status=response["status"], models=[m["version"][:12] for m in response["models"]])
         service.finish(response, received_ms)

@@ -127,6 +127,22 @@ def run_cli(settings: Settings, *args: str) -> subprocess.CompletedProcess[str]:
     )
 
 
+def final_chunks(clean: list[dict]) -> set[str]:
+    """The chunk ids that decoded ``docs.clean`` records leave in the index, applied in topic order.
+
+    A document that stepped down as a copy of a smaller id was upserted first and deleted later.
+    """
+    chunks: set[str] = set()
+    for chunk in clean:
+        if chunk["op"] == "UPSERT":
+            chunks.add(chunk["chunk_id"])
+        elif chunk["chunk_index"] < 0:
+            chunks = {c for c in chunks if not c.startswith(f"{chunk['doc_id']}#")}
+        else:
+            chunks.discard(chunk["chunk_id"])
+    return chunks
+
+
 def run(coro):  # type: ignore[no-untyped-def]
     """Run a coroutine from a synchronous test."""
     return asyncio.run(coro)

@@ -14,7 +14,7 @@ from streams.settings import Settings
 from streams.topics import Topics
 from streams.vectorstore import MilvusStore
 
-from .conftest import run, run_pipeline
+from .conftest import final_chunks, run, run_pipeline
 
 
 async def _collect(messages: Any) -> list[Any]:
@@ -31,14 +31,7 @@ def test_documents_become_searchable_once_and_the_index_follows_updates_and_dele
         codec.decode(m.value, "CleanChunk")
         for m in run(_collect(read_topic(settings, Topics(settings.namespace).docs_clean)))
     ]
-    expected: set[str] = set()  # the chunks docs.clean leaves in place, applied in topic order
-    for chunk in clean:
-        if chunk["op"] == "UPSERT":
-            expected.add(chunk["chunk_id"])
-        elif chunk["chunk_index"] < 0:
-            expected = {c for c in expected if not c.startswith(f"{chunk['doc_id']}#")}
-        else:
-            expected.discard(chunk["chunk_id"])
+    expected = final_chunks(clean)
     embedder = OnnxEmbedder.from_settings(settings)
     store = MilvusStore.from_settings(settings, embedder.version)
     try:
