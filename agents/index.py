@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import math
+import time
 from typing import Any
 
 import faust
@@ -28,6 +29,8 @@ from streams.vectorstore import VectorStore, shared_store
 
 log = get_logger(__name__)
 MAX_BACKOFF_SECONDS = 30.0
+SEAL_AFTER_IDLE_SECONDS = 1.0  # flush once no write came for this long...
+SEAL_AFTER_ROWS = 8192  # ...or when this many written rows are still unsealed
 
 
 def register_index(app: faust.App, settings: Settings, tracer: AgentTracer) -> Any:
@@ -55,6 +58,24 @@ def register_index(app: faust.App, settings: Settings, tracer: AgentTracer) -> A
                 await stop_without_acking(app, "index", events, stopping, requested=True)
             except Exception as error:  # noqa: BLE001 - commit nothing of this batch, exit, be restarted
                 await stop_without_acking(app, "index", events, error)
+
+    unsealed = {"rows": 0, "last_write": 0.0}
+
+    @app.timer(interval=1.0)  # type: ignore[untyped-decorator]  # faust's decorators are untyped
+    async def seal_segments() -> None:
+        """Flush written rows once writes pause (or many piled up), so that searches use an index."""
+        idle = time.monotonic() - unsealed["last_write"] >= SEAL_AFTER_IDLE_SECONDS
+        if not stores or not unsealed["rows"] or not (idle or unsealed["rows"] >= SEAL_AFTER_ROWS):
+            return
+        rows, unsealed["rows"] = unsealed["rows"], 0
+        flush = getattr(stores[0], "flush", None)
+        if flush is None:
+            return
+        try:
+            await asyncio.get_running_loop().run_in_executor(None, flush)
+        except Exception as error:  # noqa: BLE001 - searches stay correct, only slower; retried next tick
+            unsealed["rows"] += rows
+            log.warning("vector_store_flush_failed", error=repr(error))
 
     async def sleep_unless_stopping(seconds: float) -> None:
         """The backoff wait, cut short when the worker is asked to stop (it can be 30 s long)."""
@@ -98,6 +119,8 @@ def register_index(app: faust.App, settings: Settings, tracer: AgentTracer) -> A
                 max_backoff=MAX_BACKOFF_SECONDS,
             )
             span.set_attributes({"llmops.upserted": report.upserted, "llmops.deleted_chunks": report.deleted_chunks})
+        unsealed["rows"] += report.upserted + report.deleted_chunks
+        unsealed["last_write"] = time.monotonic()
         if report.freshness_ms:
             ordered = sorted(report.freshness_ms)
             log.debug("indexed", upserted=report.upserted, freshness_p50_ms=ordered[len(ordered) // 2])

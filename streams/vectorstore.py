@@ -230,6 +230,14 @@ class MilvusStore:
         """Per chunk, ms from the raw document's Kafka timestamp to its indexing (searchable)."""
         return [indexed - raw for raw, indexed in self.timings(limit)]
 
+    def flush(self) -> None:
+        """Seal the collection's growing segments so they get their index.
+
+        Milvus Lite searches rows that are not yet sealed without an index: with about 1,300
+        unsealed rows a search took 65 ms here, against 3 ms once sealed and indexed.
+        """
+        self._client.flush(self.collection)
+
     def count(self) -> int:
         rows = self._client.query(self.collection, filter="", output_fields=["count(*)"])
         return int(rows[0]["count(*)"])
