@@ -216,6 +216,10 @@ async def kafka_floor(settings: Settings, count: int = 300) -> dict[str, float]:
     ask_tp, answer_tp = TopicPartition(ask_topic, 0), TopicPartition(answer_topic, 0)
     echo_in.assign([ask_tp])
     answers.assign([answer_tp])
+    # Fresh topics: read from their beginning (the default "latest" can be resolved after the
+    # first record was sent, and the echo would wait for it forever).
+    await echo_in.seek_to_beginning(ask_tp)
+    await answers.seek_to_beginning(answer_tp)
 
     async def echo() -> None:
         while True:
@@ -228,8 +232,11 @@ async def kafka_floor(settings: Settings, count: int = 300) -> dict[str, float]:
         for _ in range(count):
             started = time.perf_counter()
             await sender.send(ask_topic, b"x" * 300)
-            while not (await answers.getmany(answer_tp, timeout_ms=1000)).get(answer_tp):
-                pass
+            for _ in range(30):
+                if (await answers.getmany(answer_tp, timeout_ms=1000)).get(answer_tp):
+                    break
+            else:
+                raise RuntimeError("the echo did not answer within 30 s")
             latencies.append((time.perf_counter() - started) * 1000)
             await asyncio.sleep(0.01)
     finally:
