@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import logging
 import os
-import time
 from collections.abc import Sequence
 from typing import Any, NoReturn
 
@@ -12,7 +11,7 @@ import faust
 
 from streams.avro import AvroCodec
 from streams.logs import get_logger
-from streams.records import DeadLetter, SourceCoordinates
+from streams.records import DeadLetter, SourceCoordinates, now_ms
 from streams.settings import Settings
 from streams.topics import Topics
 from streams.tracing import Delivery
@@ -56,7 +55,7 @@ def dead_letter_for(event: Any, stage: str, reason: str, detail: str) -> DeadLet
         stage=stage,
         reason=reason,
         detail=detail,
-        now_ms=time.time_ns() // 1_000_000,
+        now_ms=now_ms(),
     )
 
 

@@ -40,9 +40,10 @@ from streams.corpus import stdlib_documents  # noqa: E402
 from streams.demo import _start_worker, _stop_worker, wait_for_stages  # noqa: E402
 from streams.demo_inference import promote_demo_classifier  # noqa: E402
 from streams.embed import OnnxEmbedder, graph_for  # noqa: E402
-from streams.inference import InferenceService, ModelSet, load_classifiers, now_ms  # noqa: E402
+from streams.inference import InferenceService, ModelSet, load_classifiers  # noqa: E402
 from streams.model_ops import load_registry  # noqa: E402
 from streams.publish import encode_document, publish_records  # noqa: E402
+from streams.records import now_ms  # noqa: E402
 from streams.settings import Settings  # noqa: E402
 from streams.topics import Topics  # noqa: E402
 from streams.vectorstore import MilvusStore  # noqa: E402

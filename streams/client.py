@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import time
 import uuid
 from typing import Any
 
@@ -26,6 +25,7 @@ from aiokafka.partitioner import murmur2
 from streams.admin import client_kwargs, producer, topic_partitions
 from streams.avro import AvroCodec, codec_from_settings
 from streams.inference import InferenceRequest
+from streams.records import now_ms
 from streams.settings import Settings
 from streams.topics import Topics
 
@@ -60,7 +60,7 @@ def make_request(
     deadline_s: float | None = None,
 ) -> InferenceRequest:
     """A new request with a fresh id, stamped with the time it was made."""
-    now = time.time_ns() // 1_000_000
+    now = now_ms()
     return InferenceRequest(
         request_id=uuid.uuid4().hex,
         task=task,
@@ -132,7 +132,7 @@ class InferenceClient:
                 response = self.codec.decode(message.value, "InferenceResponse")
                 future = self._waiting.pop(response["request_id"], None)
                 if future is not None and not future.done():
-                    response["received_at_ms"] = time.time_ns() // 1_000_000
+                    response["received_at_ms"] = now_ms()
                     response["trace_id"] = trace_id_of(message.headers)
                     future.set_result(response)
 

@@ -9,12 +9,12 @@ Why this exists:
 from __future__ import annotations
 
 import json
-import time
 from collections.abc import Iterable
 from typing import Any
 
 from streams.admin import producer
 from streams.avro import MAGIC_BYTE, AvroCodec, codec_from_settings
+from streams.records import now_ms
 from streams.settings import Settings
 from streams.topics import Topics
 
@@ -48,7 +48,7 @@ def feedback_record(
         "tenant": tenant,
         "source": source,
         "language": language,
-        "created_at_ms": time.time_ns() // 1_000_000,
+        "created_at_ms": now_ms(),
     }
 
 

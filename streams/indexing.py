@@ -14,12 +14,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, replace
 from typing import Any
 
 from streams.embed import Embedder
+from streams.records import now_ms
 from streams.vectorstore import ChunkRow, VectorStore
 
 
@@ -68,7 +68,7 @@ def apply_embeddings(
     records: Sequence[dict[str, Any]],
     store: VectorStore,
     model_version: str,
-    clock_ms: Callable[[], int] = lambda: time.time_ns() // 1_000_000,
+    clock_ms: Callable[[], int] = now_ms,
 ) -> IndexReport:
     """Write a batch to the store in topic order; upserts are batched between deletes.
 

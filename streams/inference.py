@@ -28,6 +28,7 @@ from typing import Any
 from streams.avro import MAGIC_BYTE, AvroCodec, CodecError
 from streams.classifier import OnnxClassifier, explain
 from streams.embed import Embedder
+from streams.records import now_ms
 from streams.registry import Kind, ModelVersion, Registry, RegistryError
 from streams.safety import Verdict, screen
 from streams.vectorstore import Hit, VectorStore
@@ -242,10 +243,6 @@ class Timer:
 
     def measure(self, stage: str, started: float) -> None:
         self.stages[stage] += (time.perf_counter() - started) * 1000
-
-
-def now_ms() -> int:
-    return time.time_ns() // 1_000_000
 
 
 def base_response(

@@ -20,7 +20,6 @@ What one record becomes (exactly one outcome, so every input is accounted for):
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable, MutableMapping, Sequence
 from dataclasses import dataclass, field, replace
 from enum import StrEnum
@@ -46,6 +45,7 @@ from streams.records import (
     DuplicateNotice,
     RawDocument,
     SourceCoordinates,
+    now_ms,
 )
 from streams.redact import PLACEHOLDERS, redact_pii
 from streams.settings import Settings
@@ -144,7 +144,7 @@ class IngestPipeline:
         config: IngestConfig,
         codec: AvroCodec,
         tokenizer: Tokenizer,
-        clock_ms: Callable[[], int] = lambda: time.time_ns() // 1_000_000,
+        clock_ms: Callable[[], int] = now_ms,
     ) -> None:
         self.config = config
         self.codec = codec

@@ -23,7 +23,8 @@ from streams.avro import AvroCodec, codec_from_settings
 from streams.chunk import default_tokenizer_path
 from streams.classifier import LabelledText, OnnxClassifier, evaluate, split, train_classifier
 from streams.embed import Embedder, OnnxEmbedder, graph_for
-from streams.registry import Kind, ModelVersion, QaGate, Registry, Stage, files_version, now_ms
+from streams.records import now_ms
+from streams.registry import Kind, ModelVersion, QaGate, Registry, Stage, files_version
 from streams.settings import Settings
 from streams.topics import Topics
 

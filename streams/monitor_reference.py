@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import time
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
@@ -36,6 +35,7 @@ from streams.corpus import stdlib_documents
 from streams.drift import ReferenceSample
 from streams.embed import Embedder
 from streams.monitoring import Reference, with_reference_id
+from streams.records import now_ms
 from streams.redact import redact_pii
 from streams.settings import Settings
 from streams.text_features import DRIFT_FEATURES, text_features
@@ -182,9 +182,7 @@ async def store_reference(
     merged = {**(previous.samples if previous else {}), **samples}
     notes = json.loads(previous.description) if previous and previous.description.startswith("{") else {}
     notes.update(dict.fromkeys(samples, description))
-    reference = with_reference_id(
-        Reference("", "", merged, time.time_ns() // 1_000_000), json.dumps(notes, sort_keys=True)
-    )
+    reference = with_reference_id(Reference("", "", merged, now_ms()), json.dumps(notes, sort_keys=True))
     topic = Topics(settings.namespace).monitor_reference
     value = codec.encode("MonitorReference", reference_to_avro(reference), topic)
     kafka = producer(settings, max_request_size=4 * 1024 * 1024)

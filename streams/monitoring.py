@@ -38,6 +38,7 @@ from typing import Any, Generic, Literal, TypeVar
 import numpy as np
 
 from streams.drift import ReferenceSample, Thresholds, WindowSample
+from streams.records import now_ms as epoch_ms
 from streams.settings import Settings
 from streams.text_features import DRIFT_FEATURES, UnknownTokenCounter, text_features
 
@@ -251,7 +252,7 @@ class AlertManager:
         self, alert_after: int, clear_after: int, cooldown_windows: int, now_ms: Callable[[], int] | None = None
     ) -> None:
         self.alert_after, self.clear_after, self.cooldown_windows = alert_after, clear_after, cooldown_windows
-        self.now_ms = now_ms or (lambda: time.time_ns() // 1_000_000)
+        self.now_ms = now_ms or epoch_ms
         self._states: dict[str, _AlertState] = {}
 
     def firing(self) -> list[str]:
@@ -540,7 +541,7 @@ class Monitor:
     ) -> None:
         self.config, self.tokenizer, self.reference = config, tokenizer, reference
         self.clock, self.cpu_clock = clock, cpu_clock
-        self.now_ms = now_ms or (lambda: time.time_ns() // 1_000_000)
+        self.now_ms = now_ms or epoch_ms
         self.on_outputs = on_outputs
         self.alerts = AlertManager(config.alert_after, config.clear_after, config.cooldown_windows, self.now_ms)
         self.windows: dict[str, TumblingWindow[Any]] = {

@@ -9,6 +9,7 @@ Why this exists:
 from __future__ import annotations
 
 import dataclasses
+import time
 from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any
@@ -16,6 +17,11 @@ from typing import Any
 # Half the default producer request (and broker message) limit of 1 MiB: a dead letter always fits.
 MAX_DEAD_LETTER_BYTES = 512 * 1024
 MAX_DETAIL_CHARS = 4000
+
+
+def now_ms() -> int:
+    """Wall-clock epoch milliseconds, the unit of every timestamp field in our records."""
+    return time.time_ns() // 1_000_000
 
 
 class ChunkOp(StrEnum):

@@ -24,7 +24,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hashlib
-import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field, replace
 from enum import StrEnum
@@ -335,10 +334,6 @@ class Registry:
                 note=f"restored by rollback of {current.version[:12]}",
             ),
         ]
-
-
-def now_ms() -> int:
-    return time.time_ns() // 1_000_000
 
 
 class RegistryFollower:

@@ -40,7 +40,8 @@ from streams.admin import client_kwargs, ensure_topics, offsets, producer, read_
 from streams.embed import version_for
 from streams.logs import get_logger
 from streams.model_ops import load_registry, write_events
-from streams.registry import Kind, ModelVersion, Stage, now_ms
+from streams.records import now_ms
+from streams.registry import Kind, ModelVersion, Stage
 from streams.settings import Settings
 from streams.topics import DOCS_RAW, INFERENCE_REQUESTS, Topics
 
