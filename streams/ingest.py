@@ -124,6 +124,20 @@ class _Prepared:
     pii_counts: dict[str, int]
 
 
+def _notice(doc_id: str, duplicate_of: str, match: Duplicate, doc_hash: str, record: IngestRecord) -> DuplicateNotice:
+    """The notice that ``doc_id`` is skipped as a copy of ``duplicate_of``, naming the record that decided it."""
+    return DuplicateNotice(
+        doc_id=doc_id,
+        duplicate_of=duplicate_of,
+        kind=match.kind,
+        distance=match.distance,
+        doc_hash=doc_hash,
+        source_topic=record.source.topic,
+        source_partition=record.source.partition,
+        source_offset=record.source.offset,
+    )
+
+
 def _dead_letter(record: IngestRecord, rejection: Rejection, now_ms: int) -> DeadLetter:
     return DeadLetter.of(
         record.source,
@@ -248,7 +262,7 @@ class IngestPipeline:
             # The canonical copy of a duplicate group is the smallest id, whatever the arrival
             # order: the earlier document steps down, so a replay (other partitions, other
             # interleaving) ends with the same index.
-            notice, chunks = self._demote(duplicate, document, item, record, dedup)
+            notice, chunks = self._demote(duplicate, document, record, dedup)
             demoted.append(notice)
             retired.extend(chunks)
             duplicate = None
@@ -263,16 +277,7 @@ class IngestPipeline:
         previous = dedup.replace(document.id, state)
         old_count = previous.chunk_count if previous else 0
         if duplicate is not None:
-            notice = DuplicateNotice(
-                doc_id=document.id,
-                duplicate_of=duplicate.of,
-                kind=duplicate.kind,
-                distance=duplicate.distance,
-                doc_hash=item.doc_hash,
-                source_topic=record.source.topic,
-                source_partition=record.source.partition,
-                source_offset=record.source.offset,
-            )
+            notice = _notice(document.id, duplicate.of, duplicate, item.doc_hash, record)
             obsolete = tuple(self._deletion(document, index, record) for index in range(old_count))
             return IngestResult(Outcome.DUPLICATE, document.id, chunks=obsolete, duplicate=notice)
         upserts = [self._upsert(document, item, piece, len(pieces), record) for piece in pieces]
@@ -286,23 +291,14 @@ class IngestPipeline:
         )
 
     def _demote(
-        self, duplicate: Duplicate, winner: RawDocument, item: _Prepared, record: IngestRecord, dedup: DedupIndex
+        self, duplicate: Duplicate, winner: RawDocument, record: IngestRecord, dedup: DedupIndex
     ) -> tuple[DuplicateNotice, list[CleanChunk]]:
         """Make the indexed document ``duplicate.of`` a duplicate of ``winner``: state, notice, deletes."""
         loser_id = duplicate.of
         old = dedup.state(loser_id)
         assert old is not None  # lookups only hold documents they know
         dedup.replace(loser_id, replace(old, chunk_count=0, duplicate_of=winner.id))
-        notice = DuplicateNotice(
-            doc_id=loser_id,
-            duplicate_of=winner.id,
-            kind=duplicate.kind,
-            distance=duplicate.distance,
-            doc_hash=old.doc_hash,
-            source_topic=record.source.topic,
-            source_partition=record.source.partition,
-            source_offset=record.source.offset,
-        )
+        notice = _notice(loser_id, winner.id, duplicate, old.doc_hash, record)
         loser = RawDocument(id=loser_id, deleted=True)
         return notice, [self._deletion(loser, index, record) for index in range(old.chunk_count)]
 
