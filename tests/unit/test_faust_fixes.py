@@ -2,6 +2,13 @@
 
 from __future__ import annotations
 
+import asyncio
+from typing import Any
+
+from faust.transport.consumer import Consumer
+from faust.types import TP
+
+from agents import faust_fixes
 from agents.faust_fixes import seek_to_committed_or_beginning
 
 
@@ -29,3 +36,64 @@ async def test_nothing_extra_happens_when_every_partition_has_a_commit() -> None
     consumer = RecordingConsumer({"docs-0": 3})
     await seek_to_committed_or_beginning(consumer)
     assert consumer.to_beginning == []
+
+
+class PartitionState:
+    """The part of Faust's Consumer that pausing and resuming touches, with changelogs named."""
+
+    def __init__(self, assigned: set[TP], changelogs: set[TP]) -> None:
+        self.assigned = assigned
+        self.changelogs = changelogs
+        self._active_partitions: set[TP] | None = None
+        self._paused_partitions: set[TP] = set(assigned)
+        self.flow_active = False
+        self.can_resume_flow = asyncio.Event()
+        self.suspend_flow = asyncio.Event()
+
+    def assignment(self) -> set[TP]:
+        return set(self.assigned)
+
+    def _is_changelog_tp(self, tp: TP) -> bool:
+        return tp in self.changelogs
+
+    def _get_active_partitions(self) -> set[TP]:
+        return Consumer._get_active_partitions(self)  # type: ignore[arg-type]
+
+    def _set_active_tps(self, tps: set[TP]) -> set[TP]:
+        self._active_partitions = set(tps) - self._paused_partitions
+        return self._active_partitions
+
+    @property
+    def active(self) -> set[TP]:
+        return set(self._get_active_partitions())
+
+
+def tps(*names: str) -> set[TP]:
+    """``"docs-1"`` -> ``TP("docs", 1)``."""
+    return {TP(name.rsplit("-", 1)[0], int(name.rsplit("-", 1)[1])) for name in names}
+
+
+def consumer_with(assigned: set[TP], changelogs: set[TP]) -> Any:
+    faust_fixes.apply()
+    return PartitionState(assigned, changelogs)
+
+
+async def test_recovery_resumes_stream_partitions_only_once_flow_resumes() -> None:
+    # Faust's recovery: resume partitions, await the seek, clear the queues, resume flow. A
+    # stream partition fetched while the seek is awaited would have its records cleared.
+    consumer = consumer_with(tps("docs-0", "docs-1", "dedup-changelog-0"), tps("dedup-changelog-0"))
+    Consumer.resume_partitions(consumer, tps("docs-0", "docs-1", "dedup-changelog-0"))
+    assert consumer.active == tps("dedup-changelog-0"), "changelog partitions resume at once"
+    Consumer.resume_flow(consumer)
+    assert consumer.active == tps("docs-0", "docs-1", "dedup-changelog-0")
+    assert consumer.flow_active
+    assert faust_fixes.pending_stream_partitions(consumer) == set()
+
+
+async def test_a_partition_paused_or_revoked_before_flow_resumes_stays_out() -> None:
+    consumer = consumer_with(tps("docs-0", "docs-1", "docs-2"), tps())
+    Consumer.resume_partitions(consumer, tps("docs-0", "docs-1", "docs-2"))
+    Consumer.pause_partitions(consumer, tps("docs-1"))  # a new rebalance pauses it again
+    consumer.assigned -= tps("docs-2")  # and takes this one away
+    Consumer.resume_flow(consumer)
+    assert consumer.active == tps("docs-0")
