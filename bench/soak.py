@@ -14,8 +14,10 @@ Lite, in a fresh namespace:
    dedup state (one entry per distinct document, kept in memory) stops growing after N.
 
 Bounded lag: the largest lag of the last third of the run is not above the largest of the first
-third plus one sample period's worth of input. Memory: RSS at the end against RSS once warm
-(the first sample after ``--warm-up-s``). Prints JSON, writes bench/out/soak.json. Not a test:
+third plus one sample period's worth of input. Memory: after ``--warm-up-s``, the median RSS of
+the last third of the samples against the median of the first third (one sample is a poor
+baseline: RSS swings by 100 MB with the batch in hand), and the least-squares slope in MB per
+minute over the same samples. Prints JSON, writes bench/out/soak.{json,png}. Not a test:
 it measures, and ``make soak`` runs it (10 minutes by default).
 
     python bench/soak.py --minutes 10            # LLMOPS_BOOTSTRAP_SERVERS picks the broker
@@ -32,6 +34,8 @@ import time
 import uuid
 from pathlib import Path
 from typing import Any
+
+import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -130,8 +134,12 @@ def summarize(samples: list[dict[str, Any]], rate: float, sample_s: float, warm_
     third = max(1, len(samples) // 3)
     first, last = samples[:third], samples[-third:]
     total = [sum(s[stage] for stage in ("ingest", "embed", "index")) for s in samples]
-    warm = next((s for s in samples if s["t_s"] >= warm_up_s), samples[0])
-    growth = (samples[-1]["rss_mb"] - warm["rss_mb"]) / warm["rss_mb"]
+    warm = [s for s in samples if s["t_s"] >= warm_up_s] or samples
+    warm_third = max(1, len(warm) // 3)
+    rss_warm = float(np.median([s["rss_mb"] for s in warm[:warm_third]]))
+    rss_end = float(np.median([s["rss_mb"] for s in warm[-warm_third:]]))
+    growth = (rss_end - rss_warm) / rss_warm
+    slope = np.polyfit([s["t_s"] / 60 for s in warm], [s["rss_mb"] for s in warm], 1)[0] if len(warm) > 1 else 0.0
     first_max = max(total[:third])
     last_max = max(total[-third:])
     return {
@@ -144,17 +152,40 @@ def summarize(samples: list[dict[str, Any]], rate: float, sample_s: float, warm_
         },
         "lag_bounded": last_max <= first_max + rate * sample_s,
         "rss_mb": {
-            "warm": warm["rss_mb"],
-            "warm_at_s": warm["t_s"],
-            "end": samples[-1]["rss_mb"],
-            "max": max(s["rss_mb"] for s in samples),
+            "warm_median_first_third": round(rss_warm, 1),
+            "end_median_last_third": round(rss_end, 1),
+            "from_s": warm[0]["t_s"],
+            "min": min(s["rss_mb"] for s in warm),
+            "max": max(s["rss_mb"] for s in warm),
         },
+        "rss_slope_mb_per_min": round(float(slope), 2),
         "rss_growth_pct": round(100 * growth, 1),
         "rss_growth_under_10pct": growth < 0.10,
         "samples": len(samples),
         "first_samples": first[:3],
         "last_samples": last[-3:],
     }
+
+
+def plot(samples: list[dict[str, Any]], path: Path, title: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    minutes = [s["t_s"] / 60 for s in samples]
+    fig, (memory, lag) = plt.subplots(2, 1, sharex=True, figsize=(8, 6))
+    memory.plot(minutes, [s["rss_mb"] for s in samples], color="tab:red")
+    memory.set_ylabel("worker RSS (MB)")
+    memory.set_title(title)
+    for stage in ("ingest", "embed", "index"):
+        lag.plot(minutes, [s[stage] for s in samples], label=stage)
+    lag.set_ylabel("consumer lag (records)")
+    lag.set_xlabel("minutes")
+    lag.legend()
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
 
 
 def main() -> None:
@@ -198,6 +229,10 @@ def main() -> None:
     }
     OUT.mkdir(parents=True, exist_ok=True)
     (OUT / "soak.json").write_text(json.dumps(report, indent=2))
+    title = f"soak: {report['docs_per_s']} docs/s for {args.minutes:g} min" + (
+        f", updates of {args.id_space} ids" if args.id_space else ", new documents"
+    )
+    plot(samples, OUT / "soak.png", title)
     print(json.dumps(report, indent=2))
 
 
