@@ -150,18 +150,26 @@ def kafka_topics(as_json: bool) -> None:
 def worker(agents: str) -> None:
     """Run Faust agents until interrupted (Ctrl-C or SIGTERM stop it cleanly).
 
+    A broker that is not reachable yet is retried with backoff for LLMOPS_BROKER_WAIT_SECONDS
+    (default 300); after that the worker exits with code 69 and says what to check.
+
     Run several workers with the same --agents to share the partitions of their topics.
     """
     import faust
 
     from agents.app import create_app, internal_topic_specs
     from streams.admin import ensure_topics
+    from streams.broker_wait import EXIT_BROKER_UNREACHABLE, BrokerUnreachable, when_reachable
     from streams.logs import configure_logging
     from streams.tracing import Telemetry
 
     settings = _settings()
     configure_logging(settings)
-    asyncio.run(ensure_topics(settings))
+    try:
+        asyncio.run(when_reachable(settings, lambda: ensure_topics(settings), settings.broker_wait_seconds))
+    except BrokerUnreachable as error:
+        click.echo(f"Error: {error}", err=True)
+        sys.exit(EXIT_BROKER_UNREACHABLE)
     telemetry = Telemetry.from_settings(settings)
     try:
         app = create_app(settings, [a.strip() for a in agents.split(",") if a.strip()], telemetry)
