@@ -17,7 +17,13 @@ from typing import Any
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
-from aiokafka.errors import KafkaConnectionError, KafkaError, TopicAlreadyExistsError
+from aiokafka.errors import (
+    KafkaConnectionError,
+    KafkaError,
+    TopicAlreadyExistsError,
+    TopicAuthorizationFailedError,
+    for_code,
+)
 
 from streams.settings import Settings
 from streams.topics import Topics, TopicSpec
@@ -68,12 +74,20 @@ async def _ensure_topics(settings: Settings, specs: list[TopicSpec]) -> list[str
         created = []
         for spec in missing:
             try:
-                await admin.create_topics(
+                response = await admin.create_topics(
                     [NewTopic(spec.name, spec.partitions, spec.replication_factor, topic_configs=spec.config)]
                 )
-                created.append(spec.name)
             except TopicAlreadyExistsError:
-                pass
+                continue
+            for _, error_code, *_ in response.topic_errors:
+                error = for_code(error_code) if error_code else None
+                # Already there (made meanwhile), or not this principal's to see or create: with ACLs
+                # enforced a worker sees only its own topics, and an operator creates the rest.
+                if error in (TopicAlreadyExistsError, TopicAuthorizationFailedError):
+                    continue
+                if error is not None:
+                    raise error(f"creating topic {spec.name}: {response.topic_errors}")
+                created.append(spec.name)
         if created:
             await _wait_for_metadata(settings, created)
         return created

@@ -72,6 +72,9 @@ class Settings(BaseSettings):
     # --- Embedded broker (`llmops kafka start`) -------------------------------------------------
     data_dir: Path = Field(Path(".llmops"), description="Runtime state: broker jars, data, logs, Milvus Lite.")
     kafka_heap: str = Field("768m", description="Java heap (-Xmx) of the embedded broker.")
+    kafka_authorizer: bool = Field(
+        False, description="Embedded broker: enforce ACLs (StandardAuthorizer); the SASL user is its only super user."
+    )
 
     # --- Schema registry ---------------------------------------------------------------------
     schema_registry_url: str | None = Field(
