@@ -20,6 +20,7 @@ from streams.cli_monitor import monitor
 from streams.cli_replay import replay
 from streams.cli_support import echo_json as _echo_json
 from streams.cli_support import load_settings as _settings
+from streams.settings import Settings
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
@@ -496,7 +497,7 @@ def main() -> None:
         sys.exit(2)
 
 
-def refusal_message(settings: Any, error: Exception) -> str:
+def refusal_message(settings: Settings, error: Exception) -> str:
     """One line for an ACL refusal: who was refused what, and where the grants come from."""
     names = ", ".join(str(arg) for arg in error.args)
     what = {
