@@ -8,8 +8,8 @@ Why this exists:
 
 Usage:
     >>> grants = worker_grants("", ["ingest"], "llmops-ingest")
-    >>> [g.line() for g in grants][:2]
-    ['User:llmops-ingest ALLOW READ TOPIC docs.raw', 'User:llmops-ingest ALLOW WRITE TOPIC deadletter']
+    >>> grants[2].line()
+    'User:llmops-ingest ALLOW READ TOPIC docs.raw'
     >>> await apply_grants(admin_settings, grants)       # CreateAcls, as a super user
 
 Notes:
