@@ -17,7 +17,13 @@ from typing import Any
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
-from aiokafka.errors import KafkaConnectionError, KafkaError, TopicAlreadyExistsError
+from aiokafka.errors import (
+    KafkaConnectionError,
+    KafkaError,
+    TopicAlreadyExistsError,
+    TopicAuthorizationFailedError,
+    for_code,
+)
 
 from streams.settings import Settings
 from streams.topics import Topics, TopicSpec
@@ -68,12 +74,20 @@ async def _ensure_topics(settings: Settings, specs: list[TopicSpec]) -> list[str
         created = []
         for spec in missing:
             try:
-                await admin.create_topics(
+                response = await admin.create_topics(
                     [NewTopic(spec.name, spec.partitions, spec.replication_factor, topic_configs=spec.config)]
                 )
-                created.append(spec.name)
             except TopicAlreadyExistsError:
-                pass
+                continue
+            for _, error_code, *_ in response.topic_errors:
+                error = for_code(error_code) if error_code else None
+                # Already there (made meanwhile), or not this principal's to see or create: with ACLs
+                # enforced a worker sees only its own topics, and an operator creates the rest.
+                if error in (TopicAlreadyExistsError, TopicAuthorizationFailedError):
+                    continue
+                if error is not None:
+                    raise error(f"creating topic {spec.name}: {response.topic_errors}")
+                created.append(spec.name)
         if created:
             await _wait_for_metadata(settings, created)
         return created
@@ -209,6 +223,15 @@ async def diagnose_connection(settings: Settings) -> str:
     aiokafka reports a refused login, a TLS failure and a stopped broker alike, as "Unable to
     bootstrap"; one direct connection tells them apart.
     """
+    return (await probe_connection(settings))[1]
+
+
+async def probe_connection(settings: Settings) -> tuple[bool, str]:
+    """One direct connection to the first bootstrap server: (worth retrying, what happened in words).
+
+    A refused login, a mechanism the broker does not offer and a failed TLS handshake will not
+    get better by waiting (False); a broker that is down or unreachable may (True).
+    """
     from aiokafka.conn import create_conn
     from aiokafka.errors import SaslAuthenticationFailed, UnsupportedSaslMechanismError
 
@@ -217,21 +240,21 @@ async def diagnose_connection(settings: Settings) -> str:
     try:
         connection = await create_conn(host, int(port), request_timeout_ms=10_000, **settings.kafka_client_config())
     except SaslAuthenticationFailed:
-        return (
+        return False, (
             f"Kafka at {first} refused the credentials of user {settings.sasl_username!r} "
             f"({settings.sasl_mechanism}): check LLMOPS_SASL_USERNAME and LLMOPS_SASL_PASSWORD"
         )
     except UnsupportedSaslMechanismError as error:
-        return f"Kafka at {first} does not offer {settings.sasl_mechanism}: {error} (LLMOPS_SASL_MECHANISM)"
+        return False, f"Kafka at {first} does not offer {settings.sasl_mechanism}: {error} (LLMOPS_SASL_MECHANISM)"
     except ssl.SSLError as error:
-        return (
+        return False, (
             f"the TLS handshake with Kafka at {first} failed: {error.reason or error}; check LLMOPS_SSL_CAFILE "
             f"(the CA that signed the broker's certificate) and LLMOPS_SECURITY_PROTOCOL ({settings.security_protocol})"
         )
     except (TimeoutError, OSError, KafkaError) as error:
-        return (
+        return True, (
             f"cannot connect to Kafka at {first} with {settings.security_protocol}: {error!r} "
             "(is the broker running, e.g. `llmops kafka start`, and does it expect this security protocol?)"
         )
     connection.close()
-    return f"Kafka at {first} accepts a connection now; the earlier failure was transient or from another broker"
+    return True, f"Kafka at {first} accepts a connection now; the earlier failure was transient or from another broker"

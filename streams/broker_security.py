@@ -13,9 +13,11 @@ Usage:
     >>> EmbeddedKafka(home, port=9092, security=security).start()
 
 Notes:
-    The user created is the broker's super user (clients and inter-broker traffic use it); add
-    per-agent users and ACLs with Kafka's own tools (README, "Security"). The controller listener
-    stays PLAINTEXT on loopback. Files holding secrets (server properties, keystores) are 0600.
+    The user created is the broker's super user (clients and inter-broker traffic use it).
+    ``authorizer=True`` (``LLMOPS_KAFKA_AUTHORIZER``) enforces ACLs: only that user may do
+    anything until grants are made (``llmops kafka acls --apply``, from :mod:`streams.acls`); the
+    controller listener then takes SASL/PLAIN with that user, otherwise it stays PLAINTEXT on
+    loopback. Files holding secrets (server properties, keystores) are 0600.
 """
 
 from __future__ import annotations
@@ -46,6 +48,10 @@ class BrokerSecurity:
     username: str | None = None
     password: SecretStr | None = None
     ca_file: Path | None = None
+    # ACLs enforced (KRaft's StandardAuthorizer); the SASL user above is the only super user.
+    authorizer: bool = False
+    # More SCRAM users created when storage is formatted (name, password): per-agent principals.
+    users: tuple[tuple[str, SecretStr], ...] = ()
 
     @classmethod
     def from_settings(cls, settings: Settings) -> BrokerSecurity | None:
@@ -54,7 +60,12 @@ class BrokerSecurity:
         if protocol == "PLAINTEXT":
             return None
         security = cls(
-            protocol, settings.sasl_mechanism, settings.sasl_username, settings.sasl_password, settings.ssl_cafile
+            protocol,
+            settings.sasl_mechanism,
+            settings.sasl_username,
+            settings.sasl_password,
+            settings.ssl_cafile,
+            authorizer=settings.kafka_authorizer,
         )
         security.check()
         return security
@@ -73,6 +84,10 @@ class BrokerSecurity:
                 f"the embedded broker supports SASL with {' or '.join(SCRAM_MECHANISMS)}: set LLMOPS_SASL_MECHANISM, "
                 "LLMOPS_SASL_USERNAME and LLMOPS_SASL_PASSWORD"
             )
+        if self.authorizer and not self.sasl:
+            raise BrokerSecurityError(
+                "ACLs on the embedded broker (LLMOPS_KAFKA_AUTHORIZER) need SASL: its SCRAM user is the super user"
+            )
         if self.tls and self.ca_file is None:
             raise BrokerSecurityError(
                 "TLS needs LLMOPS_SSL_CAFILE: the embedded broker writes its self-signed certificate there "
@@ -84,7 +99,12 @@ class BrokerSecurity:
         if not self.sasl:
             return []
         assert self.password is not None
-        return ["--add-scram", f"{self.mechanism}=[name={self.username},password={self.password.get_secret_value()}]"]
+        users = [(self.username, self.password), *self.users]
+        return [
+            argument
+            for name, password in users
+            for argument in ("--add-scram", f"{self.mechanism}=[name={name},password={password.get_secret_value()}]")
+        ]
 
     def properties(self, listener: str, tls_dir: Path) -> dict[str, str]:
         """Broker properties for the client listener named ``listener`` (its protocol's name)."""
@@ -99,6 +119,8 @@ class BrokerSecurity:
                 f'username="{self.username}" password="{self.password.get_secret_value()}";'
             )
             props["super.users"] = f"User:{self.username}"
+        if self.authorizer:
+            props.update(self._authorizer_properties(listener))
         if self.tls:
             store_password = self._certificates(tls_dir)
             props.update(
@@ -113,6 +135,30 @@ class BrokerSecurity:
                 }
             )
         return props
+
+    def _authorizer_properties(self, listener: str) -> dict[str, str]:
+        """StandardAuthorizer on, and a controller listener whose callers are known.
+
+        The broker half of a combined node calls its controller half over the controller
+        listener, and the controller authorizes those calls: on PLAINTEXT the caller would be
+        ``User:ANONYMOUS``, which would then have to be a super user, so any local process could
+        reach the controller port as one. The controller listener therefore takes SASL/PLAIN with
+        this one user (SCRAM cannot serve it: its credentials live in the metadata the controller
+        is starting up).
+        """
+        assert self.password is not None
+        password = self.password.get_secret_value()
+        return {
+            "authorizer.class.name": "org.apache.kafka.metadata.authorizer.StandardAuthorizer",
+            "allow.everyone.if.no.acl.found": "false",
+            "listener.security.protocol.map": f"{listener}:{listener},CONTROLLER:SASL_PLAINTEXT",
+            "sasl.mechanism.controller.protocol": "PLAIN",
+            "listener.name.controller.sasl.enabled.mechanisms": "PLAIN",
+            "listener.name.controller.plain.sasl.jaas.config": (
+                "org.apache.kafka.common.security.plain.PlainLoginModule required "
+                f'username="{self.username}" password="{password}" user_{self.username}="{password}";'
+            ),
+        }
 
     def _certificates(self, tls_dir: Path) -> str:
         """Make a self-signed key pair for 127.0.0.1/localhost once; return the store password."""

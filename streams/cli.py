@@ -20,6 +20,7 @@ from streams.cli_monitor import monitor
 from streams.cli_replay import replay
 from streams.cli_support import echo_json as _echo_json
 from streams.cli_support import load_settings as _settings
+from streams.settings import Settings
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
@@ -139,6 +140,59 @@ def kafka_topics(as_json: bool) -> None:
         click.echo(f"{count.topic:<28} {count.partitions:>3} partitions {count.records:>10} records{mark}")
 
 
+@kafka.command("acls")
+@click.option("--agents", default=None, help="One worker's agent set (e.g. embed,index); default: each group alone.")
+@click.option(
+    "--role", type=click.Choice(["publisher", "inference-client"]), default=None, help="A client role instead."
+)
+@click.option("--principal", default=None, help="SASL user the grants are for (default: llmops-<agents or role>).")
+@click.option("--apply", "apply_", is_flag=True, help="Create the grants on the cluster (as a user allowed to).")
+@click.option("--json", "as_json", is_flag=True, help="Print the grants as JSON.")
+def kafka_acls(agents: str | None, role: str | None, principal: str | None, apply_: bool, as_json: bool) -> None:
+    """Print the ACLs each agent group (or client role) needs, least privilege; --apply creates them.
+
+    Without --agents or --role: one principal per agent group and per client role. Topics take the
+    namespace prefix (LLMOPS_NAMESPACE); the consumer group and Faust's internal topic prefix are
+    named after the agent set. --apply connects with the LLMOPS_* credentials, which must be allowed
+    to alter ACLs (the embedded broker's super user); bindings that exist are kept.
+    """
+    from streams.acls import AclError, apply_grants, default_grants, role_grants, worker_grants
+
+    settings = _settings()
+    if agents and role:
+        raise click.UsageError("give --agents or --role, not both")
+    try:
+        if agents:
+            names = [a.strip() for a in agents.split(",") if a.strip()]
+            user = principal or f"llmops-{'_'.join(sorted(names))}"
+            grants = {user: worker_grants(settings.namespace, names, user)}
+        elif role:
+            user = principal or f"llmops-{role}"
+            grants = {user: role_grants(settings.namespace, role, user)}
+        else:
+            if principal:
+                raise click.UsageError("--principal needs --agents or --role")
+            grants = default_grants(settings.namespace)
+    except ValueError as error:
+        raise click.ClickException(str(error)) from None
+    applied = 0
+    if apply_:
+        try:
+            applied = asyncio.run(apply_grants(settings, [g for group in grants.values() for g in group]))
+        except AclError as error:
+            raise click.ClickException(str(error)) from None
+    if as_json:
+        _echo_json(
+            {"grants": {user: [g.to_dict() for g in group] for user, group in grants.items()}, "applied": applied}
+        )
+        return
+    for group in grants.values():
+        for grant in group:
+            click.echo(grant.line())
+    if apply_:
+        click.echo(f"applied {applied} grants", err=True)
+
+
 # --- worker --------------------------------------------------------------------------------
 @cli.command()
 @click.option(
@@ -150,18 +204,26 @@ def kafka_topics(as_json: bool) -> None:
 def worker(agents: str) -> None:
     """Run Faust agents until interrupted (Ctrl-C or SIGTERM stop it cleanly).
 
+    A broker that is not reachable yet is retried with backoff for LLMOPS_BROKER_WAIT_SECONDS
+    (default 300); after that the worker exits with code 69 and says what to check.
+
     Run several workers with the same --agents to share the partitions of their topics.
     """
     import faust
 
     from agents.app import create_app, internal_topic_specs
     from streams.admin import ensure_topics
+    from streams.broker_wait import EXIT_BROKER_UNREACHABLE, BrokerUnreachable, when_reachable
     from streams.logs import configure_logging
     from streams.tracing import Telemetry
 
     settings = _settings()
     configure_logging(settings)
-    asyncio.run(ensure_topics(settings))
+    try:
+        asyncio.run(when_reachable(settings, lambda: ensure_topics(settings), settings.broker_wait_seconds))
+    except BrokerUnreachable as error:
+        click.echo(f"Error: {error}", err=True)
+        sys.exit(EXIT_BROKER_UNREACHABLE)
     telemetry = Telemetry.from_settings(settings)
     try:
         app = create_app(settings, [a.strip() for a in agents.split(",") if a.strip()], telemetry)
@@ -416,7 +478,12 @@ cli.add_command(monitor)
 
 def main() -> None:
     """Console-script entry point; a broker that cannot be used is explained in one line."""
-    from aiokafka.errors import KafkaConnectionError
+    from aiokafka.errors import (
+        ClusterAuthorizationFailedError,
+        GroupAuthorizationFailedError,
+        KafkaConnectionError,
+        TopicAuthorizationFailedError,
+    )
 
     try:
         cli()
@@ -425,6 +492,25 @@ def main() -> None:
 
         click.echo(f"Error: {asyncio.run(diagnose_connection(_settings()))}", err=True)
         sys.exit(2)
+    except (TopicAuthorizationFailedError, GroupAuthorizationFailedError, ClusterAuthorizationFailedError) as error:
+        click.echo(f"Error: {refusal_message(_settings(), error)}", err=True)
+        sys.exit(2)
+
+
+def refusal_message(settings: Settings, error: Exception) -> str:
+    """One line for an ACL refusal: who was refused what, and where the grants come from."""
+    names = ", ".join(str(arg) for arg in error.args)
+    what = {
+        "TopicAuthorizationFailedError": f"access to topic {names}",
+        "GroupAuthorizationFailedError": f"access to consumer group {names}",
+        # An idempotent producer's first request (InitProducerId) needs Write on some topic.
+        "ClusterAuthorizationFailedError": "a cluster operation (a producer that may write no topic at all)",
+    }[type(error).__name__]
+    return (
+        f"Kafka at {settings.bootstrap_servers} refused user {settings.sasl_username!r} {what}: it has no ACL "
+        "for it. `llmops kafka acls` lists what each agent group and client role may read and write; an admin "
+        "grants them with `llmops kafka acls --apply`"
+    )
 
 
 if __name__ == "__main__":

@@ -51,8 +51,8 @@ async def publish_records(
     started = loop.time()
     sent = size = 0
     client = producer(settings)
-    await client.start()
     try:
+        await client.start()  # inside: a producer refused at start (ACLs) is closed too
         pending: list[asyncio.Future[Any]] = []
         for key, value in records:
             pending.append(await client.send(topic, value=value, key=key, headers=headers))

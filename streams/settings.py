@@ -65,10 +65,16 @@ class Settings(BaseSettings):
     sasl_username: str | None = None
     sasl_password: SecretStr | None = None
     ssl_cafile: Path | None = None
+    broker_wait_seconds: float = Field(
+        300.0, ge=0, description="How long a starting worker retries an unreachable broker before exiting (69)."
+    )
 
     # --- Embedded broker (`llmops kafka start`) -------------------------------------------------
     data_dir: Path = Field(Path(".llmops"), description="Runtime state: broker jars, data, logs, Milvus Lite.")
     kafka_heap: str = Field("768m", description="Java heap (-Xmx) of the embedded broker.")
+    kafka_authorizer: bool = Field(
+        False, description="Embedded broker: enforce ACLs (StandardAuthorizer); the SASL user is its only super user."
+    )
 
     # --- Schema registry ---------------------------------------------------------------------
     schema_registry_url: str | None = Field(

@@ -22,8 +22,11 @@ import pytest
 
 from streams.admin import ensure_topics, offsets
 from streams.broker import BrokerError, EmbeddedKafka
+from streams.classifier import stdlib_topic_dataset
 from streams.demo import wait_for_stages
+from streams.model_ops import evaluate_version, promote, train_and_register
 from streams.publish import publish_records
+from streams.registry import ModelVersion, Stage
 from streams.settings import Settings
 from streams.topics import Topics
 
@@ -125,6 +128,17 @@ def run_cli(settings: Settings, *args: str) -> subprocess.CompletedProcess[str]:
         cwd=ROOT,
         check=False,
     )
+
+
+def production_classifier(settings: Settings, name: str, classes: int) -> ModelVersion:
+    """Train, register, evaluate and approve a head on a small stdlib subset."""
+    data = stdlib_topic_dataset(classes=classes, per_class=30)
+    version = run(train_and_register(settings, data, name, actor="test"))
+    run(promote(settings, name, version.version, Stage.QA, actor="test"))
+    evaluated = run(evaluate_version(settings, name, version.version, data, actor="test"))
+    assert evaluated.qa_passed, evaluated.qa_report
+    run(promote(settings, name, version.version, Stage.PRODUCTION, actor="test", approved_by="qa-lead"))
+    return version
 
 
 def final_chunks(clean: list[dict]) -> set[str]:

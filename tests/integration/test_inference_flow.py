@@ -25,11 +25,11 @@ from streams.corpus import stdlib_documents
 from streams.demo import wait_for_stages
 from streams.model_ops import evaluate_version, load_registry, promote, rollback, shadow_report, train_and_register
 from streams.publish import encode_document, publish_records
-from streams.registry import ModelVersion, RegistryError, Stage
+from streams.registry import RegistryError, Stage
 from streams.settings import Settings
 from streams.topics import Topics
 
-from .conftest import ROOT, WorkerProcess, run, run_cli
+from .conftest import ROOT, WorkerProcess, production_classifier, run, run_cli
 
 AGENTS = ("embed", "index", "infer", "ingest")
 ACME_DOC = {
@@ -67,17 +67,6 @@ async def ask_all(settings: Settings, requests: list[dict[str, Any]], timeout: f
     async with InferenceClient(settings) as client:
         futures = [await client.send(client.request(**request)) for request in requests]
         return list(await asyncio.wait_for(asyncio.gather(*futures), timeout))
-
-
-def production_classifier(settings: Settings, name: str, classes: int) -> ModelVersion:
-    """Train, register, evaluate and approve a head on a small stdlib subset."""
-    data = stdlib_topic_dataset(classes=classes, per_class=30)
-    version = run(train_and_register(settings, data, name, actor="test"))
-    run(promote(settings, name, version.version, Stage.QA, actor="test"))
-    evaluated = run(evaluate_version(settings, name, version.version, data, actor="test"))
-    assert evaluated.qa_passed, evaluated.qa_report
-    run(promote(settings, name, version.version, Stage.PRODUCTION, actor="test", approved_by="qa-lead"))
-    return version
 
 
 def answered_by(response: dict[str, Any], name: str) -> str:

@@ -8,7 +8,7 @@ from collections import Counter, defaultdict
 from streams.settings import Settings
 from streams.topics import Topics
 
-from ...fuzz import generate, good_raw_documents, interleave, raw_target
+from ...fuzz import generate, good_raw_documents, interleave, raw_target, volume
 from ..conftest import final_chunks
 from .helpers import (
     CODEC,
@@ -78,11 +78,9 @@ def test_fuzzed_docs_raw_every_record_accounted_for_and_every_good_one_indexed(s
     assert len(good_ids | skipped) >= GOOD
     report(
         "bad input at volume on docs.raw",
-        published=len(records),
         bad=BAD,
         good=GOOD,
-        kinds=dict(Counter(r.kind for r in records)),
-        megabytes=round(sum(len(r.value or b"") for r in records) / 1e6, 1),
+        **volume(records),
         dead_letters=dict(reasons),
         documents_indexed=len(good_ids),
         documents_skipped_as_duplicates=len(skipped),

@@ -1,0 +1,57 @@
+"""The ACL map: least privilege per agent group and client role, named after namespace and agent set."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from agents.app import AGENT_GROUPS
+from streams.acls import AGENT_ACCESS, AclGrant, default_grants, markdown_table, role_grants, worker_grants
+
+
+def test_an_ingest_worker_reads_docs_raw_writes_its_outputs_and_owns_its_group_and_internal_topics() -> None:
+    grants = worker_grants("r1", ["ingest"], "svc")
+    assert {(g.operation, g.resource_type, g.resource, g.pattern) for g in grants} == {
+        ("READ", "TOPIC", "r1.docs.raw", "LITERAL"),
+        ("WRITE", "TOPIC", "r1.docs.clean", "LITERAL"),
+        ("WRITE", "TOPIC", "r1.docs.duplicates", "LITERAL"),
+        ("WRITE", "TOPIC", "r1.deadletter", "LITERAL"),
+        ("WRITE", "TOPIC", "r1.telemetry.spans", "LITERAL"),
+        ("READ", "GROUP", "llmops-r1-ingest", "LITERAL"),
+        ("ALL", "TOPIC", "llmops-r1-ingest-", "PREFIXED"),
+    }
+    assert {g.principal for g in grants} == {"User:svc"}
+
+
+def test_a_worker_of_several_agents_gets_the_union_and_one_group_named_after_the_set() -> None:
+    grants = worker_grants("", ["index", "embed"], "svc")
+    reads = {g.resource for g in grants if g.operation == "READ" and g.resource_type == "TOPIC"}
+    assert reads == {"docs.clean", "docs.embeddings"}
+    assert [g.resource for g in grants if g.resource_type == "GROUP"] == ["llmops-live-embed_index"]
+    assert len(grants) == len(set(grants)), "no grant twice"
+
+
+def test_no_agent_may_write_what_it_reads_except_infer_on_the_registry() -> None:
+    for agent, access in AGENT_ACCESS.items():
+        both = set(access.reads) & set(access.writes)
+        assert both == ({"models.control"} if agent == "infer" else set()), agent
+
+
+def test_every_agent_group_and_role_has_a_principal_and_nothing_is_granted_cluster_wide() -> None:
+    grants = default_grants("")
+    assert set(grants) == {f"llmops-{a}" for a in AGENT_GROUPS} | {"llmops-publisher", "llmops-inference-client"}
+    assert all(g.resource_type in ("TOPIC", "GROUP") for group in grants.values() for g in group)
+    assert role_grants("", "publisher", "up") == [AclGrant("User:up", "WRITE", "TOPIC", "docs.raw")]
+
+
+def test_unknown_agents_and_roles_are_refused() -> None:
+    with pytest.raises(ValueError, match="unknown agents"):
+        worker_grants("", ["ingest", "translate"], "svc")
+    with pytest.raises(ValueError, match="unknown role"):
+        role_grants("", "admin", "svc")
+
+
+def test_the_readme_table_is_the_one_the_code_makes() -> None:
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    assert markdown_table() in readme, "README's ACL table differs from streams.acls.markdown_table(): paste it again"
