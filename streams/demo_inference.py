@@ -56,8 +56,9 @@ def promote_demo_classifier(settings: Settings, log: Callable[[str], None]) -> d
     events = asyncio.run(
         promote(settings, name, version.version, Stage.PRODUCTION, actor="llmops demo", approved_by="demo-approver")
     )
-    log(f"{events[-1].short} promoted to production (approved by demo-approver)")
-    return events[-1].summary()
+    promoted = next(event for event in events if event.version == version.version)
+    log(f"{promoted.short} promoted to production (approved by demo-approver)")
+    return promoted.summary()
 
 
 async def ask_demo_questions(settings: Settings, timeout: float = 60.0) -> list[dict[str, Any]]:

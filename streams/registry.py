@@ -289,12 +289,9 @@ class Registry:
             raise RegistryError(f"{candidate.short} failed its QA gate: {candidate.qa_report}")
         if not approved_by or not approved_by.strip():
             raise RegistryError("promotion to production needs an explicit approval: --approved-by NAME")
-        events = []
-        current = self.production(name)
-        if current is not None:
-            note = f"superseded by {candidate.version[:12]}"
-            events.append(replace(current, stage=Stage.ARCHIVED, updated_at_ms=now_ms, actor=actor, note=note))
-        events.append(
+        # The new version first: a worker applies one event at a time, and between the two events
+        # the newest promotion answers (``production`` picks it), never "no production version".
+        events = [
             replace(
                 candidate,
                 stage=Stage.PRODUCTION,
@@ -305,7 +302,11 @@ class Registry:
                 actor=actor,
                 note="promoted to production",
             )
-        )
+        ]
+        current = self.production(name)
+        if current is not None:
+            note = f"superseded by {candidate.version[:12]}"
+            events.append(replace(current, stage=Stage.ARCHIVED, updated_at_ms=now_ms, actor=actor, note=note))
         return events
 
     def rollback(self, name: str, *, actor: str, now_ms: int) -> list[ModelVersion]:
@@ -324,8 +325,9 @@ class Registry:
         if not earlier:
             raise RegistryError(f"{current.short} is the first production version of {name!r}; nothing to roll back to")
         previous = max(earlier, key=lambda v: v.promoted_at_ms or 0)
+        # Restored first (it keeps its older promotion time, so the current version answers until
+        # the second event archives it): there is a production version after every event.
         return [
-            replace(current, stage=Stage.ARCHIVED, updated_at_ms=now_ms, actor=actor, note="rolled back"),
             replace(
                 previous,
                 stage=Stage.PRODUCTION,
@@ -333,6 +335,7 @@ class Registry:
                 actor=actor,
                 note=f"restored by rollback of {current.version[:12]}",
             ),
+            replace(current, stage=Stage.ARCHIVED, updated_at_ms=now_ms, actor=actor, note="rolled back"),
         ]
 
 

@@ -76,12 +76,34 @@ def test_promotion_archives_the_old_version_and_rollback_restores_it() -> None:
     assert [v.version for v in registry.all("topic") if v.stage is Stage.PRODUCTION] == [second.version]
     events = apply(registry, registry.rollback("topic", actor="t", now_ms=30))
     assert [(e.version, e.stage) for e in events] == [
-        (second.version, Stage.ARCHIVED),
         (first.version, Stage.PRODUCTION),
+        (second.version, Stage.ARCHIVED),
     ]
     assert registry.resolve("topic").version == first.version
     with pytest.raises(RegistryError, match="nothing to roll back to"):
         registry.rollback("topic", actor="t", now_ms=40)
+
+
+def test_a_worker_applying_one_event_at_a_time_always_has_a_production_version() -> None:
+    # Workers follow models.control one event at a time and answer between two events of one
+    # promotion: a classify request then must find a production version (a promotion used to
+    # archive the old version first, and one request in 60 got UNKNOWN_MODEL).
+    registry = Registry()
+    first, second = version(seed="a"), version(seed="b")
+    to_production(registry, first, 0.9, now=10)
+    apply(registry, registry.register(second))
+    apply(registry, registry.promote("topic", second.version, Stage.QA, actor="t", now_ms=20))
+    apply(registry, registry.record_evaluation("topic", second.version, {"accuracy": 0.91}, GATE, actor="t", now_ms=21))
+    promotion = registry.promote("topic", second.version, Stage.PRODUCTION, actor="t", now_ms=22, approved_by="ana")
+    answered_by = []
+    for event in promotion:
+        registry.apply(event)
+        answered_by.append(registry.resolve("topic").version)
+    assert answered_by == [second.version, second.version], "the new version answers from its first event on"
+    for event in registry.rollback("topic", actor="t", now_ms=30):
+        registry.apply(event)
+        answered_by.append(registry.resolve("topic").version)
+    assert answered_by[2:] == [second.version, first.version], "rolled back by the second event, never empty"
 
 
 def test_registering_the_same_files_twice_is_refused_and_unknown_versions_say_what_exists() -> None:
