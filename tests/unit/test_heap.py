@@ -11,8 +11,10 @@ from streams.heap import freeze_startup_objects, watch_collections
 
 @pytest.fixture(autouse=True)
 def _unfreeze() -> Iterator[None]:
+    thresholds = gc.get_threshold()
     yield
     gc.unfreeze()
+    gc.set_threshold(*thresholds)
 
 
 def test_start_up_objects_are_frozen_out_of_full_collections() -> None:
@@ -20,6 +22,7 @@ def test_start_up_objects_are_frozen_out_of_full_collections() -> None:
     frozen = freeze_startup_objects()
     assert frozen >= len(kept)
     assert not any(item is kept for item in gc.get_objects(2))
+    assert gc.get_threshold()[0] >= 10_000  # young collections less often than every 700 allocations
 
 
 def test_only_collections_longer_than_the_limit_are_logged() -> None:
