@@ -20,7 +20,8 @@ import faust
 from agents.common import dead_letter_for, delivery_of, raw_topic, send_dead_letter, stop_without_acking
 from streams.avro import CodecError, codec_from_settings
 from streams.embed import version_for
-from streams.indexing import ShuttingDown, write_with_retry
+from streams.heap import freeze_startup_objects
+from streams.indexing import SealPolicy, ShuttingDown, write_with_retry
 from streams.logs import get_logger
 from streams.settings import Settings
 from streams.topics import Topics
@@ -29,8 +30,7 @@ from streams.vectorstore import VectorStore, shared_store
 
 log = get_logger(__name__)
 MAX_BACKOFF_SECONDS = 30.0
-SEAL_AFTER_IDLE_SECONDS = 1.0  # flush once no write came for this long...
-SEAL_AFTER_ROWS = 8192  # ...or when this many written rows are still unsealed
+SEAL_POLICY = SealPolicy()
 
 
 def register_index(app: faust.App, settings: Settings, tracer: AgentTracer) -> Any:
@@ -48,6 +48,7 @@ def register_index(app: faust.App, settings: Settings, tracer: AgentTracer) -> A
     async def index(stream: Any) -> None:
         try:  # open (and create or load) the collection before the first batch arrives
             stores.append(await asyncio.get_running_loop().run_in_executor(None, open_store))
+            freeze_startup_objects()  # Milvus Lite's server and client live as long as the worker
         except Exception as error:  # noqa: BLE001 - retried with backoff on the first batch
             log.warning("vector_store_unavailable", error=repr(error), retry_in_s=0)
         async for events in stream.take_events(settings.index_batch_size, within=settings.index_batch_seconds):
@@ -64,8 +65,8 @@ def register_index(app: faust.App, settings: Settings, tracer: AgentTracer) -> A
     @app.timer(interval=1.0)  # type: ignore[untyped-decorator]  # faust's decorators are untyped
     async def seal_segments() -> None:
         """Flush written rows once writes pause (or many piled up), so that searches use an index."""
-        idle = time.monotonic() - unsealed["last_write"] >= SEAL_AFTER_IDLE_SECONDS
-        if not stores or not unsealed["rows"] or not (idle or unsealed["rows"] >= SEAL_AFTER_ROWS):
+        idle = time.monotonic() - unsealed["last_write"]
+        if not stores or not SEAL_POLICY.should_seal(int(unsealed["rows"]), idle):
             return
         rows, unsealed["rows"] = unsealed["rows"], 0
         flush = getattr(stores[0], "flush", None)

@@ -214,6 +214,7 @@ def worker(agents: str) -> None:
     from agents.app import create_app, internal_topic_specs
     from streams.admin import ensure_topics
     from streams.broker_wait import EXIT_BROKER_UNREACHABLE, BrokerUnreachable, when_reachable
+    from streams.heap import freeze_startup_objects, watch_collections
     from streams.logs import configure_logging
     from streams.tracing import Telemetry
 
@@ -230,6 +231,8 @@ def worker(agents: str) -> None:
     except ValueError as error:
         raise click.ClickException(str(error)) from None
     asyncio.run(ensure_topics(settings, internal_topic_specs(app, settings)))
+    watch_collections()
+    freeze_startup_objects()  # the model, the app, the clients: full collections skip them from here on
     runner = faust.Worker(app, loglevel=settings.log_level.lower(), override_logging=False, redirect_stdouts=False)
     try:
         runner.execute_from_commandline()

@@ -5,7 +5,7 @@ from collections.abc import Sequence
 import numpy as np
 import pytest
 
-from streams.indexing import apply_embeddings, embed_chunks
+from streams.indexing import SealPolicy, apply_embeddings, embed_chunks
 from streams.vectorstore import ChunkRow, Hit, collection_name, quote
 
 
@@ -163,3 +163,18 @@ async def test_shutdown_while_the_store_fails_hands_the_batch_back() -> None:
             should_stop=lambda: stopping[0],
             sleep=fake_sleep,
         )
+
+
+@pytest.mark.parametrize(
+    ("rows", "idle", "sealed"),
+    [
+        (0, 60.0, False),  # nothing written: nothing to seal
+        (64, 1.5, False),  # a small pile after a short pause waits (one segment per batch was costly)
+        (64, 5.0, True),  # ...until writes pause for longer
+        (1024, 1.0, True),  # a larger pile is sealed at the first short pause
+        (1024, 0.2, False),  # ...but not while writes keep coming
+        (8192, 0.0, True),  # and a full pile is sealed even then
+    ],
+)
+def test_seal_policy_waits_for_a_pause_or_a_pile(rows: int, idle: float, sealed: bool) -> None:
+    assert SealPolicy().should_seal(rows, idle) is sealed
