@@ -103,7 +103,7 @@ def create_app(
     if "infer" in agents:
         from agents.infer import register_infer
 
-        register_infer(app, settings, tracer("infer"))
+        register_infer(app, settings, tracer("infer"), agents)
     if "monitor" in agents:
         from agents.monitor import register_monitor
 
