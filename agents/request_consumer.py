@@ -11,8 +11,8 @@ Guarantees (the same as the Faust agent's):
     - At least once: an offset is committed only after the handler returned (its outputs
       acknowledged by Kafka), and never past a record still in flight
       (:class:`streams.commit_offsets.CommitOffsets`).
-    - Rebalances: when partitions are revoked, fetching stops starting new records, the
-      records in flight finish, and their offsets are committed before the group moves on.
+    - Rebalances: from the revoke until the new assignment no record is started; the records
+      in flight finish and their offsets are committed before the group moves on.
     - Stopping: :meth:`RequestConsumer.stop` finishes the records in flight, commits them, and
       leaves the group; records fetched but not started are read again by the next owner.
 
@@ -66,6 +66,7 @@ class RequestConsumer(ConsumerRebalanceListener):  # type: ignore[misc]  # aioka
         self._stopping = asyncio.Event()
         self._stopped = asyncio.Event()
         self._running = False
+        self._rebalancing = False  # from revoke to assignment: start nothing, the owner may change
         self._settings = settings
         self._consumer: Any = None  # created in run(): aiokafka clients need the running loop
 
@@ -115,8 +116,8 @@ class RequestConsumer(ConsumerRebalanceListener):  # type: ignore[misc]  # aioka
             return
         # A bounded wait rather than a race with stop(): stopping takes at most this long to notice.
         batch = await self._consumer.getmany(timeout_ms=FETCH_TIMEOUT_MS, max_records=free)
-        if self._stopping.is_set():
-            return  # fetched but not started: read again by the next owner
+        if self._stopping.is_set() or self._rebalancing:
+            return  # fetched but not started: read again from the committed offsets
         assigned = self._consumer.assignment()
         for tp, records in batch.items():
             if tp not in assigned:  # revoked while the fetch returned: its next owner reads them
@@ -133,10 +134,14 @@ class RequestConsumer(ConsumerRebalanceListener):  # type: ignore[misc]  # aioka
         task = asyncio.current_task()
         try:
             await self.handle(record)
+        except Exception:  # handlers route their errors themselves; this is the last resort
+            # Not answered, so never committed: the partition's commits stop here until a restart
+            # reads it again (at least once), and this line says why.
+            log.exception("record_not_answered", topic=tp.topic, partition=tp.partition, offset=record.offset)
+            return
         finally:
             if task is not None:
                 self._tasks.pop(task, None)
-        # Only a handler that returned counts as answered; one that raised (cancelled) is read again.
         self.offsets.finished(tp, record.offset)
 
     async def _finish_in_flight(self, partitions: set[TopicPartition] | None = None) -> None:
@@ -164,6 +169,7 @@ class RequestConsumer(ConsumerRebalanceListener):  # type: ignore[misc]  # aioka
     # --- rebalancing (aiokafka awaits these before the group moves on) -------------------------
     async def on_partitions_revoked(self, revoked: list[TopicPartition]) -> None:
         """Answer and commit what is in flight on ``revoked`` before another member reads them."""
+        self._rebalancing = True
         await self._finish_in_flight(set(revoked))
         await self._commit()
         self.offsets.forget(revoked)
@@ -173,3 +179,4 @@ class RequestConsumer(ConsumerRebalanceListener):  # type: ignore[misc]  # aioka
         for tp in assigned:
             if tp in self._fallback and await self._consumer.committed(tp) is None:
                 self._consumer.seek(tp, self._fallback[tp])
+        self._rebalancing = False
