@@ -85,8 +85,8 @@ def create_app(
     app.producer.buffer.max_messages = max(10_000, 4 * settings.ingest_batch_size)
     telemetry = telemetry or Telemetry([], enabled=False)
 
-    def tracer(agent: str) -> Any:
-        return telemetry.agent_tracer(agent, group=app_id, namespace=settings.namespace)
+    def tracer(agent: str, group: str = app_id) -> Any:
+        return telemetry.agent_tracer(agent, group=group, namespace=settings.namespace)
 
     if "ingest" in agents:
         from agents.ingest import register_ingest
@@ -103,7 +103,7 @@ def create_app(
     if "infer" in agents:
         from agents.infer import register_infer
 
-        register_infer(app, settings, tracer("infer"))
+        register_infer(app, settings, tracer("infer", topics.requests_group(*agents)), agents)
     if "monitor" in agents:
         from agents.monitor import register_monitor
 

@@ -48,15 +48,26 @@ def delivery_of(event: Any) -> Delivery:
 
 def dead_letter_for(event: Any, stage: str, reason: str, detail: str) -> DeadLetter:
     """A dead letter for a Faust event, with its original bytes and coordinates."""
-    return DeadLetter.of(
-        source_of(event),
-        event.message.key,
-        event.message.value,
-        stage=stage,
-        reason=reason,
-        detail=detail,
-        now_ms=now_ms(),
-    )
+    return _dead_letter(source_of(event), event.message, stage, reason, detail)
+
+
+def record_source(record: Any) -> SourceCoordinates:
+    """Where an aiokafka ``ConsumerRecord`` was read (its timestamp is already in ms)."""
+    return SourceCoordinates(record.topic, record.partition, record.offset, record.timestamp or 0)
+
+
+def record_delivery(record: Any) -> Delivery:
+    """An aiokafka ``ConsumerRecord`` as tracing sees it."""
+    return Delivery(record.topic, record.partition, record.offset, record.headers, record.key)
+
+
+def record_dead_letter(record: Any, stage: str, reason: str, detail: str) -> DeadLetter:
+    """A dead letter for an aiokafka ``ConsumerRecord``, with its original bytes and coordinates."""
+    return _dead_letter(record_source(record), record, stage, reason, detail)
+
+
+def _dead_letter(source: SourceCoordinates, message: Any, stage: str, reason: str, detail: str) -> DeadLetter:
+    return DeadLetter.of(source, message.key, message.value, stage=stage, reason=reason, detail=detail, now_ms=now_ms())
 
 
 def log_dead_letter(letter: DeadLetter) -> None:

@@ -6,22 +6,29 @@ response when they carry an id, and a dead letter either way; blocked requests g
 response and a dead letter. The registry follows ``models.control`` in this process and the
 answering models are swapped whole on each change, without a restart.
 
-Responses go out on a producer of their own with no linger: the worker's shared producer
-lingers a few milliseconds to batch documents, which a request/reply round trip cannot afford.
+Requests are read by a consumer group of their own (:class:`agents.request_consumer.RequestConsumer`,
+group ``Topics.requests_group``) in the worker's event loop rather than by a Faust agent stream:
+Faust's consumer thread and stream hand-offs cost more than the two Kafka hops of a round trip.
+The offsets are committed after the response (and any dead letter) is acknowledged, never past a
+request in flight; a SIGTERM finishes the requests in flight first. Responses go out on a
+producer of their own with no linger: the worker's shared producer lingers a few milliseconds to
+batch documents, which a request/reply round trip cannot afford.
 """
 
 from __future__ import annotations
 
 import asyncio
-import time
+from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
 from typing import Any, cast
 
 import faust
+from aiokafka import TopicPartition
 
-from agents.common import dead_letter_for, delivery_of, raw_topic, send_dead_letter
-from streams.admin import producer
+from agents.common import record_dead_letter, record_delivery, send_dead_letter
+from agents.request_consumer import RequestConsumer
+from streams.admin import committed_offsets, producer
 from streams.avro import codec_from_settings
 from streams.chunk import default_tokenizer_path
 from streams.embed import OnnxEmbedder, graph_for
@@ -37,6 +44,7 @@ from streams.inference import (
 )
 from streams.logs import get_logger
 from streams.model_ops import decode_version, embedder_version_record, write_events
+from streams.records import now_ms
 from streams.registry import ModelVersion, RegistryFollower
 from streams.replay import ORIGINAL_TIMESTAMP_HEADER
 from streams.settings import Settings
@@ -67,8 +75,8 @@ def shift_replayed_deadline(request: InferenceRequest, headers: dict[str, bytes]
     return replace(request, deadline_ms=request.deadline_ms + max(0, delay))
 
 
-def register_infer(app: faust.App, settings: Settings, tracer: AgentTracer) -> Any:
-    """Declare the infer agent on ``app``."""
+def register_infer(app: faust.App, settings: Settings, tracer: AgentTracer, agents: Sequence[str]) -> Any:
+    """Declare the infer agent on ``app`` (a worker running ``agents``, which name its requests group)."""
     topics = Topics(settings.namespace)
     codec = codec_from_settings(settings)
     # Its own session and threads: queries must not wait behind a batch of document chunks.
@@ -118,31 +126,20 @@ def register_infer(app: faust.App, settings: Settings, tracer: AgentTracer) -> A
         state["replies"] = replies
         log.info("infer_ready", embedder=embedder.version[:12], models=[v.short for v in follower.registry.all()])
 
-    async def ensure_started() -> None:
-        if "started" not in state:  # the first caller prepares; everyone else waits for it
-            state["started"] = asyncio.ensure_future(start())
-        await asyncio.shield(state["started"])
-
-    @app.task  # type: ignore[untyped-decorator]
-    async def prepare() -> None:
-        """Prepare as the worker starts, so the first request does not pay for it."""
-        await ensure_started()
-
     async def reply(topic: str, key: str, response: dict[str, Any], headers: list[tuple[str, bytes]]) -> Any:
         value = codec.encode("InferenceResponse", response, topic)
         return await state["replies"].send(topic, value, key=key.encode(), headers=headers)
 
-    async def handle(event: Any, batch: BatchTrace) -> None:
-        message = event.message
-        received_ms = int((message.timestamp or time.time()) * 1000)
+    async def handle(record: Any, batch: BatchTrace) -> None:
+        received_ms = record.timestamp or now_ms()
         headers = batch.inject(0, [])  # the response continues the request's trace
         pending = []
         try:
-            request = parse_request(message.value, codec)
+            request = parse_request(record.value, codec)
         except RequestRejected as error:
             batch.fail(0, error.reason, error.detail)
             batch.annotate(0, request_id=error.request_id)
-            letter = dead_letter_for(event, "infer", error.reason, error.detail)
+            letter = record_dead_letter(record, "infer", error.reason, error.detail)
             pending.append(await send_dead_letter(app, codec, topics, letter, headers))
             response = rejection_response(error)
             if response is not None:
@@ -155,7 +152,7 @@ def register_infer(app: faust.App, settings: Settings, tracer: AgentTracer) -> A
             await asyncio.gather(*pending)
             return
         batch.annotate(0, request_id=request.request_id, task=request.task, tenant=request.tenant)
-        request = shift_replayed_deadline(request, dict(message.headers or ()), received_ms)
+        request = shift_replayed_deadline(request, dict(record.headers or ()), received_ms)
         if service.models.store is None and request.task != "classify":
             service.swap(replace(service.models, store=await run_blocking(open_store)))
         with batch.step("infer.answer", task=request.task):
@@ -166,32 +163,47 @@ def register_infer(app: faust.App, settings: Settings, tracer: AgentTracer) -> A
         if verdict.blocked:
             detail = f"prompt injection suspected, score {verdict.score:.2f}, rules {list(verdict.rules)}"
             batch.fail(0, "PROMPT_INJECTION", detail)
-            letter = dead_letter_for(event, "infer", "PROMPT_INJECTION", detail)
+            letter = record_dead_letter(record, "infer", "PROMPT_INJECTION", detail)
             pending.append(await send_dead_letter(app, codec, topics, letter, headers))
         shadows = await service.shadow_answers(request, response)
         pending.extend([await reply(topics.inference_shadow, request.reply_key, s, headers) for s in shadows])
         await asyncio.gather(*pending)
 
-    @app.agent(
-        raw_topic(app, topics.inference_requests, settings), name="infer", concurrency=settings.infer_concurrency
+    async def answer(record: Any) -> None:
+        """One request: an answer, or a dead letter if answering failed (never raises but cancellation)."""
+        with tracer.record(record_delivery(record)) as batch, batch.current(0):
+            try:
+                await handle(record, batch)
+            except asyncio.CancelledError:
+                raise
+            except Exception as error:
+                log.exception("infer_failed", error=repr(error))
+                batch.fail(0, "INTERNAL_ERROR", repr(error))
+                letter = record_dead_letter(record, "infer", "INTERNAL_ERROR", repr(error)[:500])
+                await send_dead_letter(app, codec, topics, letter, batch.inject(0, []))
+
+    async def faust_group_offsets() -> dict[TopicPartition, int]:
+        """Where the Faust agent of earlier versions stopped: a new requests group starts there."""
+        committed = await committed_offsets(settings, app.conf.id)
+        return {tp: offset for tp, offset in committed.items() if tp.topic == topics.inference_requests}
+
+    consumer = RequestConsumer(
+        settings,
+        topics.inference_requests,
+        topics.requests_group(*agents),
+        answer,
+        concurrency=settings.infer_concurrency,
+        start_offsets=faust_group_offsets,
     )
-    async def infer(stream: Any) -> None:
-        # The actors iterate from the first moment: awaiting preparation before the first
-        # `async for` left the stream without a reader after some rebalances (seen in replays).
-        async for event in stream.events():
-            with tracer.batch([delivery_of(event)]) as batch, batch.current(0):
-                try:
-                    await ensure_started()
-                    await handle(event, batch)
-                except asyncio.CancelledError:
-                    raise
-                except Exception as error:
-                    log.exception("infer_failed", error=repr(error))
-                    batch.fail(0, "INTERNAL_ERROR", repr(error))
-                    letter = dead_letter_for(event, "infer", "INTERNAL_ERROR", repr(error)[:500])
-                    await send_dead_letter(app, codec, topics, letter, batch.inject(0, []))
+
+    @app.task  # type: ignore[untyped-decorator]  # faust's decorators are untyped
+    async def serve_requests() -> None:
+        """Prepare once as the worker starts, then answer requests until the worker stops."""
+        await start()
+        await consumer.run()
 
     async def stop(*_: Any, **__: Any) -> None:
+        await consumer.stop()  # answers and commits the requests in flight; the producer is still up
         await follower.stop()
         if "replies" in state:
             await state["replies"].stop()
@@ -199,4 +211,4 @@ def register_infer(app: faust.App, settings: Settings, tracer: AgentTracer) -> A
 
     app.on_before_shutdown.connect(cast(Any, stop))
 
-    return infer
+    return serve_requests

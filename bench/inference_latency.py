@@ -12,6 +12,9 @@ Lite, after indexing N stdlib documents and promoting a stdlib-topic classifier:
    ``InferenceService`` code in this process (same models, same Milvus Lite collection): the
    work alone, no Kafka.
 
+The Kafka floor (a plain aiokafka two-hop echo through the same broker) is measured at the start
+and again at the end, when the broker is warm.
+
 Prints JSON and writes bench/out/inference_latency.{json,png}.
 """
 
@@ -301,6 +304,9 @@ def main() -> None:
             result = asyncio.run(saturation(settings, task, args.in_flight, args.seconds, texts))
             print(json.dumps(result), file=sys.stderr)
             report["saturation"].append(result)
+        # Again with a warm broker (the first runs just after it started, before its JIT warmed up).
+        warm_floor = report["kafka_round_trip_floor_after_ms"] = asyncio.run(kafka_floor(settings))
+        print(f"plain aiokafka echo, two hops, at the end: {warm_floor}", file=sys.stderr)
     finally:
         _stop_worker(worker)
     for task in tasks:

@@ -43,10 +43,10 @@ sys.path.insert(0, str(ROOT / "bench"))
 
 from pipeline_throughput import publish_paced, run_pipeline  # noqa: E402
 
-from streams.admin import ensure_topics, offsets  # noqa: E402
+from streams.admin import committed_offsets, ensure_topics, offsets  # noqa: E402
 from streams.broker import EmbeddedKafka  # noqa: E402
 from streams.corpus import stdlib_documents  # noqa: E402
-from streams.demo import _committed, _start_worker, _stop_worker  # noqa: E402
+from streams.demo import _start_worker, _stop_worker  # noqa: E402
 from streams.publish import encode_document  # noqa: E402
 from streams.settings import Settings  # noqa: E402
 from streams.topics import Topics  # noqa: E402
@@ -81,7 +81,7 @@ async def lags(settings: Settings) -> dict[str, int]:
     topics = Topics(settings.namespace)
     inputs = {"ingest": topics.docs_raw, "embed": topics.docs_clean, "index": topics.docs_embeddings}
     _, end = await offsets(settings, list(inputs.values()))
-    committed = await _committed(settings, topics.app_id(*AGENTS))
+    committed = await committed_offsets(settings, topics.app_id(*AGENTS))
     return {
         stage: sum(end[tp] - committed.get(tp, 0) for tp in end if tp.topic == topic) for stage, topic in inputs.items()
     }

@@ -112,6 +112,8 @@ def worker_grants(namespace: str, agents: Sequence[str], username: str) -> list[
     group = topics.app_id(*agents)
     grants = _topic_grants(principal, (AGENT_ACCESS[agent] for agent in agents), topics)
     grants.append(AclGrant(principal, "READ", "GROUP", group))
+    if "infer" in agents:  # the infer agent reads inference.requests in a group of its own
+        grants.append(AclGrant(principal, "READ", "GROUP", topics.requests_group(*agents)))
     # Faust's own topics: <group>-<table>-changelog and <group>-__assignor-__leader, which it creates.
     grants.append(AclGrant(principal, "ALL", "TOPIC", f"{group}-", "PREFIXED"))
     return sorted(grants)
@@ -143,9 +145,10 @@ def markdown_table() -> str:
     ]
     for agent, access in AGENT_ACCESS.items():
         group = f"llmops-<ns>-{agent}"
+        groups = f"`{group}`, `{group}-requests`" if agent == "infer" else f"`{group}`"
         rows.append(
             f"| `llmops-{agent}` ({agent} worker) | {names(access.reads)} | {names(access.writes)} "
-            f"| `{group}` | `{group}-` |"
+            f"| {groups} | `{group}-` |"
         )
     for role, access in ROLE_ACCESS.items():
         rows.append(f"| `llmops-{role}` | {names(access.reads)} | {names(access.writes)} | | |")

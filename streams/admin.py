@@ -18,6 +18,7 @@ from typing import Any
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import (
+    GroupCoordinatorNotAvailableError,
     KafkaConnectionError,
     KafkaError,
     TopicAlreadyExistsError,
@@ -135,6 +136,19 @@ async def offsets(
         return dict(await consumer.beginning_offsets(partitions)), dict(await consumer.end_offsets(partitions))
     finally:
         await consumer.stop()
+
+
+async def committed_offsets(settings: Settings, group: str) -> dict[TopicPartition, int]:
+    """Offsets consumer group ``group`` has committed, per partition (empty for an unknown group)."""
+    admin = AIOKafkaAdminClient(**client_kwargs(settings))
+    await admin.start()
+    try:
+        committed = await admin.list_consumer_group_offsets(group)
+        return {tp: meta.offset for tp, meta in committed.items()}
+    except GroupCoordinatorNotAvailableError:
+        return {}  # the offsets topic is still being created: nothing committed yet
+    finally:
+        await admin.close()
 
 
 @dataclass(frozen=True)

@@ -27,10 +27,8 @@ from pathlib import Path
 from typing import Any
 
 from aiokafka import TopicPartition
-from aiokafka.admin import AIOKafkaAdminClient
-from aiokafka.errors import GroupCoordinatorNotAvailableError
 
-from streams.admin import client_kwargs, ensure_topics, offsets, read_range
+from streams.admin import committed_offsets, ensure_topics, offsets, read_range
 from streams.avro import AvroCodec, registry_from_settings
 from streams.broker import EmbeddedKafka
 from streams.corpus import stdlib_documents
@@ -77,18 +75,6 @@ async def _end_offsets(settings: Settings, topics: list[str]) -> dict[TopicParti
     return (await offsets(settings, topics))[1]
 
 
-async def _committed(settings: Settings, group: str) -> dict[TopicPartition, int]:
-    admin = AIOKafkaAdminClient(**client_kwargs(settings))
-    await admin.start()
-    try:
-        offsets = await admin.list_consumer_group_offsets(group)
-        return {tp: meta.offset for tp, meta in offsets.items()}
-    except GroupCoordinatorNotAvailableError:
-        return {}  # the offsets topic is still being created: nothing committed yet
-    finally:
-        await admin.close()
-
-
 async def wait_until_consumed(
     settings: Settings,
     group: str,
@@ -101,7 +87,7 @@ async def wait_until_consumed(
     total = sum(targets.values())
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline and alive():
-        committed = await _committed(settings, group)
+        committed = await committed_offsets(settings, group)
         done = sum(min(committed.get(tp, 0), end) for tp, end in targets.items())
         on_progress(done, total)
         if done >= total:

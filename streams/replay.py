@@ -343,7 +343,7 @@ def wait_until_replayed(
         if topic == DOCS_RAW:
             ok, _ = wait_for_stages(target, [REPLAY_AGENTS], end, remaining, alive=alive, log=progress)
         else:
-            group = topics.app_id(*REPLAY_AGENTS)
+            group = topics.requests_group(*REPLAY_AGENTS)  # the infer agent's own group
 
             def report(done: int, total: int) -> None:
                 progress(f"  infer: committed {done}/{total} offsets on {topics.inference_requests}")

@@ -143,6 +143,14 @@ class Topics:
         """
         return f"llmops-{self.namespace or 'live'}-{'_'.join(sorted(agents))}"
 
+    def requests_group(self, *agents: str) -> str:
+        """Consumer group of ``inference.requests`` in a worker running ``agents``.
+
+        The infer agent reads requests with a consumer of its own (agents/request_consumer.py),
+        outside the Faust app's group, so it has a group of its own beside ``app_id``.
+        """
+        return f"{self.app_id(*agents)}-requests"
+
     def specs(self, partitions: int, replication_factor: int) -> list[TopicSpec]:
         """Every topic of this namespace with explicit partitions and configs."""
         return [

@@ -107,6 +107,14 @@ class AgentTracer:
         """Spans for one micro-batch; use as a context manager (ends every span on exit)."""
         return BatchTrace(self, deliveries)
 
+    def record(self, delivery: Delivery) -> BatchTrace:
+        """Spans for one record handled on its own (a request): its consumer span is the only root.
+
+        No batch span and no links: ``step`` spans are children of the record's span, so the
+        record's trace holds all of its work, and a request pays for two spans instead of three.
+        """
+        return BatchTrace(self, [delivery], alone=True)
+
     @contextlib.contextmanager
     def send(self, topic: str, **attributes: Any) -> Iterator[list[tuple[str, bytes]]]:
         """A PRODUCER span around sending one record (a client's request); yields its trace headers.
@@ -127,10 +135,12 @@ class AgentTracer:
 class BatchTrace:
     """One batch span linked to a consumer span per member; members continue their traces."""
 
-    def __init__(self, owner: AgentTracer, deliveries: Sequence[Delivery]) -> None:
+    def __init__(self, owner: AgentTracer, deliveries: Sequence[Delivery], alone: bool = False) -> None:
+        """``alone``: one record handled on its own; its consumer span also parents the steps."""
         self._owner = owner
         self.deliveries = list(deliveries)
         self._headers: dict[int, list[tuple[str, bytes]]] = {}
+        self._alone = alone
         tracer = owner.tracer
         if tracer is None:
             # Tracing off: the "member span" is the upstream context itself, so outputs carry it on.
@@ -144,6 +154,10 @@ class BatchTrace:
             "messaging.destination.name": destination,
             "messaging.kafka.consumer.group": owner.group,
         }
+        if alone:
+            self.members = [self._start_member(tracer, self.deliveries[0], common, ())]
+            self.batch_span = self.members[0]
+            return
         self.batch_span = tracer.start_span(
             f"{owner.stage} batch",
             context=Context(),  # its own trace: many documents' traces meet here
@@ -153,23 +167,29 @@ class BatchTrace:
         batch_link = [Link(self.batch_span.get_span_context())]
         self.members = []
         for delivery in self.deliveries:
-            attributes: dict[str, Any] = {
-                **common,
-                "messaging.destination.name": delivery.topic,
-                "messaging.kafka.destination.partition": delivery.partition,
-                "messaging.kafka.message.offset": delivery.offset,
-            }
-            if delivery.key is not None:
-                attributes["messaging.kafka.message.key"] = delivery.key.decode("utf-8", "replace")
-            member = tracer.start_span(
-                f"{owner.stage} {delivery.topic}",
-                context=extract_context(delivery.headers),
-                kind=SpanKind.CONSUMER,
-                attributes=attributes,
-                links=batch_link,
-            )
+            member = self._start_member(tracer, delivery, common, batch_link)
             self.batch_span.add_link(member.get_span_context())
             self.members.append(member)
+
+    def _start_member(
+        self, tracer: trace.Tracer, delivery: Delivery, common: dict[str, Any], links: Sequence[Link]
+    ) -> Span:
+        """The consumer span of one record, child of the context its headers carry."""
+        attributes: dict[str, Any] = {
+            **common,
+            "messaging.destination.name": delivery.topic,
+            "messaging.kafka.destination.partition": delivery.partition,
+            "messaging.kafka.message.offset": delivery.offset,
+        }
+        if delivery.key is not None:
+            attributes["messaging.kafka.message.key"] = delivery.key.decode("utf-8", "replace")
+        return tracer.start_span(
+            f"{self._owner.stage} {delivery.topic}",
+            context=extract_context(delivery.headers),
+            kind=SpanKind.CONSUMER,
+            attributes=attributes,
+            links=links,
+        )
 
     def __enter__(self) -> BatchTrace:
         return self
@@ -181,18 +201,19 @@ class BatchTrace:
         """End the member spans, then the batch span (ERROR status if ``error``)."""
         if self._owner.tracer is None:
             return
+        if error is not None:
+            self.batch_span.record_exception(error)
+            self.batch_span.set_status(Status(StatusCode.ERROR, type(error).__name__))
         for member in self.members:
             if error is not None:
                 member.set_status(Status(StatusCode.ERROR, type(error).__name__))
             member.end()
-        if error is not None:
-            self.batch_span.record_exception(error)
-            self.batch_span.set_status(Status(StatusCode.ERROR, type(error).__name__))
-        self.batch_span.end()
+        if not self._alone:
+            self.batch_span.end()
 
     @contextlib.contextmanager
     def step(self, name: str, **attributes: Any) -> Iterator[Span]:
-        """A child span of the batch span around one piece of the batch's work."""
+        """A child span of the batch span (the record's span when alone) around one piece of work."""
         if self._owner.tracer is None:
             yield trace.INVALID_SPAN
             return

@@ -44,6 +44,23 @@ def test_context_is_read_from_aiokafka_tuples_and_from_mappings() -> None:
     assert header_items({"a": "b"}) == [("a", b"b")]
 
 
+def test_a_record_alone_is_one_span_whose_trace_holds_its_steps(spans: InMemorySpanExporter) -> None:
+    tracer = telemetry_with(spans).agent_tracer("infer", group="g1")
+    delivery = Delivery("inference.requests", 0, 7, [("traceparent", TRACEPARENT.encode())], b"client-1")
+    with pytest.raises(RuntimeError), tracer.record(delivery) as request:
+        with request.step("infer.answer", task="search"):
+            pass
+        headers = request.inject(0, [])
+        raise RuntimeError("boom")
+    (answer,) = [s for s in spans.get_finished_spans() if s.name == "infer.answer"]
+    (consumer,) = [s for s in spans.get_finished_spans() if s.name == "infer inference.requests"]
+    assert len(spans.get_finished_spans()) == 2 and not consumer.links
+    assert trace.format_trace_id(consumer.context.trace_id) == UPSTREAM_TRACE
+    assert answer.parent is not None and answer.parent.span_id == consumer.context.span_id
+    assert consumer.status.status_code is trace.StatusCode.ERROR and consumer.events[0].name == "exception"
+    assert dict(headers)["traceparent"].decode().split("-")[2] == trace.format_span_id(consumer.context.span_id)
+
+
 def test_members_continue_their_traces_and_the_batch_links_them_all(spans: InMemorySpanExporter) -> None:
     tracer = telemetry_with(spans).agent_tracer("embed", group="g1")
     deliveries = [

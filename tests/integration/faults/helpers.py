@@ -16,11 +16,11 @@ import numpy as np
 import pytest
 from aiokafka import TopicPartition
 
-from streams.admin import ensure_topics, offsets, read_range
+from streams.admin import committed_offsets, ensure_topics, offsets, read_range
 from streams.avro import AvroCodec, EmbeddedRegistry
 from streams.broker import BrokerError, EmbeddedKafka
 from streams.corpus import stdlib_documents
-from streams.demo import _committed, account, wait_for_stages
+from streams.demo import account, wait_for_stages
 from streams.embed import version_for
 from streams.publish import encode_document, publish_records
 from streams.settings import Settings
@@ -71,7 +71,7 @@ def end_total(settings: Settings, topic: str) -> int:
 
 
 def committed_total(settings: Settings, group: str, topic: str) -> int:
-    return sum(offset for tp, offset in run(_committed(settings, group)).items() if tp.topic == topic)
+    return sum(offset for tp, offset in run(committed_offsets(settings, group)).items() if tp.topic == topic)
 
 
 def wait_pipeline(settings: Settings, worker: WorkerProcess, timeout: float = 300.0) -> None:
@@ -162,7 +162,7 @@ def committed_but_unprocessed(settings: Settings, group: str, index: IndexSnapsh
     index: a docs.embeddings UPSERT below the commit whose chunk is not in ``index``.
     """
     topics = Topics(settings.namespace)
-    committed = run(_committed(settings, group))
+    committed = run(committed_offsets(settings, group))
     stage_topics = [topics.docs_raw, topics.docs_clean, topics.docs_duplicates, topics.deadletter]
     messages = run(_outputs(settings, {}, [*stage_topics, topics.docs_embeddings]))
     by_topic: dict[str, list[Any]] = {}
