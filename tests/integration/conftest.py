@@ -118,7 +118,7 @@ def worker(settings: Settings) -> Iterator[WorkerProcess]:
     process.stop()
 
 
-def run_cli(settings: Settings, *args: str) -> subprocess.CompletedProcess[str]:
+def run_cli(settings: Settings, *args: str, timeout: float | None = None) -> subprocess.CompletedProcess[str]:
     """`llmops ARGS` in a subprocess configured by ``settings``, output captured."""
     return subprocess.run(
         [sys.executable, "-m", "streams.cli", *args],
@@ -126,6 +126,7 @@ def run_cli(settings: Settings, *args: str) -> subprocess.CompletedProcess[str]:
         text=True,
         env=WorkerProcess(settings).env(),
         cwd=ROOT,
+        timeout=timeout,
         check=False,
     )
 

@@ -6,8 +6,6 @@ from __future__ import annotations
 
 import secrets
 import shutil
-import subprocess
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -21,7 +19,7 @@ from streams.demo import wait_until_consumed
 from streams.settings import Settings
 from streams.topics import Topics
 
-from ..conftest import ROOT, WorkerProcess, run
+from ..conftest import ROOT, WorkerProcess, run, run_cli
 from .helpers import account_raw, fault_port, fresh, publish, records_of, report, unique_documents
 
 
@@ -47,18 +45,6 @@ def secured(request: pytest.FixtureRequest, settings: Settings, tmp_path: Path) 
         yield secured
 
 
-def cli(settings: Settings, *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "streams.cli", *args],
-        capture_output=True,
-        text=True,
-        env=WorkerProcess(settings).env(),
-        cwd=ROOT,
-        timeout=120,
-        check=False,
-    )
-
-
 def test_scram_clients_work_wrong_passwords_fail_clearly_and_secrets_stay_out_of_logs(secured: Settings) -> None:
     password = secured.sasl_password.get_secret_value() if secured.sasl_password else ""
     topics = Topics(secured.namespace)
@@ -74,14 +60,14 @@ def test_scram_clients_work_wrong_passwords_fail_clearly_and_secrets_stay_out_of
     summary = account_raw(secured)
     assert summary["accounted"] and summary["published"] == 30, summary
 
-    status = cli(secured, "kafka", "topics", "--json")
+    status = run_cli(secured, "kafka", "topics", "--json", timeout=120)
     assert status.returncode == 0, status.stderr
 
     wrong = secured.model_copy(update={"sasl_password": SecretStr("not-the-" + secrets.token_urlsafe(8))})
-    refused = cli(wrong, "kafka", "topics")
+    refused = run_cli(wrong, "kafka", "topics", timeout=120)
     assert refused.returncode != 0
     assert "refused the credentials of user 'llmops-test'" in refused.stderr, refused.stderr
-    refused_worker = cli(wrong, "worker", "--agents", "ingest")
+    refused_worker = run_cli(wrong, "worker", "--agents", "ingest", timeout=120)
     assert refused_worker.returncode != 0
     assert "LLMOPS_SASL_PASSWORD" in refused_worker.stderr, refused_worker.stderr[-2000:]
 
