@@ -95,9 +95,22 @@ async def open_loop(settings: Settings, task: str, rate: float, seconds: float, 
             def done(f: asyncio.Future[dict[str, Any]], sent: float = sent) -> None:
                 if not f.cancelled() and f.exception() is None:
                     response = f.result()
-                    work = sum(response["latency"][stage] for stage in WORK_STAGES)
+                    latency = response["latency"]
+                    work = sum(latency[stage] for stage in WORK_STAGES)
                     round_trip = (time.perf_counter() - sent) * 1000
-                    rows.append({"round_trip": round_trip, "work": work, "overhead": round_trip - work})
+                    rows.append(
+                        {
+                            "round_trip": round_trip,
+                            "work": work,
+                            "overhead": round_trip - work,
+                            # Where the overhead goes (wall-clock ms, one host): the request's Kafka
+                            # timestamp -> the agent starts answering; the agent's own time besides the
+                            # work; the response stamped -> the client has it.
+                            "to_agent": latency["queue_ms"],
+                            "in_agent": latency["total_ms"] - latency["queue_ms"] - work,
+                            "to_client": response["received_at_ms"] - response["created_at_ms"],
+                        }
+                    )
 
             future.add_done_callback(done)
             futures.append(future)
@@ -110,6 +123,10 @@ async def open_loop(settings: Settings, task: str, rate: float, seconds: float, 
         "round_trip_ms": summary([r["round_trip"] for r in rows]),
         "work_ms": summary([r["work"] for r in rows]),
         "kafka_overhead_ms": summary([r["overhead"] for r in rows]),
+        "overhead_parts_p50_ms": {
+            part: round(float(np.median([r[part] for r in rows])), 2) if rows else None
+            for part in ("to_agent", "in_agent", "to_client")
+        },
     }
 
 
