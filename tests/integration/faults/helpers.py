@@ -5,29 +5,33 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import secrets
 import shutil
 import signal
 import time
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pytest
 from aiokafka import TopicPartition
+from pydantic import SecretStr
 
 from streams.admin import committed_offsets, ensure_topics, offsets, read_range
 from streams.avro import AvroCodec, EmbeddedRegistry
 from streams.broker import BrokerError, EmbeddedKafka
+from streams.broker_security import BrokerSecurity
 from streams.corpus import stdlib_documents
-from streams.demo import account, wait_for_stages
+from streams.demo import account, wait_for_stages, wait_until_consumed
 from streams.embed import version_for
 from streams.publish import encode_document, publish_records
 from streams.settings import Settings
 from streams.topics import Topics
 from streams.vectorstore import MilvusStore, StoreUnavailable
 
-from ..conftest import TEST_PORT, WorkerProcess, run
+from ..conftest import ROOT, TEST_PORT, WorkerProcess, run, run_cli
 
 PIPELINE = ("ingest", "embed", "index")
 CODEC = AvroCodec(EmbeddedRegistry.from_directory())
@@ -210,3 +214,87 @@ def fresh(broker: EmbeddedKafka) -> Iterator[EmbeddedKafka]:
     finally:
         broker.stop()
         shutil.rmtree(broker.storage_dir, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def broker_with_acls(
+    settings: Settings, users: Iterable[str], protocol: str = "SASL_PLAINTEXT", ca_file: Path | None = None
+) -> Iterator[tuple[Settings, dict[str, Settings]]]:
+    """A SCRAM-SHA-512 broker enforcing ACLs (port ``LLMOPS_TEST_KAFKA_PORT - 10``) for the block.
+
+    Yields the super user's settings (``llmops-admin``) and settings for each of ``users``: SCRAM
+    users created when storage is formatted, each with a random password and no grant yet.
+    ``protocol`` SASL_SSL also puts TLS on the client listener (certificate PEM at ``ca_file``).
+    """
+    port = fault_port(10)
+    admin = settings.model_copy(
+        update={
+            "bootstrap_servers": f"127.0.0.1:{port}",
+            "security_protocol": protocol,
+            "sasl_mechanism": "SCRAM-SHA-512",
+            "sasl_username": "llmops-admin",
+            "sasl_password": SecretStr("pw-" + secrets.token_urlsafe(18)),
+            "ssl_cafile": ca_file,
+            "kafka_authorizer": True,
+        }
+    )
+    principals = {
+        user: admin.model_copy(update={"sasl_username": user, "sasl_password": SecretStr(secrets.token_urlsafe(18))})
+        for user in users
+    }
+    security = BrokerSecurity.from_settings(admin)
+    assert security is not None
+    security = replace(security, users=tuple((u, s.sasl_password) for u, s in principals.items() if s.sasl_password))
+    broker = EmbeddedKafka(ROOT / ".llmops" / "kafka", port=port, heap="256m", security=security)
+    shutil.rmtree(broker.home / f"tls-{port}", ignore_errors=True)  # a new certificate for a new ca_file
+    with fresh(broker):
+        yield admin, principals
+
+
+def passwords_of(*settings: Settings) -> list[str]:
+    """The SASL passwords of ``settings``, to check that no output holds one."""
+    return [s.sasl_password.get_secret_value() for s in settings if s.sasl_password]
+
+
+def refusal(principal: Settings, *args: str) -> tuple[str, str]:
+    """``llmops ARGS`` as ``principal``, which an ACL must refuse: exit code 2 and one ``Error:`` line
+    that names the user and ``llmops kafka acls``. Returns that line and all the output."""
+    result = run_cli(principal, *args, timeout=180)
+    assert result.returncode == 2, result.stderr[-2000:]
+    errors = [line for line in result.stderr.splitlines() if line.startswith("Error: ")]
+    assert len(errors) == 1, result.stderr[-2000:]
+    assert f"refused user {principal.sasl_username!r} " in errors[0] and "llmops kafka acls" in errors[0], errors[0]
+    return errors[0], result.stdout + result.stderr
+
+
+def refused_write(principal: Settings, topic: str) -> tuple[str, str]:
+    """``llmops publish`` as ``principal`` to ``topic``, which it has no grant for: refused, naming it."""
+    line, output = refusal(principal, "publish", "--corpus", "stdlib", "--limit", "2", "--topic", topic)
+    assert f"access to topic {topic}:" in line, line
+    return line, output
+
+
+def publish_and_ingest(admin: Settings, publisher: Settings, ingest: Settings, documents: int) -> tuple[Any, str, int]:
+    """``publisher`` publishes ``documents`` stdlib documents (``llmops publish``) and an ingest worker
+    running as ``ingest`` processes them, each with only its grants; every record is accounted for.
+
+    Returns the accounting of docs.raw, the output of both (to look for passwords in) and the
+    worker's exit code (0).
+    """
+    topics = Topics(admin.namespace)
+    worker = WorkerProcess(ingest, agents="ingest").start()
+    try:
+        published = run_cli(publisher, "publish", "--corpus", "stdlib", "--limit", str(documents), "--json")
+        assert published.returncode == 0, published.stderr[-2000:]
+        assert json.loads(published.stdout)["records"] == documents
+        _, end = run(offsets(admin, [topics.docs_raw]))
+        consumed = run(wait_until_consumed(admin, topics.app_id("ingest"), end, 180.0, alive=worker.alive))
+        assert consumed, worker.log_tail()
+    finally:
+        code = worker.stop()
+    assert code == 0, worker.log_tail()
+    summary = account_raw(admin)
+    assert summary["accounted"] and summary["published"] == documents, summary
+    worker_log = worker.log.read_text(errors="replace")
+    assert "AuthorizationFailed" not in worker_log, "the ingest worker needed a grant it does not have"
+    return summary, worker_log + published.stdout + published.stderr, code
