@@ -108,6 +108,8 @@ def run_pipeline(base: Settings, documents: list[dict], rate: float | None = Non
         "freshness_after_first_10s_ms": percentiles(steady) if len(steady) else None,
         "worker_peak_rss_mb": round(memory, 1),
         "worker_cpu_s": round(cpu, 2),
+        # Per chunk: seconds since the first raw record, freshness in ms (for the plot, not the JSON).
+        "series": ((raw[0] - raw[0].min()) / 1000, freshness),
     }
 
 
@@ -152,25 +154,42 @@ def main() -> None:
     parser.add_argument("--skip-single", action="store_true", help="skip the one-message-per-batch run")
     parser.add_argument("--split", action="store_true", help="run ingest in its own worker process")
     parser.add_argument("--rounds", type=int, default=3, help="alternating bare/pipeline rounds (median reported)")
+    parser.add_argument(
+        "--freshness-rate",
+        type=float,
+        default=None,
+        metavar="DOCS_PER_S",
+        help="only the freshness run, published at this many documents/s (skips the max-rate rounds)",
+    )
     args = parser.parse_args()
     if args.split:
         WORKERS[:] = [("ingest",), ("embed", "index")]
     base = Settings()
     EmbeddedKafka.from_settings(base).start(progress=lambda line: print(line, file=sys.stderr))
     documents = list(stdlib_documents(limit=args.docs))
+    if args.freshness_rate:
+        half = run_pipeline(base, documents, rate=args.freshness_rate)
+        series = half.pop("series")
+        plot({"rounds": [], "half_rate": half}, series, OUT / "pipeline_freshness.png")
+        write_report({"benchmark": "pipeline_freshness", "rate_docs_per_s": args.freshness_rate, "run": half})
+        return
     rounds = []
     for number in range(args.rounds):
         # Bare embedder and pipeline alternate, so a noisy neighbour hurts both alike.
         bare = bare_embedder(base, documents)
         full = run_pipeline(base, documents)
+        full.pop("series")
         ratio = round(full["chunks_per_s"] / bare, 3)
         print(f"round {number + 1}: bare {bare:.1f} chunks/s, pipeline {full}, ratio {ratio}", file=sys.stderr)
         rounds.append({"bare_embedder_chunks_per_s": round(bare, 1), "max_rate": full, "pipeline_vs_bare": ratio})
     median_round = sorted(rounds, key=lambda r: r["pipeline_vs_bare"])[len(rounds) // 2]
     full = median_round["max_rate"]
     single = None if args.skip_single else run_pipeline(base, documents, embed_batch_size=1)
+    if single:
+        single.pop("series")
     print(f"pipeline, one message per embed batch: {single}", file=sys.stderr)
     half = run_pipeline(base, documents, rate=full["docs_per_s"] / 2)
+    series = half.pop("series")
     print(f"pipeline, half rate: {half}", file=sys.stderr)
     report = {
         "benchmark": "pipeline_throughput",
@@ -186,7 +205,42 @@ def main() -> None:
         },
         "workers": WORKERS,
     }
+    plot(report, series, OUT / "pipeline_throughput.png")
     write_report(report)
+
+
+def plot(report: dict, series: tuple[np.ndarray, np.ndarray], path: Path) -> None:
+    """Throughput per round (bare embedder vs pipeline) and each chunk's freshness over the paced run."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rounds = report["rounds"]
+    figure, axes = plt.subplots(1, 2 if rounds else 1, figsize=(12 if rounds else 7, 4), dpi=110, squeeze=False)
+    if rounds:
+        positions = np.arange(len(rounds))
+        bare = [r["bare_embedder_chunks_per_s"] for r in rounds]
+        pipeline = [r["max_rate"]["chunks_per_s"] for r in rounds]
+        axes[0][0].bar(positions - 0.2, bare, 0.4, label="bare embedder")
+        axes[0][0].bar(positions + 0.2, pipeline, 0.4, label="pipeline, publish -> searchable")
+        axes[0][0].set_xticks(positions, [f"round {i + 1}" for i in positions])
+        axes[0][0].set_ylabel("chunks/s")
+        axes[0][0].set_title("throughput (target: pipeline >= 0.85 x bare)")
+        axes[0][0].legend(fontsize=8)
+    axis = axes[0][-1]
+    seconds, freshness = series
+    axis.scatter(seconds, freshness, s=3, alpha=0.5)
+    axis.axhline(1000, color="red", linestyle=":", label="target p99 1 s")
+    axis.axhline(float(np.percentile(freshness, 99)), color="black", linestyle="--", label="p99 measured")
+    axis.set_xlabel("seconds since the first document")
+    axis.set_ylabel("freshness, ms (raw timestamp -> searchable)")
+    axis.set_title(f"freshness at {report['half_rate']['docs_per_s']} docs/s")
+    axis.legend(fontsize=8)
+    figure.tight_layout()
+    OUT.mkdir(parents=True, exist_ok=True)
+    figure.savefig(path)
+    plt.close(figure)
 
 
 if __name__ == "__main__":
