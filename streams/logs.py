@@ -90,6 +90,22 @@ def configure_logging(settings: Settings | None = None, *, json_lines: bool | No
     # Kafka client chatter at INFO drowns our own events; keep their warnings.
     for noisy in ("aiokafka", "kafka"):
         logging.getLogger(noisy).setLevel(max(logging.WARNING, logging.getLevelName(settings.log_level)))
+    grpc_server = logging.getLogger("grpc._server")
+    if not any(isinstance(f, UnimplementedRpcFilter) for f in grpc_server.filters):
+        grpc_server.addFilter(UnimplementedRpcFilter())
+
+
+class UnimplementedRpcFilter(logging.Filter):
+    """Drops the ERROR (with traceback) that gRPC logs when a client calls an RPC the server lacks.
+
+    pymilvus calls optional RPCs (``AllocTimestamp``) that the Milvus Lite server in the worker
+    does not implement; the client handles the UNIMPLEMENTED status, but gRPC's server also logs
+    each call as an application error, which reads as a fault to anyone watching the logs.
+    """
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        error = record.exc_info[1] if record.exc_info else None
+        return not isinstance(error, NotImplementedError)
 
 
 def _identity(_: Any, __: str, event_dict: MutableMapping[str, Any]) -> MutableMapping[str, Any]:

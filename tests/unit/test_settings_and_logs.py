@@ -71,3 +71,20 @@ def test_settings_survive_the_trip_through_a_child_process_environment(monkeypat
     for name, value in original.to_env().items():
         monkeypatch.setenv(name, value)
     assert Settings() == original
+
+
+def test_grpc_errors_for_unimplemented_rpcs_are_dropped_and_others_kept(capsys: pytest.CaptureFixture[str]) -> None:
+    configure_logging(Settings(log_format="json"))
+    grpc_server = logging.getLogger("grpc._server")
+    try:
+        for error in (NotImplementedError("Method not implemented!"), RuntimeError("disk full")):
+            try:
+                raise error
+            except (NotImplementedError, RuntimeError):
+                grpc_server.exception("Exception calling application: %s", error)
+    finally:
+        structlog.reset_defaults()
+        logging.getLogger().handlers.clear()
+    lines = [json.loads(line) for line in capsys.readouterr().err.splitlines() if line.startswith("{")]
+    assert [line["event"] for line in lines] == ["Exception calling application: disk full"]
+    assert "RuntimeError" in lines[0]["exception"]
