@@ -20,18 +20,27 @@ baseline: RSS swings by 100 MB with the batch in hand), and the least-squares sl
 minute over the same samples. Prints JSON, writes bench/out/soak.{json,png}. Not a test:
 it measures, and ``make soak`` runs it (10 minutes by default).
 
+With ``--milvus-server PORT`` the vectors live in a ``milvus-lite server`` process of their own
+(what ``LLMOPS_MILVUS_URI`` gives a deployment) instead of Milvus Lite inside the worker; that
+process's memory is sampled and summarized beside the worker's.
+
     python bench/soak.py --minutes 10            # LLMOPS_BOOTSTRAP_SERVERS picks the broker
+    python bench/soak.py --minutes 20 --id-space 2000 --milvus-server 19531
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import os
+import socket
+import subprocess
 import sys
 import time
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -94,6 +103,7 @@ def soak(
     minutes: float,
     sample_s: float,
     id_space: int | None = None,
+    store_pid: int | None = None,
 ):
     settings = base.model_copy(update={"namespace": f"soak-{uuid.uuid4().hex[:6]}", "near_dup_enabled": False})
     asyncio.run(ensure_topics(settings))
@@ -111,10 +121,10 @@ def soak(
                 await asyncio.sleep(sample_s)
                 if worker.poll() is not None:
                     raise RuntimeError(f"the worker died; see {log}")
-                samples.append(
-                    {"t_s": round(time.monotonic() - started, 1), "rss_mb": round(rss_mb(worker.pid), 1)}
-                    | await lags(settings)
-                )
+                sample = {"t_s": round(time.monotonic() - started, 1), "rss_mb": round(rss_mb(worker.pid), 1)}
+                if store_pid is not None:
+                    sample["store_rss_mb"] = round(rss_mb(store_pid), 1)
+                samples.append(sample | await lags(settings))
                 print(json.dumps(samples[-1]), file=sys.stderr)
             await publishing
 
@@ -135,11 +145,7 @@ def summarize(samples: list[dict[str, Any]], rate: float, sample_s: float, warm_
     first, last = samples[:third], samples[-third:]
     total = [sum(s[stage] for stage in ("ingest", "embed", "index")) for s in samples]
     warm = [s for s in samples if s["t_s"] >= warm_up_s] or samples
-    warm_third = max(1, len(warm) // 3)
-    rss_warm = float(np.median([s["rss_mb"] for s in warm[:warm_third]]))
-    rss_end = float(np.median([s["rss_mb"] for s in warm[-warm_third:]]))
-    growth = (rss_end - rss_warm) / rss_warm
-    slope = np.polyfit([s["t_s"] / 60 for s in warm], [s["rss_mb"] for s in warm], 1)[0] if len(warm) > 1 else 0.0
+    memory = memory_growth(warm, "rss_mb")
     first_max = max(total[:third])
     last_max = max(total[-third:])
     return {
@@ -151,20 +157,59 @@ def summarize(samples: list[dict[str, Any]], rate: float, sample_s: float, warm_
             "per_stage_max": {stage: max(s[stage] for s in samples) for stage in ("ingest", "embed", "index")},
         },
         "lag_bounded": last_max <= first_max + rate * sample_s,
-        "rss_mb": {
-            "warm_median_first_third": round(rss_warm, 1),
-            "end_median_last_third": round(rss_end, 1),
-            "from_s": warm[0]["t_s"],
-            "min": min(s["rss_mb"] for s in warm),
-            "max": max(s["rss_mb"] for s in warm),
-        },
-        "rss_slope_mb_per_min": round(float(slope), 2),
-        "rss_growth_pct": round(100 * growth, 1),
-        "rss_growth_under_10pct": growth < 0.10,
+        **memory,
+        **({"store": memory_growth(warm, "store_rss_mb")} if "store_rss_mb" in warm[0] else {}),
         "samples": len(samples),
         "first_samples": first[:3],
         "last_samples": last[-3:],
     }
+
+
+def memory_growth(warm: list[dict[str, Any]], key: str) -> dict[str, Any]:
+    """Median RSS of the first and last third of the samples after warm-up, growth and slope."""
+    third = max(1, len(warm) // 3)
+    start = float(np.median([s[key] for s in warm[:third]]))
+    end = float(np.median([s[key] for s in warm[-third:]]))
+    growth = (end - start) / start
+    slope = np.polyfit([s["t_s"] / 60 for s in warm], [s[key] for s in warm], 1)[0] if len(warm) > 1 else 0.0
+    return {
+        "rss_mb": {
+            "warm_median_first_third": round(start, 1),
+            "end_median_last_third": round(end, 1),
+            "from_s": warm[0]["t_s"],
+            "min": min(s[key] for s in warm),
+            "max": max(s[key] for s in warm),
+        },
+        "rss_slope_mb_per_min": round(float(slope), 2),
+        "rss_growth_pct": round(100 * growth, 1),
+        "rss_growth_under_10pct": growth < 0.10,
+    }
+
+
+@contextlib.contextmanager
+def milvus_server(data_dir: Path, port: int) -> Iterator[subprocess.Popen[bytes]]:
+    """``milvus-lite server`` on ``port`` in its own process, for as long as the block runs."""
+    data_dir.mkdir(parents=True, exist_ok=True)
+    command = [sys.executable, "-m", "milvus_lite", "server", "--data-dir", str(data_dir)]
+    with open(data_dir / "server.log", "ab") as log:
+        process = subprocess.Popen(
+            [*command, "--host", "127.0.0.1", "--port", str(port)], stdout=log, stderr=subprocess.STDOUT
+        )
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), timeout=1):
+                break
+            if process.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"the Milvus Lite server did not start; see {data_dir / 'server.log'}")
+            time.sleep(0.5)
+        yield process
+    finally:
+        process.terminate()
+        try:
+            process.wait(30)
+        except subprocess.TimeoutExpired:
+            process.kill()
 
 
 def plot(samples: list[dict[str, Any]], path: Path, title: str) -> None:
@@ -175,8 +220,11 @@ def plot(samples: list[dict[str, Any]], path: Path, title: str) -> None:
 
     minutes = [s["t_s"] / 60 for s in samples]
     fig, (memory, lag) = plt.subplots(2, 1, sharex=True, figsize=(8, 6))
-    memory.plot(minutes, [s["rss_mb"] for s in samples], color="tab:red")
-    memory.set_ylabel("worker RSS (MB)")
+    memory.plot(minutes, [s["rss_mb"] for s in samples], color="tab:red", label="worker")
+    if "store_rss_mb" in samples[0]:
+        memory.plot(minutes, [s["store_rss_mb"] for s in samples], color="tab:purple", label="milvus-lite server")
+        memory.legend()
+    memory.set_ylabel("RSS (MB)")
     memory.set_title(title)
     for stage in ("ingest", "embed", "index"):
         lag.plot(minutes, [s[stage] for s in samples], label=stage)
@@ -197,8 +245,25 @@ def main() -> None:
     parser.add_argument("--sample-s", type=float, default=10.0)
     parser.add_argument("--warm-up-s", type=float, default=30.0, help="memory is compared from this time on")
     parser.add_argument("--id-space", type=int, default=None, help="cycle through this many document ids (updates)")
+    parser.add_argument(
+        "--milvus-server",
+        type=int,
+        default=None,
+        metavar="PORT",
+        help="keep the vectors in a `milvus-lite server` process on this port (as LLMOPS_MILVUS_URI would)",
+    )
     args = parser.parse_args()
     base = Settings()
+    with contextlib.ExitStack() as stack:
+        store_pid = None
+        if args.milvus_server:
+            data_dir = base.data_dir / f"soak-milvus-{uuid.uuid4().hex[:6]}"
+            store_pid = stack.enter_context(milvus_server(data_dir, args.milvus_server)).pid
+            base = base.model_copy(update={"milvus_uri": f"http://127.0.0.1:{args.milvus_server}"})
+        run_soak(args, base, store_pid)
+
+
+def run_soak(args: argparse.Namespace, base: Settings, store_pid: int | None) -> None:
     EmbeddedKafka.from_settings(base).start(progress=lambda line: print(line, file=sys.stderr))
     corpus = list(stdlib_documents())
     calibration = None
@@ -209,7 +274,7 @@ def main() -> None:
         print(f"calibration: {calibration}", file=sys.stderr)
     rate = max_rate * args.fraction
     settings, samples, published, published_s, drained, drain_s = soak(
-        base, corpus, rate, args.minutes, args.sample_s, args.id_space
+        base, corpus, rate, args.minutes, args.sample_s, args.id_space, store_pid
     )
     report = {
         "benchmark": "soak",
@@ -218,6 +283,7 @@ def main() -> None:
         "calibration": calibration,
         "fraction": args.fraction,
         "id_space": args.id_space,
+        "vector_store": "milvus-lite server process" if store_pid else "Milvus Lite in the worker",
         "docs_per_s": round(rate, 1),
         "published_docs": published,
         "publishing_s": published_s,
