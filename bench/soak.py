@@ -35,12 +35,9 @@ import asyncio
 import contextlib
 import json
 import os
-import socket
-import subprocess
 import sys
 import time
 import uuid
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -56,6 +53,7 @@ from streams.admin import committed_offsets, ensure_topics, offsets  # noqa: E40
 from streams.broker import EmbeddedKafka  # noqa: E402
 from streams.corpus import stdlib_documents  # noqa: E402
 from streams.demo import _start_worker, _stop_worker  # noqa: E402
+from streams.milvus_server import MilvusLiteServer  # noqa: E402
 from streams.publish import encode_document  # noqa: E402
 from streams.settings import Settings  # noqa: E402
 from streams.topics import Topics  # noqa: E402
@@ -186,32 +184,6 @@ def memory_growth(warm: list[dict[str, Any]], key: str) -> dict[str, Any]:
     }
 
 
-@contextlib.contextmanager
-def milvus_server(data_dir: Path, port: int) -> Iterator[subprocess.Popen[bytes]]:
-    """``milvus-lite server`` on ``port`` in its own process, for as long as the block runs."""
-    data_dir.mkdir(parents=True, exist_ok=True)
-    command = [sys.executable, "-m", "milvus_lite", "server", "--data-dir", str(data_dir)]
-    with open(data_dir / "server.log", "ab") as log:
-        process = subprocess.Popen(
-            [*command, "--host", "127.0.0.1", "--port", str(port)], stdout=log, stderr=subprocess.STDOUT
-        )
-    try:
-        deadline = time.monotonic() + 60
-        while True:
-            with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), timeout=1):
-                break
-            if process.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError(f"the Milvus Lite server did not start; see {data_dir / 'server.log'}")
-            time.sleep(0.5)
-        yield process
-    finally:
-        process.terminate()
-        try:
-            process.wait(30)
-        except subprocess.TimeoutExpired:
-            process.kill()
-
-
 def plot(samples: list[dict[str, Any]], path: Path, title: str) -> None:
     import matplotlib
 
@@ -257,9 +229,11 @@ def main() -> None:
     with contextlib.ExitStack() as stack:
         store_pid = None
         if args.milvus_server:
-            data_dir = base.data_dir / f"soak-milvus-{uuid.uuid4().hex[:6]}"
-            store_pid = stack.enter_context(milvus_server(data_dir, args.milvus_server)).pid
-            base = base.model_copy(update={"milvus_uri": f"http://127.0.0.1:{args.milvus_server}"})
+            server = MilvusLiteServer(base.data_dir / f"soak-milvus-{uuid.uuid4().hex[:6]}", args.milvus_server)
+            server.start()
+            stack.callback(server.stop)
+            store_pid = server.pid
+            base = base.model_copy(update={"milvus_uri": server.uri})
         run_soak(args, base, store_pid)
 
 

@@ -4,8 +4,6 @@ offset past what Milvus holds, hands its batch back on SIGTERM, and catches up o
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -13,11 +11,11 @@ from typing import Any
 
 import pytest
 
-from streams.broker import port_open
+from streams.milvus_server import MilvusLiteServer
 from streams.settings import Settings
 from streams.topics import Topics
 
-from ..conftest import ROOT, wait_for
+from ..conftest import wait_for
 from .helpers import (
     CODEC,
     account_raw,
@@ -38,48 +36,9 @@ from .helpers import (
 DOCUMENTS = 200
 
 
-class MilvusServer:
-    """``milvus-lite server`` in its own process, on a data folder that outlives it."""
-
-    def __init__(self, data_dir: Path, port: int) -> None:
-        self.data_dir, self.port = data_dir, port
-        self.process: subprocess.Popen[bytes] | None = None
-
-    @property
-    def uri(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    def start(self) -> None:
-        command = [sys.executable, "-m", "milvus_lite", "server", "--data-dir", str(self.data_dir)]
-        with open(self.data_dir.parent / "milvus-server.log", "ab") as log:
-            self.process = subprocess.Popen(
-                [*command, "--host", "127.0.0.1", "--port", str(self.port)],
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                cwd=ROOT,
-            )
-        from pymilvus import MilvusClient
-
-        def answers() -> bool:
-            if not port_open("127.0.0.1", self.port):
-                return False  # pymilvus would log every refused connection at length
-            try:
-                MilvusClient(self.uri, timeout=2).list_collections()
-            except Exception:  # noqa: BLE001 - not up yet
-                return False
-            return True
-
-        assert wait_for(answers, timeout=60), "the Milvus Lite server did not start"
-
-    def kill(self) -> None:
-        if self.process is not None and self.process.poll() is None:
-            self.process.kill()
-            self.process.wait()
-
-
 @pytest.fixture
-def milvus(tmp_path: Path) -> Iterator[MilvusServer]:
-    server = MilvusServer(tmp_path / "milvus-data", fault_port(8))
+def milvus(tmp_path: Path) -> Iterator[MilvusLiteServer]:
+    server = MilvusLiteServer(tmp_path / "milvus-data", fault_port(8))
     server.start()
     yield server
     server.kill()
@@ -91,7 +50,7 @@ def retries(log: Path) -> list[dict[str, Any]]:
 
 
 def test_milvus_down_backs_off_commits_nothing_unwritten_and_catches_up(
-    settings: Settings, milvus: MilvusServer
+    settings: Settings, milvus: MilvusLiteServer
 ) -> None:
     settings = settings.model_copy(update={"milvus_uri": milvus.uri, "near_dup_enabled": False})
     topics = Topics(settings.namespace)
