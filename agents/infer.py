@@ -18,6 +18,7 @@ batch documents, which a request/reply round trip cannot afford.
 from __future__ import annotations
 
 import asyncio
+import contextvars
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
@@ -54,6 +55,8 @@ from streams.vectorstore import shared_store
 
 log = get_logger(__name__)
 REGISTRY_WAIT_SECONDS = 30.0
+# Set per request (each runs in a task of its own): may its CPU work run on the event loop?
+light_request: contextvars.ContextVar[bool] = contextvars.ContextVar("light_request", default=False)
 
 
 def generator_from_settings(settings: Settings) -> GeneratorClient | None:
@@ -84,7 +87,14 @@ def register_infer(app: faust.App, settings: Settings, tracer: AgentTracer, agen
     embedder.embed(["warm-up"])
     threads = ThreadPoolExecutor(settings.infer_threads, thread_name_prefix="infer")
 
+    in_flight = [0]  # requests this worker is answering now
+
     async def run_blocking(function: Any, *args: Any) -> Any:
+        # A lone, light request computes right here: the hand-off to a thread and back cost
+        # about 0.6 ms of its round trip (bench/inference_latency.py). With others in flight,
+        # threads let their ONNX runs overlap; an explanation (many runs) never blocks the loop.
+        if settings.infer_inline_when_idle and in_flight[0] <= 1 and light_request.get():
+            return function(*args)
         return await asyncio.get_running_loop().run_in_executor(threads, function, *args)
 
     def open_store() -> Any:
@@ -152,6 +162,7 @@ def register_infer(app: faust.App, settings: Settings, tracer: AgentTracer, agen
             await asyncio.gather(*pending)
             return
         batch.annotate(0, request_id=request.request_id, task=request.task, tenant=request.tenant)
+        light_request.set(not request.explain)
         request = shift_replayed_deadline(request, dict(record.headers or ()), received_ms)
         if service.models.store is None and request.task != "classify":
             service.swap(replace(service.models, store=await run_blocking(open_store)))
@@ -171,6 +182,7 @@ def register_infer(app: faust.App, settings: Settings, tracer: AgentTracer, agen
 
     async def answer(record: Any) -> None:
         """One request: an answer, or a dead letter if answering failed (never raises but cancellation)."""
+        in_flight[0] += 1
         with tracer.record(record_delivery(record)) as batch, batch.current(0):
             try:
                 await handle(record, batch)
@@ -181,6 +193,8 @@ def register_infer(app: faust.App, settings: Settings, tracer: AgentTracer, agen
                 batch.fail(0, "INTERNAL_ERROR", repr(error))
                 letter = record_dead_letter(record, "infer", "INTERNAL_ERROR", repr(error)[:500])
                 await send_dead_letter(app, codec, topics, letter, batch.inject(0, []))
+            finally:
+                in_flight[0] -= 1
 
     async def faust_group_offsets() -> dict[TopicPartition, int]:
         """Where the Faust agent of earlier versions stopped: a new requests group starts there."""

@@ -13,7 +13,10 @@ Lite, after indexing N stdlib documents and promoting a stdlib-topic classifier:
    work alone, no Kafka.
 
 The Kafka floor (a plain aiokafka two-hop echo through the same broker) is measured at the start
-and again at the end, when the broker is warm.
+and again at the end, when the broker is warm, 100 echoes a second; and at each open-loop rate's
+own spacing (``floor_at_rate_ms``), because on this VM an echo that finds every thread idle (one
+every 100 ms) takes 1-2 ms longer than one every 10 ms: ``overhead_above_floor_p50_ms`` is what
+the inference path adds to a bare round trip at the same rate.
 
 Prints JSON and writes bench/out/inference_latency.{json,png}.
 """
@@ -47,6 +50,7 @@ from streams.inference import InferenceService, ModelSet, load_classifiers  # no
 from streams.model_ops import load_registry  # noqa: E402
 from streams.publish import encode_document, publish_records  # noqa: E402
 from streams.records import now_ms  # noqa: E402
+from streams.runtime import use_event_loop  # noqa: E402
 from streams.settings import Settings  # noqa: E402
 from streams.topics import Topics  # noqa: E402
 from streams.vectorstore import MilvusStore  # noqa: E402
@@ -128,6 +132,11 @@ async def open_loop(settings: Settings, task: str, rate: float, seconds: float, 
             for part in ("to_agent", "in_agent", "to_client")
         },
     }
+
+
+async def floor_at_rate(settings: Settings, rate: float, seconds: float) -> dict[str, float]:
+    """The plain echo with the open loop's spacing: one round trip every 1/rate seconds."""
+    return await kafka_floor(settings, count=max(50, int(rate * seconds)), gap_s=1 / rate)
 
 
 async def saturation(settings: Settings, task: str, in_flight: int, seconds: float, texts: list[str]) -> dict[str, Any]:
@@ -214,7 +223,7 @@ async def settle(settings: Settings, texts: list[str], least_s: float = 60.0, li
     return time.perf_counter() - started
 
 
-async def kafka_floor(settings: Settings, count: int = 300) -> dict[str, float]:
+async def kafka_floor(settings: Settings, count: int = 300, gap_s: float = 0.01) -> dict[str, float]:
     """The same request/reply shape with nothing in between: a plain aiokafka echo, same broker.
 
     One producer sends to a fresh topic, an echo loop (consumer + producer, same process)
@@ -259,7 +268,7 @@ async def kafka_floor(settings: Settings, count: int = 300) -> dict[str, float]:
             else:
                 raise RuntimeError("the echo did not answer within 30 s")
             latencies.append((time.perf_counter() - started) * 1000)
-            await asyncio.sleep(0.01)
+            await asyncio.sleep(gap_s)
     finally:
         task.cancel()
         for client in (sender, echo_out, echo_in, answers):
@@ -297,7 +306,14 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=10.0, help="seconds per open-loop rate and saturation run")
     parser.add_argument("--tasks", default="search,classify")
     parser.add_argument("--in-flight", type=int, default=32, help="outstanding requests in the saturation run")
+    parser.add_argument(
+        "--client-loop",
+        choices=("asyncio", "uvloop"),
+        default="asyncio",
+        help="event loop of the bench's client process (the worker runs the standard one)",
+    )
     args = parser.parse_args()
+    use_event_loop(args.client_loop)
     base = Settings()
     EmbeddedKafka.from_settings(base).start(progress=lambda line: print(line, file=sys.stderr))
     settings = base.model_copy(update={"namespace": f"bench-inf-{uuid.uuid4().hex[:6]}"})
@@ -306,6 +322,8 @@ def main() -> None:
     log = settings.data_dir / "logs" / f"{settings.namespace}.log"
     worker = _start_worker(settings, log, AGENTS)
     report: dict[str, Any] = {"benchmark": "inference_latency", "open_loop": [], "saturation": [], "in_process": []}
+    report["client_event_loop"] = args.client_loop
+    report["infer_inline_when_idle"] = settings.infer_inline_when_idle
     report["kafka_round_trip_floor_ms"] = asyncio.run(kafka_floor(settings))
     print(f"plain aiokafka echo, two hops: {report['kafka_round_trip_floor_ms']}", file=sys.stderr)
     try:
@@ -313,9 +331,15 @@ def main() -> None:
         report["settled_after_s"] = round(asyncio.run(settle(settings, texts)), 1)
         for task in tasks:  # warm-up: the first answers load sessions and the collection
             asyncio.run(open_loop(settings, task, 20, 2, texts))
+        rates = [float(r) for r in args.rates.split(",")]
+        floors = {rate: asyncio.run(floor_at_rate(settings, rate, args.seconds)) for rate in rates}
+        report["kafka_round_trip_floor_at_rate_ms"] = {str(rate): floor for rate, floor in floors.items()}
+        print(f"plain aiokafka echo at each rate: {floors}", file=sys.stderr)
         for task in tasks:
-            for rate in (float(r) for r in args.rates.split(",")):
+            for rate in rates:
                 result = asyncio.run(open_loop(settings, task, rate, args.seconds, texts))
+                floor = result["floor_at_rate_p50_ms"] = floors[rate]["p50"]
+                result["overhead_above_floor_p50_ms"] = round(result["kafka_overhead_ms"]["p50"] - floor, 2)
                 print(json.dumps(result), file=sys.stderr)
                 report["open_loop"].append(result)
             result = asyncio.run(saturation(settings, task, args.in_flight, args.seconds, texts))

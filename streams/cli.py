@@ -215,11 +215,14 @@ def worker(agents: str) -> None:
     from streams.admin import ensure_topics
     from streams.broker_wait import EXIT_BROKER_UNREACHABLE, BrokerUnreachable, when_reachable
     from streams.heap import freeze_startup_objects, watch_collections
-    from streams.logs import configure_logging
+    from streams.logs import configure_logging, get_logger
+    from streams.runtime import tune_native_allocators
     from streams.tracing import Telemetry
 
     settings = _settings()
+    allocators = tune_native_allocators(settings.malloc_mmap_threshold, settings.arrow_memory_pool)
     configure_logging(settings)
+    get_logger("streams.worker").info("native_allocators", **allocators)
     try:
         asyncio.run(when_reachable(settings, lambda: ensure_topics(settings), settings.broker_wait_seconds))
     except BrokerUnreachable as error:

@@ -15,6 +15,7 @@ Usage:
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 import time
@@ -23,6 +24,9 @@ from pathlib import Path
 from streams.broker import port_open
 
 START_TIMEOUT_S = 60.0
+# The allocator settings `llmops worker` applies to itself (streams.runtime): Milvus Lite's
+# freed Arrow WAL batches go back to the system. Set in the environment, they win.
+ALLOCATOR_ENV = {"ARROW_DEFAULT_MEMORY_POOL": "system", "MALLOC_MMAP_THRESHOLD_": "131072"}
 
 
 class MilvusLiteServer:
@@ -47,7 +51,10 @@ class MilvusLiteServer:
         command = [sys.executable, "-m", "milvus_lite", "server", "--data-dir", str(self.data_dir)]
         with open(self.log, "ab") as log:
             self.process = subprocess.Popen(
-                [*command, "--host", self.host, "--port", str(self.port)], stdout=log, stderr=subprocess.STDOUT
+                [*command, "--host", self.host, "--port", str(self.port)],
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                env={**ALLOCATOR_ENV, **os.environ},
             )
         deadline = time.monotonic() + START_TIMEOUT_S
         while not self._answers():

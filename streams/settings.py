@@ -116,6 +116,11 @@ class Settings(BaseSettings):
     # --- Inference ---------------------------------------------------------------------------
     infer_concurrency: int = Field(4, ge=1, le=256, description="Requests the infer agent works on at once.")
     infer_threads: int = Field(2, ge=1, le=64, description="Threads that embed queries and search for the infer agent.")
+    infer_inline_when_idle: bool = Field(
+        True,
+        description="A request alone in flight (and not asking for an explanation) embeds and searches on "
+        "the event loop instead of a thread: ~0.6 ms faster, other agents of the worker wait up to ~15 ms.",
+    )
     default_classifier: str = Field(
         "stdlib-topic", description="Model name that answers `classify` when none is pinned."
     )
@@ -184,6 +189,19 @@ class Settings(BaseSettings):
     monitor_min_slice_events: int = Field(10, ge=1, description="Slices with fewer labelled events are not judged.")
     monitor_latency_p95_ms: float = Field(1000.0, gt=0, description="SLO: end-to-end p95 latency per window.")
     monitor_max_error_share: float = Field(0.05, ge=0, le=1, description="SLO: share of responses that are not OK.")
+
+    # --- Worker process ----------------------------------------------------------------------
+    malloc_mmap_threshold: int = Field(
+        131_072,
+        ge=0,
+        le=33_554_432,
+        description="Worker: glibc serves allocations of this many bytes or more from their own mappings, "
+        "returned on free (0 = glibc's adaptive default).",
+    )
+    arrow_memory_pool: Literal["system", "mimalloc", "jemalloc", "default"] = Field(
+        "system",
+        description="Worker: allocator of Arrow buffers (Milvus Lite's WAL batches); 'default' = pyarrow's own choice.",
+    )
 
     # --- Logging -----------------------------------------------------------------------------
     log_format: Literal["auto", "json", "console"] = "auto"

@@ -2,6 +2,7 @@
 
 import json
 import logging
+from pathlib import Path
 
 import pytest
 import structlog
@@ -88,3 +89,13 @@ def test_grpc_errors_for_unimplemented_rpcs_are_dropped_and_others_kept(capsys: 
     lines = [json.loads(line) for line in capsys.readouterr().err.splitlines() if line.startswith("{")]
     assert [line["event"] for line in lines] == ["Exception calling application: disk full"]
     assert "RuntimeError" in lines[0]["exception"]
+
+
+def test_the_readme_documents_every_setting() -> None:
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    undocumented = [
+        f"LLMOPS_{name.upper()}"
+        for name, field in Settings.model_fields.items()
+        if field.validation_alias is None and f"`LLMOPS_{name.upper()}`" not in readme
+    ]
+    assert undocumented == [], f"add these to the README's configuration table: {undocumented}"
