@@ -46,8 +46,8 @@ format: install ## Apply ruff's fixes and formatting
 	$(VENV)/bin/ruff check --fix streams agents tests bench
 	$(VENV)/bin/ruff format streams agents tests bench
 
-soak: install ## Soak at 70% of max throughput for 10 minutes (MINUTES=n): lag and worker memory, JSON in bench/out/soak.json
-	$(PY) bench/soak.py --minutes $(or $(MINUTES),10)
+soak: install ## Soak at 70% of max throughput, updates of 2,000 ids, 10 minutes (MINUTES=n): lag and worker memory, bench/out/soak.json
+	$(PY) bench/soak.py --minutes $(or $(MINUTES),10) --id-space 2000
 
 bench: install ## Benchmarks (print JSON, write plots under bench/out/)
 	$(PY) bench/ingest_throughput.py
