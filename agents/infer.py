@@ -87,13 +87,11 @@ def register_infer(app: faust.App, settings: Settings, tracer: AgentTracer, agen
     embedder.embed(["warm-up"])
     threads = ThreadPoolExecutor(settings.infer_threads, thread_name_prefix="infer")
 
-    in_flight = [0]  # requests this worker is answering now
-
     async def run_blocking(function: Any, *args: Any) -> Any:
         # A lone, light request computes right here: the hand-off to a thread and back cost
-        # about 0.6 ms of its round trip (bench/inference_latency.py). With others in flight,
-        # threads let their ONNX runs overlap; an explanation (many runs) never blocks the loop.
-        if settings.infer_inline_when_idle and in_flight[0] <= 1 and light_request.get():
+        # about 0.5 ms of its round trip (bench/inference_latency.py). With others fetched or in
+        # flight, threads let their ONNX runs overlap; an explanation (many runs) never blocks the loop.
+        if settings.infer_inline_when_idle and consumer.in_flight <= 1 and light_request.get():
             return function(*args)
         return await asyncio.get_running_loop().run_in_executor(threads, function, *args)
 
@@ -182,7 +180,6 @@ def register_infer(app: faust.App, settings: Settings, tracer: AgentTracer, agen
 
     async def answer(record: Any) -> None:
         """One request: an answer, or a dead letter if answering failed (never raises but cancellation)."""
-        in_flight[0] += 1
         with tracer.record(record_delivery(record)) as batch, batch.current(0):
             try:
                 await handle(record, batch)
@@ -193,8 +190,6 @@ def register_infer(app: faust.App, settings: Settings, tracer: AgentTracer, agen
                 batch.fail(0, "INTERNAL_ERROR", repr(error))
                 letter = record_dead_letter(record, "infer", "INTERNAL_ERROR", repr(error)[:500])
                 await send_dead_letter(app, codec, topics, letter, batch.inject(0, []))
-            finally:
-                in_flight[0] -= 1
 
     async def faust_group_offsets() -> dict[TopicPartition, int]:
         """Where the Faust agent of earlier versions stopped: a new requests group starts there."""

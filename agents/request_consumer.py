@@ -70,6 +70,11 @@ class RequestConsumer(ConsumerRebalanceListener):  # type: ignore[misc]  # aioka
         self._settings = settings
         self._consumer: Any = None  # created in run(): aiokafka clients need the running loop
 
+    @property
+    def in_flight(self) -> int:
+        """Records started and not yet answered (all of a fetched batch count from its start)."""
+        return len(self._tasks)
+
     # --- running -----------------------------------------------------------------------------
     async def run(self) -> None:
         """Consume until :meth:`stop`; then finish what is in flight, commit it and leave the group."""
