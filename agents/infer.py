@@ -160,10 +160,10 @@ def register_infer(app: faust.App, settings: Settings, tracer: AgentTracer, agen
             await asyncio.gather(*pending)
             return
         batch.annotate(0, request_id=request.request_id, task=request.task, tenant=request.tenant)
-        light_request.set(not request.explain)
         request = shift_replayed_deadline(request, dict(record.headers or ()), received_ms)
         if service.models.store is None and request.task != "classify":
-            service.swap(replace(service.models, store=await run_blocking(open_store)))
+            service.swap(replace(service.models, store=await run_blocking(open_store)))  # in a thread: slow
+        light_request.set(not request.explain)
         with batch.step("infer.answer", task=request.task):
             response, verdict = await service.answer(request, received_ms)
         batch.annotate(0, status=response["status"], models=[m["version"][:12] for m in response["models"]])

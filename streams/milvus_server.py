@@ -22,11 +22,9 @@ import time
 from pathlib import Path
 
 from streams.broker import port_open
+from streams.runtime import allocator_env
 
 START_TIMEOUT_S = 60.0
-# The allocator settings `llmops worker` applies to itself (streams.runtime): Milvus Lite's
-# freed Arrow WAL batches go back to the system. Set in the environment, they win.
-ALLOCATOR_ENV = {"ARROW_DEFAULT_MEMORY_POOL": "system", "MALLOC_MMAP_THRESHOLD_": "131072"}
 
 
 class MilvusLiteServer:
@@ -54,7 +52,9 @@ class MilvusLiteServer:
                 [*command, "--host", self.host, "--port", str(self.port)],
                 stdout=log,
                 stderr=subprocess.STDOUT,
-                env={**ALLOCATOR_ENV, **os.environ},
+                # The worker's allocator choices, so that Milvus Lite's freed Arrow WAL batches go
+                # back to the system here too; the same variables set by an operator win.
+                env={**allocator_env(), **os.environ},
             )
         deadline = time.monotonic() + START_TIMEOUT_S
         while not self._answers():

@@ -31,6 +31,8 @@ from typing import Literal
 from pydantic import AliasChoices, Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from streams.runtime import DEFAULT_ARROW_POOL, DEFAULT_MMAP_THRESHOLD
+
 PII_KINDS = ("email", "phone", "card", "ip", "secret")
 NAMESPACE_PATTERN = re.compile(r"^[a-z0-9][a-z0-9_-]{0,48}$")
 # Fields read from standard OpenTelemetry variables rather than LLMOPS_* ones.
@@ -119,7 +121,7 @@ class Settings(BaseSettings):
     infer_inline_when_idle: bool = Field(
         True,
         description="A request alone in flight (and not asking for an explanation) embeds and searches on "
-        "the event loop instead of a thread: ~0.6 ms faster, other agents of the worker wait up to ~15 ms.",
+        "the event loop instead of a thread: ~0.5 ms faster, other agents of the worker wait up to ~15 ms.",
     )
     default_classifier: str = Field(
         "stdlib-topic", description="Model name that answers `classify` when none is pinned."
@@ -192,14 +194,14 @@ class Settings(BaseSettings):
 
     # --- Worker process ----------------------------------------------------------------------
     malloc_mmap_threshold: int = Field(
-        131_072,
+        DEFAULT_MMAP_THRESHOLD,
         ge=0,
         le=33_554_432,
         description="Worker: glibc serves allocations of this many bytes or more from their own mappings, "
         "returned on free (0 = glibc's adaptive default).",
     )
     arrow_memory_pool: Literal["system", "mimalloc", "jemalloc", "default"] = Field(
-        "system",
+        DEFAULT_ARROW_POOL,
         description="Worker: allocator of Arrow buffers (Milvus Lite's WAL batches); 'default' = pyarrow's own choice.",
     )
 
