@@ -130,11 +130,12 @@ def document_tokens(documents: list[dict]) -> np.ndarray:
     return np.array([sum(c.token_count for c in chunk_text(d["text"], tokenizer, 128, 16)) for d in documents], float)
 
 
-async def publish_paced(settings: Settings, records: list, rate: float, weights: np.ndarray) -> None:
-    """One producer, open loop (no waiting on acks): record i waits ``weights[i]`` / ``rate`` s after i-1.
+async def publish_paced(settings: Settings, records: list, rate: float, weights: np.ndarray | None = None) -> None:
+    """One producer, open loop (no waiting on acks): record i is due ``weights[i-1]`` / ``rate`` s after i-1.
 
-    ``weights`` average 1, so ``rate`` records/s on average.
+    ``weights`` average 1, so ``rate`` records/s on average; None: even gaps.
     """
+    weights = np.ones(len(records)) if weights is None else weights
     client = producer(settings, linger_ms=0)
     await client.start()
     try:
