@@ -87,8 +87,8 @@ def run_pipeline(
         if rate is None:
             asyncio.run(publish_records(settings, records))
         else:
-            weights = document_tokens(documents) if pace == "tokens" else np.ones(len(records))
-            asyncio.run(publish_paced(settings, records, rate, weights / weights.mean()))
+            tokens = document_tokens(documents) if pace == "tokens" else None
+            asyncio.run(publish_paced(settings, records, rate, None if tokens is None else tokens / tokens.mean()))
         _, raw_end = asyncio.run(offsets(settings, [Topics(settings.namespace).docs_raw]))
         ok, _ = wait_for_stages(settings, WORKERS, raw_end, 900, alive=lambda: all(p.poll() is None for p in processes))
         if not ok:
