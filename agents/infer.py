@@ -11,8 +11,9 @@ group ``Topics.requests_group``) in the worker's event loop rather than by a Fau
 Faust's consumer thread and stream hand-offs cost more than the two Kafka hops of a round trip.
 The offsets are committed after the response (and any dead letter) is acknowledged, never past a
 request in flight; a SIGTERM finishes the requests in flight first. Responses go out on a
-producer of their own with no linger: the worker's shared producer lingers a few milliseconds to
-batch documents, which a request/reply round trip cannot afford.
+librdkafka producer of their own with no linger (``streams.rdkafka``): the worker's shared
+producer lingers a few milliseconds to batch documents, which a request/reply round trip cannot
+afford, and librdkafka's C threads send a record in less time than aiokafka's Python path.
 """
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ from aiokafka import TopicPartition
 
 from agents.common import record_dead_letter, record_delivery, send_dead_letter
 from agents.request_consumer import RequestConsumer
-from streams.admin import committed_offsets, producer
+from streams.admin import committed_offsets
 from streams.avro import codec_from_settings
 from streams.chunk import default_tokenizer_path
 from streams.embed import OnnxEmbedder, graph_for
@@ -45,6 +46,7 @@ from streams.inference import (
 )
 from streams.logs import get_logger
 from streams.model_ops import decode_version, embedder_version_record, write_events
+from streams.rdkafka import AsyncProducer
 from streams.records import now_ms
 from streams.registry import ModelVersion, RegistryFollower
 from streams.replay import ORIGINAL_TIMESTAMP_HEADER
@@ -129,14 +131,14 @@ def register_infer(app: faust.App, settings: Settings, tracer: AgentTracer, agen
             await write_events(settings, [embedder_version_record(settings, embedder)])
         store = await run_blocking(open_store)
         service.swap(replace(service.models, store=store))
-        replies = producer(settings, linger_ms=0)
-        await replies.start()
+        replies = AsyncProducer(settings)
+        await replies.start([topics.inference_responses, topics.inference_shadow])
         state["replies"] = replies
         log.info("infer_ready", embedder=embedder.version[:12], models=[v.short for v in follower.registry.all()])
 
     async def reply(topic: str, key: str, response: dict[str, Any], headers: list[tuple[str, bytes]]) -> Any:
         value = codec.encode("InferenceResponse", response, topic)
-        return await state["replies"].send(topic, value, key=key.encode(), headers=headers)
+        return state["replies"].send(topic, value, key=key.encode(), headers=headers)
 
     async def handle(record: Any, batch: BatchTrace) -> None:
         received_ms = record.timestamp or now_ms()

@@ -131,6 +131,11 @@ async def open_loop(settings: Settings, task: str, rate: float, seconds: float, 
             part: round(float(np.median([r[part] for r in rows])), 2) if rows else None
             for part in ("to_agent", "in_agent", "to_client")
         },
+        # The slowest requests whole (ms): a tail shows here whether it is queueing or one hop.
+        "slowest": [
+            {key: round(value, 1) for key, value in row.items()}
+            for row in sorted(rows, key=lambda r: r["overhead"], reverse=True)[:3]
+        ],
     }
 
 

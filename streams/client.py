@@ -10,24 +10,35 @@ Usage:
     >>> async with InferenceClient(settings) as client:
     ...     answer = await client.ask("how do I read a zip file?", task="search", top_k=3)
     ...     answers = await asyncio.gather(*(client.ask(q) for q in questions))
+
+Notes:
+    Requests and responses travel through librdkafka (``streams.rdkafka``): its C threads send
+    and fetch, a reader thread decodes the responses and hands them to the event loop. At low
+    request rates that halves the client library's share of a round trip against aiokafka.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
+import threading
 import uuid
+from functools import partial
 from typing import Any
 
-from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.partitioner import murmur2
+from confluent_kafka import Consumer, TopicPartition
 
-from streams.admin import client_kwargs, producer, topic_partitions
-from streams.avro import AvroCodec, codec_from_settings
+from streams.admin import topic_partitions
+from streams.avro import AvroCodec, CodecError, codec_from_settings
 from streams.inference import InferenceRequest
+from streams.logs import get_logger
+from streams.rdkafka import AsyncProducer, close_quietly, rdkafka_config
 from streams.records import now_ms
 from streams.settings import Settings
 from streams.topics import Topics
+
+log = get_logger(__name__)
+READ_SECONDS = 0.2  # how long the reader thread waits for responses before checking for stop
 
 
 def trace_id_of(headers: Any) -> str | None:
@@ -83,10 +94,11 @@ class InferenceClient:
         self.client_id = client_id or f"client-{uuid.uuid4().hex[:12]}"
         self.topics = Topics(settings.namespace)
         self.codec = codec or codec_from_settings(settings)
-        self._producer = producer(settings, linger_ms=0)
-        self._consumer: AIOKafkaConsumer | None = None
+        self._producer: AsyncProducer | None = None
+        self._consumer: Consumer | None = None
         self._waiting: dict[str, asyncio.Future[dict[str, Any]]] = {}
-        self._reader: asyncio.Task[None] | None = None
+        self._reader: threading.Thread | None = None
+        self._stopping = threading.Event()
 
     async def __aenter__(self) -> InferenceClient:
         await self.start()
@@ -96,45 +108,79 @@ class InferenceClient:
         await self.stop()
 
     async def start(self) -> None:
-        partitions = await topic_partitions(self.settings, [self.topics.inference_responses])
+        topic = self.topics.inference_responses
+        partitions = await topic_partitions(self.settings, [topic])
         if not partitions:
             raise RuntimeError(
-                f"topic {self.topics.inference_responses} does not exist: start a worker "
+                f"topic {topic} does not exist: start a worker "
                 "(`llmops worker`) or create the topics (`llmops kafka topics`)"
             )
-        mine = TopicPartition(self.topics.inference_responses, partition_for(self.client_id, len(partitions)))
-        self._consumer = AIOKafkaConsumer(**client_kwargs(self.settings), enable_auto_commit=False, group_id=None)
-        await self._consumer.start()
-        self._consumer.assign([mine])
-        await self._consumer.seek_to_end(mine)
-        await self._consumer.position(mine)  # fix the start before any request can be answered
-        await self._producer.start()
-        self._reader = asyncio.create_task(self._read(mine), name=f"responses-{self.client_id}")
+        mine = partition_for(self.client_id, len(partitions))
+        # Never commits and never joins a group (assign, not subscribe); librdkafka wants an id.
+        group = {"group.id": f"{self.client_id}-responses", "enable.auto.commit": False}
+        self._consumer = Consumer(rdkafka_config(self.settings, **group, **{"enable.auto.offset.store": False}))
+        # Fix the start before any request can be answered: the partition's end, now.
+        _, end = await asyncio.to_thread(self._consumer.get_watermark_offsets, TopicPartition(topic, mine), 30.0)
+        self._consumer.assign([TopicPartition(topic, mine, end)])
+        self._producer = AsyncProducer(self.settings)
+        await self._producer.start([self.topics.inference_requests])
+        loop = asyncio.get_running_loop()
+        name = f"responses-{self.client_id}"
+        self._reader = threading.Thread(target=self._read, args=(loop,), name=name, daemon=True)
+        self._reader.start()
 
     async def stop(self) -> None:
+        self._stopping.set()
         if self._reader:
-            self._reader.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._reader
+            await asyncio.to_thread(self._reader.join)
         for future in self._waiting.values():
             future.cancel()
-        await self._producer.stop()
+        if self._producer:
+            await self._producer.stop()
         if self._consumer:
-            await self._consumer.stop()
+            await asyncio.to_thread(close_quietly, self._consumer)
 
-    async def _read(self, partition: TopicPartition) -> None:
+    def _read(self, loop: asyncio.AbstractEventLoop) -> None:
+        """Reader thread: fetch this client's partition, decode, hand the answers to the loop."""
         assert self._consumer is not None
-        while True:
-            batch = await self._consumer.getmany(partition, timeout_ms=1000)
-            for message in batch.get(partition, []):
-                if message.value is None:
+        while not self._stopping.is_set():
+            answers = []
+            first = self._consumer.poll(READ_SECONDS)  # returns as soon as one response is in
+            if first is None:
+                continue
+            # ``consume`` waits for all 256 or its timeout: with 0, it takes only what is there.
+            for message in [first, *self._consumer.consume(256, 0)]:
+                if message.error() is not None:
+                    log.warning("response_fetch_error", topic=message.topic(), error=str(message.error()))
                     continue
-                response = self.codec.decode(message.value, "InferenceResponse")
-                future = self._waiting.pop(response["request_id"], None)
-                if future is not None and not future.done():
-                    response["received_at_ms"] = now_ms()
-                    response["trace_id"] = trace_id_of(message.headers)
-                    future.set_result(response)
+                value = message.value()
+                if value is None:
+                    continue
+                try:
+                    response = self.codec.decode(value, "InferenceResponse")
+                except CodecError as error:  # not ours to answer; the next responses still are
+                    log.warning("response_undecodable", offset=message.offset(), reason=error.reason)
+                    continue
+                response["trace_id"] = trace_id_of(message.headers())
+                answers.append(response)
+            if answers:
+                loop.call_soon_threadsafe(self._deliver, answers)
+
+    def _deliver(self, answers: list[dict[str, Any]]) -> None:
+        received = now_ms()
+        for response in answers:
+            future = self._waiting.pop(response["request_id"], None)
+            if future is not None and not future.done():
+                response["received_at_ms"] = received
+                future.set_result(response)
+
+    def _on_delivery(self, request_id: str, delivered: asyncio.Future[None]) -> None:
+        """A request the broker did not take fails at once instead of timing out."""
+        error = delivered.exception()
+        future = self._waiting.get(request_id)
+        if error is not None and future is not None and not future.done():
+            self._waiting.pop(request_id, None)
+            future.set_exception(error)
 
     def expect(self, request_id: str) -> asyncio.Future[dict[str, Any]]:
         """A future for the response to ``request_id``, for requests sent by other means.
@@ -147,9 +193,11 @@ class InferenceClient:
 
     async def send(self, request: InferenceRequest) -> asyncio.Future[dict[str, Any]]:
         """Send ``request``; the future resolves with its response."""
+        assert self._producer is not None, "start the client first (`async with InferenceClient(...)`)"
         future = self.expect(request.request_id)
         value = self.codec.encode("InferenceRequest", request.to_avro(), self.topics.inference_requests)
-        await self._producer.send(self.topics.inference_requests, value, key=self.client_id.encode())
+        delivered = self._producer.send(self.topics.inference_requests, value, key=self.client_id.encode())
+        delivered.add_done_callback(partial(self._on_delivery, request.request_id))
         return future
 
     def request(self, text: str, task: str = "search", **options: Any) -> InferenceRequest:
