@@ -68,7 +68,8 @@ AGENT_ACCESS: dict[str, Access] = {
         (MONITOR_METRICS, MONITOR_ALERTS, DEADLETTER, TELEMETRY_SPANS),
     ),
 }
-# Clients that are not workers. They read without a consumer group (assigned partitions).
+# Clients that are not workers. They read assigned partitions and never join a consumer group;
+# inference clients may describe one group (see ``role_grants``).
 ROLE_ACCESS: dict[str, Access] = {
     "publisher": Access((), (DOCS_RAW,)),
     "inference-client": Access((INFERENCE_RESPONSES,), (INFERENCE_REQUESTS, FEEDBACK)),
@@ -123,7 +124,11 @@ def role_grants(namespace: str, role: str, username: str) -> list[AclGrant]:
     """What a non-worker client role (``publisher``, ``inference-client``) needs."""
     if role not in ROLE_ACCESS:
         raise ValueError(f"unknown role {role!r}; choose from {list(ROLE_ACCESS)}")
-    return sorted(_topic_grants(f"User:{username}", [ROLE_ACCESS[role]], Topics(namespace)))
+    topics = Topics(namespace)
+    grants = _topic_grants(f"User:{username}", [ROLE_ACCESS[role]], topics)
+    if role == "inference-client":  # librdkafka looks up its group's coordinator (READ implies DESCRIBE)
+        grants.append(AclGrant(f"User:{username}", "READ", "GROUP", topics.inference_clients_group))
+    return sorted(grants)
 
 
 def default_grants(namespace: str) -> dict[str, list[AclGrant]]:
@@ -151,7 +156,8 @@ def markdown_table() -> str:
             f"| {groups} | `{group}-` |"
         )
     for role, access in ROLE_ACCESS.items():
-        rows.append(f"| `llmops-{role}` | {names(access.reads)} | {names(access.writes)} | | |")
+        group = " `llmops-<ns>-inference-clients` (looked up, never joined)" if role == "inference-client" else ""
+        rows.append(f"| `llmops-{role}` | {names(access.reads)} | {names(access.writes)} |{group} | |")
     return "\n".join(rows) + "\n"
 
 

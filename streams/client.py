@@ -117,7 +117,7 @@ class InferenceClient:
             )
         mine = partition_for(self.client_id, len(partitions))
         # Never commits and never joins a group (assign, not subscribe); librdkafka wants an id.
-        group = {"group.id": f"{self.client_id}-responses", "enable.auto.commit": False}
+        group = {"group.id": self.topics.inference_clients_group, "enable.auto.commit": False}
         self._consumer = Consumer(rdkafka_config(self.settings, **group, **{"enable.auto.offset.store": False}))
         # Fix the start before any request can be answered: the partition's end, now.
         _, end = await asyncio.to_thread(self._consumer.get_watermark_offsets, TopicPartition(topic, mine), 30.0)
@@ -143,6 +143,7 @@ class InferenceClient:
     def _read(self, loop: asyncio.AbstractEventLoop) -> None:
         """Reader thread: fetch this client's partition, decode, hand the answers to the loop."""
         assert self._consumer is not None
+        reported: set[int] = set()
         while not self._stopping.is_set():
             answers = []
             first = self._consumer.poll(READ_SECONDS)  # returns as soon as one response is in
@@ -150,8 +151,11 @@ class InferenceClient:
                 continue
             # ``consume`` waits for all 256 or its timeout: with 0, it takes only what is there.
             for message in [first, *self._consumer.consume(256, 0)]:
-                if message.error() is not None:
-                    log.warning("response_fetch_error", topic=message.topic(), error=str(message.error()))
+                fetch_error = message.error()
+                if fetch_error is not None:
+                    if fetch_error.code() not in reported:  # librdkafka repeats an error at every retry
+                        reported.add(fetch_error.code())
+                        log.warning("response_fetch_error", topic=message.topic(), error=fetch_error.str())
                     continue
                 value = message.value()
                 if value is None:

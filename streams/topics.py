@@ -151,6 +151,15 @@ class Topics:
         """
         return f"{self.app_id(*agents)}-requests"
 
+    @property
+    def inference_clients_group(self) -> str:
+        """The ``group.id`` of inference clients' response readers: never joined, never committed.
+
+        A librdkafka consumer needs a group id and looks up its coordinator even when it only
+        reads assigned partitions, so the ``inference-client`` role may describe this one group.
+        """
+        return f"llmops-{self.namespace or 'live'}-inference-clients"
+
     def specs(self, partitions: int, replication_factor: int) -> list[TopicSpec]:
         """Every topic of this namespace with explicit partitions and configs."""
         return [
