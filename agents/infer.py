@@ -136,7 +136,8 @@ def register_infer(app: faust.App, settings: Settings, tracer: AgentTracer, agen
         state["replies"] = replies
         log.info("infer_ready", embedder=embedder.version[:12], models=[v.short for v in follower.registry.all()])
 
-    async def reply(topic: str, key: str, response: dict[str, Any], headers: list[tuple[str, bytes]]) -> Any:
+    def reply(topic: str, key: str, response: dict[str, Any], headers: list[tuple[str, bytes]]) -> Any:
+        """Send a response now; returns its delivery (awaited with the request's other sends)."""
         value = codec.encode("InferenceResponse", response, topic)
         return state["replies"].send(topic, value, key=key.encode(), headers=headers)
 
@@ -155,9 +156,7 @@ def register_infer(app: faust.App, settings: Settings, tracer: AgentTracer, agen
             if response is not None:
                 service.finish(response, received_ms)
                 pending.append(
-                    await reply(
-                        topics.inference_responses, error.client_id or error.request_id or "", response, headers
-                    )
+                    reply(topics.inference_responses, error.client_id or error.request_id or "", response, headers)
                 )
             await asyncio.gather(*pending)
             return
@@ -170,14 +169,14 @@ def register_infer(app: faust.App, settings: Settings, tracer: AgentTracer, agen
             response, verdict = await service.answer(request, received_ms)
         batch.annotate(0, status=response["status"], models=[m["version"][:12] for m in response["models"]])
         service.finish(response, received_ms)
-        pending.append(await reply(topics.inference_responses, request.reply_key, response, headers))
+        pending.append(reply(topics.inference_responses, request.reply_key, response, headers))
         if verdict.blocked:
             detail = f"prompt injection suspected, score {verdict.score:.2f}, rules {list(verdict.rules)}"
             batch.fail(0, "PROMPT_INJECTION", detail)
             letter = record_dead_letter(record, "infer", "PROMPT_INJECTION", detail)
             pending.append(await send_dead_letter(app, codec, topics, letter, headers))
         shadows = await service.shadow_answers(request, response)
-        pending.extend([await reply(topics.inference_shadow, request.reply_key, s, headers) for s in shadows])
+        pending.extend([reply(topics.inference_shadow, request.reply_key, s, headers) for s in shadows])
         await asyncio.gather(*pending)
 
     async def answer(record: Any) -> None:

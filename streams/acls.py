@@ -33,6 +33,7 @@ from streams.topics import (
     DOCS_EMBEDDINGS,
     DOCS_RAW,
     FEEDBACK,
+    INFERENCE_CLIENTS,
     INFERENCE_REQUESTS,
     INFERENCE_RESPONSES,
     INFERENCE_SHADOW,
@@ -47,10 +48,15 @@ from streams.topics import (
 
 @dataclass(frozen=True)
 class Access:
-    """Base topic names read and written by an agent group or a client role."""
+    """Base topic names read and written by an agent group or a client role.
+
+    ``groups``: base names of consumer groups a client role may read (``Topics.group``). A role
+    never joins them; a librdkafka consumer still looks up its group's coordinator.
+    """
 
     reads: tuple[str, ...] = ()
     writes: tuple[str, ...] = ()
+    groups: tuple[str, ...] = ()
 
 
 # Every agent writes dead letters and spans (the worker's span exporter writes telemetry.spans).
@@ -68,11 +74,10 @@ AGENT_ACCESS: dict[str, Access] = {
         (MONITOR_METRICS, MONITOR_ALERTS, DEADLETTER, TELEMETRY_SPANS),
     ),
 }
-# Clients that are not workers. They read assigned partitions and never join a consumer group;
-# inference clients may describe one group (see ``role_grants``).
+# Clients that are not workers. They read assigned partitions and never join a consumer group.
 ROLE_ACCESS: dict[str, Access] = {
     "publisher": Access((), (DOCS_RAW,)),
-    "inference-client": Access((INFERENCE_RESPONSES,), (INFERENCE_REQUESTS, FEEDBACK)),
+    "inference-client": Access((INFERENCE_RESPONSES,), (INFERENCE_REQUESTS, FEEDBACK), (INFERENCE_CLIENTS,)),
 }
 
 
@@ -124,10 +129,10 @@ def role_grants(namespace: str, role: str, username: str) -> list[AclGrant]:
     """What a non-worker client role (``publisher``, ``inference-client``) needs."""
     if role not in ROLE_ACCESS:
         raise ValueError(f"unknown role {role!r}; choose from {list(ROLE_ACCESS)}")
-    topics = Topics(namespace)
-    grants = _topic_grants(f"User:{username}", [ROLE_ACCESS[role]], topics)
-    if role == "inference-client":  # librdkafka looks up its group's coordinator (READ implies DESCRIBE)
-        grants.append(AclGrant(f"User:{username}", "READ", "GROUP", topics.inference_clients_group))
+    topics, access = Topics(namespace), ROLE_ACCESS[role]
+    grants = _topic_grants(f"User:{username}", [access], topics)
+    # READ implies DESCRIBE, which the coordinator lookup needs.
+    grants += [AclGrant(f"User:{username}", "READ", "GROUP", topics.group(base)) for base in access.groups]
     return sorted(grants)
 
 
@@ -156,8 +161,9 @@ def markdown_table() -> str:
             f"| {groups} | `{group}-` |"
         )
     for role, access in ROLE_ACCESS.items():
-        group = " `llmops-<ns>-inference-clients` (looked up, never joined)" if role == "inference-client" else ""
-        rows.append(f"| `llmops-{role}` | {names(access.reads)} | {names(access.writes)} |{group} | |")
+        groups = f" {names(f'llmops-<ns>-{base}' for base in access.groups)} (looked up, never joined)"
+        groups = groups if access.groups else ""
+        rows.append(f"| `llmops-{role}` | {names(access.reads)} | {names(access.writes)} |{groups} | |")
     return "\n".join(rows) + "\n"
 
 

@@ -32,6 +32,8 @@ MONITOR_ALERTS = "monitor.alerts"
 MONITOR_REFERENCE = "monitor.reference"
 MODELS_CONTROL = "models.control"
 TELEMETRY_SPANS = "telemetry.spans"
+# Consumer group (base name) of inference clients' response readers: looked up, never joined.
+INFERENCE_CLIENTS = "inference-clients"
 
 ALL_BASE_NAMES = (
     DOCS_RAW,
@@ -136,12 +138,16 @@ class Topics:
     def telemetry_spans(self) -> str:
         return self.name(TELEMETRY_SPANS)
 
+    def group(self, base: str) -> str:
+        """Consumer group ``base`` of this namespace: ``llmops-<namespace, or live>-<base>``."""
+        return f"llmops-{self.namespace or 'live'}-{base}"
+
     def app_id(self, *agents: str) -> str:
         """Faust app id (so consumer group and changelog prefix) of a worker running ``agents``.
 
         Workers that share partitions must run the same set of agents: the set names the group.
         """
-        return f"llmops-{self.namespace or 'live'}-{'_'.join(sorted(agents))}"
+        return self.group("_".join(sorted(agents)))
 
     def requests_group(self, *agents: str) -> str:
         """Consumer group of ``inference.requests`` in a worker running ``agents``.
@@ -158,7 +164,7 @@ class Topics:
         A librdkafka consumer needs a group id and looks up its coordinator even when it only
         reads assigned partitions, so the ``inference-client`` role may describe this one group.
         """
-        return f"llmops-{self.namespace or 'live'}-inference-clients"
+        return self.group(INFERENCE_CLIENTS)
 
     def specs(self, partitions: int, replication_factor: int) -> list[TopicSpec]:
         """Every topic of this namespace with explicit partitions and configs."""
