@@ -7,13 +7,14 @@ response and a dead letter. The registry follows ``models.control`` in this proc
 answering models are swapped whole on each change, without a restart.
 
 Requests are read by a consumer group of their own (:class:`agents.request_consumer.RequestConsumer`,
-group ``Topics.requests_group``) in the worker's event loop rather than by a Faust agent stream:
-Faust's consumer thread and stream hand-offs cost more than the two Kafka hops of a round trip.
-The offsets are committed after the response (and any dead letter) is acknowledged, never past a
-request in flight; a SIGTERM finishes the requests in flight first. Responses go out on a
-librdkafka producer of their own with no linger (``streams.rdkafka``): the worker's shared
-producer lingers a few milliseconds to batch documents, which a request/reply round trip cannot
-afford, and librdkafka's C threads send a record in less time than aiokafka's Python path.
+group ``Topics.requests_group``) and answered in the worker's event loop rather than by a Faust
+agent stream: Faust's consumer thread and stream hand-offs cost more than the two Kafka hops of a
+round trip. The offsets are committed after the response (and any dead letter) is acknowledged,
+never past a request in flight; a SIGTERM finishes the requests in flight first. Both ends of the
+agent run on librdkafka (``streams.rdkafka``): its C threads fetch and send a record in less time
+than aiokafka's Python path. Responses go out on a producer of their own with no linger: the
+worker's shared producer lingers a few milliseconds to batch documents, which a request/reply
+round trip cannot afford.
 """
 
 from __future__ import annotations

@@ -32,7 +32,7 @@ from streams.admin import topic_partitions
 from streams.avro import AvroCodec, CodecError, codec_from_settings
 from streams.inference import InferenceRequest
 from streams.logs import get_logger
-from streams.rdkafka import AsyncProducer, close_quietly, rdkafka_config
+from streams.rdkafka import AsyncProducer, FetchErrors, close_quietly, fetch, rdkafka_config
 from streams.records import now_ms
 from streams.settings import Settings
 from streams.topics import Topics
@@ -143,22 +143,12 @@ class InferenceClient:
     def _read(self, loop: asyncio.AbstractEventLoop) -> None:
         """Reader thread: fetch this client's partition, decode, hand the answers to the loop."""
         assert self._consumer is not None
-        reported: set[int] = set()
+        errors = FetchErrors("response_fetch_error")
         while not self._stopping.is_set():
             answers = []
-            first = self._consumer.poll(READ_SECONDS)  # returns as soon as one response is in
-            if first is None:
-                continue
-            # ``consume`` waits for all 256 or its timeout: with 0, it takes only what is there.
-            for message in [first, *self._consumer.consume(256, 0)]:
-                fetch_error = message.error()
-                if fetch_error is not None:
-                    if fetch_error.code() not in reported:  # librdkafka repeats an error at every retry
-                        reported.add(fetch_error.code())
-                        log.warning("response_fetch_error", topic=message.topic(), error=fetch_error.str())
-                    continue
+            for message in fetch(self._consumer, 256, READ_SECONDS):
                 value = message.value()
-                if value is None:
+                if errors.reported(message) or value is None:
                     continue
                 try:
                     response = self.codec.decode(value, "InferenceResponse")

@@ -6,14 +6,17 @@ Why this exists:
     two-hop echo takes 1.9-2.2 ms p50 with librdkafka and 3.9-4.2 ms with aiokafka, on the same
     broker and machine, alternately (README, "Inference latency"). librdkafka sends and fetches
     on its own C threads. Python only hands a record over and takes one back. So the inference
-    client and the infer agent's reply producer use it. The agents' streams stay on Faust and
-    aiokafka.
+    client and both ends of the infer agent (its request consumer and its reply producer) use
+    it. The agents' streams stay on Faust and aiokafka.
 
 Usage:
     >>> replies = AsyncProducer(settings)               # acks=all, no linger
     >>> await replies.start([topic])                    # connected, the topic's leaders known
     >>> await replies.send(topic, value, key=b"client-1", headers=[("traceparent", b"00-...")])
     >>> await replies.stop()                            # flushes what is queued
+
+    >>> for message in fetch(consumer, 256, 0.2):      # the first as soon as it is in, then what is there
+    ...     if not fetch_errors.reported(message): use(FetchedRecord.of(message))
 
 Notes:
     Delivery reports are served by one thread per producer (``poll``), and resolve asyncio
@@ -27,11 +30,15 @@ import asyncio
 import contextlib
 import threading
 from collections.abc import Sequence
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, cast
 
-from confluent_kafka import KafkaError, KafkaException, Producer
+from confluent_kafka import TIMESTAMP_NOT_AVAILABLE, Consumer, KafkaError, KafkaException, Message, Producer
 
+from streams.logs import get_logger
 from streams.settings import Settings
+
+log = get_logger(__name__)
 
 POLL_SECONDS = 0.1
 
@@ -143,3 +150,67 @@ def close_quietly(client: Any) -> None:
     """Close a librdkafka consumer, ignoring the error of one already closed."""
     with contextlib.suppress(RuntimeError, KafkaException):
         client.close()
+
+
+def fetch(consumer: Consumer, max_records: int, timeout: float) -> list[Message]:
+    """Up to ``max_records`` messages: waits up to ``timeout`` s for the first, then takes what is there.
+
+    ``Consumer.consume(n, timeout)`` alone waits for all ``n`` or the whole timeout, which put
+    100 ms on an answer here; ``poll`` returns as soon as one message is in.
+    """
+    first = consumer.poll(timeout)
+    if first is None:
+        return []
+    if max_records <= 1:
+        return [first]
+    return [first, *consumer.consume(max_records - 1, 0)]
+
+
+class FetchErrors:
+    """Tells error events from records in a fetch, and logs each error code once.
+
+    librdkafka repeats an error (a missing ACL, an unreachable broker) at every retry.
+    """
+
+    def __init__(self, event: str) -> None:
+        self.event = event
+        self._reported: set[int] = set()
+
+    def reported(self, message: Message) -> bool:
+        """True when ``message`` is an error event rather than a record."""
+        error = message.error()
+        if error is None:
+            return False
+        if error.code() not in self._reported:
+            self._reported.add(error.code())
+            log.warning(self.event, topic=message.topic(), error=error.str())
+        return True
+
+
+@dataclass(frozen=True, slots=True)
+class FetchedRecord:
+    """A consumed record with the attributes of aiokafka's ``ConsumerRecord`` that agents use."""
+
+    topic: str
+    partition: int
+    offset: int
+    key: bytes | None
+    value: bytes | None
+    timestamp: int | None  # ms since the epoch; None when the record has none
+    headers: tuple[tuple[str, bytes], ...]
+
+    @classmethod
+    def of(cls, message: Message) -> FetchedRecord:
+        """A record ``fetch`` returned (not an error event: those have no coordinates)."""
+        kind, timestamp = message.timestamp()
+        headers = message.headers() or ()
+        pairs = headers.items() if isinstance(headers, dict) else headers
+        return cls(
+            topic=cast(str, message.topic()),
+            partition=cast(int, message.partition()),
+            offset=cast(int, message.offset()),
+            key=message.key(),
+            value=message.value(),
+            timestamp=None if kind == TIMESTAMP_NOT_AVAILABLE else timestamp,
+            headers=tuple((name, value.encode() if isinstance(value, str) else value or b"") for name, value in pairs),
+        )

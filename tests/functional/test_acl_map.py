@@ -11,8 +11,9 @@ from streams.acls import worker_grants
 from streams.settings import Settings
 
 ROOT = Path(__file__).resolve().parents[2]
-# Read by plain aiokafka consumers, not Faust agents: the registry follower reads models.control,
-# agents.request_consumer reads inference.requests (in the group <worker group>-requests).
+# Read by consumers of their own, not Faust agents: the registry follower (aiokafka) reads
+# models.control; agents.request_consumer (librdkafka) reads inference.requests, in the group
+# <worker group>-requests.
 NOT_A_FAUST_AGENT = {"infer": {"acl1.models.control", "acl1.inference.requests"}}
 
 
