@@ -16,7 +16,11 @@ The Kafka floor (a plain aiokafka two-hop echo through the same broker) is measu
 and again at the end, when the broker is warm, 100 echoes a second; and at each open-loop rate's
 own spacing (``floor_at_rate_ms``), because on this VM an echo that finds every thread idle (one
 every 100 ms) takes 1-2 ms longer than one every 10 ms: ``overhead_above_floor_p50_ms`` is what
-the inference path adds to a bare round trip at the same rate.
+the inference path adds to a bare aiokafka round trip at the same rate. The request/reply path
+runs on librdkafka, so the same echo with librdkafka at all four ends (the echo in a thread of
+its own, nothing in Python between its two hops) is timed at each rate's spacing too:
+``overhead_above_rdkafka_floor_p50_ms`` is what the inference path adds to the fastest bare
+round trip this broker and machine give.
 
 Prints JSON and writes bench/out/inference_latency.{json,png}.
 """
@@ -281,6 +285,74 @@ async def kafka_floor(settings: Settings, count: int = 300, gap_s: float = 0.01)
     return summary(latencies)
 
 
+async def rdkafka_floor(settings: Settings, count: int = 300, gap_s: float = 0.01) -> dict[str, float]:
+    """The same echo with librdkafka at all four ends, as in the request/reply path.
+
+    The sender is the path's ``AsyncProducer``; the echo (consumer + producer) runs in a thread
+    of its own; the answers are read in another thread and handed to the event loop, as
+    ``InferenceClient`` does. The echo does nothing in Python between its two hops.
+    """
+    import threading
+
+    from confluent_kafka import OFFSET_BEGINNING, Consumer, Producer, TopicPartition
+
+    from streams.rdkafka import AsyncProducer, close_quietly, fetch, rdkafka_config
+    from streams.topics import TopicSpec
+
+    suffix = uuid.uuid4().hex[:6]
+    ask_topic, answer_topic = f"bench-rdfloor-ask-{suffix}", f"bench-rdfloor-answer-{suffix}"
+    await ensure_topics(settings, [TopicSpec(ask_topic, 1, 1), TopicSpec(answer_topic, 1, 1)])
+
+    def reader_of(topic: str) -> Consumer:
+        consumer = Consumer(rdkafka_config(settings, **{"group.id": f"bench-{suffix}", "enable.auto.commit": False}))
+        consumer.assign([TopicPartition(topic, 0, OFFSET_BEGINNING)])
+        return consumer
+
+    echo_in, answers = reader_of(ask_topic), reader_of(answer_topic)
+    echo_out = Producer(rdkafka_config(settings, **{"acks": "all", "enable.idempotence": False, "linger.ms": 0}))
+    sender = AsyncProducer(settings)
+    await sender.start([ask_topic])
+    stop = threading.Event()
+    loop = asyncio.get_running_loop()
+    arrived: asyncio.Queue[None] = asyncio.Queue()
+
+    def echo() -> None:
+        while not stop.is_set():
+            for message in fetch(echo_in, 64, 0.1):
+                if message.error() is None:
+                    echo_out.produce(answer_topic, message.value())
+            echo_out.poll(0)
+
+    def read() -> None:
+        while not stop.is_set():
+            for message in fetch(answers, 64, 0.1):
+                if message.error() is None:
+                    loop.call_soon_threadsafe(arrived.put_nowait, None)
+
+    threads = [threading.Thread(target=echo, daemon=True), threading.Thread(target=read, daemon=True)]
+    for thread in threads:
+        thread.start()
+    latencies = []
+    try:
+        # Untimed first echo: both consumers start fetching their fresh topics (about 0.5 s).
+        for timed in [False] + [True] * count:
+            started = time.perf_counter()
+            sender.send(ask_topic, b"x" * 300)
+            await asyncio.wait_for(arrived.get(), 30)
+            if timed:
+                latencies.append((time.perf_counter() - started) * 1000)
+            await asyncio.sleep(gap_s)
+    finally:
+        stop.set()
+        for thread in threads:
+            await asyncio.to_thread(thread.join)
+        for consumer in (echo_in, answers):
+            close_quietly(consumer)
+        echo_out.flush(10)
+        await sender.stop()
+    return summary(latencies)
+
+
 def plot(report: dict[str, Any], path: Path) -> None:
     import matplotlib
 
@@ -340,11 +412,20 @@ def main() -> None:
         floors = {rate: asyncio.run(floor_at_rate(settings, rate, args.seconds)) for rate in rates}
         report["kafka_round_trip_floor_at_rate_ms"] = {str(rate): floor for rate, floor in floors.items()}
         print(f"plain aiokafka echo at each rate: {floors}", file=sys.stderr)
+        rd_floors = {
+            rate: asyncio.run(rdkafka_floor(settings, count=max(50, int(rate * args.seconds)), gap_s=1 / rate))
+            for rate in rates
+        }
+        report["rdkafka_round_trip_floor_at_rate_ms"] = {str(rate): floor for rate, floor in rd_floors.items()}
+        print(f"plain librdkafka echo at each rate: {rd_floors}", file=sys.stderr)
         for task in tasks:
             for rate in rates:
                 result = asyncio.run(open_loop(settings, task, rate, args.seconds, texts))
+                overhead = result["kafka_overhead_ms"]["p50"]
                 floor = result["floor_at_rate_p50_ms"] = floors[rate]["p50"]
-                result["overhead_above_floor_p50_ms"] = round(result["kafka_overhead_ms"]["p50"] - floor, 2)
+                result["overhead_above_floor_p50_ms"] = round(overhead - floor, 2)
+                rd_floor = result["rdkafka_floor_at_rate_p50_ms"] = rd_floors[rate]["p50"]
+                result["overhead_above_rdkafka_floor_p50_ms"] = round(overhead - rd_floor, 2)
                 print(json.dumps(result), file=sys.stderr)
                 report["open_loop"].append(result)
             result = asyncio.run(saturation(settings, task, args.in_flight, args.seconds, texts))
