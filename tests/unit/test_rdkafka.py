@@ -1,13 +1,15 @@
-"""librdkafka settings for the request/reply path, and how deliveries settle their futures."""
+"""librdkafka settings for the request/reply path, how deliveries settle their futures, and how
+fetched messages become records (error events apart, each error code logged once)."""
 
 import asyncio
 from pathlib import Path
 
 import pytest
-from confluent_kafka import KafkaError
+from confluent_kafka import TIMESTAMP_CREATE_TIME, TIMESTAMP_NOT_AVAILABLE, KafkaError, Message
 from pydantic import SecretStr
+from structlog.testing import capture_logs
 
-from streams.rdkafka import DeliveryFailed, _settle, rdkafka_config
+from streams.rdkafka import DeliveryFailed, FetchedRecord, FetchErrors, _settle, fetch, rdkafka_config
 from streams.settings import Settings
 
 
@@ -59,3 +61,59 @@ def test_a_delivery_settles_its_future_once_and_names_the_topic_when_it_fails() 
     assert delivered.result() is None
     with pytest.raises(DeliveryFailed, match=r"ns\.inference\.responses"):
         refused.result()
+
+
+def test_a_fetched_message_becomes_a_record_with_the_attributes_agents_read() -> None:
+    message = Message(
+        topic="ns.inference.requests",
+        partition=2,
+        offset=41,
+        key=b"client-1",
+        value=b"{}",
+        headers=[("traceparent", b"00-abc-def-01"), ("text", "a str value")],
+        timestamp=(TIMESTAMP_CREATE_TIME, 1_796_000_000_000),
+    )
+    record = FetchedRecord.of(message)
+    assert (record.topic, record.partition, record.offset) == ("ns.inference.requests", 2, 41)
+    assert (record.key, record.value, record.timestamp) == (b"client-1", b"{}", 1_796_000_000_000)
+    assert record.headers == (("traceparent", b"00-abc-def-01"), ("text", b"a str value"))
+    bare = FetchedRecord.of(Message(topic="t", partition=0, offset=0, timestamp=(TIMESTAMP_NOT_AVAILABLE, -1)))
+    assert (bare.key, bare.value, bare.timestamp, bare.headers) == (None, None, None, ())
+
+
+def test_error_events_are_told_from_records_and_each_code_is_logged_once() -> None:
+    errors = FetchErrors("request_fetch_error")
+    denied = Message(topic="ns.inference.requests", error=KafkaError(KafkaError.TOPIC_AUTHORIZATION_FAILED))
+    down = Message(topic="ns.inference.requests", error=KafkaError(KafkaError._TRANSPORT))
+    with capture_logs() as logs:
+        assert errors.reported(denied) and errors.reported(denied) and errors.reported(down)
+        assert not errors.reported(Message(topic="ns.inference.requests", partition=0, offset=3, value=b"x"))
+    assert [entry["event"] for entry in logs] == ["request_fetch_error", "request_fetch_error"]
+    assert "authorization" in logs[0]["error"].lower()
+
+
+class ScriptedConsumer:
+    """A stand-in with librdkafka's poll/consume semantics, for the pure fetch logic."""
+
+    def __init__(self, queued: list[Message]) -> None:
+        self.queued = queued
+        self.calls: list[tuple[str, float, int]] = []
+
+    def poll(self, timeout: float) -> Message | None:
+        self.calls.append(("poll", timeout, 1))
+        return self.queued.pop(0) if self.queued else None
+
+    def consume(self, count: int, timeout: float) -> list[Message]:
+        self.calls.append(("consume", timeout, count))
+        taken, self.queued = self.queued[:count], self.queued[count:]
+        return taken
+
+
+def test_fetch_waits_only_for_the_first_message_and_takes_no_more_than_asked() -> None:
+    queued = [Message(topic="t", partition=0, offset=n) for n in range(5)]
+    consumer = ScriptedConsumer(list(queued))
+    assert [m.offset() for m in fetch(consumer, 3, 0.2)] == [0, 1, 2]
+    assert consumer.calls == [("poll", 0.2, 1), ("consume", 0, 2)]  # never waits for a full batch
+    assert [m.offset() for m in fetch(consumer, 1, 0.2)] == [3]
+    consumer.queued.clear()
+    assert fetch(consumer, 4, 0.2) == []
