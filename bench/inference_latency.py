@@ -353,14 +353,29 @@ async def rdkafka_floor(settings: Settings, count: int = 300, gap_s: float = 0.0
     return summary(latencies)
 
 
+def broker_process(settings: Settings) -> dict[str, Any]:
+    """The running embedded broker's garbage collector and CPU seconds so far (from /proc)."""
+    from streams.broker import GC_OPTIONS
+
+    pid = EmbeddedKafka.from_settings(settings).status().pid
+    if pid is None:
+        return {"gc": "unknown (not started by llmops)", "cpu_s": None}
+    command = Path(f"/proc/{pid}/cmdline").read_bytes().decode().split("\0")
+    gc = next((name for name, flags in GC_OPTIONS.items() if flags[0] in command), "other")
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    cpu_s = (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")  # utime + stime
+    return {"gc": gc, "cpu_s": round(cpu_s, 1)}
+
+
 def plot(report: dict[str, Any], path: Path) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    figure, axes = plt.subplots(1, 2, figsize=(11, 4))
-    for axis, task in zip(axes, ("search", "classify"), strict=True):
+    tasks = [r["task"] for r in report["in_process"]]  # the tasks of this run (--tasks)
+    figure, axes = plt.subplots(1, len(tasks), figsize=(5.5 * len(tasks), 4), squeeze=False)
+    for axis, task in zip(axes[0], tasks, strict=True):
         runs = [r for r in report["open_loop"] if r["task"] == task]
         rates = [r["rate_per_s"] for r in runs]
         for key, style in (("round_trip_ms", "-o"), ("kafka_overhead_ms", "--s")):
@@ -401,6 +416,7 @@ def main() -> None:
     report: dict[str, Any] = {"benchmark": "inference_latency", "open_loop": [], "saturation": [], "in_process": []}
     report["client_event_loop"] = args.client_loop
     report["infer_inline_when_idle"] = settings.infer_inline_when_idle
+    broker_at_start = broker_process(settings)
     report["kafka_round_trip_floor_ms"] = asyncio.run(kafka_floor(settings))
     print(f"plain aiokafka echo, two hops: {report['kafka_round_trip_floor_ms']}", file=sys.stderr)
     try:
@@ -434,6 +450,14 @@ def main() -> None:
         # Again with a warm broker (the first runs just after it started, before its JIT warmed up).
         warm_floor = report["kafka_round_trip_floor_after_ms"] = asyncio.run(kafka_floor(settings))
         print(f"plain aiokafka echo, two hops, at the end: {warm_floor}", file=sys.stderr)
+        broker_at_end = broker_process(settings)
+        report["broker"] = {  # LLMOPS_KAFKA_GC applies at the broker's start: say what it ran
+            "gc": broker_at_end["gc"],
+            "cpu_s_during_run": round(broker_at_end["cpu_s"] - broker_at_start["cpu_s"], 1)
+            if broker_at_end["cpu_s"] is not None and broker_at_start["cpu_s"] is not None
+            else None,
+        }
+        print(f"broker: {report['broker']}", file=sys.stderr)
     finally:
         _stop_worker(worker)
     for task in tasks:
