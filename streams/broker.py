@@ -100,9 +100,10 @@ def require_tool(name: str, hint: str) -> str:
     return path
 
 
-# The broker's garbage collector (LLMOPS_KAFKA_GC). G1 stops the broker for 10-26 ms every few
-# seconds under load here (young pauses, `-Xlog:gc`), and every record in flight waits: that was
-# most of the request/reply p99. ZGC's pauses stay under 0.1 ms; its work runs beside the broker.
+# The broker's garbage collector (LLMOPS_KAFKA_GC). Under the inference bench's load, G1 stopped
+# the broker for 5-27 ms every 10-12 s (young pauses, `-Xlog:gc`), and every record in flight
+# waited. ZGC's pauses stayed under 0.1 ms, but in full runs on 2 cores the p99 was no better
+# (README, "Inference latency"): G1 stays the default; ZGC is for machines with cores to spare.
 GC_OPTIONS: dict[str, tuple[str, ...]] = {
     "g1": ("-XX:+UseG1GC",),
     "zgc": ("-XX:+UseZGC",),

@@ -76,8 +76,8 @@ class Settings(BaseSettings):
     kafka_heap: str = Field("768m", description="Java heap (-Xmx) of the embedded broker.")
     kafka_gc: Literal["g1", "zgc"] = Field(
         "g1",
-        description="Garbage collector of the embedded broker: g1, or zgc for request/reply tails "
-        "(no 10-26 ms pauses; takes effect at the broker's next start).",
+        description="Garbage collector of the embedded broker: g1, or zgc (no stop-the-world pauses; "
+        "takes effect at the broker's next start).",
     )
     kafka_authorizer: bool = Field(
         False, description="Embedded broker: enforce ACLs (StandardAuthorizer); the SASL user is its only super user."
