@@ -41,6 +41,9 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "bench"))
+
+from pipeline_throughput import cpu_seconds  # noqa: E402
 
 from streams.admin import ensure_topics, offsets  # noqa: E402
 from streams.broker import EmbeddedKafka  # noqa: E402
@@ -362,9 +365,7 @@ def broker_process(settings: Settings) -> dict[str, Any]:
         return {"gc": "unknown (not started by llmops)", "cpu_s": None}
     command = Path(f"/proc/{pid}/cmdline").read_bytes().decode().split("\0")
     gc = next((name for name, flags in GC_OPTIONS.items() if flags[0] in command), "other")
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    cpu_s = (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")  # utime + stime
-    return {"gc": gc, "cpu_s": round(cpu_s, 1)}
+    return {"gc": gc, "cpu_s": round(cpu_seconds(pid), 1)}
 
 
 def plot(report: dict[str, Any], path: Path) -> None:
