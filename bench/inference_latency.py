@@ -146,9 +146,10 @@ async def open_loop(settings: Settings, task: str, rate: float, seconds: float, 
     }
 
 
-async def floor_at_rate(settings: Settings, rate: float, seconds: float) -> dict[str, float]:
-    """The plain echo with the open loop's spacing: one round trip every 1/rate seconds."""
-    return await kafka_floor(settings, count=max(50, int(rate * seconds)), gap_s=1 / rate)
+async def floor_at_rate(echo: Any, settings: Settings, rate: float, seconds: float) -> dict[str, float]:
+    """A plain echo (``kafka_floor`` or ``rdkafka_floor``) with the open loop's spacing: one round
+    trip every 1/rate seconds."""
+    return dict(await echo(settings, count=max(50, int(rate * seconds)), gap_s=1 / rate))
 
 
 async def saturation(settings: Settings, task: str, in_flight: int, seconds: float, texts: list[str]) -> dict[str, Any]:
@@ -356,16 +357,14 @@ async def rdkafka_floor(settings: Settings, count: int = 300, gap_s: float = 0.0
     return summary(latencies)
 
 
-def broker_process(settings: Settings) -> dict[str, Any]:
-    """The running embedded broker's garbage collector and CPU seconds so far (from /proc)."""
+def broker_gc(pid: int | None) -> str:
+    """The garbage collector the running broker was started with (LLMOPS_KAFKA_GC applies at start)."""
     from streams.broker import GC_OPTIONS
 
-    pid = EmbeddedKafka.from_settings(settings).status().pid
     if pid is None:
-        return {"gc": "unknown (not started by llmops)", "cpu_s": None}
+        return "unknown (not started by llmops)"
     command = Path(f"/proc/{pid}/cmdline").read_bytes().decode().split("\0")
-    gc = next((name for name, flags in GC_OPTIONS.items() if flags[0] in command), "other")
-    return {"gc": gc, "cpu_s": round(cpu_seconds(pid), 1)}
+    return next((name for name, flags in GC_OPTIONS.items() if flags[0] in command), "other")
 
 
 def plot(report: dict[str, Any], path: Path) -> None:
@@ -417,7 +416,8 @@ def main() -> None:
     report: dict[str, Any] = {"benchmark": "inference_latency", "open_loop": [], "saturation": [], "in_process": []}
     report["client_event_loop"] = args.client_loop
     report["infer_inline_when_idle"] = settings.infer_inline_when_idle
-    broker_at_start = broker_process(settings)
+    broker_pid = EmbeddedKafka.from_settings(settings).status().pid
+    broker_cpu_at_start = cpu_seconds(broker_pid) if broker_pid else 0.0
     report["kafka_round_trip_floor_ms"] = asyncio.run(kafka_floor(settings))
     print(f"plain aiokafka echo, two hops: {report['kafka_round_trip_floor_ms']}", file=sys.stderr)
     try:
@@ -426,13 +426,10 @@ def main() -> None:
         for task in tasks:  # warm-up: the first answers load sessions and the collection
             asyncio.run(open_loop(settings, task, 20, 2, texts))
         rates = [float(r) for r in args.rates.split(",")]
-        floors = {rate: asyncio.run(floor_at_rate(settings, rate, args.seconds)) for rate in rates}
+        floors = {rate: asyncio.run(floor_at_rate(kafka_floor, settings, rate, args.seconds)) for rate in rates}
         report["kafka_round_trip_floor_at_rate_ms"] = {str(rate): floor for rate, floor in floors.items()}
         print(f"plain aiokafka echo at each rate: {floors}", file=sys.stderr)
-        rd_floors = {
-            rate: asyncio.run(rdkafka_floor(settings, count=max(50, int(rate * args.seconds)), gap_s=1 / rate))
-            for rate in rates
-        }
+        rd_floors = {rate: asyncio.run(floor_at_rate(rdkafka_floor, settings, rate, args.seconds)) for rate in rates}
         report["rdkafka_round_trip_floor_at_rate_ms"] = {str(rate): floor for rate, floor in rd_floors.items()}
         print(f"plain librdkafka echo at each rate: {rd_floors}", file=sys.stderr)
         for task in tasks:
@@ -451,12 +448,9 @@ def main() -> None:
         # Again with a warm broker (the first runs just after it started, before its JIT warmed up).
         warm_floor = report["kafka_round_trip_floor_after_ms"] = asyncio.run(kafka_floor(settings))
         print(f"plain aiokafka echo, two hops, at the end: {warm_floor}", file=sys.stderr)
-        broker_at_end = broker_process(settings)
-        report["broker"] = {  # LLMOPS_KAFKA_GC applies at the broker's start: say what it ran
-            "gc": broker_at_end["gc"],
-            "cpu_s_during_run": round(broker_at_end["cpu_s"] - broker_at_start["cpu_s"], 1)
-            if broker_at_end["cpu_s"] is not None and broker_at_start["cpu_s"] is not None
-            else None,
+        report["broker"] = {
+            "gc": broker_gc(broker_pid),
+            "cpu_s_during_run": round(cpu_seconds(broker_pid) - broker_cpu_at_start, 1) if broker_pid else None,
         }
         print(f"broker: {report['broker']}", file=sys.stderr)
     finally:

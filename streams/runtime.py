@@ -12,12 +12,13 @@ Native allocators (``llmops worker`` applies them from settings):
     free), the same 30-minute soak grew +5.2% (1.3 MB/min, a sawtooth under 420 MB).
 
 Event loop (for clients of the inference topics):
-    uvloop (libuv) runs callbacks and socket I/O in C. For a process that sent requests with
-    :class:`streams.client.InferenceClient` when the client was on aiokafka, it lowered round
-    trips by up to about 1 ms in most (not all) paired runs here; the client now sends and reads
-    through librdkafka, and uvloop has not been measured with it. In the worker, whose time goes
-    to the work itself, it made no measurable difference, so the worker keeps the standard loop
-    (Faust's consumer fixes are tested on it).
+    uvloop (libuv) runs callbacks and socket I/O in C. For a process that sends requests with
+    :class:`streams.client.InferenceClient` it lowered round trips by up to about 1 ms in most
+    (not all) paired runs here. With the agent's request consumer on aiokafka it was what met
+    the latency targets at every rate (bench runs 19-20); with the whole path on librdkafka the
+    standard loop meets them too (runs 21-30). In the worker, whose time goes to the work itself,
+    it made no measurable difference, so the worker keeps the standard loop (Faust's consumer
+    fixes are tested on it).
 
 Usage:
     >>> tune_native_allocators(131_072, "system")   # before pyarrow is imported
