@@ -37,10 +37,11 @@ test-integration: install ## Only the tests against the real broker (fault tests
 test-faults: install ## Break real processes (kill -9, SIGTERM, broker restarts, a 3-broker cluster, SASL, garbage); prints FAULT lines
 	$(PY) -m pytest tests -m faults -s
 
-lint: install ## ruff (bug-catching rules) and mypy --strict on streams/ and agents/
+lint: install ## ruff (bug-catching rules), mypy --strict, and the layout's import contracts (lint-imports)
 	$(VENV)/bin/ruff check streams agents tests bench
 	$(VENV)/bin/ruff format --check streams agents tests bench
 	$(VENV)/bin/mypy
+	$(VENV)/bin/lint-imports --no-cache
 
 format: install ## Apply ruff's fixes and formatting
 	$(VENV)/bin/ruff check --fix streams agents tests bench

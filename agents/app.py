@@ -20,9 +20,9 @@ from typing import Any
 import faust
 
 from agents import faust_fixes
+from streams.kafka.topics import Topics, TopicSpec
 from streams.settings import Settings
-from streams.topics import Topics, TopicSpec
-from streams.tracing import Telemetry
+from streams.telemetry.tracing import Telemetry
 
 AGENT_GROUPS = ("ingest", "embed", "index", "infer", "monitor")
 
@@ -69,7 +69,7 @@ def create_app(
         topic_replication_factor=settings.replication_factor,
         consumer_auto_offset_reset="earliest",
         producer_acks=-1,
-        # Same batching as every other producer of the project (streams.admin.producer): a few
+        # Same batching as every other producer of the project (streams.kafka.admin.producer): a few
         # milliseconds of linger turn thousands of tiny produce requests into a few large ones.
         producer_linger=0.005,
         producer_max_batch_size=256 * 1024,

@@ -9,12 +9,12 @@ from typing import Any, NoReturn
 
 import faust
 
-from streams.avro import AvroCodec
+from streams.kafka.avro import AvroCodec
+from streams.kafka.topics import Topics
 from streams.logs import get_logger
 from streams.records import DeadLetter, SourceCoordinates, now_ms
 from streams.settings import Settings
-from streams.topics import Topics
-from streams.tracing import Delivery
+from streams.telemetry.tracing import Delivery
 
 log = get_logger(__name__)
 # Exit codes of a worker that stopped without acknowledging a batch (see stop_without_acking).

@@ -14,14 +14,14 @@ from typing import Any
 import faust
 
 from agents.common import dead_letter_for, delivery_of, raw_topic, send_dead_letter, stop_without_acking
-from streams.avro import CodecError, codec_from_settings
-from streams.embed import OnnxEmbedder
-from streams.indexing import embed_chunks
+from streams.index.embed import OnnxEmbedder
+from streams.index.indexing import embed_chunks
+from streams.kafka.avro import CodecError, codec_from_settings
+from streams.kafka.topics import Topics
 from streams.logs import get_logger
 from streams.records import SOURCE_HEADER
 from streams.settings import Settings
-from streams.topics import Topics
-from streams.tracing import AgentTracer, header_items
+from streams.telemetry.tracing import AgentTracer, header_items
 
 log = get_logger(__name__)
 

@@ -18,15 +18,15 @@ from typing import Any
 import faust
 
 from agents.common import dead_letter_for, delivery_of, raw_topic, send_dead_letter, stop_without_acking
-from streams.avro import CodecError, codec_from_settings
-from streams.embed import version_for
 from streams.heap import freeze_startup_objects
-from streams.indexing import SealPolicy, ShuttingDown, write_with_retry
+from streams.index.embed import version_for
+from streams.index.indexing import SealPolicy, ShuttingDown, write_with_retry
+from streams.index.vectorstore import VectorStore, shared_store
+from streams.kafka.avro import CodecError, codec_from_settings
+from streams.kafka.topics import Topics
 from streams.logs import get_logger
 from streams.settings import Settings
-from streams.topics import Topics
-from streams.tracing import AgentTracer, BatchTrace
-from streams.vectorstore import VectorStore, shared_store
+from streams.telemetry.tracing import AgentTracer, BatchTrace
 
 log = get_logger(__name__)
 MAX_BACKOFF_SECONDS = 30.0

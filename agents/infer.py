@@ -1,6 +1,6 @@
 """Infer agent: ``inference.requests`` -> ``inference.responses`` (and ``inference.shadow``).
 
-Each request is parsed, screened and answered by :mod:`streams.inference`; the response is
+Each request is parsed, screened and answered by :mod:`streams.inference.service`; the response is
 keyed by the request's client id, so a client reads one partition. Bad requests get an INVALID
 response when they carry an id, and a dead letter either way; blocked requests get a BLOCKED
 response and a dead letter. The registry follows ``models.control`` in this process and the
@@ -11,7 +11,7 @@ group ``Topics.requests_group``) and answered in the worker's event loop rather 
 agent stream: Faust's consumer thread and stream hand-offs cost more than the two Kafka hops of a
 round trip. The offsets are committed after the response (and any dead letter) is acknowledged,
 never past a request in flight; a SIGTERM finishes the requests in flight first. Both ends of the
-agent run on librdkafka (``streams.rdkafka``): its C threads fetch and send a record in less time
+agent run on librdkafka (``streams.kafka.rdkafka``): its C threads fetch and send a record in less time
 than aiokafka's Python path. Responses go out on a producer of their own with no linger: the
 worker's shared producer lingers a few milliseconds to batch documents, which a request/reply
 round trip cannot afford.
@@ -31,30 +31,28 @@ from aiokafka import TopicPartition
 
 from agents.common import record_dead_letter, record_delivery, send_dead_letter
 from agents.request_consumer import RequestConsumer
-from streams.admin import committed_offsets
-from streams.avro import codec_from_settings
-from streams.chunk import default_tokenizer_path
-from streams.embed import OnnxEmbedder, graph_for
-from streams.inference import (
+from streams.index.embed import OnnxEmbedder, graph_for
+from streams.index.vectorstore import shared_store
+from streams.inference.requests import InferenceRequest, RequestRejected, parse_request
+from streams.inference.service import (
     GeneratorClient,
-    InferenceRequest,
     InferenceService,
     ModelSet,
-    RequestRejected,
     load_classifiers,
-    parse_request,
     rejection_response,
 )
+from streams.ingest.chunk import default_tokenizer_path
+from streams.kafka.admin import committed_offsets
+from streams.kafka.avro import codec_from_settings
+from streams.kafka.rdkafka import AsyncProducer
+from streams.kafka.topics import Topics
 from streams.logs import get_logger
-from streams.model_ops import decode_version, embedder_version_record, write_events
-from streams.rdkafka import AsyncProducer
+from streams.models.lifecycle import decode_version, embedder_version_record, write_events
+from streams.models.registry import ModelVersion, RegistryFollower
 from streams.records import now_ms
-from streams.registry import ModelVersion, RegistryFollower
-from streams.replay import ORIGINAL_TIMESTAMP_HEADER
+from streams.replay.runner import ORIGINAL_TIMESTAMP_HEADER
 from streams.settings import Settings
-from streams.topics import Topics
-from streams.tracing import AgentTracer, BatchTrace
-from streams.vectorstore import shared_store
+from streams.telemetry.tracing import AgentTracer, BatchTrace
 
 log = get_logger(__name__)
 REGISTRY_WAIT_SECONDS = 30.0

@@ -1,6 +1,6 @@
 """Ingest agent: ``docs.raw`` -> ``docs.clean`` (+ ``docs.duplicates``, ``deadletter``).
 
-All logic lives in :class:`streams.ingest.IngestPipeline`; this module reads batches of
+All logic lives in :class:`streams.ingest.pipeline.IngestPipeline`; this module reads batches of
 events, hands them to the pipeline with the dedup table, and publishes what comes back, each
 output carrying the trace context of its input record's span.
 """
@@ -15,14 +15,14 @@ from typing import Any
 import faust
 
 from agents.common import delivery_of, log_dead_letter, raw_topic, source_of, stop_without_acking
-from streams.avro import codec_from_settings
-from streams.chunk import default_tokenizer
-from streams.dedup import LookupIndex
-from streams.ingest import IngestConfig, IngestPipeline, IngestRecord, encode_outputs
+from streams.ingest.chunk import default_tokenizer
+from streams.ingest.dedup import LookupIndex
+from streams.ingest.pipeline import IngestConfig, IngestPipeline, IngestRecord, encode_outputs
+from streams.kafka.avro import codec_from_settings
+from streams.kafka.topics import Topics
 from streams.logs import get_logger
 from streams.settings import Settings
-from streams.topics import Topics
-from streams.tracing import AgentTracer
+from streams.telemetry.tracing import AgentTracer
 
 log = get_logger(__name__)
 DEDUP_TABLE = "ingest-dedup"

@@ -1,7 +1,7 @@
 """Monitor agents: docs.embeddings, inference.requests, inference.responses, feedback -> monitor.*.
 
 Each input topic has an agent that decodes a record and hands it to one shared
-:class:`streams.monitoring.Monitor`; closed windows come back as snapshots (``monitor.metrics``,
+:class:`streams.monitor.monitor.Monitor`; closed windows come back as snapshots (``monitor.metrics``,
 key = stream) and alerts (``monitor.alerts``, key = metric|slice), also recorded as OpenTelemetry
 metrics. A one-second timer closes windows by time. The drift reference is read from the
 compacted ``monitor.reference`` at start and followed while running.
@@ -20,17 +20,19 @@ from typing import Any, cast
 import faust
 
 from agents.common import dead_letter_for, raw_topic, send_dead_letter
-from streams.avro import CodecError, codec_from_settings
-from streams.chunk import default_tokenizer
-from streams.feedback import BadFeedback, decode_feedback
-from streams.inference import RequestRejected, parse_request
+from streams.inference.feedback import BadFeedback, decode_feedback
+from streams.inference.requests import RequestRejected, parse_request
+from streams.ingest.chunk import default_tokenizer
+from streams.kafka.avro import CodecError, codec_from_settings
+from streams.kafka.topics import Topics
 from streams.logs import get_logger
-from streams.monitor_otel import OtelMonitorExporter
-from streams.monitor_reference import load_reference, reference_from_avro
-from streams.monitoring import Monitor, MonitorConfig, Output, Reference
+from streams.monitor.config import MonitorConfig, Output
+from streams.monitor.detectors import Reference
+from streams.monitor.monitor import Monitor
+from streams.monitor.otel import OtelMonitorExporter
+from streams.monitor.reference import load_reference, reference_from_avro
 from streams.settings import Settings
-from streams.topics import Topics
-from streams.tracing import TRACE_HEADERS, header_items
+from streams.telemetry.tracing import TRACE_HEADERS, header_items
 
 log = get_logger(__name__)
 Handler = Callable[[dict[str, Any], int], list[Output]]

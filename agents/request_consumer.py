@@ -5,14 +5,14 @@ Why this exists:
     thread with its own event loop and passes them to the agent through its Conductor and
     stream queues; for the infer agent that hop cost more than the answer's two Kafka hops
     themselves. :class:`RequestConsumer` reads ``inference.requests`` with a librdkafka consumer
-    (``streams.rdkafka``): a reader thread fetches, and each record's handler starts in the
+    (``streams.kafka.rdkafka``): a reader thread fetches, and each record's handler starts in the
     worker's loop as soon as it is in. librdkafka fetches on its own C threads; at low request
     rates its hop took half the time of aiokafka's (README, "Inference latency").
 
 Guarantees (the same as the Faust agent's):
     - At least once: an offset is committed only after the handler returned (its outputs
       acknowledged by Kafka), and never past a record still in flight
-      (:class:`streams.commit_offsets.CommitOffsets`).
+      (:class:`streams.kafka.commit_offsets.CommitOffsets`).
     - Rebalances: the revoke waits until the records in flight on the revoked partitions are
       answered and committed; only then does the group move on.
     - Stopping: :meth:`RequestConsumer.stop` finishes the records in flight, commits them, and
@@ -46,9 +46,9 @@ from typing import Any, cast
 from aiokafka import TopicPartition as AioTopicPartition
 from confluent_kafka import OFFSET_INVALID, Consumer, KafkaError, KafkaException, TopicPartition
 
-from streams.commit_offsets import CommitOffsets
+from streams.kafka.commit_offsets import CommitOffsets
+from streams.kafka.rdkafka import FetchedRecord, FetchErrors, close_quietly, fetch, rdkafka_config
 from streams.logs import get_logger
-from streams.rdkafka import FetchedRecord, FetchErrors, close_quietly, fetch, rdkafka_config
 from streams.settings import Settings
 
 log = get_logger(__name__)

@@ -26,10 +26,10 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from streams.chunk import chunk_text, default_tokenizer, default_tokenizer_path  # noqa: E402
-from streams.corpus import stdlib_documents  # noqa: E402
-from streams.embed import OnnxEmbedder  # noqa: E402
-from streams.model_build import ensure_models  # noqa: E402
+from streams.index.embed import OnnxEmbedder  # noqa: E402
+from streams.index.embedder_build import ensure_models  # noqa: E402
+from streams.ingest.chunk import chunk_text, default_tokenizer, default_tokenizer_path  # noqa: E402
+from streams.ingest.corpus import stdlib_documents  # noqa: E402
 
 OUT = ROOT / "bench" / "out"
 TORCH_PYTHON = ROOT / "bench" / ".venv-torch" / "bin" / "python"
@@ -94,7 +94,7 @@ def memory_with_model(graph: Path) -> float:
     """
     code = (
         "import sys; from pathlib import Path; sys.path.insert(0, sys.argv[2]);"
-        "from streams.embed import OnnxEmbedder; from streams.chunk import default_tokenizer_path;"
+        "from streams.index.embed import OnnxEmbedder; from streams.ingest.chunk import default_tokenizer_path;"
         "e = OnnxEmbedder(Path(sys.argv[1]), default_tokenizer_path(), workers=2);"
         "e.embed(['warm up text'] * 64);"
         "print([l.split()[1] for l in open('/proc/self/status') if l.startswith('VmHWM')][0])"

@@ -45,22 +45,23 @@ sys.path.insert(0, str(ROOT / "bench"))
 
 from pipeline_throughput import cpu_seconds  # noqa: E402
 
-from streams.admin import ensure_topics, offsets  # noqa: E402
-from streams.broker import EmbeddedKafka  # noqa: E402
-from streams.chunk import default_tokenizer_path  # noqa: E402
-from streams.client import InferenceClient, make_request  # noqa: E402
-from streams.corpus import stdlib_documents  # noqa: E402
-from streams.demo import _start_worker, _stop_worker, wait_for_stages  # noqa: E402
-from streams.demo_inference import promote_demo_classifier  # noqa: E402
-from streams.embed import OnnxEmbedder, graph_for  # noqa: E402
-from streams.inference import InferenceService, ModelSet, load_classifiers  # noqa: E402
-from streams.model_ops import load_registry  # noqa: E402
-from streams.publish import encode_document, publish_records  # noqa: E402
+from streams.cli.demo_inference import promote_demo_classifier  # noqa: E402
+from streams.index.embed import OnnxEmbedder, graph_for  # noqa: E402
+from streams.index.vectorstore import MilvusStore  # noqa: E402
+from streams.inference.client import InferenceClient, make_request  # noqa: E402
+from streams.inference.service import InferenceService, ModelSet, load_classifiers  # noqa: E402
+from streams.ingest.chunk import default_tokenizer_path  # noqa: E402
+from streams.ingest.corpus import stdlib_documents  # noqa: E402
+from streams.ingest.publish import encode_document, publish_records  # noqa: E402
+from streams.kafka.admin import ensure_topics, offsets  # noqa: E402
+from streams.kafka.broker import EmbeddedKafka  # noqa: E402
+from streams.kafka.progress import wait_for_stages  # noqa: E402
+from streams.kafka.topics import Topics  # noqa: E402
+from streams.models.lifecycle import load_registry  # noqa: E402
 from streams.records import now_ms  # noqa: E402
 from streams.runtime import use_event_loop  # noqa: E402
 from streams.settings import Settings  # noqa: E402
-from streams.topics import Topics  # noqa: E402
-from streams.vectorstore import MilvusStore  # noqa: E402
+from streams.worker_process import start_worker, stop_worker  # noqa: E402
 
 OUT = ROOT / "bench" / "out"
 AGENTS = ("embed", "index", "infer", "ingest")
@@ -245,8 +246,8 @@ async def kafka_floor(settings: Settings, count: int = 300, gap_s: float = 0.01)
     """
     from aiokafka import AIOKafkaConsumer, TopicPartition
 
-    from streams.admin import client_kwargs, producer
-    from streams.topics import TopicSpec
+    from streams.kafka.admin import client_kwargs, producer
+    from streams.kafka.topics import TopicSpec
 
     suffix = uuid.uuid4().hex[:6]
     ask_topic, answer_topic = f"bench-floor-ask-{suffix}", f"bench-floor-answer-{suffix}"
@@ -300,8 +301,8 @@ async def rdkafka_floor(settings: Settings, count: int = 300, gap_s: float = 0.0
 
     from confluent_kafka import OFFSET_BEGINNING, Consumer, Producer, TopicPartition
 
-    from streams.rdkafka import AsyncProducer, close_quietly, fetch, rdkafka_config
-    from streams.topics import TopicSpec
+    from streams.kafka.rdkafka import AsyncProducer, close_quietly, fetch, rdkafka_config
+    from streams.kafka.topics import TopicSpec
 
     suffix = uuid.uuid4().hex[:6]
     ask_topic, answer_topic = f"bench-rdfloor-ask-{suffix}", f"bench-rdfloor-answer-{suffix}"
@@ -359,7 +360,7 @@ async def rdkafka_floor(settings: Settings, count: int = 300, gap_s: float = 0.0
 
 def broker_gc(pid: int | None) -> str:
     """The garbage collector the running broker was started with (LLMOPS_KAFKA_GC applies at start)."""
-    from streams.broker import GC_OPTIONS
+    from streams.kafka.broker import GC_OPTIONS
 
     if pid is None:
         return "unknown (not started by llmops)"
@@ -412,7 +413,7 @@ def main() -> None:
     tasks = args.tasks.split(",")
     texts = queries(500, skip=args.docs)
     log = settings.data_dir / "logs" / f"{settings.namespace}.log"
-    worker = _start_worker(settings, log, AGENTS)
+    worker = start_worker(settings, log, AGENTS)
     report: dict[str, Any] = {"benchmark": "inference_latency", "open_loop": [], "saturation": [], "in_process": []}
     report["client_event_loop"] = args.client_loop
     report["infer_inline_when_idle"] = settings.infer_inline_when_idle
@@ -454,7 +455,7 @@ def main() -> None:
         }
         print(f"broker: {report['broker']}", file=sys.stderr)
     finally:
-        _stop_worker(worker)
+        stop_worker(worker)
     for task in tasks:
         result = asyncio.run(in_process(settings, task, texts, 300))
         print(json.dumps(result), file=sys.stderr)

@@ -27,18 +27,19 @@ from aiokafka import AIOKafkaConsumer
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from streams.admin import client_kwargs, ensure_topics, offsets, producer, read_range  # noqa: E402
-from streams.avro import AvroCodec, EmbeddedRegistry  # noqa: E402
-from streams.broker import EmbeddedKafka  # noqa: E402
-from streams.chunk import default_tokenizer  # noqa: E402
-from streams.corpus import stdlib_documents  # noqa: E402
-from streams.dedup import LookupIndex  # noqa: E402
-from streams.demo import _start_worker, _stop_worker, wait_until_consumed  # noqa: E402
-from streams.ingest import IngestConfig, IngestPipeline, IngestRecord, encode_outputs  # noqa: E402
-from streams.publish import encode_document, publish_records  # noqa: E402
+from streams.ingest.chunk import default_tokenizer  # noqa: E402
+from streams.ingest.corpus import stdlib_documents  # noqa: E402
+from streams.ingest.dedup import LookupIndex  # noqa: E402
+from streams.ingest.pipeline import IngestConfig, IngestPipeline, IngestRecord, encode_outputs  # noqa: E402
+from streams.ingest.publish import encode_document, publish_records  # noqa: E402
+from streams.kafka.admin import client_kwargs, ensure_topics, offsets, producer, read_range  # noqa: E402
+from streams.kafka.avro import AvroCodec, EmbeddedRegistry  # noqa: E402
+from streams.kafka.broker import EmbeddedKafka  # noqa: E402
+from streams.kafka.progress import wait_until_consumed  # noqa: E402
+from streams.kafka.topics import Topics  # noqa: E402
 from streams.records import SourceCoordinates  # noqa: E402
 from streams.settings import Settings  # noqa: E402
-from streams.topics import Topics  # noqa: E402
+from streams.worker_process import start_worker, stop_worker  # noqa: E402
 
 OUT = ROOT / "bench" / "out"
 
@@ -126,13 +127,13 @@ def run_faust(base: Settings, records: list) -> dict:
     settings, before = prepare(base, "faust", records)
     topics = Topics(settings.namespace)
     _, raw_end = asyncio.run(offsets(settings, [topics.docs_raw]))
-    worker = _start_worker(settings, settings.data_dir / "logs" / f"bench-{settings.namespace}.log")
+    worker = start_worker(settings, settings.data_dir / "logs" / f"bench-{settings.namespace}.log")
     try:
         ok = asyncio.run(
             wait_until_consumed(settings, topics.app_id("ingest"), raw_end, 900, alive=lambda: worker.poll() is None)
         )
     finally:
-        _stop_worker(worker)
+        stop_worker(worker)
     if not ok:
         raise RuntimeError("the Faust worker did not finish; see its log under .llmops/logs")
     return measure(settings, before, len(records))

@@ -2,7 +2,7 @@
 
 The events are real: held-out stdlib docstring chunks (what docs.embeddings carries). Each
 round embeds N chunks with the production ONNX embedder (its default parallel workers), then
-feeds the same N ``ChunkEmbedding`` records through :class:`streams.monitoring.Monitor` with a
+feeds the same N ``ChunkEmbedding`` records through :class:`streams.monitor.monitor.Monitor` with a
 stdlib reference (windows of LLMOPS_MONITOR_WINDOW_EVENTS, default 200): text features (WordPiece
 unknown tokens, PII scan), MMD and centroid distance against the reference, KS/PSI, alerts.
 Threshold calibration happens once when a reference is loaded and is reported apart.
@@ -29,12 +29,14 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from streams.chunk import default_tokenizer  # noqa: E402
-from streams.embed import OnnxEmbedder  # noqa: E402
-from streams.feedback import feedback_record  # noqa: E402
-from streams.inference import base_response  # noqa: E402
-from streams.monitor_reference import corpus_texts, documents_sample, sample_chunks  # noqa: E402
-from streams.monitoring import Monitor, MonitorConfig, Reference, with_reference_id  # noqa: E402
+from streams.index.embed import OnnxEmbedder  # noqa: E402
+from streams.inference.feedback import feedback_record  # noqa: E402
+from streams.inference.service import base_response  # noqa: E402
+from streams.ingest.chunk import default_tokenizer  # noqa: E402
+from streams.monitor.config import MonitorConfig  # noqa: E402
+from streams.monitor.detectors import Reference, with_reference_id  # noqa: E402
+from streams.monitor.monitor import Monitor  # noqa: E402
+from streams.monitor.reference import corpus_texts, documents_sample, sample_chunks  # noqa: E402
 from streams.settings import Settings  # noqa: E402
 
 OUT = ROOT / "bench" / "out"

@@ -3,7 +3,7 @@
 The reference is the ``reference`` half of the stdlib docstring corpus (as in the integration
 test). Held-out chunks (the other half) are embedded once; then, for each of ``--runs`` seeds,
 ``--windows`` random held-out windows are followed by ``--drift-windows`` windows of installed
-packages' long descriptions (METADATA), all through :class:`streams.monitoring.Monitor` with the
+packages' long descriptions (METADATA), all through :class:`streams.monitor.monitor.Monitor` with the
 configured alert rules. Reported per run and overall:
 
 * raw breach rate: held-out windows where any drift statistic is over its threshold;
@@ -28,15 +28,17 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from streams.chunk import default_tokenizer  # noqa: E402
-from streams.embed import OnnxEmbedder  # noqa: E402
-from streams.monitor_reference import (  # noqa: E402
+from streams.index.embed import OnnxEmbedder  # noqa: E402
+from streams.ingest.chunk import default_tokenizer  # noqa: E402
+from streams.monitor.config import MonitorConfig  # noqa: E402
+from streams.monitor.detectors import Reference, with_reference_id  # noqa: E402
+from streams.monitor.monitor import Monitor  # noqa: E402
+from streams.monitor.reference import (  # noqa: E402
     corpus_texts,
     documents_sample,
     package_description_texts,
     sample_chunks,
 )
-from streams.monitoring import Monitor, MonitorConfig, Reference, with_reference_id  # noqa: E402
 from streams.settings import Settings  # noqa: E402
 
 OUT = ROOT / "bench" / "out"

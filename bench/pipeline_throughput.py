@@ -33,16 +33,17 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from streams.admin import ensure_topics, offsets, producer  # noqa: E402
-from streams.broker import EmbeddedKafka  # noqa: E402
-from streams.chunk import chunk_text, default_tokenizer  # noqa: E402
-from streams.corpus import stdlib_documents  # noqa: E402
-from streams.demo import _start_worker, _stop_worker, wait_for_stages  # noqa: E402
-from streams.embed import OnnxEmbedder  # noqa: E402
-from streams.publish import encode_document, publish_records  # noqa: E402
+from streams.index.embed import OnnxEmbedder  # noqa: E402
+from streams.index.vectorstore import MilvusStore  # noqa: E402
+from streams.ingest.chunk import chunk_text, default_tokenizer  # noqa: E402
+from streams.ingest.corpus import stdlib_documents  # noqa: E402
+from streams.ingest.publish import encode_document, publish_records  # noqa: E402
+from streams.kafka.admin import ensure_topics, offsets, producer  # noqa: E402
+from streams.kafka.broker import EmbeddedKafka  # noqa: E402
+from streams.kafka.progress import wait_for_stages  # noqa: E402
+from streams.kafka.topics import Topics  # noqa: E402
 from streams.settings import Settings  # noqa: E402
-from streams.topics import Topics  # noqa: E402
-from streams.vectorstore import MilvusStore  # noqa: E402
+from streams.worker_process import start_worker, stop_worker  # noqa: E402
 
 OUT = ROOT / "bench" / "out"
 # One worker process with every agent (the embedded default), or with --split ingest apart
@@ -79,7 +80,7 @@ def run_pipeline(
     settings = base.model_copy(update={"namespace": f"bench-e2e-{uuid.uuid4().hex[:6]}", **overrides})
     asyncio.run(ensure_topics(settings))
     logs = settings.data_dir / "logs"
-    processes = [_start_worker(settings, logs / f"{settings.namespace}-{'_'.join(w)}.log", w) for w in WORKERS]
+    processes = [start_worker(settings, logs / f"{settings.namespace}-{'_'.join(w)}.log", w) for w in WORKERS]
     worker = processes[-1]  # the one that runs the embedder and Milvus Lite
     try:
         time.sleep(12)  # let the worker start and join its group before the clock starts
@@ -97,7 +98,7 @@ def run_pipeline(
         cpu = sum(cpu_seconds(p.pid) for p in processes)
     finally:
         for process in processes:
-            _stop_worker(process)
+            stop_worker(process)
     embedder_version = OnnxEmbedder.from_settings(settings).version
     store = MilvusStore.from_settings(settings, embedder_version)
     try:

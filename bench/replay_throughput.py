@@ -24,16 +24,17 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from streams.admin import ensure_topics, offsets  # noqa: E402
-from streams.broker import EmbeddedKafka  # noqa: E402
-from streams.corpus import stdlib_documents  # noqa: E402
-from streams.demo import _start_worker, _stop_worker, wait_for_stages  # noqa: E402
-from streams.embed import version_for  # noqa: E402
-from streams.publish import encode_document, publish_records  # noqa: E402
-from streams.replay import REPLAY_AGENTS, ReplaySpec, replay_settings, run_replay  # noqa: E402
+from streams.index.embed import version_for  # noqa: E402
+from streams.index.vectorstore import MilvusStore  # noqa: E402
+from streams.ingest.corpus import stdlib_documents  # noqa: E402
+from streams.ingest.publish import encode_document, publish_records  # noqa: E402
+from streams.kafka.admin import ensure_topics, offsets  # noqa: E402
+from streams.kafka.broker import EmbeddedKafka  # noqa: E402
+from streams.kafka.progress import wait_for_stages  # noqa: E402
+from streams.kafka.topics import Topics  # noqa: E402
+from streams.replay.runner import REPLAY_AGENTS, ReplaySpec, replay_settings, run_replay  # noqa: E402
 from streams.settings import Settings  # noqa: E402
-from streams.topics import Topics  # noqa: E402
-from streams.vectorstore import MilvusStore  # noqa: E402
+from streams.worker_process import start_worker, stop_worker  # noqa: E402
 
 OUT = ROOT / "bench" / "out"
 
@@ -54,7 +55,7 @@ def live_run(base: Settings, documents: list[dict]) -> tuple[Settings, dict[str,
     live = base.model_copy(update={"namespace": f"bench-live-{uuid.uuid4().hex[:6]}"})
     live = live.model_copy(update={"data_dir": base.data_dir / "bench-replay" / live.namespace})
     asyncio.run(ensure_topics(live))
-    worker = _start_worker(live, live.data_dir / "worker.log", REPLAY_AGENTS)
+    worker = start_worker(live, live.data_dir / "worker.log", REPLAY_AGENTS)
     try:
         time.sleep(12)  # the worker joins its group before the clock starts (as a replay's worker does)
         asyncio.run(publish_records(live, [encode_document(d) for d in documents]))
@@ -62,7 +63,7 @@ def live_run(base: Settings, documents: list[dict]) -> tuple[Settings, dict[str,
         if not wait_for_stages(live, [REPLAY_AGENTS], end, 900, alive=lambda: worker.poll() is None)[0]:
             raise RuntimeError(f"the live worker did not finish; see {live.data_dir / 'worker.log'}")
     finally:
-        _stop_worker(worker)
+        stop_worker(worker)
     return live, indexed_rate(live)
 
 

@@ -49,14 +49,14 @@ sys.path.insert(0, str(ROOT / "bench"))
 
 from pipeline_throughput import publish_paced, run_pipeline  # noqa: E402
 
-from streams.admin import committed_offsets, ensure_topics, offsets  # noqa: E402
-from streams.broker import EmbeddedKafka  # noqa: E402
-from streams.corpus import stdlib_documents  # noqa: E402
-from streams.demo import _start_worker, _stop_worker  # noqa: E402
-from streams.milvus_server import MilvusLiteServer  # noqa: E402
-from streams.publish import encode_document  # noqa: E402
+from streams.index.milvus_server import MilvusLiteServer  # noqa: E402
+from streams.ingest.corpus import stdlib_documents  # noqa: E402
+from streams.ingest.publish import encode_document  # noqa: E402
+from streams.kafka.admin import committed_offsets, ensure_topics, offsets  # noqa: E402
+from streams.kafka.broker import EmbeddedKafka  # noqa: E402
+from streams.kafka.topics import Topics  # noqa: E402
 from streams.settings import Settings  # noqa: E402
-from streams.topics import Topics  # noqa: E402
+from streams.worker_process import start_worker, stop_worker  # noqa: E402
 
 OUT = ROOT / "bench" / "out"
 AGENTS = ("embed", "index", "ingest")
@@ -106,7 +106,7 @@ def soak(
     settings = base.model_copy(update={"namespace": f"soak-{uuid.uuid4().hex[:6]}", "near_dup_enabled": False})
     asyncio.run(ensure_topics(settings))
     log = settings.data_dir / "logs" / f"{settings.namespace}.log"
-    worker = _start_worker(settings, log, AGENTS)
+    worker = start_worker(settings, log, AGENTS)
     samples: list[dict[str, Any]] = []
     try:
         time.sleep(12)  # the worker loads the model and joins its group
@@ -134,7 +134,7 @@ def soak(
             time.sleep(1)
         drain_s = round(time.monotonic() - started - published_s, 1)
     finally:
-        _stop_worker(worker)
+        stop_worker(worker)
     return settings, samples, len(records), round(published_s, 1), drained, drain_s
 
 

@@ -22,18 +22,18 @@ from tokenizers import Tokenizer
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from streams.avro import codec_from_settings  # noqa: E402
-from streams.chunk import default_tokenizer, default_tokenizer_path  # noqa: E402
-from streams.corpus import stdlib_documents  # noqa: E402
-from streams.dedup import LookupIndex  # noqa: E402
-from streams.embed import OnnxEmbedder  # noqa: E402
-from streams.indexing import apply_embeddings, embed_chunks  # noqa: E402
-from streams.ingest import IngestConfig, IngestPipeline, IngestRecord, encode_outputs  # noqa: E402
-from streams.publish import encode_document  # noqa: E402
+from streams.index.embed import OnnxEmbedder  # noqa: E402
+from streams.index.indexing import apply_embeddings, embed_chunks  # noqa: E402
+from streams.index.vectorstore import MilvusStore  # noqa: E402
+from streams.ingest.chunk import default_tokenizer, default_tokenizer_path  # noqa: E402
+from streams.ingest.corpus import stdlib_documents  # noqa: E402
+from streams.ingest.dedup import LookupIndex  # noqa: E402
+from streams.ingest.pipeline import IngestConfig, IngestPipeline, IngestRecord, encode_outputs  # noqa: E402
+from streams.ingest.publish import encode_document  # noqa: E402
+from streams.kafka.avro import codec_from_settings  # noqa: E402
+from streams.kafka.topics import Topics  # noqa: E402
 from streams.records import SourceCoordinates  # noqa: E402
 from streams.settings import Settings  # noqa: E402
-from streams.topics import Topics  # noqa: E402
-from streams.vectorstore import MilvusStore  # noqa: E402
 
 
 def main() -> None:

@@ -30,12 +30,12 @@ sys.path.insert(0, str(ROOT / "bench"))
 
 from pipeline_throughput import run_pipeline, write_report  # noqa: E402
 
-from streams.broker import EmbeddedKafka  # noqa: E402
-from streams.corpus import stdlib_documents  # noqa: E402
+from streams.ingest.corpus import stdlib_documents  # noqa: E402
+from streams.kafka.broker import EmbeddedKafka  # noqa: E402
 from streams.settings import Settings  # noqa: E402
-from streams.span_export import DroppingSpanProcessor, OtlpProtoSpanExporter  # noqa: E402
-from streams.traceview import read_spans  # noqa: E402
-from streams.tracing import Delivery, Telemetry  # noqa: E402
+from streams.telemetry.span_export import DroppingSpanProcessor, OtlpProtoSpanExporter  # noqa: E402
+from streams.telemetry.traceview import read_spans  # noqa: E402
+from streams.telemetry.tracing import Delivery, Telemetry  # noqa: E402
 
 TRACEPARENT = b"00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
 

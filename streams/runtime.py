@@ -13,7 +13,7 @@ Native allocators (``llmops worker`` applies them from settings):
 
 Event loop (for clients of the inference topics):
     uvloop (libuv) runs callbacks and socket I/O in C. For a process that sends requests with
-    :class:`streams.client.InferenceClient` it lowered round trips by up to about 1 ms in most
+    :class:`streams.inference.client.InferenceClient` it lowered round trips by up to about 1 ms in most
     (not all) paired runs here. With the agent's request consumer on aiokafka it was what met
     the latency targets at every rate (bench runs 19-20); with the whole path on librdkafka the
     standard loop meets them too (runs 21-30). In the worker, whose time goes to the work itself,

@@ -31,7 +31,7 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from streams.avro import AvroCodec, EmbeddedRegistry
+from streams.kafka.avro import AvroCodec, EmbeddedRegistry
 
 Expect = Literal["output", "dead_letter", "either"]
 MAX_PRODUCIBLE_BYTES = 1_048_576  # aiokafka's default max_request_size, and about the broker's message.max.bytes

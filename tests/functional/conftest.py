@@ -10,7 +10,7 @@ import pytest
 
 from agents.app import create_app
 from streams.settings import Settings
-from streams.tracing import Telemetry
+from streams.telemetry.tracing import Telemetry
 
 
 class _MetadataReady:

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from agents.app import AGENT_GROUPS, create_app
-from streams.acls import worker_grants
+from streams.kafka.acls import worker_grants
 from streams.settings import Settings
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from streams.avro import AvroCodec, EmbeddedRegistry
+from streams.kafka.avro import AvroCodec, EmbeddedRegistry
 from streams.records import SOURCE_HEADER
 from tests.functional.conftest import ingest_context, wait_for_outputs
 

@@ -8,9 +8,9 @@ from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from structlog.testing import capture_logs
 
-from streams.avro import AvroCodec, EmbeddedRegistry
+from streams.kafka.avro import AvroCodec, EmbeddedRegistry
 from streams.logs import add_trace_ids
-from streams.tracing import Telemetry
+from streams.telemetry.tracing import Telemetry
 from tests.functional.conftest import ingest_context, wait_for_outputs
 
 CODEC = AvroCodec(EmbeddedRegistry.from_directory())

@@ -20,15 +20,15 @@ from pathlib import Path
 
 import pytest
 
-from streams.admin import ensure_topics, offsets
-from streams.broker import BrokerError, EmbeddedKafka
-from streams.classifier import stdlib_topic_dataset
-from streams.demo import wait_for_stages
-from streams.model_ops import evaluate_version, promote, train_and_register
-from streams.publish import publish_records
-from streams.registry import ModelVersion, Stage
+from streams.ingest.publish import publish_records
+from streams.kafka.admin import ensure_topics, offsets
+from streams.kafka.broker import BrokerError, EmbeddedKafka
+from streams.kafka.progress import wait_for_stages
+from streams.kafka.topics import Topics
+from streams.models.classifier import stdlib_topic_dataset
+from streams.models.lifecycle import evaluate_version, promote, train_and_register
+from streams.models.registry import ModelVersion, Stage
 from streams.settings import Settings
-from streams.topics import Topics
 
 ROOT = Path(__file__).resolve().parents[2]
 # Below the ephemeral port range (32768-60999 on Linux): a client socket can never hold the port

@@ -4,15 +4,15 @@ from __future__ import annotations
 
 from typing import Any
 
-from streams.admin import read_topic
-from streams.avro import AvroCodec, EmbeddedRegistry
-from streams.corpus import stdlib_documents
-from streams.embed import OnnxEmbedder
-from streams.publish import encode_document
-from streams.search import search_index
+from streams.index.embed import OnnxEmbedder
+from streams.index.search import search_index
+from streams.index.vectorstore import MilvusStore
+from streams.ingest.corpus import stdlib_documents
+from streams.ingest.publish import encode_document
+from streams.kafka.admin import read_topic
+from streams.kafka.avro import AvroCodec, EmbeddedRegistry
+from streams.kafka.topics import Topics
 from streams.settings import Settings
-from streams.topics import Topics
-from streams.vectorstore import MilvusStore
 
 from .conftest import final_chunks, run, run_pipeline
 

@@ -17,17 +17,24 @@ from typing import Any
 
 import pytest
 
-from streams.admin import ensure_topics, offsets, producer, read_topic
-from streams.avro import codec_from_settings
-from streams.classifier import stdlib_topic_dataset
-from streams.client import InferenceClient
-from streams.corpus import stdlib_documents
-from streams.demo import wait_for_stages
-from streams.model_ops import evaluate_version, load_registry, promote, rollback, shadow_report, train_and_register
-from streams.publish import encode_document, publish_records
-from streams.registry import RegistryError, Stage
+from streams.inference.client import InferenceClient
+from streams.ingest.corpus import stdlib_documents
+from streams.ingest.publish import encode_document, publish_records
+from streams.kafka.admin import ensure_topics, offsets, producer, read_topic
+from streams.kafka.avro import codec_from_settings
+from streams.kafka.progress import wait_for_stages
+from streams.kafka.topics import Topics
+from streams.models.classifier import stdlib_topic_dataset
+from streams.models.lifecycle import (
+    evaluate_version,
+    load_registry,
+    promote,
+    rollback,
+    shadow_report,
+    train_and_register,
+)
+from streams.models.registry import RegistryError, Stage
 from streams.settings import Settings
-from streams.topics import Topics
 
 from .conftest import ROOT, WorkerProcess, production_classifier, run, run_cli
 
@@ -252,7 +259,7 @@ def test_models_cli_lists_versions_as_json(served: Settings) -> None:
 
 
 def test_a_request_is_one_trace_that_the_response_continues(served: Settings) -> None:
-    from streams.traceview import load_trace
+    from streams.telemetry.traceview import load_trace
 
     (response,) = run(ask_all(served, [{"text": "read a zip archive", "task": "search"}]))
     assert response["trace_id"], "the response record carries the request's trace context"

@@ -10,12 +10,13 @@ import fastavro
 from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
 
-from streams.admin import client_kwargs, ensure_topics, offsets, read_range
-from streams.avro import SCHEMA_DIR, AvroCodec, EmbeddedRegistry
-from streams.demo import account, wait_until_consumed
-from streams.publish import encode_document, publish_records
+from streams.cli.demo import account
+from streams.ingest.publish import encode_document, publish_records
+from streams.kafka.admin import client_kwargs, ensure_topics, offsets, read_range
+from streams.kafka.avro import SCHEMA_DIR, AvroCodec, EmbeddedRegistry
+from streams.kafka.progress import wait_until_consumed
+from streams.kafka.topics import Topics
 from streams.settings import Settings
-from streams.topics import Topics
 
 from .conftest import WorkerProcess, run, run_cli
 

@@ -19,20 +19,20 @@ from typing import Any
 import numpy as np
 import pytest
 
-from streams.admin import ensure_topics, producer
-from streams.avro import codec_from_settings
-from streams.chunk import default_tokenizer
-from streams.embed import OnnxEmbedder
-from streams.feedback import feedback_record, send_feedback
-from streams.inference import base_response
-from streams.monitor_reference import (
+from streams.index.embed import OnnxEmbedder
+from streams.inference.feedback import feedback_record, send_feedback
+from streams.inference.service import base_response
+from streams.ingest.chunk import default_tokenizer
+from streams.kafka.admin import ensure_topics, producer
+from streams.kafka.avro import codec_from_settings
+from streams.kafka.topics import Topics
+from streams.monitor.reference import (
     corpus_texts,
     package_description_texts,
     sample_chunks,
 )
-from streams.monitor_status import read_records
+from streams.monitor.status import read_records
 from streams.settings import Settings
-from streams.topics import Topics
 
 from .conftest import ROOT, WorkerProcess, run, run_cli
 

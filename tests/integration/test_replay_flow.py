@@ -17,18 +17,19 @@ from typing import Any
 
 import pytest
 
-from streams.admin import ensure_topics, offsets, producer
-from streams.classifier import stdlib_topic_dataset
-from streams.client import make_request
-from streams.corpus import stdlib_documents
-from streams.embed import version_for
-from streams.model_ops import evaluate_version, promote, train_and_register
-from streams.publish import encode_document, publish_records
-from streams.registry import Stage
-from streams.replay import Manifest, ReplaySpec, SupervisedWorker, list_replays, replay_dir, run_replay
-from streams.replay_diff import diff_replay
+from streams.index.embed import version_for
+from streams.inference.client import make_request
+from streams.ingest.corpus import stdlib_documents
+from streams.ingest.publish import encode_document, publish_records
+from streams.kafka.admin import ensure_topics, offsets, producer
+from streams.kafka.topics import Topics
+from streams.models.classifier import stdlib_topic_dataset
+from streams.models.lifecycle import evaluate_version, promote, train_and_register
+from streams.models.registry import Stage
+from streams.replay.diff import diff_replay
+from streams.replay.namespaces import list_replays
+from streams.replay.runner import Manifest, ReplaySpec, SupervisedWorker, replay_dir, run_replay
 from streams.settings import Settings
-from streams.topics import Topics
 
 from .conftest import ROOT, run, run_cli
 

@@ -11,9 +11,9 @@ from typing import Any
 from aiokafka import TopicPartition
 
 from agents.request_consumer import RequestConsumer
-from streams.admin import committed_offsets, ensure_topics, producer
+from streams.kafka.admin import committed_offsets, ensure_topics, producer
+from streams.kafka.topics import TopicSpec
 from streams.settings import Settings
-from streams.topics import TopicSpec
 
 from .conftest import run
 

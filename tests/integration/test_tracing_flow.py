@@ -14,9 +14,9 @@ from typing import Any
 from aiokafka import AIOKafkaProducer
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 
-from streams.admin import client_kwargs, ensure_topics, read_topic
+from streams.kafka.admin import client_kwargs, ensure_topics, read_topic
+from streams.kafka.topics import Topics
 from streams.settings import Settings
-from streams.topics import Topics
 
 from .conftest import run, run_pipeline
 

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from agents.app import AGENT_GROUPS
-from streams.acls import AGENT_ACCESS, AclGrant, default_grants, markdown_table, role_grants, worker_grants
+from streams.kafka.acls import AGENT_ACCESS, AclGrant, default_grants, markdown_table, role_grants, worker_grants
 
 
 def test_an_ingest_worker_reads_docs_raw_writes_its_outputs_and_owns_its_group_and_internal_topics() -> None:
@@ -52,6 +52,8 @@ def test_unknown_agents_and_roles_are_refused() -> None:
         role_grants("", "admin", "svc")
 
 
-def test_the_readme_table_is_the_one_the_code_makes() -> None:
-    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
-    assert markdown_table() in readme, "README's ACL table differs from streams.acls.markdown_table(): paste it again"
+def test_the_security_guide_table_is_the_one_the_code_makes() -> None:
+    guide = (Path(__file__).resolve().parents[2] / "docs" / "security.md").read_text()
+    assert markdown_table() in guide, (
+        "the ACL table of docs/security.md differs from streams.kafka.acls.markdown_table(): paste it again"
+    )

@@ -10,7 +10,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from streams.avro import AvroCodec, CodecError, ConfluentRegistry, EmbeddedRegistry, embedded_schema_id
+from streams.kafka.avro import AvroCodec, CodecError, ConfluentRegistry, EmbeddedRegistry, embedded_schema_id
 
 RAW_V1 = {  # an older RawDocument: no tenant, metadata or deleted fields
     "type": "record",

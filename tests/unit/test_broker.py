@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from streams.broker import EmbeddedKafka, new_cluster_id
+from streams.kafka.broker import EmbeddedKafka, new_cluster_id
 from streams.settings import Settings
 
 

@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 from pydantic import SecretStr
 
-from streams.broker_security import BrokerSecurity, BrokerSecurityError
+from streams.kafka.security import BrokerSecurity, BrokerSecurityError
 from streams.settings import Settings
 
 

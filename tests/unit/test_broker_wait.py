@@ -9,7 +9,7 @@ import pytest
 from aiokafka.errors import KafkaConnectionError
 from structlog.testing import capture_logs
 
-from streams.broker_wait import Backoff, BrokerUnreachable, when_reachable
+from streams.kafka.broker_wait import Backoff, BrokerUnreachable, when_reachable
 from streams.settings import Settings
 
 SETTINGS = Settings(bootstrap_servers="10.0.0.7:9092,10.0.0.8:9092")

@@ -6,7 +6,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from streams.chunk import SPECIAL_TOKENS, RegexTokenizer, chunk_spans, chunk_text, default_tokenizer
+from streams.ingest.chunk import SPECIAL_TOKENS, RegexTokenizer, chunk_spans, chunk_text, default_tokenizer
 
 WORDS = st.lists(st.text(alphabet="abcdefghijklmnopqrstuvwxyz", min_size=1, max_size=12), min_size=1, max_size=400)
 

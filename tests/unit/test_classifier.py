@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from streams.classifier import LabelledText, read_labelled_jsonl, split, stdlib_topic_dataset
+from streams.models.classifier import LabelledText, read_labelled_jsonl, split, stdlib_topic_dataset
 
 
 def test_the_holdout_split_is_stable_and_about_one_in_five() -> None:

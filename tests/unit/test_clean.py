@@ -5,7 +5,7 @@ import unicodedata
 from hypothesis import given
 from hypothesis import strategies as st
 
-from streams.clean import clean_text, html_to_text, looks_like_html, normalize_text
+from streams.ingest.clean import clean_text, html_to_text, looks_like_html, normalize_text
 
 
 def test_html_becomes_visible_text_without_scripts() -> None:

@@ -5,7 +5,7 @@ import random
 from hypothesis import given
 from hypothesis import strategies as st
 
-from streams.commit_offsets import CommitOffsets
+from streams.kafka.commit_offsets import CommitOffsets
 
 
 def test_nothing_is_committable_before_the_first_record_finishes() -> None:

@@ -5,7 +5,16 @@ import random
 from hypothesis import given
 from hypothesis import strategies as st
 
-from streams.dedup import DedupIndex, DocState, LookupIndex, band_keys, content_hash, hamming, shingles, simhash64
+from streams.ingest.dedup import (
+    DedupIndex,
+    DocState,
+    LookupIndex,
+    band_keys,
+    content_hash,
+    hamming,
+    shingles,
+    simhash64,
+)
 from streams.records import DuplicateKind
 
 LONG = " ".join(f"word{i} means something different in sentence {i % 7}" for i in range(60))

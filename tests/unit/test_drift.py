@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from streams.drift import (
+from streams.monitor.drift import (
     ReferenceSample,
     WindowSample,
     centroid_cosine_distance,

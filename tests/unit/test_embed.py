@@ -3,8 +3,9 @@
 import numpy as np
 import pytest
 
-from streams.chunk import default_tokenizer_path
-from streams.embed import OnnxEmbedder, default_graph_path, mean_pool_normalize, model_version
+from streams.index.embed import OnnxEmbedder, mean_pool_normalize, model_version
+from streams.index.embedder_build import default_graph_path
+from streams.ingest.chunk import default_tokenizer_path
 
 
 @pytest.fixture(scope="module")

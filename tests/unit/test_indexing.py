@@ -5,8 +5,8 @@ from collections.abc import Sequence
 import numpy as np
 import pytest
 
-from streams.indexing import SealPolicy, apply_embeddings, embed_chunks
-from streams.vectorstore import ChunkRow, Hit, collection_name, quote
+from streams.index.indexing import SealPolicy, apply_embeddings, embed_chunks
+from streams.index.vectorstore import ChunkRow, Hit, collection_name, quote
 
 
 class MemoryStore:
@@ -126,7 +126,7 @@ class FlakyStore(MemoryStore):
 
 
 async def test_a_failing_store_is_reopened_with_backoff_until_the_batch_is_written() -> None:
-    from streams.indexing import write_with_retry
+    from streams.index.indexing import write_with_retry
 
     shared: dict = {}
     failures = [3]
@@ -147,7 +147,7 @@ async def test_a_failing_store_is_reopened_with_backoff_until_the_batch_is_writt
 
 
 async def test_shutdown_while_the_store_fails_hands_the_batch_back() -> None:
-    from streams.indexing import ShuttingDown, write_with_retry
+    from streams.index.indexing import ShuttingDown, write_with_retry
 
     stopping = [False]
 

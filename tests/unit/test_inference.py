@@ -14,21 +14,19 @@ from functools import lru_cache
 import numpy as np
 import pytest
 
-from streams.avro import AvroCodec, EmbeddedRegistry
-from streams.classifier import OnnxClassifier, stdlib_topic_dataset, train_classifier
-from streams.embed import OnnxEmbedder
-from streams.inference import (
+from streams.index.embed import OnnxEmbedder
+from streams.index.vectorstore import Hit
+from streams.inference.requests import InferenceRequest, RequestRejected, parse_request
+from streams.inference.service import (
     CONTEXT_ONLY_NOTE,
-    InferenceRequest,
     InferenceService,
     ModelSet,
-    RequestRejected,
     load_classifiers,
-    parse_request,
     rejection_response,
 )
-from streams.registry import Kind, ModelVersion, QaGate, Registry, Stage, files_version
-from streams.vectorstore import Hit
+from streams.kafka.avro import AvroCodec, EmbeddedRegistry
+from streams.models.classifier import OnnxClassifier, stdlib_topic_dataset, train_classifier
+from streams.models.registry import Kind, ModelVersion, QaGate, Registry, Stage, files_version
 
 CODEC = AvroCodec(EmbeddedRegistry.from_directory())
 

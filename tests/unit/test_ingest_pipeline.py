@@ -6,9 +6,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from streams.avro import AvroCodec, EmbeddedRegistry
-from streams.chunk import RegexTokenizer
-from streams.ingest import IngestConfig, IngestPipeline, IngestRecord, Outcome
+from streams.ingest.chunk import RegexTokenizer
+from streams.ingest.pipeline import IngestConfig, IngestPipeline, IngestRecord, Outcome
+from streams.kafka.avro import AvroCodec, EmbeddedRegistry
 from streams.records import ChunkOp, SourceCoordinates
 
 CODEC = AvroCodec(EmbeddedRegistry.from_directory())

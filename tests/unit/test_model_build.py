@@ -5,9 +5,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from streams.chunk import default_tokenizer_path
-from streams.embed import OnnxEmbedder
-from streams.model_build import ModelFiles, ensure_models
+from streams.index.embed import OnnxEmbedder
+from streams.index.embedder_build import ModelFiles, ensure_models
+from streams.ingest.chunk import default_tokenizer_path
 
 TEXTS = [
     "Return a new list containing all items from the iterable in ascending order.",

@@ -11,26 +11,19 @@ import pytest
 from opentelemetry.sdk.metrics import MeterProvider
 from opentelemetry.sdk.metrics.export import InMemoryMetricReader
 
-from streams.avro import AvroCodec, EmbeddedRegistry
-from streams.drift import ReferenceSample
-from streams.feedback import BadFeedback, decode_feedback, feedback_record
-from streams.inference import base_response
-from streams.monitor_otel import OtelMonitorExporter
-from streams.monitor_reference import reference_from_avro, reference_to_avro
-from streams.monitor_report import write_report
-from streams.monitor_status import open_alerts
-from streams.monitoring import (
-    AlertManager,
-    Metric,
-    Monitor,
-    MonitorConfig,
-    Reference,
-    TtlTable,
-    TumblingWindow,
-    Window,
-    accuracy_metrics,
-    with_reference_id,
-)
+from streams.inference.feedback import BadFeedback, decode_feedback, feedback_record
+from streams.inference.service import base_response
+from streams.kafka.avro import AvroCodec, EmbeddedRegistry
+from streams.monitor.alerts import AlertManager
+from streams.monitor.config import Metric, MonitorConfig
+from streams.monitor.detectors import Reference, accuracy_metrics, with_reference_id
+from streams.monitor.drift import ReferenceSample
+from streams.monitor.monitor import Monitor
+from streams.monitor.otel import OtelMonitorExporter
+from streams.monitor.reference import reference_from_avro, reference_to_avro
+from streams.monitor.report import write_report
+from streams.monitor.status import open_alerts
+from streams.monitor.windows import TtlTable, TumblingWindow, Window
 
 
 class WordCounter:
@@ -225,7 +218,7 @@ def test_open_alerts_and_the_report_show_history(tmp_path: Path) -> None:
 
 
 def test_thresholds_are_calibrated_on_a_small_grid_of_window_sizes() -> None:
-    from streams.monitoring import calibration_sizes
+    from streams.monitor.detectors import calibration_sizes
 
     config = MonitorConfig(window_events=200, min_drift_events=20, calibration_draws=100)
     assert calibration_sizes(config) == [20, 25, 50, 100, 200]

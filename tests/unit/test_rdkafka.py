@@ -9,7 +9,7 @@ from confluent_kafka import TIMESTAMP_CREATE_TIME, TIMESTAMP_NOT_AVAILABLE, Kafk
 from pydantic import SecretStr
 from structlog.testing import capture_logs
 
-from streams.rdkafka import DeliveryFailed, FetchedRecord, FetchErrors, _settle, fetch, rdkafka_config
+from streams.kafka.rdkafka import DeliveryFailed, FetchedRecord, FetchErrors, _settle, fetch, rdkafka_config
 from streams.settings import Settings
 
 

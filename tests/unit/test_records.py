@@ -1,6 +1,6 @@
 """Dead letters always fit in a Kafka message, whatever they reject."""
 
-from streams.avro import AvroCodec, EmbeddedRegistry
+from streams.kafka.avro import AvroCodec, EmbeddedRegistry
 from streams.records import MAX_DEAD_LETTER_BYTES, DeadLetter, SourceCoordinates
 
 SOURCE = SourceCoordinates("docs.raw", 2, 41, 1_700_000_000_000)

@@ -4,7 +4,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from streams.redact import luhn_valid, redact_pii
+from streams.ingest.redact import luhn_valid, redact_pii
 
 
 @pytest.mark.parametrize(

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from streams.avro import AvroCodec, EmbeddedRegistry
-from streams.registry import Kind, ModelVersion, QaGate, Registry, RegistryError, Stage, files_version
+from streams.kafka.avro import AvroCodec, EmbeddedRegistry
+from streams.models.registry import Kind, ModelVersion, QaGate, Registry, RegistryError, Stage, files_version
 
 GATE = QaGate(min_accuracy=0.6, max_drop=0.02)
 

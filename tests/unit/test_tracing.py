@@ -15,9 +15,9 @@ from pydantic import ValidationError
 
 from streams.logs import configure_logging, get_logger
 from streams.settings import Settings
-from streams.span_export import DroppingSpanProcessor, OtlpProtoSpanExporter, encode_payloads
-from streams.traceview import decode_spans, find_trace_id, print_trace, trace_as_dict, trace_spans
-from streams.tracing import Delivery, Telemetry, extract_context, header_items, service_name
+from streams.telemetry.span_export import DroppingSpanProcessor, OtlpProtoSpanExporter, encode_payloads
+from streams.telemetry.traceview import decode_spans, find_trace_id, print_trace, trace_as_dict, trace_spans
+from streams.telemetry.tracing import Delivery, Telemetry, extract_context, header_items, service_name
 
 UPSTREAM_TRACE = "4bf92f3577b34da6a3ce929d0e0e4736"
 UPSTREAM_SPAN = "00f067aa0ba902b7"
@@ -279,7 +279,7 @@ def test_tracing_settings_come_from_llmops_and_standard_otel_variables(monkeypat
 def test_otlp_export_is_added_only_when_an_endpoint_is_set_and_nothing_connects_before_a_span(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    from streams.span_export import exporters_from_settings
+    from streams.telemetry.span_export import exporters_from_settings
 
     monkeypatch.delenv("OTEL_EXPORTER_OTLP_ENDPOINT", raising=False)
     monkeypatch.delenv("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", raising=False)

@@ -4,9 +4,9 @@ import json
 
 import pytest
 
-from streams.avro import AvroCodec, EmbeddedRegistry
+from streams.ingest.validate import Rejection, parse_raw_document
+from streams.kafka.avro import AvroCodec, EmbeddedRegistry
 from streams.records import RawDocument
-from streams.validate import Rejection, parse_raw_document
 
 CODEC = AvroCodec(EmbeddedRegistry.from_directory())
 

@@ -15,7 +15,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from streams.broker import BrokerError, EmbeddedCluster, EmbeddedKafka
+from streams.kafka.broker import BrokerError, EmbeddedCluster, EmbeddedKafka
 
 from ..conftest import ROOT
 from .helpers import fault_port, fresh

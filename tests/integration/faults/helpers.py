@@ -19,17 +19,18 @@ import pytest
 from aiokafka import TopicPartition
 from pydantic import SecretStr
 
-from streams.admin import committed_offsets, ensure_topics, offsets, read_range
-from streams.avro import AvroCodec, EmbeddedRegistry
-from streams.broker import BrokerError, EmbeddedKafka
-from streams.broker_security import BrokerSecurity
-from streams.corpus import stdlib_documents
-from streams.demo import account, wait_for_stages, wait_until_consumed
-from streams.embed import version_for
-from streams.publish import encode_document, publish_records
+from streams.cli.demo import account
+from streams.index.embed import version_for
+from streams.index.vectorstore import MilvusStore, StoreUnavailable
+from streams.ingest.corpus import stdlib_documents
+from streams.ingest.publish import encode_document, publish_records
+from streams.kafka.admin import committed_offsets, ensure_topics, offsets, read_range
+from streams.kafka.avro import AvroCodec, EmbeddedRegistry
+from streams.kafka.broker import BrokerError, EmbeddedKafka
+from streams.kafka.progress import wait_for_stages, wait_until_consumed
+from streams.kafka.security import BrokerSecurity
+from streams.kafka.topics import Topics
 from streams.settings import Settings
-from streams.topics import Topics
-from streams.vectorstore import MilvusStore, StoreUnavailable
 
 from ..conftest import ROOT, TEST_PORT, WorkerProcess, run, run_cli
 

@@ -9,10 +9,10 @@ from collections.abc import Iterator
 
 import pytest
 
-from streams.acls import role_grants, worker_grants
-from streams.admin import ensure_topics
+from streams.kafka.acls import role_grants, worker_grants
+from streams.kafka.admin import ensure_topics
+from streams.kafka.topics import Topics
 from streams.settings import Settings
-from streams.topics import Topics
 
 from ..conftest import run, run_cli
 from .helpers import broker_with_acls, passwords_of, publish_and_ingest, refusal, refused_write, report

@@ -17,18 +17,18 @@ from typing import Any
 
 import pytest
 
-from streams.acls import default_grants
-from streams.admin import ensure_topics, offsets
-from streams.classifier import stdlib_topic_dataset
-from streams.client import InferenceClient
-from streams.demo import wait_for_stages, wait_until_consumed
-from streams.feedback import feedback_record, send_feedback
-from streams.model_ops import promote, train_and_register
-from streams.publish import publish_records
-from streams.registry import Stage
+from streams.inference.client import InferenceClient
+from streams.inference.feedback import feedback_record, send_feedback
+from streams.ingest.publish import publish_records
+from streams.kafka.acls import default_grants
+from streams.kafka.admin import ensure_topics, offsets
+from streams.kafka.progress import wait_for_stages, wait_until_consumed
+from streams.kafka.topics import Topics
+from streams.models.classifier import stdlib_topic_dataset
+from streams.models.lifecycle import promote, train_and_register
+from streams.models.registry import Stage
 from streams.settings import Settings
-from streams.topics import Topics
-from streams.traceview import read_spans
+from streams.telemetry.traceview import read_spans
 
 from ..conftest import WorkerProcess, production_classifier, run, run_cli, wait_for
 from .helpers import (

@@ -16,10 +16,10 @@ from pathlib import Path
 import pytest
 from pydantic import SecretStr
 
-from streams.acls import apply_grants, role_grants, worker_grants
-from streams.admin import ensure_topics
+from streams.kafka.acls import apply_grants, role_grants, worker_grants
+from streams.kafka.admin import ensure_topics
+from streams.kafka.topics import Topics
 from streams.settings import Settings
-from streams.topics import Topics
 
 from ..conftest import run, run_cli
 from .helpers import broker_with_acls, passwords_of, publish_and_ingest, refusal, refused_write, report

@@ -5,8 +5,8 @@ from __future__ import annotations
 
 from collections import Counter, defaultdict
 
+from streams.kafka.topics import Topics
 from streams.settings import Settings
-from streams.topics import Topics
 
 from ...fuzz import generate, good_raw_documents, interleave, raw_target, volume
 from ..conftest import final_chunks

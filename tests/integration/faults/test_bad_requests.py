@@ -8,14 +8,14 @@ from __future__ import annotations
 from collections import Counter, defaultdict
 from typing import Any
 
-from streams.admin import ensure_topics, offsets
-from streams.avro import codec_from_settings
-from streams.demo import wait_until_consumed
-from streams.inference import RequestRejected, parse_request
-from streams.publish import publish_records
-from streams.safety import screen
+from streams.inference.requests import RequestRejected, parse_request
+from streams.inference.safety import screen
+from streams.ingest.publish import publish_records
+from streams.kafka.admin import ensure_topics, offsets
+from streams.kafka.avro import codec_from_settings
+from streams.kafka.progress import wait_until_consumed
+from streams.kafka.topics import Topics
 from streams.settings import Settings
-from streams.topics import Topics
 
 from ...fuzz import generate, good_inference_requests, inference_target, interleave, volume
 from ..conftest import WorkerProcess, production_classifier, run

@@ -10,8 +10,8 @@ from collections.abc import Iterator
 
 import pytest
 
-from streams.broker import BrokerError, EmbeddedKafka
-from streams.broker_wait import EXIT_BROKER_UNREACHABLE
+from streams.kafka.broker import BrokerError, EmbeddedKafka
+from streams.kafka.broker_wait import EXIT_BROKER_UNREACHABLE
 from streams.settings import Settings
 
 from ..conftest import ROOT, WorkerProcess, run_cli, wait_for

@@ -8,10 +8,10 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from streams.admin import ensure_topics, producer
-from streams.broker import EmbeddedKafka
+from streams.kafka.admin import ensure_topics, producer
+from streams.kafka.broker import EmbeddedKafka
+from streams.kafka.topics import Topics
 from streams.settings import Settings
-from streams.topics import Topics
 
 from ..conftest import wait_for
 from .helpers import (

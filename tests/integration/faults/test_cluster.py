@@ -12,10 +12,10 @@ from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
 from aiokafka.errors import KafkaError
 
-from streams.admin import client_kwargs, ensure_topics
-from streams.broker import EmbeddedCluster
+from streams.kafka.admin import client_kwargs, ensure_topics
+from streams.kafka.broker import EmbeddedCluster
+from streams.kafka.topics import Topics
 from streams.settings import Settings
-from streams.topics import Topics
 
 from ..conftest import run, wait_for
 from .helpers import (

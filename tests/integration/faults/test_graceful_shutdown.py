@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import time
 
+from streams.kafka.topics import Topics
 from streams.settings import Settings
-from streams.topics import Topics
 
 from ..conftest import wait_for
 from .helpers import (

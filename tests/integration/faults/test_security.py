@@ -12,12 +12,12 @@ from pathlib import Path
 import pytest
 from pydantic import SecretStr
 
-from streams.admin import offsets
-from streams.broker import EmbeddedKafka
-from streams.broker_security import BrokerSecurity
-from streams.demo import wait_until_consumed
+from streams.kafka.admin import offsets
+from streams.kafka.broker import EmbeddedKafka
+from streams.kafka.progress import wait_until_consumed
+from streams.kafka.security import BrokerSecurity
+from streams.kafka.topics import Topics
 from streams.settings import Settings
-from streams.topics import Topics
 
 from ..conftest import ROOT, WorkerProcess, run, run_cli
 from .helpers import account_raw, fault_port, fresh, publish, records_of, report, unique_documents

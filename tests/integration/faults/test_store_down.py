@@ -11,9 +11,9 @@ from typing import Any
 
 import pytest
 
-from streams.milvus_server import MilvusLiteServer
+from streams.index.milvus_server import MilvusLiteServer
+from streams.kafka.topics import Topics
 from streams.settings import Settings
-from streams.topics import Topics
 
 from ..conftest import wait_for
 from .helpers import (

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
+from streams.kafka.topics import Topics
 from streams.settings import Settings
-from streams.topics import Topics
 
 from ..conftest import wait_for
 from .helpers import (

@@ -1,0 +1,140 @@
+"""``llmops query`` and ``llmops search``: ask the running infer agent over Kafka, or search the index directly.
+
+Why this exists:
+    People ask the running infer agent questions from a terminal, scripts do the same with
+    ``--json``; ``search`` reads the local index without a worker (Milvus Lite: stop the worker first).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+from typing import Any
+
+import click
+
+from streams.cli.support import echo_json, load_settings
+
+
+def print_response(response: dict[str, Any]) -> None:
+    """A response as people read it: status, answer, evidence, models, latency."""
+    from rich.console import Console
+
+    console = Console()
+    status = response["status"]
+    colour = "green" if status == "OK" else "red"
+    safety = response["safety"]
+    console.print(
+        f"[{colour}]{status}[/] {response['task']} (request {response['request_id'][:12]}), "
+        f"safety {safety['verdict']} {safety['score']:.2f}{' ' + ','.join(safety['rules']) if safety['rules'] else ''}"
+    )
+    if response.get("error"):
+        console.print(f"  [red]{response['error']}[/]")
+    if response.get("label"):
+        top = sorted(response["probabilities"].items(), key=lambda kv: -kv[1])[:3]
+        console.print(f"  label [bold]{response['label']}[/]  ({', '.join(f'{k} {v:.2f}' for k, v in top)})")
+    for item in response.get("explanation", []):
+        console.print(f"    {item['weight']:+.4f}  {item['token']}")
+    if response.get("explanation_method"):
+        console.print(f"    [dim]method: {response['explanation_method']}[/]")
+    for rank, hit in enumerate(response.get("hits", []), 1):
+        console.print(f"  [{rank}] {hit['score']:.3f} {hit['chunk_id']}\n      {hit['snippet'][:110]}")
+    if response.get("answer"):
+        console.print(f"  [bold]answer:[/] {response['answer']}")
+    if response.get("note"):
+        console.print(f"  [dim]{response['note']}[/]")
+    models = ", ".join(f"{m['name']}@{m['version'][:12]} ({m['stage']})" for m in response.get("models", []))
+    latency = response["latency"]
+    console.print(f"  models: {models or 'none'}")
+    if response.get("trace_id"):
+        console.print(f"  [dim]trace: llmops trace {response['trace_id']}[/]")
+    console.print(
+        "  latency ms: "
+        + ", ".join(f"{k[:-3]} {v:.1f}" for k, v in latency.items() if v or k == "total_ms")
+        + (
+            f"; round trip {response['received_at_ms'] - response['sent_at_ms']} ms"
+            if "received_at_ms" in response and "sent_at_ms" in response
+            else ""
+        )
+    )
+
+
+# --- query ---------------------------------------------------------------------------------
+@click.command()
+@click.argument("text")
+@click.option("--task", type=click.Choice(["search", "classify", "rag"]), default="search", show_default=True)
+@click.option("--tenant", default=None, help="Retrieve only this tenant's chunks (default: documents without one).")
+@click.option("--top-k", type=click.IntRange(1, 50), default=5, show_default=True, help="Chunks to retrieve.")
+@click.option("--model", default=None, help="Pin a classifier: NAME (its production version) or NAME@VERSION.")
+@click.option("--explain", is_flag=True, help="classify: also show the words that moved the prediction most.")
+@click.option("--timeout", type=float, default=30.0, show_default=True, help="Seconds to wait for the answer.")
+@click.option("--json", "as_json", is_flag=True, help="Print the whole response as JSON.")
+def query(
+    text: str,
+    task: str,
+    tenant: str | None,
+    top_k: int,
+    model: str | None,
+    explain: bool,
+    timeout: float,
+    as_json: bool,
+) -> None:
+    """Ask the running infer agent over Kafka and print its answer.
+
+    A worker running the infer agent must be up (`llmops worker`, the default agents include it).
+    The response says which model versions answered and where the time went.
+    """
+    from streams.inference.client import InferenceClient, InferenceTimeout
+
+    settings = load_settings()
+
+    async def ask() -> dict[str, Any]:
+        async with InferenceClient(settings) as client:
+            request = client.request(text, task, tenant=tenant, top_k=top_k, model=model, explain=explain)
+            future = await client.send(request)
+            response = await asyncio.wait_for(future, timeout)
+            response["sent_at_ms"] = request.sent_at_ms
+            return response
+
+    try:
+        response = asyncio.run(ask())
+    except TimeoutError:
+        raise click.ClickException(
+            f"no answer within {timeout:.0f}s: is a worker with the infer agent running (`llmops worker`)?"
+        ) from None
+    except (InferenceTimeout, RuntimeError) as error:
+        raise click.ClickException(str(error)) from None
+    if as_json:
+        echo_json(response)
+    else:
+        print_response(response)
+    if response["status"] != "OK":
+        sys.exit(2)
+
+
+# --- search --------------------------------------------------------------------------------
+@click.command()
+@click.argument("text")
+@click.option("--top-k", type=click.IntRange(1, 100), default=5, show_default=True, help="Results to return.")
+@click.option("--tenant", default=None, help="Search this tenant's documents (default: documents without one).")
+@click.option("--json", "as_json", is_flag=True, help="Print the hits as JSON.")
+def search(text: str, top_k: int, tenant: str | None, as_json: bool) -> None:
+    """Semantic search over the index: chunk ids, document ids, scores and snippets.
+
+    With Milvus Lite (the default) the index file can be open in one process only: stop the
+    worker first, or run Milvus as a server and set LLMOPS_MILVUS_URI.
+    """
+    from streams.index.search import hits_as_dicts, search_index
+    from streams.index.vectorstore import StoreUnavailable
+
+    try:
+        hits = search_index(load_settings(), text, top_k, tenant)
+    except StoreUnavailable as error:
+        raise click.ClickException(str(error)) from None
+    if as_json:
+        echo_json(hits_as_dicts(hits))
+        return
+    if not hits:
+        click.echo("no results (is anything indexed in this namespace and tenant?)")
+    for rank, hit in enumerate(hits, start=1):
+        click.echo(f"{rank:>2}. {hit.score:.3f}  {hit.chunk_id}\n    {hit.snippet}")

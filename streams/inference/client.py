@@ -1,0 +1,212 @@
+"""``InferenceClient``: ask the infer agent over Kafka and await the matching answer.
+
+Why this exists:
+    Applications send ``inference.requests`` and read ``inference.responses``. Responses are
+    keyed by the client's id, so they all land on one partition (Kafka's murmur2 of the key);
+    the client reads only that partition, from its end at start, and matches answers to
+    requests by ``request_id``. Many requests can be in flight at once.
+
+Usage:
+    >>> async with InferenceClient(settings) as client:
+    ...     answer = await client.ask("how do I read a zip file?", task="search", top_k=3)
+    ...     answers = await asyncio.gather(*(client.ask(q) for q in questions))
+
+Notes:
+    Requests and responses travel through librdkafka (``streams.kafka.rdkafka``): its C threads send
+    and fetch, a reader thread decodes the responses and hands them to the event loop. At low
+    request rates that halves the client library's share of a round trip against aiokafka.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import uuid
+from functools import partial
+from typing import Any
+
+from aiokafka.partitioner import murmur2
+from confluent_kafka import Consumer, TopicPartition
+
+from streams.inference.requests import InferenceRequest
+from streams.kafka.admin import topic_partitions
+from streams.kafka.avro import AvroCodec, CodecError, codec_from_settings
+from streams.kafka.rdkafka import AsyncProducer, FetchErrors, close_quietly, fetch, rdkafka_config
+from streams.kafka.topics import Topics
+from streams.logs import get_logger
+from streams.records import now_ms
+from streams.settings import Settings
+
+log = get_logger(__name__)
+READ_SECONDS = 0.2  # how long the reader thread waits for responses before checking for stop
+
+
+def trace_id_of(headers: Any) -> str | None:
+    """The trace id in a record's W3C ``traceparent`` header (``llmops trace ID`` shows the trace)."""
+    for name, value in headers or ():
+        if name == "traceparent" and value:
+            parts = value.decode("ascii", "replace").split("-")
+            return parts[1] if len(parts) == 4 else None
+    return None
+
+
+class InferenceTimeout(TimeoutError):
+    """No response arrived in time; the message says what to check."""
+
+
+def partition_for(key: str, partitions: int) -> int:
+    """The partition Kafka's default partitioner picks for ``key`` (murmur2, as the Java client)."""
+    return int(murmur2(key.encode("utf-8")) & 0x7FFFFFFF) % partitions
+
+
+def make_request(
+    client_id: str,
+    text: str,
+    task: str = "search",
+    *,
+    tenant: str | None = None,
+    top_k: int = 5,
+    model: str | None = None,
+    explain: bool = False,
+    deadline_s: float | None = None,
+) -> InferenceRequest:
+    """A new request with a fresh id, stamped with the time it was made."""
+    now = now_ms()
+    return InferenceRequest(
+        request_id=uuid.uuid4().hex,
+        task=task,
+        text=text,
+        client_id=client_id,
+        tenant=tenant,
+        top_k=top_k,
+        model=model,
+        deadline_ms=now + int(deadline_s * 1000) if deadline_s is not None else None,
+        explain=explain,
+        sent_at_ms=now,
+    )
+
+
+class InferenceClient:
+    """Request/reply over Kafka for one client id."""
+
+    def __init__(self, settings: Settings, client_id: str | None = None, codec: AvroCodec | None = None) -> None:
+        self.settings = settings
+        self.client_id = client_id or f"client-{uuid.uuid4().hex[:12]}"
+        self.topics = Topics(settings.namespace)
+        self.codec = codec or codec_from_settings(settings)
+        self._producer: AsyncProducer | None = None
+        self._consumer: Consumer | None = None
+        self._waiting: dict[str, asyncio.Future[dict[str, Any]]] = {}
+        self._reader: threading.Thread | None = None
+        self._stopping = threading.Event()
+
+    async def __aenter__(self) -> InferenceClient:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *_: object) -> None:
+        await self.stop()
+
+    async def start(self) -> None:
+        topic = self.topics.inference_responses
+        partitions = await topic_partitions(self.settings, [topic])
+        if not partitions:
+            raise RuntimeError(
+                f"topic {topic} does not exist: start a worker "
+                "(`llmops worker`) or create the topics (`llmops kafka topics`)"
+            )
+        mine = partition_for(self.client_id, len(partitions))
+        # Never commits and never joins a group (assign, not subscribe); librdkafka wants an id.
+        group = {"group.id": self.topics.inference_clients_group, "enable.auto.commit": False}
+        self._consumer = Consumer(rdkafka_config(self.settings, **group, **{"enable.auto.offset.store": False}))
+        # Fix the start before any request can be answered: the partition's end, now.
+        _, end = await asyncio.to_thread(self._consumer.get_watermark_offsets, TopicPartition(topic, mine), 30.0)
+        self._consumer.assign([TopicPartition(topic, mine, end)])
+        self._producer = AsyncProducer(self.settings)
+        await self._producer.start([self.topics.inference_requests])
+        loop = asyncio.get_running_loop()
+        name = f"responses-{self.client_id}"
+        self._reader = threading.Thread(target=self._read, args=(loop,), name=name, daemon=True)
+        self._reader.start()
+
+    async def stop(self) -> None:
+        self._stopping.set()
+        if self._reader:
+            await asyncio.to_thread(self._reader.join)
+        for future in self._waiting.values():
+            future.cancel()
+        if self._producer:
+            await self._producer.stop()
+        if self._consumer:
+            await asyncio.to_thread(close_quietly, self._consumer)
+
+    def _read(self, loop: asyncio.AbstractEventLoop) -> None:
+        """Reader thread: fetch this client's partition, decode, hand the answers to the loop."""
+        assert self._consumer is not None
+        errors = FetchErrors("response_fetch_error")
+        while not self._stopping.is_set():
+            answers = []
+            for message in fetch(self._consumer, 256, READ_SECONDS):
+                value = message.value()
+                if errors.reported(message) or value is None:
+                    continue
+                try:
+                    response = self.codec.decode(value, "InferenceResponse")
+                except CodecError as error:  # not ours to answer; the next responses still are
+                    log.warning("response_undecodable", offset=message.offset(), reason=error.reason)
+                    continue
+                response["trace_id"] = trace_id_of(message.headers())
+                answers.append(response)
+            if answers:
+                loop.call_soon_threadsafe(self._deliver, answers)
+
+    def _deliver(self, answers: list[dict[str, Any]]) -> None:
+        received = now_ms()
+        for response in answers:
+            future = self._waiting.pop(response["request_id"], None)
+            if future is not None and not future.done():
+                response["received_at_ms"] = received
+                future.set_result(response)
+
+    def _on_delivery(self, request_id: str, delivered: asyncio.Future[None]) -> None:
+        """A request the broker did not take fails at once instead of timing out."""
+        error = delivered.exception()
+        future = self._waiting.get(request_id)
+        if error is not None and future is not None and not future.done():
+            self._waiting.pop(request_id, None)
+            future.set_exception(error)
+
+    def expect(self, request_id: str) -> asyncio.Future[dict[str, Any]]:
+        """A future for the response to ``request_id``, for requests sent by other means.
+
+        The request must carry this client's id as ``client_id`` (that is where it is answered).
+        """
+        future: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
+        self._waiting[request_id] = future
+        return future
+
+    async def send(self, request: InferenceRequest) -> asyncio.Future[dict[str, Any]]:
+        """Send ``request``; the future resolves with its response."""
+        assert self._producer is not None, "start the client first (`async with InferenceClient(...)`)"
+        future = self.expect(request.request_id)
+        value = self.codec.encode("InferenceRequest", request.to_avro(), self.topics.inference_requests)
+        delivered = self._producer.send(self.topics.inference_requests, value, key=self.client_id.encode())
+        delivered.add_done_callback(partial(self._on_delivery, request.request_id))
+        return future
+
+    def request(self, text: str, task: str = "search", **options: Any) -> InferenceRequest:
+        """A request from this client (``options``: tenant, top_k, model, explain, deadline_s)."""
+        return make_request(self.client_id, text, task, **options)
+
+    async def ask(self, text: str, task: str = "search", *, timeout: float = 30.0, **options: Any) -> dict[str, Any]:
+        """Send one request and wait for its response (``options``: tenant, top_k, model, explain, deadline_s)."""
+        request = self.request(text, task, **options)
+        future = await self.send(request)
+        try:
+            return await asyncio.wait_for(future, timeout)
+        except TimeoutError:
+            self._waiting.pop(request.request_id, None)
+            raise InferenceTimeout(
+                f"no response to {request.request_id} on {self.topics.inference_responses} within {timeout:.0f}s: "
+                "is a worker running the infer agent (`llmops worker --agents ...,infer`)?"
+            ) from None

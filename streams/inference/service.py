@@ -1,0 +1,353 @@
+"""Answering inference requests: parse, screen, search / classify / rag, and say who answered.
+
+Why this exists:
+    The infer agent only wires Kafka to this module. Everything that decides an answer lives
+    here as plain code that tests call directly: parsing JSON or Avro requests into a checked
+    :class:`InferenceRequest` (or a rejection with a reason), prompt-injection screening, the
+    three tasks, deadlines, and the latency breakdown every response carries.
+
+Models:
+    :class:`ModelSet` is an immutable snapshot of what answers (the embedder, the index, the
+    production classifiers, shadow candidates). The agent swaps the snapshot when the registry
+    changes; a request keeps the snapshot it started with, so in-flight requests finish on the
+    versions they began with.
+
+Usage:
+    >>> service = InferenceService(settings, models)
+    >>> response = await service.answer(request, received_at_ms)
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from streams.index.embed import Embedder
+from streams.index.vectorstore import Hit, VectorStore
+from streams.inference.requests import InferenceRequest, RequestRejected
+from streams.inference.safety import Verdict, screen
+from streams.models.classifier import OnnxClassifier, explain
+from streams.models.registry import Kind, ModelVersion, Registry, RegistryError
+from streams.records import now_ms
+
+DEFAULT_CLASSIFIER = "stdlib-topic"
+CONTEXT_ONLY_NOTE = "context only: no generator configured (set LLMOPS_GENERATOR_URL to an OpenAI-compatible endpoint)"
+
+
+# --- models ------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class LoadedClassifier:
+    """A registered classifier version with its ONNX session."""
+
+    version: ModelVersion
+    head: OnnxClassifier
+
+
+@dataclass(frozen=True)
+class ModelSet:
+    """What answers right now: an immutable snapshot, swapped whole on registry changes."""
+
+    embedder: Embedder
+    store: VectorStore | None
+    registry: Registry = field(default_factory=Registry)
+    classifiers: Mapping[str, LoadedClassifier] = field(default_factory=dict)  # by version key
+    default_classifier: str = DEFAULT_CLASSIFIER
+
+    def embedder_ref(self) -> dict[str, str]:
+        return {"name": self.embedder.name, "version": self.embedder.version, "stage": "production"}
+
+    def classifier_for(self, request: InferenceRequest) -> LoadedClassifier:
+        spec = request.model or self.default_classifier
+        try:
+            version = self.registry.resolve(spec)
+        except RegistryError as error:
+            raise RequestRejected("UNKNOWN_MODEL", str(error), request.request_id, request.client_id) from None
+        loaded = self.classifiers.get(version.key)
+        if loaded is None:
+            raise RequestRejected(
+                "UNKNOWN_MODEL",
+                f"{version.short} is registered but not loadable here (stage {version.stage}, no inline artifact)",
+                request.request_id,
+                request.client_id,
+            )
+        return loaded
+
+    def shadows_for(self, production: LoadedClassifier) -> list[LoadedClassifier]:
+        return [
+            self.classifiers[v.key] for v in self.registry.shadows(production.version.name) if v.key in self.classifiers
+        ]
+
+
+def load_classifiers(registry: Registry, previous: Mapping[str, LoadedClassifier]) -> dict[str, LoadedClassifier]:
+    """ONNX sessions for every classifier version with an inline artifact; sessions are reused.
+
+    Archived versions stay loaded (they are small) so that a pin or a rollback answers at once.
+    """
+    loaded = {}
+    for version in registry.all():
+        if version.kind is Kind.CLASSIFIER and version.artifact:
+            old = previous.get(version.key)
+            head = old.head if old else OnnxClassifier(version.artifact, version.labels)
+            loaded[version.key] = LoadedClassifier(version, head)
+    return loaded
+
+
+# --- answering ---------------------------------------------------------------------------------
+
+
+@dataclass
+class Timer:
+    """Milliseconds per stage of one request."""
+
+    stages: dict[str, float] = field(
+        default_factory=lambda: dict.fromkeys(("embed", "search", "classify", "generate"), 0.0)
+    )
+
+    def measure(self, stage: str, started: float) -> None:
+        self.stages[stage] += (time.perf_counter() - started) * 1000
+
+
+def base_response(
+    request_id: str,
+    client_id: str | None,
+    task: str,
+    status: str,
+    *,
+    error: str | None = None,
+    tenant: str | None = None,
+) -> dict[str, Any]:
+    """A response record with every field set (the Avro schema's defaults spelled out)."""
+    return {
+        "request_id": request_id,
+        "client_id": client_id,
+        "task": task,
+        "status": status,
+        "error": error,
+        "tenant": tenant,
+        "hits": [],
+        "label": None,
+        "probabilities": {},
+        "explanation": [],
+        "explanation_method": None,
+        "context": None,
+        "answer": None,
+        "note": None,
+        "safety": {"verdict": "allow", "score": 0.0, "rules": []},
+        "models": [],
+        "latency": {
+            "queue_ms": 0.0,
+            "embed_ms": 0.0,
+            "search_ms": 0.0,
+            "classify_ms": 0.0,
+            "generate_ms": 0.0,
+            "total_ms": 0.0,
+        },
+        "shadow_of": None,
+        "agrees": None,
+        "created_at_ms": now_ms(),
+    }
+
+
+def rejection_response(error: RequestRejected) -> dict[str, Any] | None:
+    """The INVALID/UNAVAILABLE response for a rejected request, or None when it has no id to answer."""
+    if error.request_id is None:
+        return None
+    status = "UNAVAILABLE" if error.reason == "UNKNOWN_MODEL" else "INVALID"
+    return base_response(error.request_id, error.client_id, "unknown", status, error=f"{error.reason}: {error.detail}")
+
+
+def hit_dict(hit: Hit) -> dict[str, Any]:
+    """A RetrievedChunk record (the tenant is the request's, so it is not repeated per hit)."""
+    return {name: value for name, value in asdict(hit).items() if name != "tenant"}
+
+
+def assemble_context(hits: list[Hit]) -> str:
+    """Numbered passages, each citing its chunk, for a generator or a reader."""
+    return "\n\n".join(
+        f"[{n}] {hit.title or hit.doc_id} ({hit.chunk_id})\n{hit.snippet}" for n, hit in enumerate(hits, 1)
+    )
+
+
+@dataclass(frozen=True)
+class GeneratorClient:
+    """An OpenAI-compatible ``/chat/completions`` endpoint (``LLMOPS_GENERATOR_URL``)."""
+
+    url: str
+    model: str
+    api_key: str | None = None
+    timeout_s: float = 30.0
+
+    async def generate(self, question: str, context: str) -> str:
+        import httpx
+
+        headers = {"Authorization": f"Bearer {self.api_key}"} if self.api_key else {}
+        body = {
+            "model": self.model,
+            "temperature": 0,
+            "messages": [
+                {
+                    "role": "system",
+                    "content": "Answer only from the numbered context. Cite passages as [n]. "
+                    "If the context does not answer the question, say so.",
+                },
+                {"role": "user", "content": f"Context:\n{context}\n\nQuestion: {question}"},
+            ],
+        }
+        endpoint = self.url.rstrip("/") + (
+            "" if self.url.rstrip("/").endswith("/chat/completions") else "/chat/completions"
+        )
+        async with httpx.AsyncClient(timeout=self.timeout_s) as client:
+            response = await client.post(endpoint, json=body, headers=headers)
+            response.raise_for_status()
+            return str(response.json()["choices"][0]["message"]["content"])
+
+
+class InferenceService:
+    """Answers checked requests with one :class:`ModelSet` snapshot per request."""
+
+    def __init__(
+        self,
+        models: ModelSet,
+        *,
+        block_at: float = 0.7,
+        flag_at: float = 0.3,
+        generator: GeneratorClient | None = None,
+        run_blocking: Callable[..., Any] | None = None,
+    ) -> None:
+        self.models = models
+        self.block_at, self.flag_at = block_at, flag_at
+        self.generator = generator
+        self._run_blocking = run_blocking or _inline
+
+    def swap(self, models: ModelSet) -> None:
+        """Answer later requests with ``models``; requests already started keep theirs."""
+        self.models = models
+
+    def screen(self, request: InferenceRequest) -> Verdict:
+        return screen(request.text, self.block_at, self.flag_at)
+
+    async def answer(self, request: InferenceRequest, received_ms: int) -> tuple[dict[str, Any], Verdict]:
+        """The response to ``request`` (read from Kafka at ``received_ms``) and its safety verdict."""
+        models = self.models  # this request's snapshot
+        started_ms = now_ms()
+        verdict = self.screen(request)
+        response = base_response(request.request_id, request.client_id, request.task, "OK", tenant=request.tenant)
+        response["safety"] = verdict.to_avro()
+        timer = Timer()
+        if request.deadline_ms is not None and started_ms > request.deadline_ms:
+            response["status"] = "TIMEOUT"
+            response["error"] = f"deadline passed {started_ms - request.deadline_ms} ms before work could start"
+        elif verdict.blocked:
+            response["status"] = "BLOCKED"
+            response["error"] = f"prompt injection suspected (rules: {', '.join(verdict.rules)}); request not answered"
+        else:
+            try:
+                await self._run_task(models, request, response, timer)
+            except RequestRejected as error:
+                response["status"] = "UNAVAILABLE" if error.reason == "UNKNOWN_MODEL" else "INVALID"
+                response["error"] = f"{error.reason}: {error.detail}"
+        latency = response["latency"]
+        latency["queue_ms"] = float(max(0, started_ms - received_ms))
+        for stage, ms in timer.stages.items():
+            latency[f"{stage}_ms"] = round(ms, 3)
+        return response, verdict
+
+    def finish(self, response: dict[str, Any], received_ms: int) -> None:
+        """Stamp the total latency just before the response is produced."""
+        response["created_at_ms"] = now_ms()
+        response["latency"]["total_ms"] = float(max(0, response["created_at_ms"] - received_ms))
+
+    async def _run_task(
+        self, models: ModelSet, request: InferenceRequest, response: dict[str, Any], timer: Timer
+    ) -> None:
+        # One hop to a worker thread for all the CPU work of a request (embed, then search or
+        # classify): every extra hand-off between the event loop and a thread costs latency.
+        loaded = models.classifier_for(request) if request.task == "classify" else None
+        if request.task != "classify" and models.store is None:
+            raise RequestRejected("NO_INDEX", "the vector index is not open in this worker", request.request_id)
+        await self._run_blocking(self._compute, models, loaded, request, response, timer)
+        if request.task == "rag":
+            hits = response["hits"]
+            if not hits:
+                response["note"] = "no indexed chunk matches this tenant; nothing to answer from"
+            elif self.generator is None:
+                response["note"] = CONTEXT_ONLY_NOTE
+            else:
+                started = time.perf_counter()
+                response["answer"] = await self.generator.generate(request.text, response["context"])
+                timer.measure("generate", started)
+                response["models"].append({"name": "generator", "version": self.generator.model, "stage": "external"})
+
+    @staticmethod
+    def _compute(
+        models: ModelSet,
+        loaded: LoadedClassifier | None,
+        request: InferenceRequest,
+        response: dict[str, Any],
+        timer: Timer,
+    ) -> None:
+        """The blocking part of a request, run in one worker thread."""
+        started = time.perf_counter()
+        vectors = models.embedder.embed([request.text])
+        timer.measure("embed", started)
+        response["models"].append(models.embedder_ref())
+        if loaded is None:
+            assert models.store is not None
+            started = time.perf_counter()
+            hits = models.store.search(vectors[0].tolist(), request.top_k, request.tenant)
+            timer.measure("search", started)
+            response["hits"] = [hit_dict(hit) for hit in hits]
+            if request.task == "rag":
+                response["context"] = assemble_context(hits)
+            return
+        started = time.perf_counter()
+        response["label"], response["probabilities"] = loaded.head.predict(vectors)[0]
+        if request.explain:
+            words, method = explain(loaded.head, models.embedder, request.text)
+            response["explanation"] = [{"token": token, "weight": weight} for token, weight in words]
+            response["explanation_method"] = method
+        timer.measure("classify", started)
+        response["models"].append(
+            {"name": loaded.version.name, "version": loaded.version.version, "stage": loaded.version.stage.value}
+        )
+
+    async def shadow_answers(self, request: InferenceRequest, production: dict[str, Any]) -> list[dict[str, Any]]:
+        """Answers of QA candidates that shadow the production classifier that answered ``production``."""
+        if request.task != "classify" or production["status"] != "OK" or (request.model and "@" in request.model):
+            return []
+        models = self.models
+        try:
+            loaded = models.classifier_for(request)
+        except RequestRejected:
+            return []
+        candidates = models.shadows_for(loaded)
+        if not candidates:
+            return []
+        vectors = await self._run_blocking(models.embedder.embed, [request.text])
+        answers = []
+        for candidate in candidates:
+            started = time.perf_counter()
+            label, probabilities = candidate.head.predict(vectors)[0]
+            shadow = base_response(request.request_id, request.client_id, request.task, "OK", tenant=request.tenant)
+            shadow.update(
+                label=label,
+                probabilities=probabilities,
+                safety=production["safety"],
+                models=[
+                    models.embedder_ref(),
+                    {"name": candidate.version.name, "version": candidate.version.version, "stage": "qa"},
+                ],
+                shadow_of=loaded.version.version,
+                agrees=label == production["label"],
+            )
+            shadow["latency"]["classify_ms"] = (time.perf_counter() - started) * 1000
+            answers.append(shadow)
+        return answers
+
+
+async def _inline(function: Callable[..., Any], *args: Any) -> Any:
+    return function(*args)

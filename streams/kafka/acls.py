@@ -1,0 +1,213 @@
+"""Kafka ACLs each agent group and client role needs (least privilege), and granting them.
+
+Why this exists:
+    With ACLs enforced, a worker may read and write only its own topics. Which topics those are
+    is written once, here (:data:`AGENT_ACCESS`, :data:`ROLE_ACCESS`): the table in docs/security.md,
+    ``llmops kafka acls`` and the grants it applies all come from it, and a test checks the read
+    side against the topics the Faust agents really subscribe to.
+
+Usage:
+    >>> grants = worker_grants("", ["ingest"], "llmops-ingest")
+    >>> grants[2].line()
+    'User:llmops-ingest ALLOW READ TOPIC docs.raw'
+    >>> await apply_grants(admin_settings, grants)       # CreateAcls, as a super user
+
+Notes:
+    Read, Write and the rest imply Describe in Kafka, so no Describe grants are listed. A worker's
+    consumer group and Faust's internal topics (table changelogs, the assignor's topic) are named
+    after the set of agents it runs (``Topics.app_id``): the grants name that group and that topic
+    prefix. Topics themselves are created by an operator (``llmops kafka topics``); a worker that
+    may not create one leaves it be.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import asdict, dataclass
+
+from streams.kafka.topics import (
+    DEADLETTER,
+    DOCS_CLEAN,
+    DOCS_DUPLICATES,
+    DOCS_EMBEDDINGS,
+    DOCS_RAW,
+    FEEDBACK,
+    INFERENCE_CLIENTS,
+    INFERENCE_REQUESTS,
+    INFERENCE_RESPONSES,
+    INFERENCE_SHADOW,
+    MODELS_CONTROL,
+    MONITOR_ALERTS,
+    MONITOR_METRICS,
+    MONITOR_REFERENCE,
+    TELEMETRY_SPANS,
+    Topics,
+)
+from streams.settings import Settings
+
+
+@dataclass(frozen=True)
+class Access:
+    """Base topic names read and written by an agent group or a client role.
+
+    ``groups``: base names of consumer groups a client role may read (``Topics.group``). A role
+    never joins them; a librdkafka consumer still looks up its group's coordinator.
+    """
+
+    reads: tuple[str, ...] = ()
+    writes: tuple[str, ...] = ()
+    groups: tuple[str, ...] = ()
+
+
+# Every agent writes dead letters and spans (the worker's span exporter writes telemetry.spans).
+AGENT_ACCESS: dict[str, Access] = {
+    "ingest": Access((DOCS_RAW,), (DOCS_CLEAN, DOCS_DUPLICATES, DEADLETTER, TELEMETRY_SPANS)),
+    "embed": Access((DOCS_CLEAN,), (DOCS_EMBEDDINGS, DEADLETTER, TELEMETRY_SPANS)),
+    "index": Access((DOCS_EMBEDDINGS,), (DEADLETTER, TELEMETRY_SPANS)),
+    # infer follows the registry on models.control and registers its embedder version there.
+    "infer": Access(
+        (INFERENCE_REQUESTS, MODELS_CONTROL),
+        (INFERENCE_RESPONSES, INFERENCE_SHADOW, MODELS_CONTROL, DEADLETTER, TELEMETRY_SPANS),
+    ),
+    "monitor": Access(
+        (DOCS_EMBEDDINGS, INFERENCE_REQUESTS, INFERENCE_RESPONSES, FEEDBACK, MONITOR_REFERENCE),
+        (MONITOR_METRICS, MONITOR_ALERTS, DEADLETTER, TELEMETRY_SPANS),
+    ),
+}
+# Clients that are not workers. They read assigned partitions and never join a consumer group.
+ROLE_ACCESS: dict[str, Access] = {
+    "publisher": Access((), (DOCS_RAW,)),
+    "inference-client": Access((INFERENCE_RESPONSES,), (INFERENCE_REQUESTS, FEEDBACK), (INFERENCE_CLIENTS,)),
+}
+
+
+@dataclass(frozen=True, order=True)
+class AclGrant:
+    """One ALLOW binding: principal, operation, resource (type, pattern type, name)."""
+
+    principal: str  # "User:<name>"
+    operation: str  # READ | WRITE | ALL
+    resource_type: str  # TOPIC | GROUP
+    resource: str
+    pattern: str = "LITERAL"  # LITERAL | PREFIXED
+
+    def line(self) -> str:
+        prefixed = " (prefix)" if self.pattern == "PREFIXED" else ""
+        return f"{self.principal} ALLOW {self.operation} {self.resource_type} {self.resource}{prefixed}"
+
+    def to_dict(self) -> dict[str, str]:
+        return asdict(self)
+
+
+def _topic_grants(principal: str, access: Iterable[Access], topics: Topics) -> list[AclGrant]:
+    accesses = list(access)
+    reads = {topics.name(base) for a in accesses for base in a.reads}
+    writes = {topics.name(base) for a in accesses for base in a.writes}
+    return [AclGrant(principal, "READ", "TOPIC", name) for name in reads] + [
+        AclGrant(principal, "WRITE", "TOPIC", name) for name in writes
+    ]
+
+
+def worker_grants(namespace: str, agents: Sequence[str], username: str) -> list[AclGrant]:
+    """Everything a worker running ``agents`` as SASL user ``username`` needs, nothing more."""
+    unknown = sorted(set(agents) - set(AGENT_ACCESS))
+    if unknown:
+        raise ValueError(f"unknown agents {unknown}; choose from {list(AGENT_ACCESS)}")
+    topics = Topics(namespace)
+    principal = f"User:{username}"
+    group = topics.app_id(*agents)
+    grants = _topic_grants(principal, (AGENT_ACCESS[agent] for agent in agents), topics)
+    grants.append(AclGrant(principal, "READ", "GROUP", group))
+    if "infer" in agents:  # the infer agent reads inference.requests in a group of its own
+        grants.append(AclGrant(principal, "READ", "GROUP", topics.requests_group(*agents)))
+    # Faust's own topics: <group>-<table>-changelog and <group>-__assignor-__leader, which it creates.
+    grants.append(AclGrant(principal, "ALL", "TOPIC", f"{group}-", "PREFIXED"))
+    return sorted(grants)
+
+
+def role_grants(namespace: str, role: str, username: str) -> list[AclGrant]:
+    """What a non-worker client role (``publisher``, ``inference-client``) needs."""
+    if role not in ROLE_ACCESS:
+        raise ValueError(f"unknown role {role!r}; choose from {list(ROLE_ACCESS)}")
+    topics, access = Topics(namespace), ROLE_ACCESS[role]
+    grants = _topic_grants(f"User:{username}", [access], topics)
+    # READ implies DESCRIBE, which the coordinator lookup needs.
+    grants += [AclGrant(f"User:{username}", "READ", "GROUP", topics.group(base)) for base in access.groups]
+    return sorted(grants)
+
+
+def default_grants(namespace: str) -> dict[str, list[AclGrant]]:
+    """One principal per agent group (``llmops-<group>``) and per client role, each with its grants."""
+    grants = {f"llmops-{agent}": worker_grants(namespace, [agent], f"llmops-{agent}") for agent in AGENT_ACCESS}
+    grants.update({f"llmops-{role}": role_grants(namespace, role, f"llmops-{role}") for role in ROLE_ACCESS})
+    return grants
+
+
+def markdown_table() -> str:
+    """The ACL table of docs/security.md, from :data:`AGENT_ACCESS` and :data:`ROLE_ACCESS`."""
+
+    def names(bases: Iterable[str]) -> str:
+        return ", ".join(f"`{base}`" for base in sorted(bases))
+
+    rows = [
+        "| principal | topics: Read | topics: Write | consumer group: Read | topics by prefix: All |",
+        "| --- | --- | --- | --- | --- |",
+    ]
+    for agent, access in AGENT_ACCESS.items():
+        group = f"llmops-<ns>-{agent}"
+        groups = f"`{group}`, `{group}-requests`" if agent == "infer" else f"`{group}`"
+        rows.append(
+            f"| `llmops-{agent}` ({agent} worker) | {names(access.reads)} | {names(access.writes)} "
+            f"| {groups} | `{group}-` |"
+        )
+    for role, access in ROLE_ACCESS.items():
+        groups = f" {names(f'llmops-<ns>-{base}' for base in access.groups)} (looked up, never joined)"
+        groups = groups if access.groups else ""
+        rows.append(f"| `llmops-{role}` | {names(access.reads)} | {names(access.writes)} |{groups} | |")
+    return "\n".join(rows) + "\n"
+
+
+# Kafka's wire codes (org.apache.kafka.common.resource / acl).
+_RESOURCE_TYPES = {"TOPIC": 2, "GROUP": 3}
+_PATTERNS = {"LITERAL": 3, "PREFIXED": 4}
+_OPERATIONS = {"ALL": 2, "READ": 3, "WRITE": 4}
+_ALLOW = 3
+
+
+class AclError(RuntimeError):
+    """The broker refused to create a grant; the message names it and the broker's reason."""
+
+
+async def apply_grants(settings: Settings, grants: Iterable[AclGrant]) -> int:
+    """Create ``grants`` (CreateAcls, one request each; existing bindings are kept); return how many.
+
+    ``settings`` must authenticate a principal allowed to alter ACLs (the embedded broker's super
+    user). aiokafka's admin client has no ACL methods, so the protocol request is sent directly.
+    """
+    from aiokafka.admin import AIOKafkaAdminClient
+    from aiokafka.protocol.admin import CreateAclsRequest
+
+    from streams.kafka.admin import client_kwargs
+
+    admin = AIOKafkaAdminClient(**client_kwargs(settings))
+    await admin.start()
+    count = 0
+    try:
+        for grant in grants:
+            request = CreateAclsRequest(
+                _RESOURCE_TYPES[grant.resource_type],
+                grant.resource,
+                _PATTERNS[grant.pattern],
+                grant.principal,
+                "*",
+                _OPERATIONS[grant.operation],
+                _ALLOW,
+            )
+            response = await admin._send_request(request)  # aiokafka has no public ACL API
+            for error_code, error_message, *_ in response.creation_responses:
+                if error_code:
+                    raise AclError(f"the broker refused '{grant.line()}': error {error_code} {error_message}")
+            count += 1
+    finally:
+        await admin.close()
+    return count

@@ -1,0 +1,179 @@
+"""Topic names and their configuration: the one place that names a topic.
+
+Why this exists:
+    Topic names are data that users, agents and tests share. Every name takes the optional
+    namespace prefix (``<namespace>.docs.raw``), which is how a replay runs beside live
+    traffic without touching it. Partition counts and configs are explicit so that topics are
+    never auto-created with broker defaults.
+
+Usage:
+    >>> from streams.kafka.topics import Topics
+    >>> Topics("replay1").docs_raw
+    'replay1.docs.raw'
+    >>> Topics("").docs_raw
+    'docs.raw'
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+DOCS_RAW = "docs.raw"
+DOCS_CLEAN = "docs.clean"
+DOCS_DUPLICATES = "docs.duplicates"
+DOCS_EMBEDDINGS = "docs.embeddings"
+DEADLETTER = "deadletter"
+INFERENCE_REQUESTS = "inference.requests"
+INFERENCE_RESPONSES = "inference.responses"
+INFERENCE_SHADOW = "inference.shadow"
+FEEDBACK = "feedback"
+MONITOR_METRICS = "monitor.metrics"
+MONITOR_ALERTS = "monitor.alerts"
+MONITOR_REFERENCE = "monitor.reference"
+MODELS_CONTROL = "models.control"
+TELEMETRY_SPANS = "telemetry.spans"
+# Consumer group (base name) of inference clients' response readers: looked up, never joined.
+INFERENCE_CLIENTS = "inference-clients"
+
+ALL_BASE_NAMES = (
+    DOCS_RAW,
+    DOCS_CLEAN,
+    DOCS_DUPLICATES,
+    DOCS_EMBEDDINGS,
+    DEADLETTER,
+    INFERENCE_REQUESTS,
+    INFERENCE_RESPONSES,
+    INFERENCE_SHADOW,
+    FEEDBACK,
+    MONITOR_METRICS,
+    MONITOR_ALERTS,
+    MONITOR_REFERENCE,
+    MODELS_CONTROL,
+    TELEMETRY_SPANS,
+)
+
+# models.control is the registry's source of truth: keep the latest event per model key forever.
+# monitor.reference keeps the drift reference across restarts, readable by a worker on any machine.
+COMPACTED = {
+    MODELS_CONTROL: {"cleanup.policy": "compact", "min.compaction.lag.ms": "0"},
+    MONITOR_REFERENCE: {"cleanup.policy": "compact", "min.compaction.lag.ms": "0", "max.message.bytes": "4194304"},
+}
+# Control topics are low-volume; one partition keeps a total order of registry events.
+SINGLE_PARTITION = {MODELS_CONTROL, MONITOR_REFERENCE}
+
+
+@dataclass(frozen=True)
+class TopicSpec:
+    """A topic to create: its full name, partition count and configs."""
+
+    name: str
+    partitions: int
+    replication_factor: int
+    config: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Topics:
+    """Full topic names for one namespace (``""`` = live traffic)."""
+
+    namespace: str = ""
+
+    def name(self, base: str) -> str:
+        """Return ``base`` with the namespace prefix, if any."""
+        return f"{self.namespace}.{base}" if self.namespace else base
+
+    @property
+    def docs_raw(self) -> str:
+        return self.name(DOCS_RAW)
+
+    @property
+    def docs_clean(self) -> str:
+        return self.name(DOCS_CLEAN)
+
+    @property
+    def docs_duplicates(self) -> str:
+        return self.name(DOCS_DUPLICATES)
+
+    @property
+    def docs_embeddings(self) -> str:
+        return self.name(DOCS_EMBEDDINGS)
+
+    @property
+    def inference_requests(self) -> str:
+        return self.name(INFERENCE_REQUESTS)
+
+    @property
+    def inference_responses(self) -> str:
+        return self.name(INFERENCE_RESPONSES)
+
+    @property
+    def inference_shadow(self) -> str:
+        return self.name(INFERENCE_SHADOW)
+
+    @property
+    def feedback(self) -> str:
+        return self.name(FEEDBACK)
+
+    @property
+    def monitor_metrics(self) -> str:
+        return self.name(MONITOR_METRICS)
+
+    @property
+    def monitor_alerts(self) -> str:
+        return self.name(MONITOR_ALERTS)
+
+    @property
+    def monitor_reference(self) -> str:
+        return self.name(MONITOR_REFERENCE)
+
+    @property
+    def deadletter(self) -> str:
+        return self.name(DEADLETTER)
+
+    @property
+    def models_control(self) -> str:
+        return self.name(MODELS_CONTROL)
+
+    @property
+    def telemetry_spans(self) -> str:
+        return self.name(TELEMETRY_SPANS)
+
+    def group(self, base: str) -> str:
+        """Consumer group ``base`` of this namespace: ``llmops-<namespace, or live>-<base>``."""
+        return f"llmops-{self.namespace or 'live'}-{base}"
+
+    def app_id(self, *agents: str) -> str:
+        """Faust app id (so consumer group and changelog prefix) of a worker running ``agents``.
+
+        Workers that share partitions must run the same set of agents: the set names the group.
+        """
+        return self.group("_".join(sorted(agents)))
+
+    def requests_group(self, *agents: str) -> str:
+        """Consumer group of ``inference.requests`` in a worker running ``agents``.
+
+        The infer agent reads requests with a consumer of its own (agents/request_consumer.py),
+        outside the Faust app's group, so it has a group of its own beside ``app_id``.
+        """
+        return f"{self.app_id(*agents)}-requests"
+
+    @property
+    def inference_clients_group(self) -> str:
+        """The ``group.id`` of inference clients' response readers: never joined, never committed.
+
+        A librdkafka consumer needs a group id and looks up its coordinator even when it only
+        reads assigned partitions, so the ``inference-client`` role may describe this one group.
+        """
+        return self.group(INFERENCE_CLIENTS)
+
+    def specs(self, partitions: int, replication_factor: int) -> list[TopicSpec]:
+        """Every topic of this namespace with explicit partitions and configs."""
+        return [
+            TopicSpec(
+                name=self.name(base),
+                partitions=1 if base in SINGLE_PARTITION else partitions,
+                replication_factor=replication_factor,
+                config=dict(COMPACTED.get(base, {})),
+            )
+            for base in ALL_BASE_NAMES
+        ]

@@ -1,0 +1,419 @@
+"""The model registry: versions and their lifecycle, kept as events on ``models.control``.
+
+Why this exists:
+    Models are versioned (a version is the sha256 of its files), evaluated in QA, approved and
+    promoted to production, and rolled back, while workers run. The compacted ``models.control``
+    topic is the source of truth: each event is the full current state of one ``name@version``,
+    so any worker rebuilds the registry by reading the topic from the beginning, and the latest
+    event per version survives compaction.
+
+The lifecycle (checked here, before an event is written):
+    registered -> qa -> production -> archived; qa -> registered (demote); archived -> production
+    only by rollback. Promotion to production needs a passed QA evaluation and a named approver.
+    At most one production version per name: promoting one archives the previous one.
+
+Usage:
+    >>> registry = Registry()
+    >>> registry.apply(version)                   # from a control event
+    >>> registry.production("stdlib-topic")       # the version that answers now
+    >>> events = registry.promote("stdlib-topic", "ab12...", "production", approved_by="ana", now_ms=...)
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field, replace
+from enum import StrEnum
+from typing import Any
+
+from streams.logs import get_logger
+
+log = get_logger(__name__)
+
+
+class Stage(StrEnum):
+    REGISTERED = "registered"
+    QA = "qa"
+    PRODUCTION = "production"
+    ARCHIVED = "archived"
+
+
+class Kind(StrEnum):
+    EMBEDDER = "embedder"
+    CLASSIFIER = "classifier"
+
+
+class RegistryError(ValueError):
+    """A registry operation that the lifecycle does not allow; the message says what would."""
+
+
+@dataclass(frozen=True)
+class ModelVersion:
+    """One version's current state: the value of a ``models.control`` record."""
+
+    name: str
+    version: str
+    kind: Kind
+    stage: Stage
+    updated_at_ms: int
+    files: Mapping[str, str] = field(default_factory=dict)
+    labels: tuple[str, ...] = ()
+    embedder_version: str | None = None
+    artifact: bytes | None = None
+    uri: str | None = None
+    metrics: Mapping[str, float] = field(default_factory=dict)
+    qa_metrics: Mapping[str, float] = field(default_factory=dict)
+    qa_passed: bool | None = None
+    qa_report: str | None = None
+    shadow: bool = False
+    approved_by: str | None = None
+    promoted_at_ms: int | None = None
+    actor: str = ""
+    note: str | None = None
+
+    @property
+    def key(self) -> str:
+        return f"{self.name}@{self.version}"
+
+    @property
+    def short(self) -> str:
+        return f"{self.name}@{self.version[:12]}"
+
+    def to_avro(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "version": self.version,
+            "kind": self.kind.value,
+            "stage": self.stage.value,
+            "files": dict(self.files),
+            "labels": list(self.labels),
+            "embedder_version": self.embedder_version,
+            "artifact": self.artifact,
+            "uri": self.uri,
+            "metrics": dict(self.metrics),
+            "qa_metrics": dict(self.qa_metrics),
+            "qa_passed": self.qa_passed,
+            "qa_report": self.qa_report,
+            "shadow": self.shadow,
+            "approved_by": self.approved_by,
+            "promoted_at_ms": self.promoted_at_ms,
+            "updated_at_ms": self.updated_at_ms,
+            "actor": self.actor,
+            "note": self.note,
+        }
+
+    @classmethod
+    def from_avro(cls, record: Mapping[str, Any]) -> ModelVersion:
+        return cls(
+            name=record["name"],
+            version=record["version"],
+            kind=Kind(record["kind"]),
+            stage=Stage(record["stage"]),
+            updated_at_ms=record["updated_at_ms"],
+            files=dict(record.get("files") or {}),
+            labels=tuple(record.get("labels") or ()),
+            embedder_version=record.get("embedder_version"),
+            artifact=record.get("artifact"),
+            uri=record.get("uri"),
+            metrics=dict(record.get("metrics") or {}),
+            qa_metrics=dict(record.get("qa_metrics") or {}),
+            qa_passed=record.get("qa_passed"),
+            qa_report=record.get("qa_report"),
+            shadow=bool(record.get("shadow", False)),
+            approved_by=record.get("approved_by"),
+            promoted_at_ms=record.get("promoted_at_ms"),
+            actor=record.get("actor") or "",
+            note=record.get("note"),
+        )
+
+    def summary(self) -> dict[str, Any]:
+        """What `llmops models list --json` shows (no artifact bytes)."""
+        data = self.to_avro()
+        data["artifact_bytes"] = len(self.artifact) if self.artifact else 0
+        del data["artifact"]
+        return data
+
+
+def files_version(files: Mapping[str, bytes], config: str = "") -> tuple[str, dict[str, str]]:
+    """A version id (sha256 over sorted file digests and a config string) and the per-file digests."""
+    digests = {name: hashlib.sha256(data).hexdigest() for name, data in sorted(files.items())}
+    overall = hashlib.sha256()
+    for name, digest in digests.items():
+        overall.update(f"{name}={digest}\n".encode())
+    overall.update(config.encode())
+    return overall.hexdigest(), digests
+
+
+@dataclass(frozen=True)
+class QaGate:
+    """What a QA evaluation must show before production: a floor, and no big drop from production."""
+
+    min_accuracy: float = 0.6
+    max_drop: float = 0.02  # vs the production version's QA accuracy on the same data
+
+    def judge(self, accuracy: float, production_accuracy: float | None) -> tuple[bool, str]:
+        if accuracy < self.min_accuracy:
+            return False, f"accuracy {accuracy:.3f} is below the gate's floor {self.min_accuracy:.3f}"
+        if production_accuracy is not None and accuracy < production_accuracy - self.max_drop:
+            return False, (
+                f"accuracy {accuracy:.3f} is more than {self.max_drop:.3f} below production's "
+                f"{production_accuracy:.3f} on the same data"
+            )
+        against = f", production {production_accuracy:.3f}" if production_accuracy is not None else ""
+        return True, f"accuracy {accuracy:.3f} >= floor {self.min_accuracy:.3f}{against}"
+
+
+class Registry:
+    """Every known version by key; lifecycle rules that produce the events to write."""
+
+    def __init__(self, versions: Iterable[ModelVersion] = ()) -> None:
+        self._versions: dict[str, ModelVersion] = {}
+        for version in versions:
+            self.apply(version)
+
+    def copy(self) -> Registry:
+        """A snapshot that later events do not change (what one request answers with)."""
+        return Registry(self._versions.values())
+
+    def apply(self, version: ModelVersion) -> None:
+        """Take a control event (the full state of one version)."""
+        self._versions[version.key] = version
+
+    def remove(self, key: str) -> None:
+        """A tombstone on the control topic: the version is forgotten."""
+        self._versions.pop(key, None)
+
+    def all(self, name: str | None = None) -> list[ModelVersion]:
+        versions = [v for v in self._versions.values() if name is None or v.name == name]
+        return sorted(versions, key=lambda v: (v.name, v.updated_at_ms))
+
+    def names(self) -> list[str]:
+        return sorted({v.name for v in self._versions.values()})
+
+    def get(self, name: str, version: str) -> ModelVersion:
+        """A version by name and full version or a unique prefix of it."""
+        exact = self._versions.get(f"{name}@{version}")
+        if exact:
+            return exact
+        matches = [v for v in self._versions.values() if v.name == name and v.version.startswith(version)]
+        if len(matches) == 1:
+            return matches[0]
+        known = ", ".join(v.short for v in self.all(name)) or "none"
+        what = "is ambiguous" if matches else "is not registered"
+        raise RegistryError(f"model {name}@{version} {what}; known versions: {known} (see `llmops models list`)")
+
+    def resolve(self, spec: str) -> ModelVersion:
+        """``name@version`` (prefix allowed) or ``name`` (its production version)."""
+        name, _, version = spec.partition("@")
+        if version:
+            return self.get(name, version)
+        current = self.production(name)
+        if current is None:
+            raise RegistryError(f"model {name!r} has no production version; promote one or pin name@version")
+        return current
+
+    def production(self, name: str) -> ModelVersion | None:
+        current = [v for v in self._versions.values() if v.name == name and v.stage is Stage.PRODUCTION]
+        return max(current, key=lambda v: v.promoted_at_ms or 0) if current else None
+
+    def shadows(self, name: str) -> list[ModelVersion]:
+        """QA candidates of ``name`` that receive a copy of production traffic."""
+        return [v for v in self._versions.values() if v.name == name and v.stage is Stage.QA and v.shadow]
+
+    def production_of_kind(self, kind: Kind) -> list[ModelVersion]:
+        return [v for v in self._versions.values() if v.kind is kind and v.stage is Stage.PRODUCTION]
+
+    # --- lifecycle: each returns the events to write (the caller writes them, then applies) -------
+
+    def register(self, version: ModelVersion) -> list[ModelVersion]:
+        existing = self._versions.get(version.key)
+        if existing is not None:
+            raise RegistryError(
+                f"{version.short} is already registered (stage {existing.stage}); the same files give the same version"
+            )
+        return [replace(version, stage=Stage.REGISTERED)]
+
+    def record_evaluation(
+        self, name: str, version: str, metrics: Mapping[str, float], gate: QaGate, *, actor: str, now_ms: int
+    ) -> list[ModelVersion]:
+        candidate = self.get(name, version)
+        current = self.production(name)
+        production_accuracy = None
+        if current is not None and current.version != candidate.version:
+            production_accuracy = current.qa_metrics.get("accuracy", current.metrics.get("holdout_accuracy"))
+        passed, report = gate.judge(float(metrics["accuracy"]), production_accuracy)
+        return [
+            replace(
+                candidate,
+                qa_metrics=dict(metrics),
+                qa_passed=passed,
+                qa_report=report,
+                updated_at_ms=now_ms,
+                actor=actor,
+                note="QA evaluation",
+            )
+        ]
+
+    def promote(
+        self,
+        name: str,
+        version: str,
+        to: Stage,
+        *,
+        actor: str,
+        now_ms: int,
+        approved_by: str | None = None,
+        shadow: bool = False,
+    ) -> list[ModelVersion]:
+        candidate = self.get(name, version)
+        if to is Stage.QA:
+            if candidate.stage not in (Stage.REGISTERED, Stage.QA):
+                raise RegistryError(f"{candidate.short} is {candidate.stage}; only a registered version goes to qa")
+            note = "promoted to qa" + (" with shadow traffic" if shadow else "")
+            return [replace(candidate, stage=Stage.QA, shadow=shadow, updated_at_ms=now_ms, actor=actor, note=note)]
+        if to is not Stage.PRODUCTION:
+            raise RegistryError(f"promote goes to qa or production, not {to}")
+        if candidate.stage is not Stage.QA:
+            raise RegistryError(
+                f"{candidate.short} is {candidate.stage}; promote it to qa and evaluate it first "
+                f"(`llmops models promote {candidate.short} --to qa`, then `llmops models evaluate`)"
+            )
+        if candidate.qa_passed is None:
+            raise RegistryError(
+                f"{candidate.short} has no QA evaluation; run `llmops models evaluate {candidate.short}`"
+            )
+        if not candidate.qa_passed:
+            raise RegistryError(f"{candidate.short} failed its QA gate: {candidate.qa_report}")
+        if not approved_by or not approved_by.strip():
+            raise RegistryError("promotion to production needs an explicit approval: --approved-by NAME")
+        # The new version first: a worker applies one event at a time, and between the two events
+        # the newest promotion answers (``production`` picks it), never "no production version".
+        events = [
+            replace(
+                candidate,
+                stage=Stage.PRODUCTION,
+                shadow=False,
+                approved_by=approved_by.strip(),
+                promoted_at_ms=now_ms,
+                updated_at_ms=now_ms,
+                actor=actor,
+                note="promoted to production",
+            )
+        ]
+        current = self.production(name)
+        if current is not None:
+            note = f"superseded by {candidate.version[:12]}"
+            events.append(replace(current, stage=Stage.ARCHIVED, updated_at_ms=now_ms, actor=actor, note=note))
+        return events
+
+    def rollback(self, name: str, *, actor: str, now_ms: int) -> list[ModelVersion]:
+        """Archive the production version and restore the one that was in production before it."""
+        current = self.production(name)
+        if current is None:
+            raise RegistryError(f"model {name!r} has no production version to roll back")
+        earlier = [
+            v
+            for v in self._versions.values()
+            if v.name == name
+            and v.stage is Stage.ARCHIVED
+            and v.promoted_at_ms is not None
+            and v.promoted_at_ms < (current.promoted_at_ms or 0)
+        ]
+        if not earlier:
+            raise RegistryError(f"{current.short} is the first production version of {name!r}; nothing to roll back to")
+        previous = max(earlier, key=lambda v: v.promoted_at_ms or 0)
+        # Restored first (it keeps its older promotion time, so the current version answers until
+        # the second event archives it): there is a production version after every event.
+        return [
+            replace(
+                previous,
+                stage=Stage.PRODUCTION,
+                updated_at_ms=now_ms,
+                actor=actor,
+                note=f"restored by rollback of {current.version[:12]}",
+            ),
+            replace(current, stage=Stage.ARCHIVED, updated_at_ms=now_ms, actor=actor, note="rolled back"),
+        ]
+
+
+class RegistryFollower:
+    """Keeps a :class:`Registry` in step with ``models.control`` in this process.
+
+    Every worker reads the whole (single-partition) topic without a consumer group, so each one
+    sees every event; ``ready`` is set once the end offset seen at start is reached, so nothing
+    answers with a stale registry after a restart. ``on_change`` runs after each applied event.
+    """
+
+    def __init__(
+        self,
+        settings: Any,
+        decode: Callable[[bytes], ModelVersion],
+        on_change: Callable[[ModelVersion | None, str], None] = lambda version, key: None,
+    ) -> None:
+        from streams.kafka.topics import Topics
+
+        self.settings = settings
+        self.topic = Topics(settings.namespace).models_control
+        self.registry = Registry()
+        self.ready = asyncio.Event()
+        self._decode = decode
+        self._on_change = on_change
+        self._task: asyncio.Task[None] | None = None
+
+    async def start(self) -> None:
+        self._task = asyncio.create_task(self._run(), name="registry-follower")
+
+    async def stop(self) -> None:
+        if self._task:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+
+    async def _run(self) -> None:
+        from aiokafka import AIOKafkaConsumer, TopicPartition
+
+        from streams.kafka.admin import client_kwargs
+
+        partition = TopicPartition(self.topic, 0)
+        while True:
+            consumer = AIOKafkaConsumer(**client_kwargs(self.settings), enable_auto_commit=False, group_id=None)
+            try:
+                await consumer.start()
+                consumer.assign([partition])
+                await consumer.seek_to_beginning(partition)
+                end = (await consumer.end_offsets([partition]))[partition]
+                if end == 0:
+                    self.ready.set()
+                while True:
+                    batch = await consumer.getmany(partition, timeout_ms=500)
+                    for message in batch.get(partition, []):
+                        self._take(message)
+                        if message.offset + 1 >= end:
+                            self.ready.set()
+                    if not self.ready.is_set() and await consumer.position(partition) >= end:
+                        self.ready.set()  # compaction can leave the last offsets empty
+            except asyncio.CancelledError:
+                raise
+            except Exception as error:  # noqa: BLE001 - the follower must outlive broker hiccups
+                log.warning("registry_follower_error", error=repr(error), retry_in_s=1.0)
+                await asyncio.sleep(1.0)
+            finally:
+                await consumer.stop()
+
+    def _take(self, message: Any) -> None:
+        key = (message.key or b"").decode("utf-8", "replace")
+        if message.value is None:
+            self.registry.remove(key)
+            self._on_change(None, key)
+            return
+        try:
+            version = self._decode(message.value)
+        except Exception as error:  # noqa: BLE001 - a bad control record must not stop the registry
+            log.warning("registry_bad_event", key=key, offset=message.offset, error=repr(error))
+            return
+        self.registry.apply(version)
+        log.info("registry_event", model=version.short, stage=version.stage.value, note=version.note)
+        self._on_change(version, key)
