@@ -1,9 +1,10 @@
 """Index agent: ``docs.embeddings`` -> Milvus (batched upserts and deletes, retried).
 
-Writes are idempotent (keyed by chunk id), so redeliveries and replays never duplicate. When
-Milvus fails, the batch is retried with exponential backoff and its events stay unacknowledged,
-so no offset past an unwritten record is committed; a worker asked to stop meanwhile exits
-without acknowledging the batch (it is read again on restart). Vectors of another model version are
+Writes are idempotent (keyed by chunk id), so redeliveries and replays never duplicate. A record
+Milvus refuses while it is up (a value it cannot hold) is dead-lettered (STORE_REJECTED) and the
+rest of its batch is written; when Milvus is down, the batch is retried with exponential backoff
+and its events stay unacknowledged, so no offset past an unwritten record is committed; a worker
+asked to stop meanwhile exits without acknowledging the batch (it is read again on restart). Vectors of another model version are
 dead-lettered (FOREIGN_MODEL_VERSION): they belong in another collection. Each record's span
 ends its document's trace; the batch span holds the Milvus write.
 """
@@ -86,26 +87,31 @@ def register_index(app: faust.App, settings: Settings, tracer: AgentTracer) -> A
                 return
             await asyncio.sleep(seconds / steps)
 
+    async def dead_letter(event: Any, i: int, reason: str, detail: str, batch: BatchTrace) -> Any:
+        """Dead-letter record ``i`` of the batch (with its trace); returns the send future."""
+        letter = dead_letter_for(event, "index", reason, detail)
+        batch.fail(i, letter.reason, letter.detail)
+        with batch.current(i):
+            return await send_dead_letter(app, codec, topics, letter, batch.inject(i, []))
+
     async def index_batch(events: list[Any], batch: BatchTrace) -> None:
-        records, pending = [], []
+        records, positions, pending = [], [], []
         for i, event in enumerate(events):
             try:
                 record = codec.decode(event.message.value or b"", "ChunkEmbedding")
             except CodecError as error:
-                letter = dead_letter_for(event, "index", error.reason, error.detail)
+                pending.append(await dead_letter(event, i, error.reason, error.detail, batch))
             else:
                 batch.annotate(i, doc_id=record["doc_id"], chunk_id=record["chunk_id"], op=record["op"])
                 if record["op"] != "UPSERT" or record["model_version"] == model_version:
                     records.append(record)
+                    positions.append(i)
                     continue
                 detail = (
                     f"vector from model version {record['model_version'][:16]}; this index holds "
                     f"{model_version[:16]}: replay it with the matching model, or run that model's worker"
                 )
-                letter = dead_letter_for(event, "index", "FOREIGN_MODEL_VERSION", detail)
-            batch.fail(i, letter.reason, letter.detail)
-            with batch.current(i):
-                pending.append(await send_dead_letter(app, codec, topics, letter, batch.inject(i, [])))
+                pending.append(await dead_letter(event, i, "FOREIGN_MODEL_VERSION", detail, batch))
         with batch.step("milvus.write", records=len(records)) as span:
             report = await write_with_retry(
                 records,
@@ -120,6 +126,9 @@ def register_index(app: faust.App, settings: Settings, tracer: AgentTracer) -> A
                 max_backoff=MAX_BACKOFF_SECONDS,
             )
             span.set_attributes({"llmops.upserted": report.upserted, "llmops.deleted_chunks": report.deleted_chunks})
+        for rejected in report.rejected:  # refused by a store that is up: bad records, not an outage
+            i = positions[rejected.position]
+            pending.append(await dead_letter(events[i], i, rejected.reason, rejected.detail, batch))
         unsealed["rows"] += report.upserted + report.deleted_chunks
         unsealed["last_write"] = time.monotonic()
         if report.freshness_ms:

@@ -9,6 +9,7 @@ Why this exists:
 from __future__ import annotations
 
 import dataclasses
+import re
 import time
 from dataclasses import dataclass, field
 from enum import StrEnum
@@ -17,6 +18,46 @@ from typing import Any
 # Half the default producer request (and broker message) limit of 1 MiB: a dead letter always fits.
 MAX_DEAD_LETTER_BYTES = 512 * 1024
 MAX_DETAIL_CHARS = 4000
+
+# --- field limits: the store's columns, validated at every edge -----------------------------------
+# The vector store's VARCHAR columns are sized from these, and ingest, requests and feedback check
+# them where records enter, so a record that passes validation always fits the store (a record
+# that did not would fail every write and look like an outage). Lengths are UTF-8 bytes: Milvus
+# Lite counts characters, a Milvus server may count bytes, and bytes bound both.
+MAX_DOC_ID_BYTES = 512
+MAX_CHUNK_ID_BYTES = 1100  # '<doc id>#<chunk index>' with headroom (the column's size since v0.1)
+MAX_TENANT_CHARS = 128  # ASCII only (TENANT_PATTERN), so characters are bytes
+TENANT_COLUMN_BYTES = 256  # the column keeps the width it had; tenants now fit in half of it
+MAX_TITLE_BYTES = 1024
+MAX_SOURCE_BYTES = 1024
+MAX_CHUNK_TEXT_BYTES = 65_535
+# A tenant is an identifier, not text: it scopes searches and (under ACLs) topics and principals.
+TENANT_PATTERN = re.compile(rf"[A-Za-z0-9][A-Za-z0-9._:@-]{{0,{MAX_TENANT_CHARS - 1}}}")
+
+
+def utf8_length(text: str) -> int:
+    """The UTF-8 size of ``text`` (lone surrogates count 3 bytes, as their escapes would)."""
+    return len(text.encode("utf-8", "surrogatepass"))
+
+
+def tenant_problem(tenant: str) -> str | None:
+    """Why ``tenant`` cannot name a tenant (what to send instead), or None when it can."""
+    if TENANT_PATTERN.fullmatch(tenant):
+        return None
+    if len(tenant) > MAX_TENANT_CHARS:
+        return f"'tenant' is {len(tenant)} characters; at most {MAX_TENANT_CHARS} allowed"
+    return (
+        f"'tenant' {tenant[:40]!r} is not an identifier: use 1-{MAX_TENANT_CHARS} ASCII letters, digits "
+        "and . _ : @ - (starting with a letter or digit)"
+    )
+
+
+def field_too_long(name: str, value: str | None, limit: int) -> str | None:
+    """Why ``value`` of field ``name`` does not fit its store column of ``limit`` bytes, or None."""
+    if value is None:
+        return None
+    size = utf8_length(value)
+    return f"'{name}' is {size} bytes (UTF-8); at most {limit} fit the index" if size > limit else None
 
 
 def now_ms() -> int:

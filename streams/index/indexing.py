@@ -15,11 +15,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from streams.index.embed import Embedder
-from streams.index.vectorstore import ChunkRow, VectorStore
+from streams.index.vectorstore import ChunkRow, RecordRejected, VectorStore
 from streams.records import now_ms
 
 
@@ -55,6 +55,15 @@ def embed_chunks(chunks: Sequence[dict[str, Any]], embedder: Embedder) -> list[d
 
 
 @dataclass(frozen=True)
+class Rejected:
+    """A record the store refused while it was up: a bad record, for the dead-letter topic."""
+
+    position: int  # index of the record in the batch handed to :func:`write_with_retry`
+    reason: str
+    detail: str
+
+
+@dataclass(frozen=True)
 class IndexReport:
     """What one batch did to the store."""
 
@@ -62,6 +71,18 @@ class IndexReport:
     deleted_chunks: int
     deleted_documents: int
     freshness_ms: list[int]
+    rejected: list[Rejected] = field(default_factory=list)
+
+    def merged(self, other: IndexReport, offset: int) -> IndexReport:
+        """This report followed by ``other``, whose positions start at ``offset`` of the batch."""
+        moved = [Rejected(r.position + offset, r.reason, r.detail) for r in other.rejected]
+        return IndexReport(
+            self.upserted + other.upserted,
+            self.deleted_chunks + other.deleted_chunks,
+            self.deleted_documents + other.deleted_documents,
+            self.freshness_ms + other.freshness_ms,
+            self.rejected + moved,
+        )
 
 
 def apply_embeddings(
@@ -164,6 +185,33 @@ class ShuttingDown(Exception):
     """Raised instead of retrying when the worker stops: the batch stays unacknowledged."""
 
 
+def apply_isolating(
+    records: Sequence[dict[str, Any]],
+    store: VectorStore,
+    model_version: str,
+    clock_ms: Callable[[], int] = now_ms,
+) -> IndexReport:
+    """:func:`apply_embeddings`, with the records the store refuses set aside instead of retried.
+
+    A store raises :class:`RecordRejected` when it is up but cannot hold what was written (a
+    value over a column's size, a vector of the wrong dimension). The batch is then split in
+    halves, applied in topic order, down to the single records refused, which come back in
+    ``rejected`` for the dead-letter topic while every other record is written (writes are
+    idempotent, so a half written twice does no harm). One bad record in a batch of n costs
+    about 2 log2(n) extra writes. Any other error is an outage and propagates: the caller backs
+    off and retries the whole batch, so an ambiguous failure never drops a valid record.
+    """
+    try:
+        return apply_embeddings(records, store, model_version, clock_ms)
+    except RecordRejected as error:
+        if len(records) == 1:
+            detail = f"the index refused this record: {error}"
+            return IndexReport(0, 0, 0, [], [Rejected(0, "STORE_REJECTED", detail[:1000])])
+        middle = len(records) // 2
+        left = apply_isolating(records[:middle], store, model_version, clock_ms)
+        return left.merged(apply_isolating(records[middle:], store, model_version, clock_ms), middle)
+
+
 async def write_with_retry(
     records: Sequence[dict[str, Any]],
     open_store: Callable[[], VectorStore],
@@ -175,11 +223,13 @@ async def write_with_retry(
     on_retry: Callable[[BaseException, float], None] = lambda error, delay: None,
     max_backoff: float = 30.0,
 ) -> IndexReport:
-    """Apply a batch, reopening the store and backing off (0.5 s doubling) until it succeeds.
+    """Apply a batch, reopening the store and backing off (0.5 s doubling) while it is down.
 
     Store calls run in a thread so the event loop keeps serving other agents. The caller
     acknowledges its events only after this returns, so no offset passes an unwritten record.
-    ``stores`` holds the open store between calls (empty = open one).
+    ``stores`` holds the open store between calls (empty = open one). Records the store refuses
+    come back in ``IndexReport.rejected`` (see :func:`apply_isolating`); only an outage is
+    retried.
 
     Raises:
         ShuttingDown: ``should_stop()`` became true while the store was failing.
@@ -192,8 +242,8 @@ async def write_with_retry(
         try:
             if not stores:
                 stores.append(await loop.run_in_executor(None, open_store))
-            return await loop.run_in_executor(None, apply_embeddings, records, stores[0], model_version)
-        except Exception as error:  # noqa: BLE001 - any store failure: back off, keep the offsets
+            return await loop.run_in_executor(None, apply_isolating, records, stores[0], model_version)
+        except Exception as error:  # noqa: BLE001 - an outage, or no store to open: back off, keep the offsets
             on_retry(error, delay)
             for store in stores:
                 close = getattr(store, "close", None)

@@ -19,13 +19,21 @@ Notes:
 
 from __future__ import annotations
 
+import contextlib
 import json
 import re
 import threading
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
+from streams.records import (
+    MAX_CHUNK_ID_BYTES,
+    MAX_CHUNK_TEXT_BYTES,
+    MAX_SOURCE_BYTES,
+    MAX_TITLE_BYTES,
+    TENANT_COLUMN_BYTES,
+)
 from streams.settings import Settings
 
 INDEX_TYPES = {
@@ -35,12 +43,49 @@ INDEX_TYPES = {
     "IVF_SQ8": {"nlist": 128},
 }
 SEARCH_PARAMS = {"HNSW": {"ef": 64}, "HNSW_SQ": {"ef": 64}, "IVF_FLAT": {"nprobe": 16}, "IVF_SQ8": {"nprobe": 16}}
-MAX_ID = 1100  # validate.MAX_ID_CHARS plus '#<index>', in UTF-8 bytes headroom
-MAX_TEXT = 65_535
 
 
 class StoreUnavailable(RuntimeError):
     """The vector store cannot be reached or opened; the message says what to do."""
+
+
+class RecordRejected(ValueError):
+    """The store is up but refuses what was written (a value it cannot hold): a bad record, not an outage."""
+
+
+# Legacy Milvus status codes that mean "this request's data is wrong", not "the server is down":
+# ILLEGAL_ARGUMENT, ILLEGAL_RANGE (a VARCHAR over its max_length), ILLEGAL_DIMENSION,
+# ILLEGAL_ROWRECORD, ILLEGAL_VECTOR_ID; and 1100, the newer ErrParameterInvalid.
+_BAD_DATA_CODES = frozenset({5, 6, 7, 11, 12, 1100})
+
+
+@contextlib.contextmanager
+def _bad_data_rejected() -> Iterator[None]:
+    """Turn pymilvus's errors about the data written into :class:`RecordRejected`; others pass."""
+    from pymilvus.exceptions import (
+        DataNotMatchException,
+        DataTypeNotMatchException,
+        FieldTypeException,
+        MilvusException,
+        ParamError,
+        PrimaryKeyException,
+    )
+
+    client_side = (
+        ParamError,
+        DataTypeNotMatchException,
+        DataNotMatchException,
+        FieldTypeException,
+        PrimaryKeyException,
+    )
+    try:
+        yield
+    except client_side as error:
+        raise RecordRejected(str(error)) from error
+    except MilvusException as error:
+        if error.code in _BAD_DATA_CODES:
+            raise RecordRejected(error.message) from error
+        raise
 
 
 @dataclass(frozen=True)
@@ -148,13 +193,13 @@ class MilvusStore:
 
         if not self._client.has_collection(self.collection):
             schema = MilvusClient.create_schema(auto_id=False, enable_dynamic_field=False)
-            schema.add_field("chunk_id", DataType.VARCHAR, is_primary=True, max_length=MAX_ID)
-            schema.add_field("doc_id", DataType.VARCHAR, max_length=MAX_ID)
+            schema.add_field("chunk_id", DataType.VARCHAR, is_primary=True, max_length=MAX_CHUNK_ID_BYTES)
+            schema.add_field("doc_id", DataType.VARCHAR, max_length=MAX_CHUNK_ID_BYTES)
             schema.add_field("chunk_index", DataType.INT64)
-            schema.add_field("tenant", DataType.VARCHAR, max_length=256)
-            schema.add_field("title", DataType.VARCHAR, max_length=1024)
-            schema.add_field("source", DataType.VARCHAR, max_length=1024)
-            schema.add_field("text", DataType.VARCHAR, max_length=MAX_TEXT)
+            schema.add_field("tenant", DataType.VARCHAR, max_length=TENANT_COLUMN_BYTES)
+            schema.add_field("title", DataType.VARCHAR, max_length=MAX_TITLE_BYTES)
+            schema.add_field("source", DataType.VARCHAR, max_length=MAX_SOURCE_BYTES)
+            schema.add_field("text", DataType.VARCHAR, max_length=MAX_CHUNK_TEXT_BYTES)
             schema.add_field("content_hash", DataType.VARCHAR, max_length=64)
             schema.add_field("raw_timestamp_ms", DataType.INT64)
             schema.add_field("indexed_at_ms", DataType.INT64)
@@ -169,15 +214,20 @@ class MilvusStore:
 
     def upsert(self, rows: Sequence[ChunkRow]) -> None:
         if rows:
-            self._client.upsert(self.collection, [_row_dict(row) for row in rows])
+            with _bad_data_rejected():
+                self._client.upsert(self.collection, [_row_dict(row) for row in rows])
 
     def delete_chunks(self, chunk_ids: Sequence[str]) -> None:
         if chunk_ids:
-            self._client.delete(self.collection, ids=list(chunk_ids))
+            with _bad_data_rejected():
+                self._client.delete(self.collection, ids=list(chunk_ids))
 
     def delete_document(self, doc_id: str, from_index: int = 0) -> None:
         """Delete a document's chunks whose index is ``from_index`` or more (0 = all)."""
-        self._client.delete(self.collection, filter=f"doc_id == {quote(doc_id)} and chunk_index >= {int(from_index)}")
+        with _bad_data_rejected():
+            self._client.delete(
+                self.collection, filter=f"doc_id == {quote(doc_id)} and chunk_index >= {int(from_index)}"
+            )
 
     def search(self, vector: Sequence[float], top_k: int, tenant: str | None) -> list[Hit]:
         results = self._client.search(

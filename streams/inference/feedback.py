@@ -15,7 +15,7 @@ from typing import Any
 from streams.kafka.admin import producer
 from streams.kafka.avro import MAGIC_BYTE, AvroCodec, codec_from_settings
 from streams.kafka.topics import Topics
-from streams.records import now_ms
+from streams.records import now_ms, tenant_problem
 from streams.settings import Settings
 
 
@@ -61,7 +61,7 @@ def decode_feedback(value: bytes | None, codec: AvroCodec) -> dict[str, Any]:
     if not value:
         raise BadFeedback("NULL_VALUE", "feedback needs a value")
     if value[:1] == bytes([MAGIC_BYTE]):
-        return codec.decode(value, "Feedback")
+        return _tenant_checked(codec.decode(value, "Feedback"))
     try:
         obj = json.loads(value)
     except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as error:
@@ -69,7 +69,7 @@ def decode_feedback(value: bytes | None, codec: AvroCodec) -> dict[str, Any]:
     if not isinstance(obj, dict) or not isinstance(obj.get("request_id"), str):
         raise BadFeedback("MISSING_FIELD", "feedback must be an object with a string 'request_id'")
     try:
-        return feedback_record(
+        record = feedback_record(
             obj["request_id"],
             label=obj.get("label"),
             rating=obj.get("rating"),
@@ -79,6 +79,18 @@ def decode_feedback(value: bytes | None, codec: AvroCodec) -> dict[str, Any]:
         )
     except (ValueError, TypeError) as error:
         raise BadFeedback("WRONG_TYPE", str(error)) from None
+    return _tenant_checked(record)
+
+
+def _tenant_checked(record: dict[str, Any]) -> dict[str, Any]:
+    """``record``, unless its tenant is no identifier (slices per tenant must stay a bounded set)."""
+    tenant = record.get("tenant")
+    if not isinstance(tenant, str) or not tenant:
+        return record
+    why = tenant_problem(tenant)
+    if why:
+        raise BadFeedback("INVALID_TENANT", why)
+    return record
 
 
 async def send_feedback(settings: Settings, records: Iterable[dict[str, Any]]) -> int:

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from streams.kafka.avro import MAGIC_BYTE, AvroCodec, CodecError
+from streams.records import tenant_problem
 
 TASKS = ("search", "classify", "rag")
 MAX_TOP_K = 50
@@ -105,6 +106,10 @@ def _check(obj: Mapping[str, Any]) -> InferenceRequest:
         raise RequestRejected("EMPTY_TEXT", "'text' is empty", rid, client_id)
     if len(text) > MAX_REQUEST_TEXT:
         raise RequestRejected("TEXT_TOO_LARGE", f"'text' has {len(text)} characters; at most {MAX_REQUEST_TEXT}", rid)
+    tenant = obj.get("tenant") or None
+    why = tenant_problem(tenant) if tenant else None
+    if why:
+        raise RequestRejected("INVALID_TENANT", why, rid, client_id)
     top_k = obj.get("top_k", 5)
     if not 1 <= top_k <= MAX_TOP_K:
         raise RequestRejected("BAD_TOP_K", f"'top_k' must be 1..{MAX_TOP_K}, got {top_k}", rid, client_id)
@@ -113,7 +118,7 @@ def _check(obj: Mapping[str, Any]) -> InferenceRequest:
         task=task,
         text=text,
         client_id=client_id,
-        tenant=obj.get("tenant") or None,
+        tenant=tenant,
         top_k=top_k,
         model=obj.get("model") or None,
         deadline_ms=obj.get("deadline_ms"),

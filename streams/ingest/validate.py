@@ -7,8 +7,10 @@ Why this exists:
 
 Reason codes:
     VALUE_TOO_LARGE, BAD_ENCODING, BAD_JSON, NOT_AN_OBJECT, MISSING_FIELD, WRONG_TYPE,
-    INVALID_ID, KEY_MISMATCH, NULL_KEY_TOMBSTONE, TEXT_TOO_LARGE, EMPTY_TEXT, and from the Avro
-    codec NOT_AVRO, UNKNOWN_SCHEMA_ID, BAD_AVRO.
+    INVALID_ID, INVALID_TENANT, FIELD_TOO_LONG, KEY_MISMATCH, NULL_KEY_TOMBSTONE, TEXT_TOO_LARGE,
+    EMPTY_TEXT, and from the Avro codec NOT_AVRO, UNKNOWN_SCHEMA_ID, BAD_AVRO. INVALID_TENANT and
+    FIELD_TOO_LONG come from the store's limits (``streams.records``): refused here, a record
+    that would not fit the index never reaches it.
 """
 
 from __future__ import annotations
@@ -19,9 +21,16 @@ from dataclasses import dataclass
 from typing import Any
 
 from streams.kafka.avro import MAGIC_BYTE, AvroCodec, CodecError
-from streams.records import RawDocument
+from streams.records import (
+    MAX_DOC_ID_BYTES,
+    MAX_SOURCE_BYTES,
+    MAX_TITLE_BYTES,
+    RawDocument,
+    field_too_long,
+    tenant_problem,
+    utf8_length,
+)
 
-MAX_ID_CHARS = 512
 _OPTIONAL_STRINGS = ("title", "source", "tenant")
 _KNOWN_FIELDS = frozenset({"id", "text", "title", "source", "tenant", "metadata", "deleted"})
 # \ud800-\udfff escapes; valid pairs (emoji) match too, so a hit is only a reason to look closer.
@@ -49,10 +58,26 @@ def _check_id(doc_id: Any) -> Rejection | None:
         return Rejection("WRONG_TYPE", f"'id' must be a string, got {type(doc_id).__name__}")
     if not doc_id.strip():
         return Rejection("INVALID_ID", "'id' must not be empty")
-    if len(doc_id) > MAX_ID_CHARS:
-        return Rejection("INVALID_ID", f"'id' is {len(doc_id)} characters; at most {MAX_ID_CHARS} allowed")
+    if utf8_length(doc_id) > MAX_DOC_ID_BYTES:
+        return Rejection(
+            "INVALID_ID", f"'id' is {utf8_length(doc_id)} bytes (UTF-8); at most {MAX_DOC_ID_BYTES} allowed"
+        )
     if any(ord(c) < 32 or 0xD800 <= ord(c) <= 0xDFFF for c in doc_id):
         return Rejection("INVALID_ID", "'id' contains control characters or lone surrogates")
+    return None
+
+
+def _check_store_limits(obj: dict[str, Any]) -> Rejection | None:
+    """Fields that would not fit the index's columns, refused here rather than failing every write."""
+    tenant = obj.get("tenant")
+    if tenant:  # "" and null both mean: no tenant
+        why = tenant_problem(tenant)
+        if why:
+            return Rejection("INVALID_TENANT", why)
+    for name, limit in (("title", MAX_TITLE_BYTES), ("source", MAX_SOURCE_BYTES)):
+        why = field_too_long(name, obj.get(name), limit)
+        if why:
+            return Rejection("FIELD_TOO_LONG", why)
     return None
 
 
@@ -74,6 +99,9 @@ def _from_json_object(obj: dict[str, Any]) -> RawDocument | Rejection:
         isinstance(k, str) and isinstance(v, str) for k, v in metadata.items()
     ):
         return Rejection("WRONG_TYPE", "'metadata' must be an object of string values (no nesting)")
+    problem = _check_store_limits(obj)
+    if problem:
+        return problem
     deleted = obj.get("deleted", False)
     if not isinstance(deleted, bool):
         return Rejection("WRONG_TYPE", f"'deleted' must be true or false, got {deleted!r:.40}")

@@ -178,3 +178,54 @@ async def test_shutdown_while_the_store_fails_hands_the_batch_back() -> None:
 )
 def test_seal_policy_waits_for_a_pause_or_a_pile(rows: int, idle: float, sealed: bool) -> None:
     assert SealPolicy().should_seal(rows, idle) is sealed
+
+
+class PickyStore(MemoryStore):
+    """Up, but refuses rows whose tenant is over 8 characters, as a VARCHAR(8) column would."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.writes = 0
+
+    def upsert(self, rows: Sequence[ChunkRow]) -> None:
+        from streams.index.vectorstore import RecordRejected
+
+        self.writes += 1
+        if any(len(row.tenant) > 8 for row in rows):
+            raise RecordRejected("VARCHAR field 'tenant' value length exceeds max_length=8")
+        super().upsert(rows)
+
+
+def test_a_record_the_store_refuses_is_set_aside_and_the_rest_of_its_batch_is_written() -> None:
+    from streams.index.indexing import apply_isolating
+
+    records = embed_chunks([chunk(f"d{i}", 0, 1) for i in range(9)], FixedEmbedder())
+    records[5]["tenant"] = "x" * 300
+    store = PickyStore()
+    report = apply_isolating(records, store, "v1")
+    assert [(r.position, r.reason) for r in report.rejected] == [(5, "STORE_REJECTED")]
+    assert "max_length" in report.rejected[0].detail
+    assert sorted(store.rows) == sorted(f"d{i}#0" for i in range(9) if i != 5)
+    assert report.upserted == 8
+    assert store.writes <= 1 + 2 * 4  # the batch, then halves down to the bad record: O(log n)
+
+
+def test_deletes_after_a_refused_upsert_still_apply_in_order() -> None:
+    from streams.index.indexing import apply_isolating
+
+    store = PickyStore()
+    apply_embeddings(embed_chunks([chunk("keep", 0, 1), chunk("gone", 0, 1)], FixedEmbedder()), store, "v1")
+    batch = embed_chunks([chunk("bad", 0, 1), chunk("gone", -1, 0, op="DELETE"), chunk("new", 0, 1)], FixedEmbedder())
+    batch[0]["tenant"] = "t" * 20
+    report = apply_isolating(batch, store, "v1")
+    assert [r.position for r in report.rejected] == [0]
+    assert sorted(store.rows) == ["keep#0", "new#0"]
+
+
+def test_an_outage_is_not_a_bad_record() -> None:
+    from streams.index.indexing import apply_isolating
+
+    store = FlakyStore({}, [1])
+    with pytest.raises(ConnectionError):  # propagates: write_with_retry backs off and retries the batch
+        apply_isolating(embed_chunks([chunk("a", 0, 1)], FixedEmbedder()), store, "v1")
+    assert store.rows == {}

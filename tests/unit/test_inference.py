@@ -117,6 +117,12 @@ def test_json_and_avro_requests_parse_to_the_same_request() -> None:
         (b'{"request_id": "r", "task": "search", "text": "x", "top_k": 500}', "BAD_TOP_K", True),
         (b'{"request_id": "r", "task": "search", "text": "   "}', "EMPTY_TEXT", True),
         (b'{"request_id": "", "task": "search", "text": "x"}', "INVALID_ID", False),
+        (
+            b'{"request_id": "r", "task": "search", "text": "x", "tenant": "' + b"t" * 300 + b'"}',
+            "INVALID_TENANT",
+            True,
+        ),
+        (b'{"request_id": "r", "task": "search", "text": "x", "tenant": "a\\" or 1"}', "INVALID_TENANT", True),
         (b"\x00\x00\x00\x00\x07garbage", "UNKNOWN_SCHEMA_ID", False),
         (None, "NULL_VALUE", False),
     ],

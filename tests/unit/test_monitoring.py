@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -167,6 +168,11 @@ def test_snapshots_alerts_feedback_and_references_fit_their_avro_schemas() -> No
     feedback = feedback_record("r1", rating=0.5, language="en")
     assert decode_feedback(codec.encode("Feedback", feedback, "feedback"), codec) == feedback
     assert decode_feedback(b'{"request_id": "r9", "label": "x"}', codec)["label"] == "x"
+    for bad in ({**feedback, "tenant": "t" * 300}, {**feedback, "tenant": "two words"}):  # JSON and Avro alike
+        for value in (json.dumps(bad).encode(), codec.encode("Feedback", bad, "feedback")):
+            with pytest.raises(BadFeedback) as caught:
+                decode_feedback(value, codec)
+            assert caught.value.reason == "INVALID_TENANT"
     with pytest.raises(BadFeedback, match="WRONG_TYPE"):
         decode_feedback(b'{"request_id": "r9"}', codec)
     sample = ReferenceSample(vectors=np.eye(3), numeric={"f": np.arange(3.0)}, categorical={"l": ["a", "b", "a"]})

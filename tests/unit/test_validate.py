@@ -62,3 +62,34 @@ def test_bad_records_are_rejected_with_a_reason(key: bytes | None, value: bytes 
 def test_missing_text_hints_at_misspelt_fields() -> None:
     result = parse(None, b'{"id": "x", "txt": "typo"}')
     assert isinstance(result, Rejection) and "txt" in result.detail
+
+
+@pytest.mark.parametrize(
+    ("fields", "reason"),
+    [
+        ({"tenant": "t" * 300}, "INVALID_TENANT"),  # would overflow the store's tenant column
+        ({"tenant": 'acme" || tenant != "'}, "INVALID_TENANT"),  # an expression, not an identifier
+        ({"tenant": "acme corp"}, "INVALID_TENANT"),
+        ({"tenant": "ácme"}, "INVALID_TENANT"),
+        ({"title": "é" * 600}, "FIELD_TOO_LONG"),  # 1,200 UTF-8 bytes for a 1,024-byte column
+        ({"source": "s" * 1025}, "FIELD_TOO_LONG"),
+    ],
+)
+def test_fields_that_would_not_fit_the_index_are_refused_at_the_edge(fields: dict, reason: str) -> None:
+    doc = {"id": "d1", "text": "some text", **fields}
+    result = parse(b"d1", json.dumps(doc).encode())
+    assert isinstance(result, Rejection) and result.reason == reason, result
+    avro = parse(b"d1", CODEC.encode("RawDocument", {"title": None, "source": None, "tenant": None, **doc}, "docs.raw"))
+    assert isinstance(avro, Rejection) and avro.reason == reason  # the Avro path checks the same limits
+
+
+def test_ids_are_limited_in_bytes_not_characters() -> None:
+    ascii_id, cjk_id = "a" * 512, "文" * 200  # 512 and 600 UTF-8 bytes
+    assert isinstance(parse(ascii_id.encode(), json.dumps({"id": ascii_id, "text": "x"}).encode()), RawDocument)
+    result = parse(cjk_id.encode(), json.dumps({"id": cjk_id, "text": "x"}).encode())
+    assert isinstance(result, Rejection) and result.reason == "INVALID_ID" and "600 bytes" in result.detail
+
+
+@pytest.mark.parametrize("tenant", ["acme", "team-7", "org:eu.west@prod", "a" * 128, "", None])
+def test_identifier_tenants_and_no_tenant_pass(tenant: str | None) -> None:
+    assert isinstance(parse(b"d1", json.dumps({"id": "d1", "text": "x", "tenant": tenant}).encode()), RawDocument)
