@@ -4,8 +4,9 @@ Writes are idempotent (keyed by chunk id), so redeliveries and replays never dup
 Milvus refuses while it is up (a value it cannot hold) is dead-lettered (STORE_REJECTED) and the
 rest of its batch is written; when Milvus is down, the batch is retried with exponential backoff
 and its events stay unacknowledged, so no offset past an unwritten record is committed; a worker
-asked to stop meanwhile exits without acknowledging the batch (it is read again on restart). Vectors of another model version are
-dead-lettered (FOREIGN_MODEL_VERSION): they belong in another collection. Each record's span
+asked to stop meanwhile exits without acknowledging the batch (it is read again on restart).
+Vectors of another model version are dead-lettered (FOREIGN_MODEL_VERSION): they belong in
+another collection. Each record's span
 ends its document's trace; the batch span holds the Milvus write.
 """
 
