@@ -107,7 +107,7 @@ def create_app(
     if "monitor" in agents:
         from agents.monitor import register_monitor
 
-        register_monitor(app, settings)
+        register_monitor(app, settings, agents)
     return app
 
 

@@ -1,4 +1,4 @@
-"""Infer agent: ``inference.requests`` -> ``inference.responses`` (and ``inference.shadow``).
+"""Infer agent: ``inference.requests`` -> ``inference.responses`` or a tenant's own, and ``inference.shadow``.
 
 Each request is parsed, screened and answered by :mod:`streams.inference.service`; the response is
 keyed by the request's client id, so a client reads one partition. Bad requests get an INVALID
@@ -42,7 +42,7 @@ from streams.inference.service import (
     rejection_response,
 )
 from streams.ingest.chunk import default_tokenizer_path
-from streams.kafka.admin import committed_offsets
+from streams.kafka.admin import committed_offsets, ensure_topics
 from streams.kafka.avro import codec_from_settings
 from streams.kafka.rdkafka import AsyncProducer
 from streams.kafka.topics import Topics
@@ -140,6 +140,25 @@ def register_infer(app: faust.App, settings: Settings, tracer: AgentTracer, agen
         value = codec.encode("InferenceResponse", response, topic)
         return state["replies"].send(topic, value, key=key.encode(), headers=headers)
 
+    reply_topics: set[str] = {topics.inference_responses}
+
+    async def reply_topic(tenant: str | None) -> str:
+        """Where a request of ``tenant`` is answered; a tenant's topic is created on its first request.
+
+        Replies to a tenant never go to the shared topic: a topic per tenant is what ACLs can
+        scope (docs/security.md). Creation is once per tenant and worker; under ACLs the infer
+        principal may create topics under the tenant prefix, and an operator may create them ahead
+        (`llmops kafka topics --tenant NAME`).
+        """
+        topic = topics.responses_for(tenant)
+        if topic not in reply_topics and tenant is not None:
+            spec = topics.tenant_responses_spec(tenant, settings.partitions, settings.replication_factor)
+            created = await ensure_topics(settings, [spec])
+            if created:
+                log.info("tenant_reply_topic_created", topic=topic)
+            reply_topics.add(topic)
+        return topic
+
     async def handle(record: Any, batch: BatchTrace) -> None:
         received_ms = record.timestamp or now_ms()
         headers = batch.inject(0, [])  # the response continues the request's trace
@@ -154,9 +173,8 @@ def register_infer(app: faust.App, settings: Settings, tracer: AgentTracer, agen
             response = rejection_response(error)
             if response is not None:
                 service.finish(response, received_ms)
-                pending.append(
-                    reply(topics.inference_responses, error.client_id or error.request_id or "", response, headers)
-                )
+                topic = await reply_topic(error.tenant)
+                pending.append(reply(topic, error.client_id or error.request_id or "", response, headers))
             await asyncio.gather(*pending)
             return
         batch.annotate(0, request_id=request.request_id, task=request.task, tenant=request.tenant)
@@ -168,7 +186,7 @@ def register_infer(app: faust.App, settings: Settings, tracer: AgentTracer, agen
             response, verdict = await service.answer(request, received_ms)
         batch.annotate(0, status=response["status"], models=[m["version"][:12] for m in response["models"]])
         service.finish(response, received_ms)
-        pending.append(reply(topics.inference_responses, request.reply_key, response, headers))
+        pending.append(reply(await reply_topic(request.tenant), request.reply_key, response, headers))
         if verdict.blocked:
             detail = f"prompt injection suspected, score {verdict.score:.2f}, rules {list(verdict.rules)}"
             batch.fail(0, "PROMPT_INJECTION", detail)

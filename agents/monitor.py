@@ -1,6 +1,7 @@
 """Monitor agents: docs.embeddings, inference.requests, inference.responses, feedback -> monitor.*.
 
-Each input topic has an agent that decodes a record and hands it to one shared
+Each input topic has an agent (tenants' reply topics, one consumer for all of them: Faust cannot
+subscribe to a pattern) that decodes a record and hands it to one shared
 :class:`streams.monitor.monitor.Monitor`; closed windows come back as snapshots (``monitor.metrics``,
 key = stream) and alerts (``monitor.alerts``, key = metric|slice), also recorded as OpenTelemetry
 metrics. A one-second timer closes windows by time. The drift reference is read from the
@@ -13,17 +14,20 @@ namespace (its topics are small next to the documents the embed agent handles).
 from __future__ import annotations
 
 import asyncio
+import re
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any, cast
 
 import faust
 
-from agents.common import dead_letter_for, raw_topic, send_dead_letter
+from agents.common import dead_letter_for, raw_topic, record_dead_letter, send_dead_letter
+from agents.request_consumer import RequestConsumer
 from streams.inference.feedback import BadFeedback, decode_feedback
 from streams.inference.requests import RequestRejected, parse_request
 from streams.ingest.chunk import default_tokenizer
 from streams.kafka.avro import CodecError, codec_from_settings
+from streams.kafka.rdkafka import FetchedRecord
 from streams.kafka.topics import Topics
 from streams.logs import get_logger
 from streams.monitor.config import MonitorConfig, Output
@@ -36,10 +40,12 @@ from streams.telemetry.tracing import TRACE_HEADERS, header_items
 
 log = get_logger(__name__)
 Handler = Callable[[dict[str, Any], int], list[Output]]
+# New tenants' reply topics are found at each metadata refresh (librdkafka's default is 5 min).
+TENANT_TOPICS_REFRESH_MS = 10_000
 
 
-def register_monitor(app: faust.App, settings: Settings) -> Any:
-    """Declare the monitor agents and timer on ``app``."""
+def register_monitor(app: faust.App, settings: Settings, agents: Sequence[str] = ("monitor",)) -> Any:
+    """Declare the monitor agents and timer on ``app`` (a worker running ``agents``)."""
     topics = Topics(settings.namespace)
     codec = codec_from_settings(settings)
     config = MonitorConfig.from_settings(settings)
@@ -140,6 +146,37 @@ def register_monitor(app: faust.App, settings: Settings) -> Any:
 
     for topic, name, decode, handler in inputs:
         app.agent(raw_topic(app, topic, settings), name=name)(consume(decode, handler))
+
+    # Tenants' replies live on a topic per tenant, created as tenants come; Faust cannot subscribe
+    # to a pattern, so a librdkafka consumer of the monitor's own follows them all.
+    async def on_tenant_response(record: FetchedRecord) -> None:
+        await ready()
+        try:
+            response = codec.decode(record.value or b"", "InferenceResponse")
+        except CodecError as error:
+            letter = record_dead_letter(record, "monitor", error.reason, error.detail)
+            context = [h for h in record.headers if h[0] in TRACE_HEADERS]
+            await send_dead_letter(app, codec, topics, letter, context)
+            return
+        await publish(monitor.on_response(response, record.timestamp or int(time.time() * 1000)))
+
+    tenant_replies = RequestConsumer(
+        settings,
+        "^" + re.escape(topics.tenant_responses_prefix) + ".+",
+        topics.tenant_responses_group(*agents),
+        on_tenant_response,
+        concurrency=1,  # in order, like the Faust agents' windows
+        consumer_options={"topic.metadata.refresh.interval.ms": TENANT_TOPICS_REFRESH_MS},
+    )
+
+    @app.task  # type: ignore[untyped-decorator]  # faust's decorators are untyped
+    async def follow_tenant_responses() -> None:
+        await tenant_replies.run()
+
+    async def stop_tenant_responses(*_: Any, **__: Any) -> None:
+        await tenant_replies.stop()
+
+    app.on_before_shutdown.connect(cast(Any, stop_tenant_responses))
 
     @app.agent(raw_topic(app, topics.monitor_reference, settings), name="monitor_reference")
     async def follow_reference(stream: Any) -> None:

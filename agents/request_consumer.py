@@ -40,7 +40,7 @@ import asyncio
 import contextlib
 import threading
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from typing import Any, cast
 
 from aiokafka import TopicPartition as AioTopicPartition
@@ -72,13 +72,20 @@ class RequestConsumer:
         *,
         concurrency: int,
         start_offsets: Callable[[], Awaitable[dict[AioTopicPartition, int]]] | None = None,
+        consumer_options: Mapping[str, Any] | None = None,
     ) -> None:
-        """``start_offsets``: where partitions with no commit in ``group`` start (else the earliest)."""
+        """``start_offsets``: where partitions with no commit in ``group`` start (else the earliest).
+
+        ``topic`` may be a librdkafka regex (``^prefix\\..*``): every matching topic, also ones
+        created later (found at each metadata refresh). ``consumer_options``: more librdkafka
+        settings, such as ``topic.metadata.refresh.interval.ms`` for a regex.
+        """
         self.topic, self.group = topic, group
         self.handle = handle
         self.concurrency = concurrency
         self._settings = settings
         self._start_offsets = start_offsets
+        self._consumer_options = dict(consumer_options or {})
         self._fallback: dict[Partition, int] = {}
         self._offsets = CommitOffsets()
         self._offsets_lock = threading.Lock()  # the loop starts and finishes records, the reader commits
@@ -116,6 +123,7 @@ class RequestConsumer:
                 # move to another worker within 10 s.
                 "session.timeout.ms": SESSION_TIMEOUT_MS,
                 "on_commit": self._on_commit,
+                **self._consumer_options,
             }
             self._consumer = Consumer(rdkafka_config(self._settings, **options))
             self._consumer.subscribe(

@@ -90,20 +90,37 @@ def kafka_status(as_json: bool) -> None:
 
 
 @kafka.command("topics")
+@click.option(
+    "--tenant",
+    "tenants",
+    multiple=True,
+    help="Also create this tenant's reply topic (inference.responses.tenant.NAME); repeat for more.",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
-def kafka_topics(as_json: bool) -> None:
+def kafka_topics(tenants: tuple[str, ...], as_json: bool) -> None:
     """Create any missing topic of this namespace on the configured cluster (embedded or not).
 
     Partitions come from LLMOPS_PARTITIONS, replication from LLMOPS_REPLICATION_FACTOR;
-    models.control is compacted. Existing topics are left as they are.
+    models.control is compacted. Existing topics are left as they are. A tenant's reply topic is
+    created by the infer agent on the tenant's first request; under ACLs an operator may create
+    it ahead with --tenant.
     """
     from streams.kafka.admin import count_records, ensure_topics
     from streams.kafka.topics import ALL_BASE_NAMES, Topics
+    from streams.records import tenant_problem
 
     settings = _settings()
-    created = asyncio.run(ensure_topics(settings))
     topics = Topics(settings.namespace)
-    counts = asyncio.run(count_records(settings, [topics.name(b) for b in ALL_BASE_NAMES]))
+    for tenant in tenants:
+        why = tenant_problem(tenant)
+        if why:
+            raise click.BadParameter(why, param_hint="--tenant")
+    specs = topics.specs(settings.partitions, settings.replication_factor) + [
+        topics.tenant_responses_spec(tenant, settings.partitions, settings.replication_factor) for tenant in tenants
+    ]
+    created = asyncio.run(ensure_topics(settings, specs))
+    names = [topics.name(b) for b in ALL_BASE_NAMES] + [topics.responses_for(tenant) for tenant in tenants]
+    counts = asyncio.run(count_records(settings, names))
     if as_json:
         _echo_json(
             {
@@ -114,24 +131,34 @@ def kafka_topics(as_json: bool) -> None:
         return
     for count in counts:
         mark = " (created)" if count.topic in created else ""
-        click.echo(f"{count.topic:<28} {count.partitions:>3} partitions {count.records:>10} records{mark}")
+        click.echo(f"{count.topic:<36} {count.partitions:>3} partitions {count.records:>10} records{mark}")
 
 
 @kafka.command("acls")
 @click.option("--agents", default=None, help="One worker's agent set (e.g. embed,index); default: each group alone.")
 @click.option(
-    "--role", type=click.Choice(["publisher", "inference-client"]), default=None, help="A client role instead."
+    "--role",
+    type=click.Choice(["publisher", "inference-client", "tenant-client"]),
+    default=None,
+    help="A client role instead (tenant-client: one tenant's applications, with --tenant).",
 )
+@click.option("--tenant", default=None, help="The tenant a tenant-client is granted for (its reply topic only).")
 @click.option("--principal", default=None, help="SASL user the grants are for (default: llmops-<agents or role>).")
 @click.option("--apply", "apply_", is_flag=True, help="Create the grants on the cluster (as a user allowed to).")
 @click.option("--json", "as_json", is_flag=True, help="Print the grants as JSON.")
-def kafka_acls(agents: str | None, role: str | None, principal: str | None, apply_: bool, as_json: bool) -> None:
+def kafka_acls(
+    agents: str | None, role: str | None, tenant: str | None, principal: str | None, apply_: bool, as_json: bool
+) -> None:
     """Print the ACLs each agent group (or client role) needs, least privilege; --apply creates them.
 
     Without --agents or --role: one principal per agent group and per client role. Topics take the
     namespace prefix (LLMOPS_NAMESPACE); the consumer group and Faust's internal topic prefix are
     named after the agent set. --apply connects with the LLMOPS_* credentials, which must be allowed
     to alter ACLs (the embedded broker's super user); bindings that exist are kept.
+
+    Tenants: each tenant's applications get a principal of their own with
+    `--role tenant-client --tenant NAME --principal USER`: it may read only that tenant's reply
+    topic, so tenant A cannot read tenant B's answers (docs/security.md).
     """
     from streams.kafka.acls import AclError, apply_grants, default_grants, role_grants, worker_grants
 
@@ -144,8 +171,8 @@ def kafka_acls(agents: str | None, role: str | None, principal: str | None, appl
             user = principal or f"llmops-{'_'.join(sorted(names))}"
             grants = {user: worker_grants(settings.namespace, names, user)}
         elif role:
-            user = principal or f"llmops-{role}"
-            grants = {user: role_grants(settings.namespace, role, user)}
+            user = principal or (f"llmops-{role}-{tenant}" if tenant else f"llmops-{role}")
+            grants = {user: role_grants(settings.namespace, role, user, tenant)}
         else:
             if principal:
                 raise click.UsageError("--principal needs --agents or --role")

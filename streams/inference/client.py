@@ -1,15 +1,19 @@
 """``InferenceClient``: ask the infer agent over Kafka and await the matching answer.
 
 Why this exists:
-    Applications send ``inference.requests`` and read ``inference.responses``. Responses are
-    keyed by the client's id, so they all land on one partition (Kafka's murmur2 of the key);
-    the client reads only that partition, from its end at start, and matches answers to
-    requests by ``request_id``. Many requests can be in flight at once.
+    Applications send ``inference.requests`` and read ``inference.responses``, or, for a
+    tenant, that tenant's own reply topic ``inference.responses.tenant.<tenant>`` (under ACLs a
+    tenant's principal may read only its own). Responses are keyed by the client's id, so they
+    all land on one partition (Kafka's murmur2 of the key); the client reads only that
+    partition, from its end at start, and matches answers to requests by ``request_id``. Many
+    requests can be in flight at once.
 
 Usage:
     >>> async with InferenceClient(settings) as client:
     ...     answer = await client.ask("how do I read a zip file?", task="search", top_k=3)
     ...     answers = await asyncio.gather(*(client.ask(q) for q in questions))
+    >>> async with InferenceClient(settings, tenant="acme") as acme:   # acme's documents, acme's topic
+    ...     answer = await acme.ask("our gzip policy?")
 
 Notes:
     Requests and responses travel through librdkafka (``streams.kafka.rdkafka``): its C threads send
@@ -29,12 +33,12 @@ from aiokafka.partitioner import murmur2
 from confluent_kafka import Consumer, TopicPartition
 
 from streams.inference.requests import InferenceRequest
-from streams.kafka.admin import topic_partitions
+from streams.kafka.admin import ensure_topics, topic_partitions
 from streams.kafka.avro import AvroCodec, CodecError, codec_from_settings
 from streams.kafka.rdkafka import AsyncProducer, FetchErrors, close_quietly, fetch, rdkafka_config
 from streams.kafka.topics import Topics
 from streams.logs import get_logger
-from streams.records import now_ms
+from streams.records import now_ms, tenant_problem
 from streams.settings import Settings
 
 log = get_logger(__name__)
@@ -89,10 +93,27 @@ def make_request(
 class InferenceClient:
     """Request/reply over Kafka for one client id."""
 
-    def __init__(self, settings: Settings, client_id: str | None = None, codec: AvroCodec | None = None) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        client_id: str | None = None,
+        codec: AvroCodec | None = None,
+        *,
+        tenant: str | None = None,
+    ) -> None:
+        """A client; with ``tenant``, every request is that tenant's and replies come on its own topic.
+
+        Raises:
+            ValueError: ``tenant`` is not a tenant identifier.
+        """
+        why = tenant_problem(tenant) if tenant else None
+        if why:
+            raise ValueError(why)
         self.settings = settings
         self.client_id = client_id or f"client-{uuid.uuid4().hex[:12]}"
+        self.tenant = tenant or None
         self.topics = Topics(settings.namespace)
+        self.responses_topic = self.topics.responses_for(self.tenant)
         self.codec = codec or codec_from_settings(settings)
         self._producer: AsyncProducer | None = None
         self._consumer: Consumer | None = None
@@ -108,13 +129,21 @@ class InferenceClient:
         await self.stop()
 
     async def start(self) -> None:
-        topic = self.topics.inference_responses
+        topic = self.responses_topic
         partitions = await topic_partitions(self.settings, [topic])
-        if not partitions:
-            raise RuntimeError(
-                f"topic {topic} does not exist: start a worker "
-                "(`llmops worker`) or create the topics (`llmops kafka topics`)"
+        if not partitions and self.tenant:  # a tenant's first client: create its reply topic if allowed
+            spec = self.topics.tenant_responses_spec(
+                self.tenant, self.settings.partitions, self.settings.replication_factor
             )
+            await ensure_topics(self.settings, [spec])
+            partitions = await topic_partitions(self.settings, [topic])
+        if not partitions:
+            how = (
+                f"an operator creates it with `llmops kafka topics --tenant {self.tenant}`"
+                if self.tenant
+                else "start a worker (`llmops worker`) or create the topics (`llmops kafka topics`)"
+            )
+            raise RuntimeError(f"topic {topic} does not exist: {how}")
         mine = partition_for(self.client_id, len(partitions))
         # Never commits and never joins a group (assign, not subscribe); librdkafka wants an id.
         group = {"group.id": self.topics.inference_clients_group, "enable.auto.commit": False}
@@ -195,8 +224,21 @@ class InferenceClient:
         return future
 
     def request(self, text: str, task: str = "search", **options: Any) -> InferenceRequest:
-        """A request from this client (``options``: tenant, top_k, model, explain, deadline_s)."""
-        return make_request(self.client_id, text, task, **options)
+        """A request from this client (``options``: top_k, model, explain, deadline_s; tenant).
+
+        A client answers for one tenant (or none): its replies come on that tenant's topic, so a
+        request for another tenant would never be answered where this client reads.
+
+        Raises:
+            ValueError: ``tenant`` differs from the client's.
+        """
+        tenant = options.pop("tenant", None) or self.tenant
+        if tenant != self.tenant:
+            raise ValueError(
+                f"this client reads the replies of tenant {self.tenant!r}; "
+                f"open an InferenceClient(tenant={tenant!r}) for tenant {tenant!r}"
+            )
+        return make_request(self.client_id, text, task, tenant=tenant, **options)
 
     async def ask(self, text: str, task: str = "search", *, timeout: float = 30.0, **options: Any) -> dict[str, Any]:
         """Send one request and wait for its response (``options``: tenant, top_k, model, explain, deadline_s)."""
@@ -207,6 +249,6 @@ class InferenceClient:
         except TimeoutError:
             self._waiting.pop(request.request_id, None)
             raise InferenceTimeout(
-                f"no response to {request.request_id} on {self.topics.inference_responses} within {timeout:.0f}s: "
+                f"no response to {request.request_id} on {self.responses_topic} within {timeout:.0f}s: "
                 "is a worker running the infer agent (`llmops worker --agents ...,infer`)?"
             ) from None

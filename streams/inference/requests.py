@@ -30,6 +30,7 @@ class RequestRejected(ValueError):
         super().__init__(f"{reason}: {detail}")
         self.reason, self.detail = reason, detail
         self.request_id, self.client_id = request_id, client_id
+        self.tenant: str | None = None  # set when the request named a valid tenant: answer it there
 
 
 @dataclass(frozen=True)
@@ -81,6 +82,16 @@ _TYPES: dict[str, tuple[type, ...]] = {
 
 
 def _check(obj: Mapping[str, Any]) -> InferenceRequest:
+    try:
+        return _check_fields(obj)
+    except RequestRejected as error:
+        tenant = obj.get("tenant")
+        if isinstance(tenant, str) and tenant and tenant_problem(tenant) is None:
+            error.tenant = tenant  # its client reads its tenant's reply topic, not the shared one
+        raise
+
+
+def _check_fields(obj: Mapping[str, Any]) -> InferenceRequest:
     request_id = obj.get("request_id")
     client_id = obj.get("client_id") if isinstance(obj.get("client_id"), str) else None
     rid = request_id if isinstance(request_id, str) and request_id.strip() and len(request_id) <= MAX_ID else None

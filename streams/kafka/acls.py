@@ -41,8 +41,10 @@ from streams.kafka.topics import (
     MONITOR_METRICS,
     MONITOR_REFERENCE,
     TELEMETRY_SPANS,
+    TENANT_RESPONSES_PREFIX,
     Topics,
 )
+from streams.records import tenant_problem
 from streams.settings import Settings
 
 
@@ -57,6 +59,9 @@ class Access:
     reads: tuple[str, ...] = ()
     writes: tuple[str, ...] = ()
     groups: tuple[str, ...] = ()
+    prefix_reads: tuple[str, ...] = ()  # base-name prefixes read (every tenant's reply topic)
+    prefix_writes: tuple[str, ...] = ()  # base-name prefixes written and created (a tenant's first reply)
+    tenant_replies: bool = False  # reads the reply topic of the one tenant it is granted for
 
 
 # Every agent writes dead letters and spans (the worker's span exporter writes telemetry.spans).
@@ -65,19 +70,25 @@ AGENT_ACCESS: dict[str, Access] = {
     "embed": Access((DOCS_CLEAN,), (DOCS_EMBEDDINGS, DEADLETTER, TELEMETRY_SPANS)),
     "index": Access((DOCS_EMBEDDINGS,), (DEADLETTER, TELEMETRY_SPANS)),
     # infer follows the registry on models.control and registers its embedder version there.
+    # It answers a tenant on that tenant's own reply topic, creating it on the tenant's first request.
     "infer": Access(
         (INFERENCE_REQUESTS, MODELS_CONTROL),
         (INFERENCE_RESPONSES, INFERENCE_SHADOW, MODELS_CONTROL, DEADLETTER, TELEMETRY_SPANS),
+        prefix_writes=(TENANT_RESPONSES_PREFIX,),
     ),
     "monitor": Access(
         (DOCS_EMBEDDINGS, INFERENCE_REQUESTS, INFERENCE_RESPONSES, FEEDBACK, MONITOR_REFERENCE),
         (MONITOR_METRICS, MONITOR_ALERTS, DEADLETTER, TELEMETRY_SPANS),
+        prefix_reads=(TENANT_RESPONSES_PREFIX,),
     ),
 }
 # Clients that are not workers. They read assigned partitions and never join a consumer group.
 ROLE_ACCESS: dict[str, Access] = {
     "publisher": Access((), (DOCS_RAW,)),
+    # Without a tenant: the shared replies, which never hold a tenant's answers.
     "inference-client": Access((INFERENCE_RESPONSES,), (INFERENCE_REQUESTS, FEEDBACK), (INFERENCE_CLIENTS,)),
+    # One tenant's applications: its own reply topic only (`--tenant NAME`); tenant B's is not readable.
+    "tenant-client": Access((), (INFERENCE_REQUESTS, FEEDBACK), (INFERENCE_CLIENTS,), tenant_replies=True),
 }
 
 
@@ -86,7 +97,7 @@ class AclGrant:
     """One ALLOW binding: principal, operation, resource (type, pattern type, name)."""
 
     principal: str  # "User:<name>"
-    operation: str  # READ | WRITE | ALL
+    operation: str  # READ | WRITE | CREATE | ALL
     resource_type: str  # TOPIC | GROUP
     resource: str
     pattern: str = "LITERAL"  # LITERAL | PREFIXED
@@ -103,9 +114,14 @@ def _topic_grants(principal: str, access: Iterable[Access], topics: Topics) -> l
     accesses = list(access)
     reads = {topics.name(base) for a in accesses for base in a.reads}
     writes = {topics.name(base) for a in accesses for base in a.writes}
-    return [AclGrant(principal, "READ", "TOPIC", name) for name in reads] + [
-        AclGrant(principal, "WRITE", "TOPIC", name) for name in writes
-    ]
+    prefix_reads = {topics.name(base) for a in accesses for base in a.prefix_reads}
+    prefix_writes = {topics.name(base) for a in accesses for base in a.prefix_writes}
+    return (
+        [AclGrant(principal, "READ", "TOPIC", name) for name in reads]
+        + [AclGrant(principal, "WRITE", "TOPIC", name) for name in writes]
+        + [AclGrant(principal, "READ", "TOPIC", name, "PREFIXED") for name in prefix_reads]
+        + [AclGrant(principal, op, "TOPIC", name, "PREFIXED") for name in prefix_writes for op in ("WRITE", "CREATE")]
+    )
 
 
 def worker_grants(namespace: str, agents: Sequence[str], username: str) -> list[AclGrant]:
@@ -120,26 +136,45 @@ def worker_grants(namespace: str, agents: Sequence[str], username: str) -> list[
     grants.append(AclGrant(principal, "READ", "GROUP", group))
     if "infer" in agents:  # the infer agent reads inference.requests in a group of its own
         grants.append(AclGrant(principal, "READ", "GROUP", topics.requests_group(*agents)))
+    if "monitor" in agents:  # and the monitor reads the tenants' reply topics in one of its own
+        grants.append(AclGrant(principal, "READ", "GROUP", topics.tenant_responses_group(*agents)))
     # Faust's own topics: <group>-<table>-changelog and <group>-__assignor-__leader, which it creates.
     grants.append(AclGrant(principal, "ALL", "TOPIC", f"{group}-", "PREFIXED"))
     return sorted(grants)
 
 
-def role_grants(namespace: str, role: str, username: str) -> list[AclGrant]:
-    """What a non-worker client role (``publisher``, ``inference-client``) needs."""
+def role_grants(namespace: str, role: str, username: str, tenant: str | None = None) -> list[AclGrant]:
+    """What a non-worker client role (``publisher``, ``inference-client``, ``tenant-client``) needs.
+
+    Raises:
+        ValueError: an unknown role, or ``tenant-client`` without a valid ``tenant``.
+    """
     if role not in ROLE_ACCESS:
         raise ValueError(f"unknown role {role!r}; choose from {list(ROLE_ACCESS)}")
     topics, access = Topics(namespace), ROLE_ACCESS[role]
     grants = _topic_grants(f"User:{username}", [access], topics)
+    if access.tenant_replies:
+        why = tenant_problem(tenant) if tenant else f"role {role!r} is granted for one tenant: name it (--tenant NAME)"
+        if why:
+            raise ValueError(why)
+        grants.append(AclGrant(f"User:{username}", "READ", "TOPIC", topics.responses_for(tenant)))
     # READ implies DESCRIBE, which the coordinator lookup needs.
     grants += [AclGrant(f"User:{username}", "READ", "GROUP", topics.group(base)) for base in access.groups]
     return sorted(grants)
 
 
+EXAMPLE_TENANT = "acme"  # what the listing shows for a role granted per tenant
+
+
 def default_grants(namespace: str) -> dict[str, list[AclGrant]]:
-    """One principal per agent group (``llmops-<group>``) and per client role, each with its grants."""
+    """One principal per agent group (``llmops-<group>``) and per client role, each with its grants.
+
+    A per-tenant role is shown for the tenant :data:`EXAMPLE_TENANT`.
+    """
     grants = {f"llmops-{agent}": worker_grants(namespace, [agent], f"llmops-{agent}") for agent in AGENT_ACCESS}
-    grants.update({f"llmops-{role}": role_grants(namespace, role, f"llmops-{role}") for role in ROLE_ACCESS})
+    grants.update(
+        {f"llmops-{role}": role_grants(namespace, role, f"llmops-{role}", EXAMPLE_TENANT) for role in ROLE_ACCESS}
+    )
     return grants
 
 
@@ -149,28 +184,36 @@ def markdown_table() -> str:
     def names(bases: Iterable[str]) -> str:
         return ", ".join(f"`{base}`" for base in sorted(bases))
 
+    def prefixes(access: Access) -> list[str]:
+        return [f"`{base}` (Read)" for base in access.prefix_reads] + [
+            f"`{base}` (Write, Create)" for base in access.prefix_writes
+        ]
+
     rows = [
-        "| principal | topics: Read | topics: Write | consumer group: Read | topics by prefix: All |",
+        "| principal | topics: Read | topics: Write | consumer group: Read | topics by prefix |",
         "| --- | --- | --- | --- | --- |",
     ]
+    own_groups = {"infer": ("requests",), "monitor": ("tenant-responses",)}
     for agent, access in AGENT_ACCESS.items():
         group = f"llmops-<ns>-{agent}"
-        groups = f"`{group}`, `{group}-requests`" if agent == "infer" else f"`{group}`"
+        groups = ", ".join([f"`{group}`", *(f"`{group}-{suffix}`" for suffix in own_groups.get(agent, ()))])
+        by_prefix = ", ".join([f"`{group}-` (All)", *prefixes(access)])
         rows.append(
             f"| `llmops-{agent}` ({agent} worker) | {names(access.reads)} | {names(access.writes)} "
-            f"| {groups} | `{group}-` |"
+            f"| {groups} | {by_prefix} |"
         )
     for role, access in ROLE_ACCESS.items():
         groups = f" {names(f'llmops-<ns>-{base}' for base in access.groups)} (looked up, never joined)"
         groups = groups if access.groups else ""
-        rows.append(f"| `llmops-{role}` | {names(access.reads)} | {names(access.writes)} |{groups} | |")
+        reads = [*access.reads, *((f"{TENANT_RESPONSES_PREFIX}<tenant>",) if access.tenant_replies else ())]
+        rows.append(f"| `llmops-{role}` | {names(reads)} | {names(access.writes)} |{groups} | |")
     return "\n".join(rows) + "\n"
 
 
 # Kafka's wire codes (org.apache.kafka.common.resource / acl).
 _RESOURCE_TYPES = {"TOPIC": 2, "GROUP": 3}
 _PATTERNS = {"LITERAL": 3, "PREFIXED": 4}
-_OPERATIONS = {"ALL": 2, "READ": 3, "WRITE": 4}
+_OPERATIONS = {"ALL": 2, "READ": 3, "WRITE": 4, "CREATE": 5}
 _ALLOW = 3
 
 

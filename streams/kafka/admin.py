@@ -108,6 +108,18 @@ async def _wait_for_metadata(settings: Settings, names: list[str], timeout: floa
         await asyncio.sleep(0.2)
 
 
+async def response_topics(settings: Settings) -> list[str]:
+    """The shared responses topic and every tenant's reply topic of this namespace that exists."""
+    topics = Topics(settings.namespace)
+    admin = AIOKafkaAdminClient(**client_kwargs(settings))
+    await admin.start()
+    try:
+        names = await admin.list_topics()
+    finally:
+        await admin.close()
+    return sorted(name for name in names if topics.is_response_topic(name))
+
+
 async def topic_partitions(settings: Settings, names: Iterable[str]) -> list[TopicPartition]:
     """Partitions of the named topics that exist, in order."""
     admin = AIOKafkaAdminClient(**client_kwargs(settings))

@@ -25,6 +25,10 @@ DOCS_EMBEDDINGS = "docs.embeddings"
 DEADLETTER = "deadletter"
 INFERENCE_REQUESTS = "inference.requests"
 INFERENCE_RESPONSES = "inference.responses"
+# Replies to a tenant's requests go to a topic of that tenant's own, never to the shared one: Kafka
+# ACLs grant by topic (not by key), so a topic per tenant is what lets tenant A's principal read
+# its own answers and not tenant B's. ``<ns>.inference.responses.tenant.<tenant>``.
+TENANT_RESPONSES_PREFIX = INFERENCE_RESPONSES + ".tenant."
 INFERENCE_SHADOW = "inference.shadow"
 FEEDBACK = "feedback"
 MONITOR_METRICS = "monitor.metrics"
@@ -107,6 +111,27 @@ class Topics:
         return self.name(INFERENCE_RESPONSES)
 
     @property
+    def tenant_responses_prefix(self) -> str:
+        """The prefix every tenant's reply topic of this namespace starts with (ACLs grant by it)."""
+        return self.name(TENANT_RESPONSES_PREFIX)
+
+    def responses_for(self, tenant: str | None) -> str:
+        """Where replies to a request of ``tenant`` go: its own topic, or the shared one without a tenant.
+
+        ``tenant`` must already be valid (``streams.records.tenant_problem``): requests are checked
+        where they are parsed.
+        """
+        return self.tenant_responses_prefix + tenant if tenant else self.inference_responses
+
+    def is_response_topic(self, name: str) -> bool:
+        """Whether ``name`` holds replies: the shared responses topic or a tenant's."""
+        return name == self.inference_responses or name.startswith(self.tenant_responses_prefix)
+
+    def tenant_responses_spec(self, tenant: str, partitions: int, replication_factor: int) -> TopicSpec:
+        """The reply topic of ``tenant``, configured like the shared one."""
+        return TopicSpec(self.responses_for(tenant), partitions, replication_factor)
+
+    @property
     def inference_shadow(self) -> str:
         return self.name(INFERENCE_SHADOW)
 
@@ -156,6 +181,14 @@ class Topics:
         outside the Faust app's group, so it has a group of its own beside ``app_id``.
         """
         return f"{self.app_id(*agents)}-requests"
+
+    def tenant_responses_group(self, *agents: str) -> str:
+        """Consumer group in which the monitor of a worker running ``agents`` reads tenants' replies.
+
+        Faust cannot subscribe to a pattern, so the monitor reads every
+        ``inference.responses.tenant.*`` topic with a librdkafka consumer of its own.
+        """
+        return f"{self.app_id(*agents)}-tenant-responses"
 
     @property
     def inference_clients_group(self) -> str:

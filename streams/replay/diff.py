@@ -29,7 +29,7 @@ from typing import Any
 
 import numpy as np
 
-from streams.kafka.admin import read_topic
+from streams.kafka.admin import read_topic, response_topics
 from streams.kafka.avro import codec_from_settings
 from streams.kafka.topics import DOCS_RAW, INFERENCE_REQUESTS, Topics
 from streams.records import SOURCE_HEADER
@@ -93,10 +93,11 @@ async def load_side(
         notice = codec.decode(message.value, "DuplicateNotice")
         side.duplicates[notice["doc_id"]] = notice["duplicate_of"]
     if request_ids is not None:
-        async for message in read_topic(settings, topics.inference_responses):
-            response = codec.decode(message.value, "InferenceResponse")
-            if response["request_id"] in request_ids:
-                side.responses[response["request_id"]] = response
+        for topic in await response_topics(settings):  # the shared one and each tenant's
+            async for message in read_topic(settings, topic):
+                response = codec.decode(message.value, "InferenceResponse")
+                if response["request_id"] in request_ids:
+                    side.responses[response["request_id"]] = response
     return side
 
 

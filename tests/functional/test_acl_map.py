@@ -13,8 +13,11 @@ from streams.settings import Settings
 ROOT = Path(__file__).resolve().parents[2]
 # Read by consumers of their own, not Faust agents: the registry follower (aiokafka) reads
 # models.control; agents.request_consumer (librdkafka) reads inference.requests, in the group
-# <worker group>-requests.
-NOT_A_FAUST_AGENT = {"infer": {"acl1.models.control", "acl1.inference.requests"}}
+# <worker group>-requests, and the monitor's reader of every tenant's reply topic (a prefix).
+NOT_A_FAUST_AGENT = {
+    "infer": {"acl1.models.control", "acl1.inference.requests"},
+    "monitor": {"acl1.inference.responses.tenant."},
+}
 
 
 @pytest.mark.parametrize("group", AGENT_GROUPS)

@@ -110,20 +110,37 @@ def test_search_and_rag_answer_over_kafka_with_hits_models_and_latency(served: S
     assert embedder.stage is Stage.PRODUCTION and embedder.version == search["models"][0]["version"]
 
 
-def test_a_request_only_ever_sees_its_own_tenant(served: Settings) -> None:
-    nobody, acme, other = run(
-        ask_all(
-            served,
-            [
-                {"text": "secret plan to compress quarterly reports", "top_k": 10},
-                {"text": "secret plan to compress quarterly reports", "top_k": 10, "tenant": "acme"},
-                {"text": "secret plan to compress quarterly reports", "top_k": 10, "tenant": "globex"},
-            ],
-        )
-    )
+def test_a_tenant_is_answered_on_its_own_topic_and_sees_only_its_own_chunks(served: Settings) -> None:
+    question = "secret plan to compress quarterly reports"
+
+    async def scenario() -> list[dict[str, Any]]:
+        async with (
+            InferenceClient(served) as nobody,
+            InferenceClient(served, tenant="acme") as acme,
+            InferenceClient(served, tenant="globex") as globex,
+        ):
+            return list(await asyncio.gather(*(client.ask(question, top_k=10) for client in (nobody, acme, globex))))
+
+    nobody, acme, other = run(scenario())
     assert "acme-plan" not in {hit["doc_id"] for hit in nobody["hits"]}
     assert [hit["doc_id"] for hit in acme["hits"]] == ["acme-plan"]
     assert other["status"] == "OK" and other["hits"] == []
+
+    # Each tenant's answers are on its own topic (what ACLs can scope), never on the shared one.
+    topics, codec = Topics(served.namespace), codec_from_settings(served)
+
+    def request_ids(topic: str) -> set[str]:
+        async def read() -> set[str]:
+            return {codec.decode(m.value, "InferenceResponse")["request_id"] async for m in read_topic(served, topic)}
+
+        return run(read())
+
+    shared = request_ids(topics.inference_responses)
+    assert nobody["request_id"] in shared and not {acme["request_id"], other["request_id"]} & shared
+    assert request_ids(topics.responses_for("acme")) == {acme["request_id"]}
+    assert request_ids(topics.responses_for("globex")) == {other["request_id"]}
+    with pytest.raises(ValueError, match="InferenceClient"):  # a client reads one tenant's replies only
+        InferenceClient(served, tenant="acme").request(question, tenant="globex")
 
 
 def test_bad_late_and_hostile_requests_get_answers_and_dead_letters(served: Settings) -> None:

@@ -5,7 +5,8 @@ corpus, set through the CLI; chunks of the other half are embedded with the prod
 and streamed to docs.embeddings (one partition, so windows hold exactly what was sent in order):
 they must raise no drift alert. Then chunks of installed packages' long descriptions must raise
 one within 3 windows. Feedback that turns wrong for one tenant must raise a quality and a
-fairness alert naming that tenant and no other.
+fairness alert naming that tenant and no other (its answers read from the tenants' own reply
+topics).
 """
 
 from __future__ import annotations
@@ -193,7 +194,15 @@ def test_feedback_turning_wrong_for_one_tenant_raises_quality_and_fairness_alert
         responses.append((request_id, "InferenceResponse", response))
         wrong = i >= good and tenant == "west"
         feedback.append(feedback_record(request_id, label="asyncio" if wrong else "json", source="app", language="en"))
-    run(send_in_order(monitored, Topics(monitored.namespace).inference_responses, responses))
+    # Each tenant's answers are on its own reply topic, as the infer agent writes them: the monitor
+    # follows every tenant's topic (created now, after it started) and joins their feedback.
+    topics = Topics(monitored.namespace)
+    run(ensure_topics(monitored, [topics.tenant_responses_spec(t, 1, 1) for t in tenants]))
+    for tenant in tenants:
+        mine = [r for r in responses if r[2]["tenant"] == tenant]
+        run(send_in_order(monitored, topics.responses_for(tenant), mine))
+    answered = wait_for_snapshots(monitored, "responses", (good + bad) // WINDOW)  # every answer was read
+    assert sum(s["events"] for s in answered) == good + bad
     assert run(send_feedback(monitored, feedback)) == len(feedback)
     snapshots = wait_for_snapshots(monitored, "feedback", (good + bad) // WINDOW)
     assert sum(s["events"] for s in snapshots) == good + bad

@@ -40,9 +40,29 @@ def test_no_agent_may_write_what_it_reads_except_infer_on_the_registry() -> None
 
 def test_every_agent_group_and_role_has_a_principal_and_nothing_is_granted_cluster_wide() -> None:
     grants = default_grants("")
-    assert set(grants) == {f"llmops-{a}" for a in AGENT_GROUPS} | {"llmops-publisher", "llmops-inference-client"}
+    roles = {"llmops-publisher", "llmops-inference-client", "llmops-tenant-client"}
+    assert set(grants) == {f"llmops-{a}" for a in AGENT_GROUPS} | roles
     assert all(g.resource_type in ("TOPIC", "GROUP") for group in grants.values() for g in group)
     assert role_grants("", "publisher", "up") == [AclGrant("User:up", "WRITE", "TOPIC", "docs.raw")]
+
+
+def test_a_tenant_client_reads_only_its_tenants_replies_and_infer_creates_them_by_prefix() -> None:
+    acme = role_grants("r1", "tenant-client", "svc-acme", "acme")
+    reads = {(g.resource, g.pattern) for g in acme if g.operation == "READ" and g.resource_type == "TOPIC"}
+    assert reads == {("r1.inference.responses.tenant.acme", "LITERAL")}  # not the shared one, not a prefix
+    assert {g.resource for g in acme if g.operation == "WRITE"} == {"r1.inference.requests", "r1.feedback"}
+    infer = {(g.operation, g.resource, g.pattern) for g in worker_grants("r1", ["infer"], "svc")}
+    assert {
+        ("WRITE", "r1.inference.responses.tenant.", "PREFIXED"),
+        ("CREATE", "r1.inference.responses.tenant.", "PREFIXED"),
+    } <= infer
+    monitor = {(g.operation, g.resource_type, g.resource, g.pattern) for g in worker_grants("r1", ["monitor"], "svc")}
+    assert ("READ", "TOPIC", "r1.inference.responses.tenant.", "PREFIXED") in monitor
+    assert ("READ", "GROUP", "llmops-r1-monitor-tenant-responses", "LITERAL") in monitor
+    with pytest.raises(ValueError, match="--tenant"):
+        role_grants("", "tenant-client", "svc")
+    with pytest.raises(ValueError, match="not an identifier"):
+        role_grants("", "tenant-client", "svc", "a*")  # a prefix wildcard would grant every tenant
 
 
 def test_unknown_agents_and_roles_are_refused() -> None:
