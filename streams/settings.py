@@ -14,7 +14,12 @@ Usage:
     'replay1'
 
 Notes:
-    ``extra="forbid"`` makes a misspelt keyword argument an error. No other module reads
+    ``extra="forbid"`` makes a misspelt keyword argument an error. A ``.env`` file is often
+    shared with other tools: its keys outside the ``LLMOPS_`` prefix are ignored, and an unknown
+    ``LLMOPS_*`` key is ignored with a warning that names it (never its value). A value that does
+    not validate is reported by setting name and error kind only (``hide_input_in_errors``,
+    :func:`describe_settings_error`): a secret pasted into the wrong variable is never echoed.
+    No other module reads
     ``os.environ`` for configuration. Of the standard ``OTEL_*`` variables, the OTLP endpoints
     are read here (they switch OTLP export on); the rest (``OTEL_SERVICE_NAME``,
     ``OTEL_RESOURCE_ATTRIBUTES``, ``OTEL_TRACES_SAMPLER(_ARG)``, ``OTEL_EXPORTER_OTLP_HEADERS``...)
@@ -24,12 +29,19 @@ Notes:
 from __future__ import annotations
 
 import json
+import logging
 import re
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
-from pydantic import AliasChoices, Field, SecretStr, field_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic import AliasChoices, Field, SecretStr, ValidationError, field_validator
+from pydantic_settings import (
+    BaseSettings,
+    DotEnvSettingsSource,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    SettingsError,
+)
 
 from streams.runtime import DEFAULT_ARROW_POOL, DEFAULT_MMAP_THRESHOLD
 
@@ -41,6 +53,59 @@ OTEL_ENV_NAMES = {
     "otlp_traces_endpoint": "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT",
     "otlp_protocol": "OTEL_EXPORTER_OTLP_PROTOCOL",
 }
+ENV_PREFIX = "LLMOPS_"
+_log = logging.getLogger(__name__)
+
+
+class OwnKeysDotEnvSource(DotEnvSettingsSource):
+    """The ``.env`` source, keeping only keys that name one of our settings.
+
+    pydantic-settings passes every other key of the file on as an extra input, which
+    ``extra="forbid"`` turns into an error that prints the key's value: one unrelated
+    ``OPENAI_API_KEY`` line would break every command and show the key.
+    """
+
+    def __call__(self) -> dict[str, Any]:
+        data = super().__call__()
+        known = set(self.settings_cls.model_fields) | {alias.lower() for alias in _aliases(self.settings_cls)}
+        for key in [key for key in data if key.lower() not in known]:
+            del data[key]
+            if key.upper().startswith(ENV_PREFIX):
+                _log.warning("unknown setting %s in .env ignored (see docs/operations.md for the names)", key.upper())
+        return data
+
+
+def _aliases(settings_cls: type[BaseSettings]) -> list[str]:
+    names: list[str] = []
+    for field in settings_cls.model_fields.values():
+        alias = field.validation_alias
+        if isinstance(alias, str):
+            names.append(alias)
+        elif isinstance(alias, AliasChoices):
+            names.extend(choice for choice in alias.choices if isinstance(choice, str))
+    return names
+
+
+def env_name(field: str) -> str:
+    """The environment variable that sets ``field`` (``LLMOPS_<FIELD>``, or its ``OTEL_*`` name)."""
+    return OTEL_ENV_NAMES.get(field, f"{ENV_PREFIX}{field.upper()}")
+
+
+def describe_settings_error(error: ValidationError | SettingsError) -> str:
+    """One line per bad setting: its variable name, what is wrong and the error kind; never the value."""
+    if isinstance(error, SettingsError):
+        # pydantic-settings says 'error parsing value for field "x" from source "..."'; the
+        # cause (a JSON error) is left out, it may quote the value.
+        match = re.search(r'field "([^"]+)"', str(error))
+        if match is None:  # already described (Settings.__init__ re-raises it so)
+            return f"  {error}"
+        return f"  {env_name(match.group(1))}: the value could not be parsed (a JSON list is expected) [parse error]"
+    lines = []
+    for item in error.errors(include_url=False, include_input=False, include_context=False):
+        field = str(item["loc"][0]) if item["loc"] else "settings"
+        name = env_name(field) if field in Settings.model_fields else field
+        lines.append(f"  {name}: {item['msg']} [{item['type']}]")
+    return "\n".join(lines)
 
 
 class Settings(BaseSettings):
@@ -53,7 +118,33 @@ class Settings(BaseSettings):
         frozen=True,
         validate_default=True,
         validate_by_name=True,
+        # A ValidationError's text never shows the input: a secret in the wrong variable stays hidden.
+        hide_input_in_errors=True,
     )
+
+    def __init__(self, **values: Any) -> None:
+        try:
+            super().__init__(**values)
+        except SettingsError as error:
+            # Raised from a failed JSON parse whose message quotes the value: keep only the name.
+            raise SettingsError(describe_settings_error(error).strip()) from None
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        """Sources in pydantic-settings' order, the ``.env`` one keeping only our keys."""
+        dotenv = OwnKeysDotEnvSource(
+            settings_cls,
+            env_file=getattr(dotenv_settings, "env_file", settings_cls.model_config.get("env_file")),
+            env_file_encoding=getattr(dotenv_settings, "env_file_encoding", None),
+        )
+        return init_settings, env_settings, dotenv, file_secret_settings
 
     # --- Kafka -------------------------------------------------------------------------------
     bootstrap_servers: str = Field("127.0.0.1:9092", description="Comma-separated host:port list of Kafka brokers.")
@@ -219,8 +310,7 @@ class Settings(BaseSettings):
     def _check_namespace(cls, value: str) -> str:
         if value and not NAMESPACE_PATTERN.match(value):
             raise ValueError(
-                "namespace must be lowercase letters, digits, '-' or '_' (at most 49), "
-                f"starting with a letter or digit; got {value!r}"
+                "namespace must be lowercase letters, digits, '-' or '_' (at most 49), starting with a letter or digit"
             )
         return value
 
@@ -229,7 +319,8 @@ class Settings(BaseSettings):
     def _check_pii_kinds(cls, value: tuple[str, ...]) -> tuple[str, ...]:
         unknown = sorted(set(value) - set(PII_KINDS))
         if unknown:
-            raise ValueError(f"unknown PII kinds {unknown}; choose from {list(PII_KINDS)}")
+            # The unknown entries are not named: a value in the wrong variable may be a secret.
+            raise ValueError(f"{len(unknown)} unknown PII kind(s); choose from {list(PII_KINDS)}")
         return value
 
     @field_validator("chunk_overlap")
@@ -253,7 +344,7 @@ class Settings(BaseSettings):
                 value = json.dumps(list(value))
             elif isinstance(value, bool):
                 value = "true" if value else "false"
-            env[OTEL_ENV_NAMES.get(name, f"LLMOPS_{name.upper()}")] = str(value)
+            env[env_name(name)] = str(value)
         return env
 
     @property
