@@ -46,7 +46,33 @@ from pydantic_settings import (
 from streams.runtime import DEFAULT_ARROW_POOL, DEFAULT_MMAP_THRESHOLD
 
 PII_KINDS = ("email", "phone", "card", "ip", "secret")
-NAMESPACE_PATTERN = re.compile(r"^[a-z0-9][a-z0-9_-]{0,48}$")
+# A namespace prefixes topics (`<ns>.docs.raw`), consumer groups (`llmops-<ns>-...`) and a folder
+# (`<data_dir>/replays/<ns>`): no dots, slashes or underscores, so one name never reaches another's.
+NAMESPACE_PATTERN = re.compile(r"^[a-z][a-z0-9-]{0,39}$")
+# The group segment of the live (empty) namespace: `llmops-live-...` are live traffic's groups.
+LIVE_GROUP_SEGMENT = "live"
+
+
+def namespace_problem(name: str) -> str | None:
+    """Why ``name`` cannot be a namespace (never quoting it), or None; ``""`` is the live one.
+
+    :func:`streams.kafka.topics.check_namespace` adds the rules about topic and agent names
+    for namespaces that a replay creates and drops.
+    """
+    if not name:
+        return None
+    if not NAMESPACE_PATTERN.match(name):
+        return (
+            "a namespace is 1-40 characters: lowercase letters, digits and '-', starting with a letter (e.g. r1, exp-2)"
+        )
+    if name.split("-")[0] == LIVE_GROUP_SEGMENT:
+        return (
+            f"a namespace may not be or start with '{LIVE_GROUP_SEGMENT}-': "
+            "live traffic's consumer groups are llmops-live-*"
+        )
+    return None
+
+
 # Fields read from standard OpenTelemetry variables rather than LLMOPS_* ones.
 OTEL_ENV_NAMES = {
     "otlp_endpoint": "OTEL_EXPORTER_OTLP_ENDPOINT",
@@ -308,10 +334,9 @@ class Settings(BaseSettings):
     @field_validator("namespace")
     @classmethod
     def _check_namespace(cls, value: str) -> str:
-        if value and not NAMESPACE_PATTERN.match(value):
-            raise ValueError(
-                "namespace must be lowercase letters, digits, '-' or '_' (at most 49), starting with a letter or digit"
-            )
+        problem = namespace_problem(value)
+        if problem:
+            raise ValueError(problem)
         return value
 
     @field_validator("redact_pii")
