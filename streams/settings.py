@@ -28,13 +28,16 @@ Notes:
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import logging
 import re
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, Literal
+from urllib.parse import urlsplit
 
-from pydantic import AliasChoices, Field, SecretStr, ValidationError, field_validator
+from pydantic import AliasChoices, Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import (
     BaseSettings,
     DotEnvSettingsSource,
@@ -80,7 +83,44 @@ OTEL_ENV_NAMES = {
     "otlp_protocol": "OTEL_EXPORTER_OTLP_PROTOCOL",
 }
 ENV_PREFIX = "LLMOPS_"
+MASK = "**********"
 _log = logging.getLogger(__name__)
+# `scheme://user:password@` anywhere in a text: the userinfo of a URL (a Milvus URI, a registry or
+# generator URL, a proxy) is a credential wherever it shows up.
+_URL_USERINFO = re.compile(r"(?i)\b([a-z][a-z0-9+.-]*://)[^/?#\s@'\"<>]+@")
+LOOPBACK_HOSTS = {"localhost", "localhost.localdomain"}
+
+
+def mask_url_credentials(text: str) -> str:
+    """``text`` with the userinfo of every URL in it replaced by ``**********``.
+
+    >>> mask_url_credentials("cannot reach http://svc:hunter2@milvus:19530")
+    'cannot reach http://**********@milvus:19530'
+    """
+    return _URL_USERINFO.sub(lambda match: f"{match.group(1)}{MASK}@", text)
+
+
+def is_loopback(host: str | None) -> bool:
+    """Whether ``host`` (a name or an address) is this machine."""
+    if not host:
+        return False
+    if host.lower() in LOOPBACK_HOSTS:
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
+def bearer_transport_problem(url: str) -> str | None:
+    """Why a Bearer key must not be sent to ``url`` (plain http to another host), or None."""
+    parts = urlsplit(url)
+    if parts.scheme.lower() == "https" or (parts.scheme.lower() == "http" and is_loopback(parts.hostname)):
+        return None
+    return (
+        "the generator API key would travel in clear text: use an https:// URL for LLMOPS_GENERATOR_URL "
+        "(plain http is allowed only to a loopback host such as 127.0.0.1)"
+    )
 
 
 class OwnKeysDotEnvSource(DotEnvSettingsSource):
@@ -338,6 +378,34 @@ class Settings(BaseSettings):
         if problem:
             raise ValueError(problem)
         return value
+
+    @model_validator(mode="after")
+    def _no_bearer_key_in_clear_text(self) -> Settings:
+        if self.generator_api_key is not None and self.generator_url:
+            problem = bearer_transport_problem(self.generator_url)
+            if problem:
+                raise ValueError(problem)
+        return self
+
+    def __repr_args__(self) -> Iterator[tuple[str | None, Any]]:
+        """Fields as pydantic shows them, with the userinfo of any URL masked (``SecretStr`` already is)."""
+        for name, value in super().__repr_args__():
+            yield name, mask_url_credentials(value) if isinstance(value, str) else value
+
+    def secret_values(self) -> list[str]:
+        """Every secret these settings hold, as text: for logs to mask wherever a value shows up.
+
+        ``SecretStr`` values, and the userinfo (and its password) of any URL setting.
+        """
+        found: list[str] = []
+        for _, value in self:
+            if isinstance(value, SecretStr):
+                found.append(value.get_secret_value())
+            elif isinstance(value, str) and "@" in value:
+                for match in _URL_USERINFO.finditer(value):
+                    userinfo = match.group(0)[len(match.group(1)) : -1]
+                    found += [userinfo, userinfo.partition(":")[2]]
+        return sorted({secret for secret in found if len(secret) >= 4}, key=len, reverse=True)
 
     @field_validator("redact_pii")
     @classmethod
