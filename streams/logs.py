@@ -15,7 +15,10 @@ Notes:
     trace tools show them), so logs and traces join on those ids.
     ``log_format="auto"`` picks the console renderer when stderr is a terminal, JSON otherwise.
     Values that are ``SecretStr`` render as ``**********``; the redaction processor also masks
-    keys that look like secrets (password, token, secret, sasl_plain_password).
+    keys that look like secrets (password, token, secret, sasl_plain_password), the userinfo of
+    any URL in any logged string (``http://**********@host``), and the secret values of the
+    settings passed to :func:`configure_logging` wherever they appear, also inside messages of
+    standard-library loggers and formatted exceptions.
 """
 
 from __future__ import annotations
@@ -29,17 +32,49 @@ from typing import Any
 import structlog
 from opentelemetry import trace
 
-from streams.settings import Settings
+from streams.settings import MASK, Settings, mask_url_credentials
 
 _SECRET_KEY = re.compile(r"(?i)(password|passwd|secret|token|api[_-]?key|credential)")
-MASK = "**********"
+# Secret values of the configured settings, longest first (set by configure_logging).
+_known_secrets: tuple[str, ...] = ()
+
+
+def register_secrets(values: list[str]) -> None:
+    """Mask these values wherever they appear in a log line from now on."""
+    global _known_secrets
+    _known_secrets = tuple(sorted({*_known_secrets, *(v for v in values if v)}, key=len, reverse=True))
+
+
+def mask_text(text: str) -> str:
+    """``text`` with URL userinfo and every registered secret value masked."""
+    text = mask_url_credentials(text)
+    for secret in _known_secrets:
+        if secret in text:
+            text = text.replace(secret, MASK)
+    return text
+
+
+def _mask_value(value: Any, depth: int = 0) -> Any:
+    if isinstance(value, str):
+        return mask_text(value)
+    if depth < 3 and isinstance(value, dict):
+        return {key: _mask_value(item, depth + 1) for key, item in value.items()}
+    if depth < 3 and isinstance(value, list | tuple):
+        return type(value)(_mask_value(item, depth + 1) for item in value)
+    return value
 
 
 def mask_secrets(_: Any, __: str, event_dict: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
-    """structlog processor: never print a value whose key names a secret."""
+    """structlog processor: never print a secret.
+
+    A value whose key names a secret is masked whole; in every other string value (the event,
+    a formatted exception, nested dicts and lists), URL userinfo and known secret values are.
+    """
     for key in list(event_dict):
         if _SECRET_KEY.search(key) and event_dict[key] is not None:
             event_dict[key] = MASK
+        else:
+            event_dict[key] = _mask_value(event_dict[key])
     return event_dict
 
 
@@ -55,6 +90,7 @@ def add_trace_ids(_: Any, __: str, event_dict: MutableMapping[str, Any]) -> Muta
 def configure_logging(settings: Settings | None = None, *, json_lines: bool | None = None) -> None:
     """Configure structlog and route the standard ``logging`` module through it."""
     settings = settings or Settings()
+    register_secrets(settings.secret_values())
     if json_lines is None:
         json_lines = settings.log_format == "json" or (settings.log_format == "auto" and not sys.stderr.isatty())
     shared: list[Any] = [
@@ -78,7 +114,9 @@ def configure_logging(settings: Settings | None = None, *, json_lines: bool | No
         foreign_pre_chain=shared,
         processors=[
             structlog.stdlib.ProcessorFormatter.remove_processors_meta,
-            structlog.processors.format_exc_info if json_lines else _identity,
+            # Exceptions become text here, so that the masking after it sees their messages.
+            structlog.processors.format_exc_info,
+            mask_secrets,
             renderer,
         ],
     )
@@ -106,10 +144,6 @@ class UnimplementedRpcFilter(logging.Filter):
     def filter(self, record: logging.LogRecord) -> bool:
         error = record.exc_info[1] if record.exc_info else None
         return not isinstance(error, NotImplementedError)
-
-
-def _identity(_: Any, __: str, event_dict: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
-    return event_dict
 
 
 def get_logger(name: str) -> Any:

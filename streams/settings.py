@@ -14,7 +14,12 @@ Usage:
     'replay1'
 
 Notes:
-    ``extra="forbid"`` makes a misspelt keyword argument an error. No other module reads
+    ``extra="forbid"`` makes a misspelt keyword argument an error. A ``.env`` file is often
+    shared with other tools: its keys outside the ``LLMOPS_`` prefix are ignored, and an unknown
+    ``LLMOPS_*`` key is ignored with a warning that names it (never its value). A value that does
+    not validate is reported by setting name and error kind only (``hide_input_in_errors``,
+    :func:`describe_settings_error`): a secret pasted into the wrong variable is never echoed.
+    No other module reads
     ``os.environ`` for configuration. Of the standard ``OTEL_*`` variables, the OTLP endpoints
     are read here (they switch OTLP export on); the rest (``OTEL_SERVICE_NAME``,
     ``OTEL_RESOURCE_ATTRIBUTES``, ``OTEL_TRACES_SAMPLER(_ARG)``, ``OTEL_EXPORTER_OTLP_HEADERS``...)
@@ -23,24 +28,150 @@ Notes:
 
 from __future__ import annotations
 
+import ipaddress
 import json
+import logging
 import re
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
+from urllib.parse import urlsplit
 
-from pydantic import AliasChoices, Field, SecretStr, field_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic import AliasChoices, Field, SecretStr, ValidationError, field_validator, model_validator
+from pydantic_settings import (
+    BaseSettings,
+    DotEnvSettingsSource,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    SettingsError,
+)
 
 from streams.runtime import DEFAULT_ARROW_POOL, DEFAULT_MMAP_THRESHOLD
 
 PII_KINDS = ("email", "phone", "card", "ip", "secret")
-NAMESPACE_PATTERN = re.compile(r"^[a-z0-9][a-z0-9_-]{0,48}$")
+# A namespace prefixes topics (`<ns>.docs.raw`), consumer groups (`llmops-<ns>-...`) and a folder
+# (`<data_dir>/replays/<ns>`): no dots, slashes or underscores, so one name never reaches another's.
+NAMESPACE_PATTERN = re.compile(r"^[a-z][a-z0-9-]{0,39}$")
+# The group segment of the live (empty) namespace: `llmops-live-...` are live traffic's groups.
+LIVE_GROUP_SEGMENT = "live"
+
+
+def namespace_problem(name: str) -> str | None:
+    """Why ``name`` cannot be a namespace (never quoting it), or None; ``""`` is the live one.
+
+    :func:`streams.kafka.topics.check_namespace` adds the rules about topic and agent names
+    for namespaces that a replay creates and drops.
+    """
+    if not name:
+        return None
+    if not NAMESPACE_PATTERN.match(name):
+        return (
+            "a namespace is 1-40 characters: lowercase letters, digits and '-', starting with a letter (e.g. r1, exp-2)"
+        )
+    if name.split("-")[0] == LIVE_GROUP_SEGMENT:
+        return (
+            f"a namespace may not be or start with '{LIVE_GROUP_SEGMENT}-': "
+            "live traffic's consumer groups are llmops-live-*"
+        )
+    return None
+
+
 # Fields read from standard OpenTelemetry variables rather than LLMOPS_* ones.
 OTEL_ENV_NAMES = {
     "otlp_endpoint": "OTEL_EXPORTER_OTLP_ENDPOINT",
     "otlp_traces_endpoint": "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT",
     "otlp_protocol": "OTEL_EXPORTER_OTLP_PROTOCOL",
 }
+ENV_PREFIX = "LLMOPS_"
+MASK = "**********"
+_log = logging.getLogger(__name__)
+# `scheme://user:password@` anywhere in a text: the userinfo of a URL (a Milvus URI, a registry or
+# generator URL, a proxy) is a credential wherever it shows up.
+_URL_USERINFO = re.compile(r"(?i)\b([a-z][a-z0-9+.-]*://)[^/?#\s@'\"<>]+@")
+LOOPBACK_HOSTS = {"localhost", "localhost.localdomain"}
+
+
+def mask_url_credentials(text: str) -> str:
+    """``text`` with the userinfo of every URL in it replaced by ``**********``.
+
+    >>> mask_url_credentials("cannot reach http://svc:hunter2@milvus:19530")
+    'cannot reach http://**********@milvus:19530'
+    """
+    return _URL_USERINFO.sub(lambda match: f"{match.group(1)}{MASK}@", text)
+
+
+def is_loopback(host: str | None) -> bool:
+    """Whether ``host`` (a name or an address) is this machine."""
+    if not host:
+        return False
+    if host.lower() in LOOPBACK_HOSTS:
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
+def bearer_transport_problem(url: str) -> str | None:
+    """Why a Bearer key must not be sent to ``url`` (plain http to another host), or None."""
+    parts = urlsplit(url)
+    if parts.scheme.lower() == "https" or (parts.scheme.lower() == "http" and is_loopback(parts.hostname)):
+        return None
+    return (
+        "the generator API key would travel in clear text: use an https:// URL for LLMOPS_GENERATOR_URL "
+        "(plain http is allowed only to a loopback host such as 127.0.0.1)"
+    )
+
+
+class OwnKeysDotEnvSource(DotEnvSettingsSource):
+    """The ``.env`` source, keeping only keys that name one of our settings.
+
+    pydantic-settings passes every other key of the file on as an extra input, which
+    ``extra="forbid"`` turns into an error that prints the key's value: one unrelated
+    ``OPENAI_API_KEY`` line would break every command and show the key.
+    """
+
+    def __call__(self) -> dict[str, Any]:
+        data = super().__call__()
+        known = set(self.settings_cls.model_fields) | {alias.lower() for alias in _aliases(self.settings_cls)}
+        for key in [key for key in data if key.lower() not in known]:
+            del data[key]
+            if key.upper().startswith(ENV_PREFIX):
+                _log.warning("unknown setting %s in .env ignored (see docs/operations.md for the names)", key.upper())
+        return data
+
+
+def _aliases(settings_cls: type[BaseSettings]) -> list[str]:
+    names: list[str] = []
+    for field in settings_cls.model_fields.values():
+        alias = field.validation_alias
+        if isinstance(alias, str):
+            names.append(alias)
+        elif isinstance(alias, AliasChoices):
+            names.extend(choice for choice in alias.choices if isinstance(choice, str))
+    return names
+
+
+def env_name(field: str) -> str:
+    """The environment variable that sets ``field`` (``LLMOPS_<FIELD>``, or its ``OTEL_*`` name)."""
+    return OTEL_ENV_NAMES.get(field, f"{ENV_PREFIX}{field.upper()}")
+
+
+def describe_settings_error(error: ValidationError | SettingsError) -> str:
+    """One line per bad setting: its variable name, what is wrong and the error kind; never the value."""
+    if isinstance(error, SettingsError):
+        # pydantic-settings says 'error parsing value for field "x" from source "..."'; the
+        # cause (a JSON error) is left out, it may quote the value.
+        match = re.search(r'field "([^"]+)"', str(error))
+        if match is None:  # already described (Settings.__init__ re-raises it so)
+            return f"  {error}"
+        return f"  {env_name(match.group(1))}: the value could not be parsed (a JSON list is expected) [parse error]"
+    lines = []
+    for item in error.errors(include_url=False, include_input=False, include_context=False):
+        field = str(item["loc"][0]) if item["loc"] else "settings"
+        name = env_name(field) if field in Settings.model_fields else field
+        lines.append(f"  {name}: {item['msg']} [{item['type']}]")
+    return "\n".join(lines)
 
 
 class Settings(BaseSettings):
@@ -53,7 +184,33 @@ class Settings(BaseSettings):
         frozen=True,
         validate_default=True,
         validate_by_name=True,
+        # A ValidationError's text never shows the input: a secret in the wrong variable stays hidden.
+        hide_input_in_errors=True,
     )
+
+    def __init__(self, **values: Any) -> None:
+        try:
+            super().__init__(**values)
+        except SettingsError as error:
+            # Raised from a failed JSON parse whose message quotes the value: keep only the name.
+            raise SettingsError(describe_settings_error(error).strip()) from None
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        """Sources in pydantic-settings' order, the ``.env`` one keeping only our keys."""
+        dotenv = OwnKeysDotEnvSource(
+            settings_cls,
+            env_file=getattr(dotenv_settings, "env_file", settings_cls.model_config.get("env_file")),
+            env_file_encoding=getattr(dotenv_settings, "env_file_encoding", None),
+        )
+        return init_settings, env_settings, dotenv, file_secret_settings
 
     # --- Kafka -------------------------------------------------------------------------------
     bootstrap_servers: str = Field("127.0.0.1:9092", description="Comma-separated host:port list of Kafka brokers.")
@@ -217,19 +374,46 @@ class Settings(BaseSettings):
     @field_validator("namespace")
     @classmethod
     def _check_namespace(cls, value: str) -> str:
-        if value and not NAMESPACE_PATTERN.match(value):
-            raise ValueError(
-                "namespace must be lowercase letters, digits, '-' or '_' (at most 49), "
-                f"starting with a letter or digit; got {value!r}"
-            )
+        problem = namespace_problem(value)
+        if problem:
+            raise ValueError(problem)
         return value
+
+    @model_validator(mode="after")
+    def _no_bearer_key_in_clear_text(self) -> Settings:
+        if self.generator_api_key is not None and self.generator_url:
+            problem = bearer_transport_problem(self.generator_url)
+            if problem:
+                raise ValueError(problem)
+        return self
+
+    def __repr_args__(self) -> Iterator[tuple[str | None, Any]]:
+        """Fields as pydantic shows them, with the userinfo of any URL masked (``SecretStr`` already is)."""
+        for name, value in super().__repr_args__():
+            yield name, mask_url_credentials(value) if isinstance(value, str) else value
+
+    def secret_values(self) -> list[str]:
+        """Every secret these settings hold, as text: for logs to mask wherever a value shows up.
+
+        ``SecretStr`` values, and the userinfo (and its password) of any URL setting.
+        """
+        found: list[str] = []
+        for _, value in self:
+            if isinstance(value, SecretStr):
+                found.append(value.get_secret_value())
+            elif isinstance(value, str) and "@" in value:
+                for match in _URL_USERINFO.finditer(value):
+                    userinfo = match.group(0)[len(match.group(1)) : -1]
+                    found += [userinfo, userinfo.partition(":")[2]]
+        return sorted({secret for secret in found if len(secret) >= 4}, key=len, reverse=True)
 
     @field_validator("redact_pii")
     @classmethod
     def _check_pii_kinds(cls, value: tuple[str, ...]) -> tuple[str, ...]:
         unknown = sorted(set(value) - set(PII_KINDS))
         if unknown:
-            raise ValueError(f"unknown PII kinds {unknown}; choose from {list(PII_KINDS)}")
+            # The unknown entries are not named: a value in the wrong variable may be a secret.
+            raise ValueError(f"{len(unknown)} unknown PII kind(s); choose from {list(PII_KINDS)}")
         return value
 
     @field_validator("chunk_overlap")
@@ -253,7 +437,7 @@ class Settings(BaseSettings):
                 value = json.dumps(list(value))
             elif isinstance(value, bool):
                 value = "true" if value else "false"
-            env[OTEL_ENV_NAMES.get(name, f"LLMOPS_{name.upper()}")] = str(value)
+            env[env_name(name)] = str(value)
         return env
 
     @property

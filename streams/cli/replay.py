@@ -8,15 +8,18 @@ Why this exists:
 
 from __future__ import annotations
 
-import asyncio
 import sys
 from datetime import datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 
 from streams.cli.support import echo_json, load_settings
 from streams.replay.runner import REPLAYABLE, ReplayError, ReplaySpec
+from streams.settings import Settings
+
+if TYPE_CHECKING:
+    from streams.replay.namespaces import DropPlan
 
 
 def _time_ms(value: str | None) -> int | None:
@@ -176,15 +179,45 @@ def replay_list(as_json: bool) -> None:
 
 @replay.command("drop")
 @click.argument("namespace")
-@click.option("--yes", is_flag=True, help="Do not ask for confirmation.")
-def replay_drop(namespace: str, yes: bool) -> None:
-    """Delete a replay namespace: its topics, consumer-group state, collection and manifest."""
-    from streams.replay.namespaces import drop_replay
+@click.option("--yes", is_flag=True, help="Do not ask for confirmation (needed without a terminal).")
+@click.option("--json", "as_json", is_flag=True, help="Print the plan as JSON; without --yes nothing is deleted.")
+def replay_drop(namespace: str, yes: bool, as_json: bool) -> None:
+    """Delete a replay namespace: its topics, consumer groups and folder (collection, manifests).
 
-    if not yes:
-        click.confirm(f"delete every topic and all state of namespace {namespace!r}?", abort=True)
+    The command lists what it will delete and asks first; --yes skips the question. Without a
+    terminal to ask on, it refuses unless --yes is given. With --json it prints the plan (and,
+    with --yes, deletes it).
+    """
+    from streams.replay.namespaces import plan_drop
+
+    settings = load_settings()
     try:
-        dropped = asyncio.run(drop_replay(load_settings(), namespace))
+        plan = plan_drop(settings, namespace)
     except ReplayError as error:
         raise click.ClickException(str(error)) from None
-    click.echo(f"dropped {namespace}: {len(dropped)} topics deleted, state removed")
+    if as_json:
+        if yes:
+            _drop(settings, plan)
+        echo_json({**plan.to_json(), "dropped": yes})
+        return
+    click.echo(plan.describe())
+    if plan.empty:
+        click.echo(f"nothing to drop: namespace {namespace} has no topics, groups or folder here")
+        return
+    if not yes:
+        if not sys.stdin.isatty():
+            raise click.ClickException(
+                f"no terminal to ask on: pass --yes to delete the above (llmops replay drop {namespace} --yes)"
+            )
+        click.confirm(f"delete everything listed above for namespace {namespace}?", abort=True)
+    _drop(settings, plan)
+    click.echo(f"dropped {namespace}: {len(plan.topics)} topics, {len(plan.groups)} consumer groups, folder removed")
+
+
+def _drop(settings: Settings, plan: DropPlan) -> None:
+    from streams.replay.namespaces import drop_namespace
+
+    try:
+        drop_namespace(settings, plan)
+    except ReplayError as error:
+        raise click.ClickException(str(error)) from None

@@ -6,16 +6,26 @@ import json
 from typing import Any
 
 import click
+from pydantic import ValidationError
+from pydantic_settings import SettingsError
 
-from streams.settings import Settings
+from streams.settings import Settings, describe_settings_error
 
 
 def load_settings() -> Settings:
-    """Settings from LLMOPS_* variables; a validation error becomes a clear CLI error."""
+    """Settings from LLMOPS_* variables; a validation error becomes a clear CLI error.
+
+    The error names each bad setting and the kind of error, never the value given: a secret
+    set in the wrong variable must not reach a terminal or a CI log.
+    """
     try:
         return Settings()
-    except Exception as error:  # noqa: BLE001 - pydantic's ValidationError, shown to the user as-is
-        raise click.ClickException(f"invalid LLMOPS_* settings:\n{error}") from None
+    except (ValidationError, SettingsError) as error:
+        raise click.ClickException(
+            "invalid LLMOPS_* settings (environment or .env):\n"
+            f"{describe_settings_error(error)}\n"
+            "fix these variables; docs/operations.md lists every setting with its allowed values"
+        ) from None
 
 
 def echo_json(data: Any) -> None:

@@ -34,7 +34,7 @@ from streams.records import (
     MAX_TITLE_BYTES,
     TENANT_COLUMN_BYTES,
 )
-from streams.settings import Settings
+from streams.settings import Settings, mask_url_credentials
 
 INDEX_TYPES = {
     "HNSW": {"M": 16, "efConstruction": 200},
@@ -163,7 +163,8 @@ class MilvusStore:
             self._client = MilvusClient(uri, token=token or "")
         except MilvusException as error:
             raise StoreUnavailable(
-                f"cannot open Milvus at {uri}: {error}. Milvus Lite lets one process open its file: "
+                f"cannot open Milvus at {mask_url_credentials(uri)}: {mask_url_credentials(str(error))}. "
+                "Milvus Lite lets one process open its file: "
                 "stop the worker that holds it, or point LLMOPS_MILVUS_URI at a Milvus server"
             ) from None
         self.uri, self.collection, self.dimension = uri, collection, dimension

@@ -124,8 +124,14 @@ class ConfluentRegistry:
     def __init__(self, url: str, username: str | None = None, password: str | None = None) -> None:
         import httpx
 
+        base = httpx.URL(url.rstrip("/"))
         auth = (username, password or "") if username else None
-        self._client = httpx.Client(base_url=url.rstrip("/"), auth=auth, timeout=10.0)
+        if base.userinfo:
+            # Credentials in the URL become basic auth; the URL kept (and shown in every HTTP
+            # error) has none.
+            auth = auth or (base.username, base.password)
+            base = base.copy_with(username=None, password=None)
+        self._client = httpx.Client(base_url=base, auth=auth, timeout=10.0)
         self._ids: dict[tuple[str, str], int] = {}
         self._schemas: dict[int, Schema] = {}
 

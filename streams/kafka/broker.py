@@ -103,6 +103,11 @@ def require_tool(name: str, hint: str) -> str:
     return path
 
 
+def _java_argument(argument: str) -> str:
+    """One argument as a line of a Java ``@argfile``: quoted, with backslashes and quotes escaped."""
+    return '"' + argument.replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
 # The broker's garbage collector (LLMOPS_KAFKA_GC). Under the inference bench's load, G1 stopped
 # the broker for 5-27 ms every 10-12 s (young pauses, `-Xlog:gc`), and every record in flight
 # waited. ZGC's pauses stayed under 0.1 ms, but in full runs on 2 cores the p99 was no better
@@ -279,23 +284,40 @@ class EmbeddedKafka:
             *args,
         ]
 
+    def format_command(self, config: Path, cluster_id: str, argument_file: Path) -> list[str]:
+        """The ``kafka-storage format`` command; its arguments are in ``argument_file`` (written here, 0600).
+
+        ``--add-scram`` carries the SCRAM passwords: on a command line, ``ps`` (``/proc/<pid>/cmdline``)
+        would show them to every user of the machine. The Java launcher reads the main class and
+        its arguments from an ``@file`` instead, so the command line holds only that file's name.
+        """
+        arguments = [
+            "kafka.tools.StorageTool",
+            "format",
+            f"--cluster-id={cluster_id}",
+            "-c",
+            str(config),
+            *(self.security.format_arguments() if self.security else []),
+        ]
+        argument_file.unlink(missing_ok=True)
+        argument_file.touch(mode=0o600)
+        argument_file.write_text("\n".join(_java_argument(argument) for argument in arguments) + "\n")
+        return self._java(f"@{argument_file}")
+
     def format_storage(self, config: Path, cluster_id: str | None = None) -> None:
         """Format KRaft storage once (a fresh cluster id per data folder unless ``cluster_id``)."""
         if (self.storage_dir / "meta.properties").exists():
             return
-        result = subprocess.run(
-            self._java(
-                "kafka.tools.StorageTool",
-                "format",
-                f"--cluster-id={cluster_id or new_cluster_id()}",
-                "-c",
-                str(config),
-                *(self.security.format_arguments() if self.security else []),
-            ),
-            capture_output=True,
-            text=True,
-            check=False,
-        )
+        argument_file = self.home / f"format-{self.port}.args"
+        try:
+            result = subprocess.run(
+                self.format_command(config, cluster_id or new_cluster_id(), argument_file),
+                capture_output=True,
+                text=True,
+                check=False,
+            )
+        finally:
+            argument_file.unlink(missing_ok=True)
         if result.returncode != 0:
             raise BrokerError(f"formatting KRaft storage failed:\n{(result.stdout + result.stderr)[-2000:]}")
 

@@ -17,11 +17,16 @@ Notes:
     ``authorizer=True`` (``LLMOPS_KAFKA_AUTHORIZER``) enforces ACLs: only that user may do
     anything until grants are made (``llmops kafka acls --apply``, from :mod:`streams.kafka.acls`); the
     controller listener then takes SASL/PLAIN with that user, otherwise it stays PLAINTEXT on
-    loopback. Files holding secrets (server properties, keystores) are 0600.
+    loopback. Files holding secrets (server properties, keystores, the storage tool's argument
+    file) are 0600. No password ever reaches a command line, where ``ps`` would show it to every
+    user of the machine: ``keytool`` reads the store password from its environment
+    (``-storepass:env``) and ``kafka-storage format`` gets ``--add-scram`` from a Java argument file
+    (:meth:`EmbeddedKafka.format_storage <streams.kafka.broker.EmbeddedKafka.format_storage>`).
 """
 
 from __future__ import annotations
 
+import os
 import secrets
 import shutil
 import subprocess
@@ -33,6 +38,26 @@ from pydantic import SecretStr
 from streams.settings import Settings
 
 SCRAM_MECHANISMS = ("SCRAM-SHA-256", "SCRAM-SHA-512")
+# keytool reads the store password from this variable (`-storepass:env`), never from argv.
+STORE_PASSWORD_ENV = "LLMOPS_KEYTOOL_STOREPASS"  # noqa: S105 - a variable name, not a password
+
+
+def keytool_steps(keystore: Path, truststore: Path, ca_file: Path) -> list[list[str]]:
+    """keytool arguments that make a self-signed pair for 127.0.0.1/localhost and export its PEM.
+
+    Passwords come from the environment variable ``STORE_PASSWORD_ENV`` (``:env``), so that the
+    command lines hold none.
+    """
+    store = ["-storetype", "PKCS12", "-storepass:env", STORE_PASSWORD_ENV]
+    return [
+        [
+            *("-genkeypair", "-alias", "broker", "-keyalg", "RSA", "-keysize", "2048", "-validity", "3650"),
+            *("-dname", "CN=localhost", "-ext", "SAN=ip:127.0.0.1,dns:localhost", "-keystore", str(keystore)),
+            *(*store, "-keypass:env", STORE_PASSWORD_ENV),
+        ],
+        ["-exportcert", "-rfc", "-alias", "broker", "-keystore", str(keystore), *store, "-file", str(ca_file)],
+        ["-importcert", "-noprompt", "-alias", "broker", "-file", str(ca_file), "-keystore", str(truststore), *store],
+    ]
 
 
 class BrokerSecurityError(RuntimeError):
@@ -172,20 +197,12 @@ class BrokerSecurity:
         shutil.rmtree(tls_dir, ignore_errors=True)
         tls_dir.mkdir(parents=True, mode=0o700)
         password = secrets.token_urlsafe(24)
+        password_file.touch(mode=0o600)
         password_file.write_text(password)
-        password_file.chmod(0o600)
-        store = ["-storetype", "PKCS12", "-storepass", password]
-        san = "SAN=ip:127.0.0.1,dns:localhost"
-        steps = [
-            ["-genkeypair", "-alias", "broker", "-keyalg", "RSA", "-keysize", "2048", "-validity", "3650", "-dname"],
-            ["-exportcert", "-rfc", "-alias", "broker", "-keystore", str(keystore), *store, "-file", str(self.ca_file)],
-            ["-importcert", "-noprompt", "-alias", "broker", "-file", str(self.ca_file), "-keystore", str(truststore)],
-        ]
-        steps[0] += ["CN=localhost", "-ext", san, "-keystore", str(keystore), *store, "-keypass", password]
-        steps[2] += store
         self.ca_file.parent.mkdir(parents=True, exist_ok=True)
-        for step in steps:
-            result = subprocess.run([keytool, *step], capture_output=True, text=True, check=False)
+        env = {**os.environ, STORE_PASSWORD_ENV: password}
+        for step in keytool_steps(keystore, truststore, self.ca_file):
+            result = subprocess.run([keytool, *step], capture_output=True, text=True, check=False, env=env)
             if result.returncode != 0:
                 raise BrokerSecurityError(f"keytool {step[0]} failed:\n{(result.stdout + result.stderr)[-1000:]}")
         keystore.chmod(0o600)

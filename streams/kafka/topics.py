@@ -12,11 +12,21 @@ Usage:
     'replay1.docs.raw'
     >>> Topics("").docs_raw
     'docs.raw'
+    >>> check_namespace("r1")                      # a namespace a replay may create and drop
+    'r1'
+
+Namespaces:
+    :func:`check_namespace` is the one check of a namespace given by a person (``replay run``,
+    ``diff``, ``drop``); :func:`owned_by` tells whether a topic or consumer group belongs to one,
+    so that dropping ``r1`` can never reach live traffic, ``r1-b`` or anything else.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+
+from streams.settings import LIVE_GROUP_SEGMENT, namespace_problem
+from streams.worker_process import ALL_AGENTS
 
 DOCS_RAW = "docs.raw"
 DOCS_CLEAN = "docs.clean"
@@ -64,6 +74,57 @@ COMPACTED = {
 }
 # Control topics are low-volume; one partition keeps a total order of registry events.
 SINGLE_PARTITION = {MODELS_CONTROL, MONITOR_REFERENCE}
+# No part of a namespace between dashes may be one of these: `docs` would own the live
+# `docs.raw`, `live` the live groups, and `r1-embed` would make `llmops-r1-embed-...` ambiguous.
+RESERVED_NAMESPACE_WORDS = frozenset(
+    {LIVE_GROUP_SEGMENT, "llmops", "clients", *ALL_AGENTS}
+    | {part for base in ALL_BASE_NAMES for part in base.split(".")}
+)
+
+
+class NamespaceError(ValueError):
+    """A namespace that must not be created or dropped; the message says what is allowed."""
+
+
+def check_namespace(name: str, live: str = "") -> str:
+    """Return ``name`` if a replay may create, diff and drop it; raise :class:`NamespaceError` if not.
+
+    Args:
+        name: the namespace given on the command line.
+        live: the live namespace (``LLMOPS_NAMESPACE``, usually empty); it is never a replay's.
+    """
+    if not name or name == live:
+        raise NamespaceError("the namespace must be one other than the live one (e.g. r1)")
+    problem = namespace_problem(name)
+    if problem:
+        raise NamespaceError(problem)
+    reserved = sorted(set(name.split("-")) & RESERVED_NAMESPACE_WORDS)
+    if reserved:
+        raise NamespaceError(
+            f"a namespace may not contain the reserved word(s) {reserved} between dashes (topic, agent and "
+            "live names); choose another, e.g. r1"
+        )
+    return name
+
+
+def owned_by(name: str, namespace: str) -> bool:
+    """Whether topic or consumer group ``name`` belongs to ``namespace`` (and to no other).
+
+    A namespace owns its topics (``<ns>.<base>``), the groups and Faust internal topics of its
+    workers (``llmops-<ns>-<agent>_<agent>...``) and its inference clients' group. Because no
+    part of a namespace may be an agent name, ``llmops-r1-b-embed...`` belongs to ``r1-b``,
+    never to ``r1``.
+    """
+    if name.startswith(f"{namespace}."):
+        return True
+    prefix = f"llmops-{namespace or LIVE_GROUP_SEGMENT}-"
+    if not name.startswith(prefix):
+        return False
+    rest = name[len(prefix) :]
+    if rest == INFERENCE_CLIENTS:
+        return True
+    head = rest.split("-", 1)[0]
+    return bool(head) and all(agent in ALL_AGENTS for agent in head.split("_"))
 
 
 @dataclass(frozen=True)

@@ -36,7 +36,7 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 
 from streams.index.embed import version_for
 from streams.kafka.admin import client_kwargs, ensure_topics, offsets, producer, read_range, wait_for_group
-from streams.kafka.topics import DOCS_RAW, INFERENCE_REQUESTS, Topics
+from streams.kafka.topics import DOCS_RAW, INFERENCE_REQUESTS, NamespaceError, Topics, check_namespace
 from streams.logs import get_logger
 from streams.models.lifecycle import load_registry, write_events
 from streams.models.registry import Kind, ModelVersion, Stage
@@ -88,12 +88,19 @@ class ReplaySpec:
     def check(self, live_namespace: str) -> None:
         if self.topic not in REPLAYABLE:
             raise ReplayError(f"--topic must be one of {list(REPLAYABLE)}, got {self.topic!r}")
-        if not self.namespace or self.namespace == live_namespace:
-            raise ReplayError("--namespace must name a namespace other than the live one (e.g. r1)")
+        checked_namespace(self.namespace, live_namespace)
         if self.from_offset is not None and self.from_time_ms is not None:
             raise ReplayError("give --from-offset or --from-time, not both")
         if self.to_offset is not None and self.to_time_ms is not None:
             raise ReplayError("give --to-offset or --to-time, not both")
+
+
+def checked_namespace(namespace: str, live_namespace: str) -> str:
+    """``namespace`` if a replay may own it (:func:`streams.kafka.topics.check_namespace`), else ReplayError."""
+    try:
+        return check_namespace(namespace, live_namespace)
+    except NamespaceError as error:
+        raise ReplayError(str(error)) from None
 
 
 def replay_settings(live: Settings, namespace: str, **overrides: Any) -> Settings:
@@ -108,8 +115,18 @@ def replay_settings(live: Settings, namespace: str, **overrides: Any) -> Setting
     )
 
 
+def replays_root(live: Settings) -> Path:
+    """The folder that holds every replay namespace's folder."""
+    return (live.data_dir / "replays").resolve()
+
+
 def replay_dir(live: Settings, namespace: str) -> Path:
-    return (live.data_dir / "replays" / namespace).resolve()
+    """``<data_dir>/replays/<namespace>``, for a checked namespace, and never outside the replays folder."""
+    root = replays_root(live)
+    directory = (root / checked_namespace(namespace, live.namespace)).resolve()
+    if directory == root or not directory.is_relative_to(root):  # a symlink pointing elsewhere
+        raise ReplayError(f"the folder of namespace {namespace} resolves outside {root}; remove it by hand")
+    return directory
 
 
 def settings_digest(settings: Settings) -> str:

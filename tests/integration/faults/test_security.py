@@ -6,8 +6,10 @@ from __future__ import annotations
 
 import secrets
 import shutil
+import subprocess
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from pydantic import SecretStr
@@ -24,8 +26,14 @@ from .helpers import account_raw, fault_port, fresh, publish, records_of, report
 
 
 @pytest.fixture(params=["SASL_PLAINTEXT", "SASL_SSL"])
-def secured(request: pytest.FixtureRequest, settings: Settings, tmp_path: Path) -> Iterator[Settings]:
-    """Settings for a SCRAM-SHA-512 broker (port ``LLMOPS_TEST_KAFKA_PORT - 10``) and that broker."""
+def secured(
+    request: pytest.FixtureRequest, settings: Settings, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> Iterator[Settings]:
+    """Settings for a SCRAM-SHA-512 broker (port ``LLMOPS_TEST_KAFKA_PORT - 10``) and that broker.
+
+    Every command run to make it (storage format, keytool) and the broker's own command line, as
+    ``ps`` shows it (``/proc/<pid>/cmdline``), are checked for the SCRAM and keystore passwords.
+    """
     port = fault_port(10)
     secured = settings.model_copy(
         update={
@@ -41,7 +49,25 @@ def secured(request: pytest.FixtureRequest, settings: Settings, tmp_path: Path) 
         ROOT / ".llmops" / "kafka", port=port, heap="256m", security=BrokerSecurity.from_settings(secured)
     )
     shutil.rmtree(broker.home / f"tls-{port}", ignore_errors=True)
+    commands: list[list[str]] = []
+    real_run = subprocess.run
+
+    def recording_run(command: list[str], **kwargs: Any) -> Any:
+        commands.append([str(part) for part in command])
+        return real_run(command, **kwargs)
+
+    monkeypatch.setattr(subprocess, "run", recording_run)
     with fresh(broker):
+        monkeypatch.setattr(subprocess, "run", real_run)
+        pid = int(broker.pid_file.read_text())
+        command_lines = [Path(f"/proc/{pid}/cmdline").read_bytes().decode().split("\0"), *commands]
+        password = secured.sasl_password.get_secret_value() if secured.sasl_password else "?"
+        store_file = broker.home / f"tls-{port}" / "pass"
+        secrets_here = [password, *([store_file.read_text()] if store_file.exists() else [])]
+        assert any("StorageTool" in " ".join(c) or c[-1].startswith("@") for c in commands), commands
+        leaked = [c for c in command_lines if any(s in part for part in c for s in secrets_here)]
+        assert leaked == [], "a password reached a command line (visible in ps)"
+        report(f"{request.param} command lines", checked=len(command_lines), passwords_on_command_lines=0)
         yield secured
 
 
