@@ -113,7 +113,7 @@ def register_infer(app: faust.App, settings: Settings, tracer: AgentTracer, agen
 
     def on_registry_change(version: ModelVersion | None, key: str) -> None:
         current = service.models
-        classifiers = load_classifiers(follower.registry, current.classifiers)
+        classifiers = load_classifiers(follower.registry, current.classifiers, settings.model_max_bytes)
         service.swap(replace(current, registry=follower.registry.copy(), classifiers=classifiers))
 
     follower = RegistryFollower(settings, decode_version(codec), on_registry_change)

@@ -144,6 +144,9 @@ class Settings(BaseSettings):
     generator_api_key: SecretStr | None = None
     qa_min_accuracy: float = Field(0.6, ge=0, le=1, description="QA gate: lowest accuracy a candidate may have.")
     qa_max_drop: float = Field(0.02, ge=0, le=1, description="QA gate: largest accuracy drop from production allowed.")
+    model_max_bytes: int = Field(
+        4 * 1024 * 1024, ge=1024, description="Largest model artifact (ONNX graph) a worker or the CLI loads."
+    )
 
     # --- Tracing -----------------------------------------------------------------------------
     tracing: bool = Field(

@@ -23,6 +23,7 @@ from streams.ingest.chunk import default_tokenizer_path
 from streams.kafka.admin import producer, read_topic
 from streams.kafka.avro import AvroCodec, codec_from_settings
 from streams.kafka.topics import Topics
+from streams.models.artifacts import verify_digest
 from streams.models.classifier import LabelledText, OnnxClassifier, evaluate, split, train_classifier
 from streams.models.registry import Kind, ModelVersion, QaGate, Registry, Stage, files_version
 from streams.records import now_ms
@@ -128,7 +129,8 @@ async def register_file(
     source: str = "a file",
 ) -> ModelVersion:
     """Register an existing ONNX classifier head (vectors in; 'probabilities' out)."""
-    OnnxClassifier(data, labels)  # refuse a graph ONNX Runtime cannot load before anyone depends on it
+    # Refuse a graph ONNX Runtime cannot load, or one that reads files, before anyone depends on it.
+    OnnxClassifier(data, labels, max_bytes=settings.model_max_bytes)
     note = f"registered from {source}"
     return await _register(settings, classifier_version(name, data, labels, embedder_version, actor=actor, note=note))
 
@@ -156,7 +158,9 @@ async def evaluate_version(
     _, holdout = split(records)
     if not holdout:
         raise ValueError("the data has no held-out records to evaluate on")
-    metrics = evaluate(OnnxClassifier(target.artifact, target.labels), embedder, holdout)
+    verify_digest("model.onnx", target.artifact, target.files)
+    head = OnnxClassifier(target.artifact, target.labels, max_bytes=settings.model_max_bytes)
+    metrics = evaluate(head, embedder, holdout)
     gate = QaGate(settings.qa_min_accuracy, settings.qa_max_drop)
     events = registry.record_evaluation(name, target.version, metrics, gate, actor=actor, now_ms=now_ms())
     await write_events(settings, events)

@@ -1,0 +1,36 @@
+"""Why a model control event or artifact was refused: one reason code per failed check.
+
+Why this exists:
+    Workers check every ``models.control`` event themselves (signature, digests, the ONNX graph,
+    the lifecycle rules) and the CLI runs the same checks before it writes. A refusal carries a
+    machine-readable reason code (the dead letter's ``reason``) and a sentence that says what to
+    do next (its ``detail``), so the checks in ``signing``, ``artifacts`` and ``rules`` raise one
+    exception type that both sides understand.
+"""
+
+from __future__ import annotations
+
+from enum import StrEnum
+
+
+class Reason(StrEnum):
+    """Reason codes of refused control events (the ``reason`` of their dead letters)."""
+
+    MALFORMED = "MALFORMED"  # not a ModelVersion record, or its key does not name it
+    UNSIGNED = "UNSIGNED"  # no signature at all
+    UNKNOWN_KEY = "UNKNOWN_KEY"  # signed by a key this worker does not trust
+    BAD_SIGNATURE = "BAD_SIGNATURE"  # the signature does not match the record
+    DIGEST_MISMATCH = "DIGEST_MISMATCH"  # artifact bytes, file digests and version id disagree
+    EXTERNAL_DATA = "EXTERNAL_DATA"  # the ONNX graph references files outside its own bytes
+    TOO_LARGE = "TOO_LARGE"  # the artifact is above LLMOPS_MODEL_MAX_BYTES
+    RULE_VIOLATION = "RULE_VIOLATION"  # a lifecycle rule (QA gate, approval, stage transition) is broken
+    LOAD_FAILED = "LOAD_FAILED"  # the checks passed but ONNX Runtime could not load the graph
+
+
+class ControlRejected(ValueError):
+    """A control event or artifact that must not be applied; ``reason`` is a :class:`Reason`."""
+
+    def __init__(self, reason: Reason, detail: str) -> None:
+        super().__init__(f"{reason.value}: {detail}")
+        self.reason = reason
+        self.detail = detail
