@@ -47,8 +47,9 @@ from streams.kafka.avro import codec_from_settings
 from streams.kafka.rdkafka import AsyncProducer
 from streams.kafka.topics import Topics
 from streams.logs import get_logger
-from streams.models.lifecycle import decode_version, embedder_version_record, write_events
+from streams.models.lifecycle import control_check, embedder_version_record, write_events
 from streams.models.registry import ModelVersion, RegistryFollower
+from streams.models.rejections import ControlRejected, rejection_alert
 from streams.records import now_ms
 from streams.replay.runner import ORIGINAL_TIMESTAMP_HEADER
 from streams.settings import Settings
@@ -116,7 +117,19 @@ def register_infer(app: faust.App, settings: Settings, tracer: AgentTracer, agen
         classifiers = load_classifiers(follower.registry, current.classifiers, settings.model_max_bytes)
         service.swap(replace(current, registry=follower.registry.copy(), classifiers=classifiers))
 
-    follower = RegistryFollower(settings, decode_version(codec), on_registry_change)
+    async def on_control_rejected(message: Any, rejected: ControlRejected) -> None:
+        """A refused control event: a dead letter with the reason, and a critical alert."""
+        letter = record_dead_letter(message, "infer", rejected.reason.value, rejected.detail[:1000])
+        sent = [await send_dead_letter(app, codec, topics, letter, [])]
+        key = (message.key or b"").decode("utf-8", "replace")
+        coordinates = f"{message.topic}:{message.partition}:{message.offset}"
+        alert = rejection_alert(rejected, key, coordinates, message.timestamp or 0, now_ms())
+        value = codec.encode("Alert", alert, topics.monitor_alerts)
+        alert_key = f"{alert['metric']}|{alert['slice']}".encode()
+        sent.append(await app.producer.send(topics.monitor_alerts, alert_key, value, None, None, None))
+        await asyncio.gather(*sent)
+
+    follower = RegistryFollower(settings, control_check(codec), on_registry_change, on_control_rejected)
     state: dict[str, Any] = {}
 
     async def start() -> None:

@@ -64,10 +64,11 @@ AGENT_ACCESS: dict[str, Access] = {
     "ingest": Access((DOCS_RAW,), (DOCS_CLEAN, DOCS_DUPLICATES, DEADLETTER, TELEMETRY_SPANS)),
     "embed": Access((DOCS_CLEAN,), (DOCS_EMBEDDINGS, DEADLETTER, TELEMETRY_SPANS)),
     "index": Access((DOCS_EMBEDDINGS,), (DEADLETTER, TELEMETRY_SPANS)),
-    # infer follows the registry on models.control and registers its embedder version there.
+    # infer follows the registry on models.control and registers its embedder version there; a
+    # control event it refuses raises an alert on monitor.alerts.
     "infer": Access(
         (INFERENCE_REQUESTS, MODELS_CONTROL),
-        (INFERENCE_RESPONSES, INFERENCE_SHADOW, MODELS_CONTROL, DEADLETTER, TELEMETRY_SPANS),
+        (INFERENCE_RESPONSES, INFERENCE_SHADOW, MODELS_CONTROL, MONITOR_ALERTS, DEADLETTER, TELEMETRY_SPANS),
     ),
     "monitor": Access(
         (DOCS_EMBEDDINGS, INFERENCE_REQUESTS, INFERENCE_RESPONSES, FEEDBACK, MONITOR_REFERENCE),

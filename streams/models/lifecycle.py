@@ -16,7 +16,7 @@ Usage:
 from __future__ import annotations
 
 import getpass
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 
 from streams.index.embed import Embedder, OnnxEmbedder, graph_for
 from streams.ingest.chunk import default_tokenizer_path
@@ -25,7 +25,8 @@ from streams.kafka.avro import AvroCodec, codec_from_settings
 from streams.kafka.topics import Topics
 from streams.models.artifacts import verify_digest
 from streams.models.classifier import LabelledText, OnnxClassifier, evaluate, split, train_classifier
-from streams.models.registry import Kind, ModelVersion, QaGate, Registry, Stage, files_version
+from streams.models.registry import ControlCheck, Kind, ModelVersion, QaGate, Registry, Stage, files_version
+from streams.models.rejections import ControlRejected, Reason
 from streams.records import now_ms
 from streams.settings import Settings
 
@@ -39,8 +40,21 @@ def default_actor() -> str:
         return "unknown"
 
 
-def decode_version(codec: AvroCodec) -> Callable[[bytes], ModelVersion]:
-    return lambda value: ModelVersion.from_avro(codec.decode(value, "ModelVersion"))
+def control_check(codec: AvroCodec) -> ControlCheck:
+    """What a worker checks before it applies a ``models.control`` record (see RegistryFollower)."""
+
+    def check(registry: Registry, key: str, value: bytes | None) -> ModelVersion | None:
+        if value is None:
+            return None
+        try:
+            version = ModelVersion.from_avro(codec.decode(value, "ModelVersion"))
+        except Exception as error:  # noqa: BLE001 - any undecodable value is refused the same way
+            raise ControlRejected(Reason.MALFORMED, f"not a ModelVersion record: {error!r}") from None
+        if version.key != key:
+            raise ControlRejected(Reason.MALFORMED, f"the record is {version.short} but its key is {key!r}")
+        return version
+
+    return check
 
 
 async def load_registry(settings: Settings) -> Registry:

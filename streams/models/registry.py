@@ -24,12 +24,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hashlib
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass, field, replace
 from enum import StrEnum
 from typing import Any
 
 from streams.logs import get_logger
+from streams.models.rejections import ControlRejected, Reason
 
 log = get_logger(__name__)
 
@@ -181,6 +182,10 @@ class Registry:
     def apply(self, version: ModelVersion) -> None:
         """Take a control event (the full state of one version)."""
         self._versions[version.key] = version
+
+    def find(self, key: str) -> ModelVersion | None:
+        """The version stored under a control key (``name@version``), if any."""
+        return self._versions.get(key)
 
     def remove(self, key: str) -> None:
         """A tombstone on the control topic: the version is forgotten."""
@@ -339,19 +344,36 @@ class Registry:
         ]
 
 
+# Checks one control record against the registry built so far: the version to apply, None for an
+# accepted tombstone, or ControlRejected (lifecycle.control_check is the one the product uses).
+ControlCheck = Callable[["Registry", str, "bytes | None"], "ModelVersion | None"]
+# Told about each refused record (the agent writes a dead letter and an alert).
+ControlReject = Callable[[Any, ControlRejected], Awaitable[None]]
+
+
+async def _log_only(message: Any, rejected: ControlRejected) -> None:
+    return None
+
+
 class RegistryFollower:
     """Keeps a :class:`Registry` in step with ``models.control`` in this process.
 
     Every worker reads the whole (single-partition) topic without a consumer group, so each one
     sees every event; ``ready`` is set once the end offset seen at start is reached, so nothing
     answers with a stale registry after a restart. ``on_change`` runs after each applied event.
+
+    A record is applied only when ``check`` accepts it and ``on_change`` (which loads the models)
+    succeeds; otherwise the registry keeps what it had, ``on_reject`` is told (dead letter, alert)
+    and the follower goes on with the next record. After a broker error it resumes at the next
+    unread offset, never from the start (which re-read a failing record forever).
     """
 
     def __init__(
         self,
         settings: Any,
-        decode: Callable[[bytes], ModelVersion],
+        check: ControlCheck,
         on_change: Callable[[ModelVersion | None, str], None] = lambda version, key: None,
+        on_reject: ControlReject = _log_only,
     ) -> None:
         from streams.kafka.topics import Topics
 
@@ -359,8 +381,11 @@ class RegistryFollower:
         self.topic = Topics(settings.namespace).models_control
         self.registry = Registry()
         self.ready = asyncio.Event()
-        self._decode = decode
+        self.rejected = 0
+        self._check = check
         self._on_change = on_change
+        self._on_reject = on_reject
+        self._next_offset: int | None = None
         self._task: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
@@ -383,14 +408,18 @@ class RegistryFollower:
             try:
                 await consumer.start()
                 consumer.assign([partition])
-                await consumer.seek_to_beginning(partition)
+                if self._next_offset is None:
+                    await consumer.seek_to_beginning(partition)
+                else:
+                    consumer.seek(partition, self._next_offset)  # after a hiccup: where it stopped
                 end = (await consumer.end_offsets([partition]))[partition]
-                if end == 0:
+                if end == 0 or (self._next_offset or 0) >= end:
                     self.ready.set()
                 while True:
                     batch = await consumer.getmany(partition, timeout_ms=500)
                     for message in batch.get(partition, []):
-                        self._take(message)
+                        await self.take(message)
+                        self._next_offset = message.offset + 1
                         if message.offset + 1 >= end:
                             self.ready.set()
                     if not self.ready.is_set() and await consumer.position(partition) >= end:
@@ -398,22 +427,56 @@ class RegistryFollower:
             except asyncio.CancelledError:
                 raise
             except Exception as error:  # noqa: BLE001 - the follower must outlive broker hiccups
-                log.warning("registry_follower_error", error=repr(error), retry_in_s=1.0)
+                log.warning("registry_follower_error", error=repr(error), retry_in_s=1.0, resume_at=self._next_offset)
                 await asyncio.sleep(1.0)
             finally:
                 await consumer.stop()
 
-    def _take(self, message: Any) -> None:
+    async def take(self, message: Any) -> None:
+        """Apply one control record, or refuse it and keep the registry as it was (never raises)."""
         key = (message.key or b"").decode("utf-8", "replace")
-        if message.value is None:
-            self.registry.remove(key)
-            self._on_change(None, key)
-            return
+        previous = self.registry.find(key)
         try:
-            version = self._decode(message.value)
-        except Exception as error:  # noqa: BLE001 - a bad control record must not stop the registry
-            log.warning("registry_bad_event", key=key, offset=message.offset, error=repr(error))
+            try:
+                version = self._check(self.registry, key, message.value)
+            except ControlRejected:
+                raise
+            except Exception as error:  # noqa: BLE001 - a check that crashes refuses the record
+                raise ControlRejected(Reason.MALFORMED, f"the record could not be checked: {error!r}") from None
+            if version is None:
+                self.registry.remove(key)
+            else:
+                self.registry.apply(version)
+            try:
+                self._on_change(version, key)
+            except Exception as error:
+                self._restore(key, previous)
+                if isinstance(error, ControlRejected):
+                    raise
+                raise ControlRejected(
+                    Reason.LOAD_FAILED, f"the models could not be loaded: {error!r}; the active models stay"
+                ) from None
+        except ControlRejected as rejected:
+            self.rejected += 1
+            log.warning(
+                "model_control_rejected",
+                key=key,
+                offset=message.offset,
+                reason=rejected.reason.value,
+                detail=rejected.detail,
+            )
+            try:
+                await self._on_reject(message, rejected)
+            except Exception as error:  # noqa: BLE001 - reporting must not stop the registry
+                log.error("model_control_reject_report_failed", key=key, offset=message.offset, error=repr(error))
             return
-        self.registry.apply(version)
-        log.info("registry_event", model=version.short, stage=version.stage.value, note=version.note)
-        self._on_change(version, key)
+        if version is None:
+            log.info("registry_event", key=key, removed=True)
+        else:
+            log.info("registry_event", model=version.short, stage=version.stage.value, note=version.note)
+
+    def _restore(self, key: str, previous: ModelVersion | None) -> None:
+        if previous is None:
+            self.registry.remove(key)
+        else:
+            self.registry.apply(previous)

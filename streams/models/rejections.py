@@ -10,7 +10,9 @@ Why this exists:
 
 from __future__ import annotations
 
+import hashlib
 from enum import StrEnum
+from typing import Any
 
 
 class Reason(StrEnum):
@@ -34,3 +36,41 @@ class ControlRejected(ValueError):
         super().__init__(f"{reason.value}: {detail}")
         self.reason = reason
         self.detail = detail
+
+
+ALERT_METRIC = "models.control.rejected"
+ALERT_METHOD = (
+    "worker-side check of each models.control event: signature by a trusted key, artifact sha256, "
+    "self-contained ONNX under the size cap, lifecycle rules"
+)
+
+
+def rejection_alert(
+    rejected: ControlRejected, key: str, coordinates: str, record_ms: int, now_ms: int
+) -> dict[str, Any]:
+    """An ``Alert`` record (monitor.alerts) for one refused control event: critical, FIRING only.
+
+    Each refusal is its own incident (id from the record's coordinates, so a worker restart that
+    refuses the same record again repeats the same id); there is no RESOLVED event: a refused event
+    changes nothing, and the incident ends when someone has looked at the dead letter.
+    """
+    return {
+        "alert_id": hashlib.sha256(f"{ALERT_METRIC}|{coordinates}".encode()).hexdigest()[:16],
+        "state": "FIRING",
+        "severity": "critical",
+        "metric": ALERT_METRIC,
+        "slice": f"model={key}",
+        "value": 1.0,
+        "threshold": 0.0,
+        "direction": "above",
+        "window_id": coordinates,
+        "window_start_ms": record_ms,
+        "window_end_ms": record_ms,
+        "breaches": 1,
+        "method": ALERT_METHOD,
+        "hint": (
+            f"{rejected.reason.value}: {rejected.detail[:300]} The active models did not change; the record is on "
+            "the deadletter topic. Who can write models.control? (only the model manager should: llmops kafka acls)"
+        ),
+        "created_at_ms": now_ms,
+    }
