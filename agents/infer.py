@@ -47,9 +47,10 @@ from streams.kafka.avro import codec_from_settings
 from streams.kafka.rdkafka import AsyncProducer
 from streams.kafka.topics import Topics
 from streams.logs import get_logger
-from streams.models.lifecycle import control_check, embedder_version_record, write_events
+from streams.models.lifecycle import control_check_from_settings, embedder_version_record, write_events
 from streams.models.registry import ModelVersion, RegistryFollower
 from streams.models.rejections import ControlRejected, rejection_alert
+from streams.models.signing import can_sign
 from streams.records import now_ms
 from streams.replay.runner import ORIGINAL_TIMESTAMP_HEADER
 from streams.settings import Settings
@@ -129,8 +130,20 @@ def register_infer(app: faust.App, settings: Settings, tracer: AgentTracer, agen
         sent.append(await app.producer.send(topics.monitor_alerts, alert_key, value, None, None, None))
         await asyncio.gather(*sent)
 
-    follower = RegistryFollower(settings, control_check(codec), on_registry_change, on_control_rejected)
+    follower = RegistryFollower(
+        settings, control_check_from_settings(settings, codec), on_registry_change, on_control_rejected
+    )
     state: dict[str, Any] = {}
+
+    async def register_own_embedder() -> None:
+        """Record the embedder this worker runs, when it may sign (else a model manager does it)."""
+        if not can_sign(settings):
+            log.info("embedder_not_registered", embedder=embedder.version[:12], fix="llmops models register-embedder")
+            return
+        try:
+            await write_events(settings, [embedder_version_record(settings, embedder)], follower.registry.copy())
+        except Exception as error:  # noqa: BLE001 - e.g. no WRITE on models.control under ACLs; answering goes on
+            log.warning("embedder_not_registered", error=repr(error), fix="llmops models register-embedder")
 
     async def start() -> None:
         """Once per worker: registry caught up, embedder registered, store open, reply producer up."""
@@ -140,7 +153,7 @@ def register_infer(app: faust.App, settings: Settings, tracer: AgentTracer, agen
         except TimeoutError:
             log.warning("registry_not_ready", waited_s=REGISTRY_WAIT_SECONDS, topic=follower.topic)
         if not any(v.version == embedder.version for v in follower.registry.all(embedder.name)):
-            await write_events(settings, [embedder_version_record(settings, embedder)])
+            await register_own_embedder()
         store = await run_blocking(open_store)
         service.swap(replace(service.models, store=store))
         replies = AsyncProducer(settings)

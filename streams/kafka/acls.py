@@ -64,11 +64,11 @@ AGENT_ACCESS: dict[str, Access] = {
     "ingest": Access((DOCS_RAW,), (DOCS_CLEAN, DOCS_DUPLICATES, DEADLETTER, TELEMETRY_SPANS)),
     "embed": Access((DOCS_CLEAN,), (DOCS_EMBEDDINGS, DEADLETTER, TELEMETRY_SPANS)),
     "index": Access((DOCS_EMBEDDINGS,), (DEADLETTER, TELEMETRY_SPANS)),
-    # infer follows the registry on models.control and registers its embedder version there; a
-    # control event it refuses raises an alert on monitor.alerts.
+    # infer follows (only reads) the registry on models.control; a control event it refuses raises
+    # an alert on monitor.alerts. Only the model-manager role writes models.control.
     "infer": Access(
         (INFERENCE_REQUESTS, MODELS_CONTROL),
-        (INFERENCE_RESPONSES, INFERENCE_SHADOW, MODELS_CONTROL, MONITOR_ALERTS, DEADLETTER, TELEMETRY_SPANS),
+        (INFERENCE_RESPONSES, INFERENCE_SHADOW, MONITOR_ALERTS, DEADLETTER, TELEMETRY_SPANS),
     ),
     "monitor": Access(
         (DOCS_EMBEDDINGS, INFERENCE_REQUESTS, INFERENCE_RESPONSES, FEEDBACK, MONITOR_REFERENCE),
@@ -79,6 +79,9 @@ AGENT_ACCESS: dict[str, Access] = {
 ROLE_ACCESS: dict[str, Access] = {
     "publisher": Access((), (DOCS_RAW,)),
     "inference-client": Access((INFERENCE_RESPONSES,), (INFERENCE_REQUESTS, FEEDBACK), (INFERENCE_CLIENTS,)),
+    # `llmops models ...` (train, register, evaluate, promote, roll back; shadow-report reads
+    # inference.shadow): the one principal that may write models.control. It holds the signing key.
+    "model-manager": Access((MODELS_CONTROL, INFERENCE_SHADOW), (MODELS_CONTROL,)),
 }
 
 
@@ -127,7 +130,7 @@ def worker_grants(namespace: str, agents: Sequence[str], username: str) -> list[
 
 
 def role_grants(namespace: str, role: str, username: str) -> list[AclGrant]:
-    """What a non-worker client role (``publisher``, ``inference-client``) needs."""
+    """What a non-worker client role (``publisher``, ``inference-client``, ``model-manager``) needs."""
     if role not in ROLE_ACCESS:
         raise ValueError(f"unknown role {role!r}; choose from {list(ROLE_ACCESS)}")
     topics, access = Topics(namespace), ROLE_ACCESS[role]

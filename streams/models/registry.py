@@ -7,7 +7,8 @@ Why this exists:
     so any worker rebuilds the registry by reading the topic from the beginning, and the latest
     event per version survives compaction.
 
-The lifecycle (checked here, before an event is written):
+The lifecycle (the rules are in :mod:`streams.models.rules`, which every event produced here
+and every event a worker reads passes through):
     registered -> qa -> production -> archived; qa -> registered (demote); archived -> production
     only by rollback. Promotion to production needs a passed QA evaluation and a named approver.
     At most one production version per name: promoting one archives the previous one.
@@ -23,129 +24,31 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import hashlib
 from collections.abc import Awaitable, Callable, Iterable, Mapping
-from dataclasses import dataclass, field, replace
-from enum import StrEnum
+from dataclasses import dataclass, replace
 from typing import Any
 
 from streams.logs import get_logger
-from streams.models.rejections import ControlRejected, Reason
+from streams.models.rejections import ControlRejected, Reason, RegistryError
+from streams.models.rules import check_event
+from streams.models.version import Kind, ModelVersion, Stage, classifier_config, digests_version, files_version
+
+__all__ = [
+    "ControlCheck",
+    "ControlReject",
+    "Kind",
+    "ModelVersion",
+    "QaGate",
+    "Registry",
+    "RegistryError",
+    "RegistryFollower",
+    "Stage",
+    "classifier_config",
+    "digests_version",
+    "files_version",
+]
 
 log = get_logger(__name__)
-
-
-class Stage(StrEnum):
-    REGISTERED = "registered"
-    QA = "qa"
-    PRODUCTION = "production"
-    ARCHIVED = "archived"
-
-
-class Kind(StrEnum):
-    EMBEDDER = "embedder"
-    CLASSIFIER = "classifier"
-
-
-class RegistryError(ValueError):
-    """A registry operation that the lifecycle does not allow; the message says what would."""
-
-
-@dataclass(frozen=True)
-class ModelVersion:
-    """One version's current state: the value of a ``models.control`` record."""
-
-    name: str
-    version: str
-    kind: Kind
-    stage: Stage
-    updated_at_ms: int
-    files: Mapping[str, str] = field(default_factory=dict)
-    labels: tuple[str, ...] = ()
-    embedder_version: str | None = None
-    artifact: bytes | None = None
-    uri: str | None = None
-    metrics: Mapping[str, float] = field(default_factory=dict)
-    qa_metrics: Mapping[str, float] = field(default_factory=dict)
-    qa_passed: bool | None = None
-    qa_report: str | None = None
-    shadow: bool = False
-    approved_by: str | None = None
-    promoted_at_ms: int | None = None
-    actor: str = ""
-    note: str | None = None
-
-    @property
-    def key(self) -> str:
-        return f"{self.name}@{self.version}"
-
-    @property
-    def short(self) -> str:
-        return f"{self.name}@{self.version[:12]}"
-
-    def to_avro(self) -> dict[str, Any]:
-        return {
-            "name": self.name,
-            "version": self.version,
-            "kind": self.kind.value,
-            "stage": self.stage.value,
-            "files": dict(self.files),
-            "labels": list(self.labels),
-            "embedder_version": self.embedder_version,
-            "artifact": self.artifact,
-            "uri": self.uri,
-            "metrics": dict(self.metrics),
-            "qa_metrics": dict(self.qa_metrics),
-            "qa_passed": self.qa_passed,
-            "qa_report": self.qa_report,
-            "shadow": self.shadow,
-            "approved_by": self.approved_by,
-            "promoted_at_ms": self.promoted_at_ms,
-            "updated_at_ms": self.updated_at_ms,
-            "actor": self.actor,
-            "note": self.note,
-        }
-
-    @classmethod
-    def from_avro(cls, record: Mapping[str, Any]) -> ModelVersion:
-        return cls(
-            name=record["name"],
-            version=record["version"],
-            kind=Kind(record["kind"]),
-            stage=Stage(record["stage"]),
-            updated_at_ms=record["updated_at_ms"],
-            files=dict(record.get("files") or {}),
-            labels=tuple(record.get("labels") or ()),
-            embedder_version=record.get("embedder_version"),
-            artifact=record.get("artifact"),
-            uri=record.get("uri"),
-            metrics=dict(record.get("metrics") or {}),
-            qa_metrics=dict(record.get("qa_metrics") or {}),
-            qa_passed=record.get("qa_passed"),
-            qa_report=record.get("qa_report"),
-            shadow=bool(record.get("shadow", False)),
-            approved_by=record.get("approved_by"),
-            promoted_at_ms=record.get("promoted_at_ms"),
-            actor=record.get("actor") or "",
-            note=record.get("note"),
-        )
-
-    def summary(self) -> dict[str, Any]:
-        """What `llmops models list --json` shows (no artifact bytes)."""
-        data = self.to_avro()
-        data["artifact_bytes"] = len(self.artifact) if self.artifact else 0
-        del data["artifact"]
-        return data
-
-
-def files_version(files: Mapping[str, bytes], config: str = "") -> tuple[str, dict[str, str]]:
-    """A version id (sha256 over sorted file digests and a config string) and the per-file digests."""
-    digests = {name: hashlib.sha256(data).hexdigest() for name, data in sorted(files.items())}
-    overall = hashlib.sha256()
-    for name, digest in digests.items():
-        overall.update(f"{name}={digest}\n".encode())
-    overall.update(config.encode())
-    return overall.hexdigest(), digests
 
 
 @dataclass(frozen=True)
@@ -239,7 +142,7 @@ class Registry:
             raise RegistryError(
                 f"{version.short} is already registered (stage {existing.stage}); the same files give the same version"
             )
-        return [replace(version, stage=Stage.REGISTERED)]
+        return self._checked([replace(version, stage=Stage.REGISTERED)])
 
     def record_evaluation(
         self, name: str, version: str, metrics: Mapping[str, float], gate: QaGate, *, actor: str, now_ms: int
@@ -250,17 +153,19 @@ class Registry:
         if current is not None and current.version != candidate.version:
             production_accuracy = current.qa_metrics.get("accuracy", current.metrics.get("holdout_accuracy"))
         passed, report = gate.judge(float(metrics["accuracy"]), production_accuracy)
-        return [
-            replace(
-                candidate,
-                qa_metrics=dict(metrics),
-                qa_passed=passed,
-                qa_report=report,
-                updated_at_ms=now_ms,
-                actor=actor,
-                note="QA evaluation",
-            )
-        ]
+        return self._checked(
+            [
+                replace(
+                    candidate,
+                    qa_metrics=dict(metrics),
+                    qa_passed=passed,
+                    qa_report=report,
+                    updated_at_ms=now_ms,
+                    actor=actor,
+                    note="QA evaluation",
+                )
+            ]
+        )
 
     def promote(
         self,
@@ -278,7 +183,8 @@ class Registry:
             if candidate.stage not in (Stage.REGISTERED, Stage.QA):
                 raise RegistryError(f"{candidate.short} is {candidate.stage}; only a registered version goes to qa")
             note = "promoted to qa" + (" with shadow traffic" if shadow else "")
-            return [replace(candidate, stage=Stage.QA, shadow=shadow, updated_at_ms=now_ms, actor=actor, note=note)]
+            event = replace(candidate, stage=Stage.QA, shadow=shadow, updated_at_ms=now_ms, actor=actor, note=note)
+            return self._checked([event])
         if to is not Stage.PRODUCTION:
             raise RegistryError(f"promote goes to qa or production, not {to}")
         if candidate.stage is not Stage.QA:
@@ -286,14 +192,7 @@ class Registry:
                 f"{candidate.short} is {candidate.stage}; promote it to qa and evaluate it first "
                 f"(`llmops models promote {candidate.short} --to qa`, then `llmops models evaluate`)"
             )
-        if candidate.qa_passed is None:
-            raise RegistryError(
-                f"{candidate.short} has no QA evaluation; run `llmops models evaluate {candidate.short}`"
-            )
-        if not candidate.qa_passed:
-            raise RegistryError(f"{candidate.short} failed its QA gate: {candidate.qa_report}")
-        if not approved_by or not approved_by.strip():
-            raise RegistryError("promotion to production needs an explicit approval: --approved-by NAME")
+        # The QA gate and the approval are lifecycle rules (streams.models.rules), checked on the event.
         # The new version first: a worker applies one event at a time, and between the two events
         # the newest promotion answers (``production`` picks it), never "no production version".
         events = [
@@ -301,7 +200,7 @@ class Registry:
                 candidate,
                 stage=Stage.PRODUCTION,
                 shadow=False,
-                approved_by=approved_by.strip(),
+                approved_by=(approved_by or "").strip() or None,
                 promoted_at_ms=now_ms,
                 updated_at_ms=now_ms,
                 actor=actor,
@@ -312,7 +211,7 @@ class Registry:
         if current is not None:
             note = f"superseded by {candidate.version[:12]}"
             events.append(replace(current, stage=Stage.ARCHIVED, updated_at_ms=now_ms, actor=actor, note=note))
-        return events
+        return self._checked(events)
 
     def rollback(self, name: str, *, actor: str, now_ms: int) -> list[ModelVersion]:
         """Archive the production version and restore the one that was in production before it."""
@@ -332,16 +231,27 @@ class Registry:
         previous = max(earlier, key=lambda v: v.promoted_at_ms or 0)
         # Restored first (it keeps its older promotion time, so the current version answers until
         # the second event archives it): there is a production version after every event.
-        return [
-            replace(
-                previous,
-                stage=Stage.PRODUCTION,
-                updated_at_ms=now_ms,
-                actor=actor,
-                note=f"restored by rollback of {current.version[:12]}",
-            ),
-            replace(current, stage=Stage.ARCHIVED, updated_at_ms=now_ms, actor=actor, note="rolled back"),
-        ]
+        return self._checked(
+            [
+                replace(
+                    previous,
+                    stage=Stage.PRODUCTION,
+                    updated_at_ms=now_ms,
+                    actor=actor,
+                    note=f"restored by rollback of {current.version[:12]}",
+                ),
+                replace(current, stage=Stage.ARCHIVED, updated_at_ms=now_ms, actor=actor, note="rolled back"),
+            ]
+        )
+
+    def _checked(self, events: list[ModelVersion]) -> list[ModelVersion]:
+        """``events`` unsigned (the writer signs them), each checked by the lifecycle rules in turn."""
+        state = self.copy()
+        unsigned = [event.unsigned() for event in events]
+        for event in unsigned:
+            check_event(state.find(event.key), event)
+            state.apply(event)
+        return unsigned
 
 
 # Checks one control record against the registry built so far: the version to apply, None for an

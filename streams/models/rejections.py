@@ -29,13 +29,27 @@ class Reason(StrEnum):
     LOAD_FAILED = "LOAD_FAILED"  # the checks passed but ONNX Runtime could not load the graph
 
 
+class RegistryError(ValueError):
+    """A registry operation that the lifecycle does not allow; the message says what would."""
+
+
 class ControlRejected(ValueError):
-    """A control event or artifact that must not be applied; ``reason`` is a :class:`Reason`."""
+    """A control event or artifact that must not be applied; ``reason`` is a :class:`Reason`.
+
+    The message is ``detail`` alone (what the CLI prints); logs and dead letters carry the reason.
+    """
 
     def __init__(self, reason: Reason, detail: str) -> None:
-        super().__init__(f"{reason.value}: {detail}")
+        super().__init__(detail)
         self.reason = reason
         self.detail = detail
+
+
+class RuleViolation(ControlRejected, RegistryError):
+    """A lifecycle rule refused an event: a CLI command and a worker refuse it the same way."""
+
+    def __init__(self, detail: str) -> None:
+        super().__init__(Reason.RULE_VIOLATION, detail)
 
 
 ALERT_METRIC = "models.control.rejected"

@@ -5,13 +5,19 @@ from __future__ import annotations
 from types import SimpleNamespace
 from typing import Any
 
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
 from streams.kafka.avro import AvroCodec, EmbeddedRegistry
+from streams.models.artifacts import DEFAULT_MAX_BYTES
 from streams.models.lifecycle import control_check
 from streams.models.registry import Kind, ModelVersion, RegistryFollower, Stage, files_version
 from streams.models.rejections import ControlRejected, Reason
+from streams.models.signing import Signer, TrustedKeys
 from streams.settings import Settings
 
 CODEC = AvroCodec(EmbeddedRegistry.from_directory())
+SIGNER = Signer.of(Ed25519PrivateKey.generate())
+CHECK = control_check(CODEC, TrustedKeys.of([SIGNER.private_key.public_key()]), DEFAULT_MAX_BYTES)
 
 
 def version(seed: str) -> ModelVersion:
@@ -26,7 +32,7 @@ def message(offset: int, key: str, value: bytes | None) -> Any:
 
 
 def encoded(v: ModelVersion) -> bytes:
-    return CODEC.encode("ModelVersion", v.to_avro(), "models.control")
+    return CODEC.encode("ModelVersion", SIGNER.sign(v).to_avro(), "models.control")
 
 
 class Recorder:
@@ -47,7 +53,7 @@ class Recorder:
 async def test_a_record_whose_models_fail_to_load_is_refused_and_the_next_one_applies() -> None:
     good, bad, later = version("a"), version("b"), version("c")
     recorder = Recorder(fail_for=bad.key)
-    follower = RegistryFollower(Settings(), control_check(CODEC), recorder.on_change, recorder.on_reject)
+    follower = RegistryFollower(Settings(), CHECK, recorder.on_change, recorder.on_reject)
     await follower.take(message(0, good.key, encoded(good)))
     await follower.take(message(1, bad.key, encoded(bad)))  # used to raise out of the follower
     await follower.take(message(2, later.key, encoded(later)))
@@ -60,17 +66,17 @@ async def test_a_refused_update_of_a_known_version_keeps_the_version_it_had() ->
     first = version("a")
     update = ModelVersion.from_avro({**first.to_avro(), "stage": "qa", "updated_at_ms": 2})
     recorder = Recorder(fail_for=first.key)
-    follower = RegistryFollower(Settings(), control_check(CODEC), lambda v, k: None, recorder.on_reject)
+    follower = RegistryFollower(Settings(), CHECK, lambda v, k: None, recorder.on_reject)
     await follower.take(message(0, first.key, encoded(first)))
     follower._on_change = recorder.on_change
     await follower.take(message(1, first.key, encoded(update)))
-    assert follower.registry.find(first.key) == first
+    assert follower.registry.find(first.key) == SIGNER.sign(first)
 
 
 async def test_malformed_records_are_refused_with_a_reason_and_do_not_stop_the_follower() -> None:
     good = version("a")
     recorder = Recorder()
-    follower = RegistryFollower(Settings(), control_check(CODEC), recorder.on_change, recorder.on_reject)
+    follower = RegistryFollower(Settings(), CHECK, recorder.on_change, recorder.on_reject)
     await follower.take(message(0, "topic@x", b"\x00\x00\x00\x00\x07garbage"))
     await follower.take(message(1, "topic@not-the-version", encoded(good)))
     await follower.take(message(2, good.key, encoded(good)))
@@ -85,7 +91,7 @@ async def test_a_failing_rejection_report_does_not_stop_the_follower() -> None:
     async def broken_report(msg: Any, rejected: ControlRejected) -> None:
         raise RuntimeError("the dead-letter producer is down")
 
-    follower = RegistryFollower(Settings(), control_check(CODEC), lambda v, k: None, broken_report)
+    follower = RegistryFollower(Settings(), CHECK, lambda v, k: None, broken_report)
     await follower.take(message(0, "k", b"garbage"))
     await follower.take(message(1, good.key, encoded(good)))
-    assert follower.registry.find(good.key) == good
+    assert follower.registry.find(good.key) == SIGNER.sign(good)
