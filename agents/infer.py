@@ -47,8 +47,10 @@ from streams.kafka.avro import codec_from_settings
 from streams.kafka.rdkafka import AsyncProducer
 from streams.kafka.topics import Topics
 from streams.logs import get_logger
-from streams.models.lifecycle import decode_version, embedder_version_record, write_events
+from streams.models.lifecycle import control_check_from_settings, embedder_version_record, write_events
 from streams.models.registry import ModelVersion, RegistryFollower
+from streams.models.rejections import ControlRejected, rejection_alert
+from streams.models.signing import can_sign
 from streams.records import now_ms
 from streams.replay.runner import ORIGINAL_TIMESTAMP_HEADER
 from streams.settings import Settings
@@ -113,11 +115,35 @@ def register_infer(app: faust.App, settings: Settings, tracer: AgentTracer, agen
 
     def on_registry_change(version: ModelVersion | None, key: str) -> None:
         current = service.models
-        classifiers = load_classifiers(follower.registry, current.classifiers)
+        classifiers = load_classifiers(follower.registry, current.classifiers, settings.model_max_bytes)
         service.swap(replace(current, registry=follower.registry.copy(), classifiers=classifiers))
 
-    follower = RegistryFollower(settings, decode_version(codec), on_registry_change)
+    async def on_control_rejected(message: Any, rejected: ControlRejected) -> None:
+        """A refused control event: a dead letter with the reason, and a critical alert."""
+        letter = record_dead_letter(message, "infer", rejected.reason.value, rejected.detail[:1000])
+        sent = [await send_dead_letter(app, codec, topics, letter, [])]
+        key = (message.key or b"").decode("utf-8", "replace")
+        coordinates = f"{message.topic}:{message.partition}:{message.offset}"
+        alert = rejection_alert(rejected, key, coordinates, message.timestamp or 0, now_ms())
+        value = codec.encode("Alert", alert, topics.monitor_alerts)
+        alert_key = f"{alert['metric']}|{alert['slice']}".encode()
+        sent.append(await app.producer.send(topics.monitor_alerts, alert_key, value, None, None, None))
+        await asyncio.gather(*sent)
+
+    follower = RegistryFollower(
+        settings, control_check_from_settings(settings, codec), on_registry_change, on_control_rejected
+    )
     state: dict[str, Any] = {}
+
+    async def register_own_embedder() -> None:
+        """Record the embedder this worker runs, when it may sign (else a model manager does it)."""
+        if not can_sign(settings):
+            log.info("embedder_not_registered", embedder=embedder.version[:12], fix="llmops models register-embedder")
+            return
+        try:
+            await write_events(settings, [embedder_version_record(settings, embedder)], follower.registry.copy())
+        except Exception as error:  # noqa: BLE001 - e.g. no WRITE on models.control under ACLs; answering goes on
+            log.warning("embedder_not_registered", error=repr(error), fix="llmops models register-embedder")
 
     async def start() -> None:
         """Once per worker: registry caught up, embedder registered, store open, reply producer up."""
@@ -127,7 +153,7 @@ def register_infer(app: faust.App, settings: Settings, tracer: AgentTracer, agen
         except TimeoutError:
             log.warning("registry_not_ready", waited_s=REGISTRY_WAIT_SECONDS, topic=follower.topic)
         if not any(v.version == embedder.version for v in follower.registry.all(embedder.name)):
-            await write_events(settings, [embedder_version_record(settings, embedder)])
+            await register_own_embedder()
         store = await run_blocking(open_store)
         service.swap(replace(service.models, store=store))
         replies = AsyncProducer(settings)

@@ -301,6 +301,17 @@ class Settings(BaseSettings):
     generator_api_key: SecretStr | None = None
     qa_min_accuracy: float = Field(0.6, ge=0, le=1, description="QA gate: lowest accuracy a candidate may have.")
     qa_max_drop: float = Field(0.02, ge=0, le=1, description="QA gate: largest accuracy drop from production allowed.")
+    model_trusted_keys: Path | None = Field(
+        None,
+        description="File or directory of Ed25519 public keys whose signed models.control events workers accept "
+        "(unset = a development key pair made under data_dir; production sets its own).",
+    )
+    model_signing_key_file: Path | None = Field(
+        None, description="Path of the Ed25519 private key (PEM) that `llmops models ...` signs control events with."
+    )
+    model_max_bytes: int = Field(
+        4 * 1024 * 1024, ge=1024, description="Largest model artifact (ONNX graph) a worker or the CLI loads."
+    )
 
     # --- Tracing -----------------------------------------------------------------------------
     tracing: bool = Field(

@@ -138,9 +138,12 @@ def kafka_topics(tenants: tuple[str, ...], as_json: bool) -> None:
 @click.option("--agents", default=None, help="One worker's agent set (e.g. embed,index); default: each group alone.")
 @click.option(
     "--role",
-    type=click.Choice(["publisher", "inference-client", "tenant-client"]),
+    type=click.Choice(["publisher", "inference-client", "tenant-client", "model-manager"]),
     default=None,
-    help="A client role instead (tenant-client: one tenant's applications, with --tenant).",
+    help=(
+        "A client role instead (tenant-client: one tenant's applications, with --tenant; "
+        "model-manager: the only writer of models.control)."
+    ),
 )
 @click.option("--tenant", default=None, help="The tenant a tenant-client is granted for (its reply topic only).")
 @click.option("--principal", default=None, help="SASL user the grants are for (default: llmops-<agents or role>).")

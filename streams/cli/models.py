@@ -164,6 +164,21 @@ def models_register(name: str, graph: Path, labels: str, as_json: bool) -> None:
     _echo_events([version], as_json)
 
 
+@models.command("register-embedder")
+@click.option("--json", "as_json", is_flag=True, help="Print the registered version as JSON.")
+def models_register_embedder(as_json: bool) -> None:
+    """Record the embedder this deployment runs (workers do it themselves when they may sign events)."""
+    from streams.index.embed import OnnxEmbedder
+    from streams.models.lifecycle import register_embedder
+
+    settings = load_settings()
+    version = _run(register_embedder(settings, OnnxEmbedder.from_settings(settings)))
+    if version is None:
+        click.echo("the embedder is registered already")
+        return
+    _echo_events([version], as_json)
+
+
 @models.command("evaluate")
 @click.argument("spec", metavar="NAME@VERSION")
 @data_options

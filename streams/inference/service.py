@@ -28,6 +28,7 @@ from streams.index.embed import Embedder
 from streams.index.vectorstore import Hit, VectorStore
 from streams.inference.requests import InferenceRequest, RequestRejected
 from streams.inference.safety import Verdict, screen
+from streams.models.artifacts import DEFAULT_MAX_BYTES, verify_digest
 from streams.models.classifier import OnnxClassifier, explain
 from streams.models.registry import Kind, ModelVersion, Registry, RegistryError
 from streams.records import now_ms
@@ -83,16 +84,27 @@ class ModelSet:
         ]
 
 
-def load_classifiers(registry: Registry, previous: Mapping[str, LoadedClassifier]) -> dict[str, LoadedClassifier]:
+def load_classifiers(
+    registry: Registry, previous: Mapping[str, LoadedClassifier], max_bytes: int = DEFAULT_MAX_BYTES
+) -> dict[str, LoadedClassifier]:
     """ONNX sessions for every classifier version with an inline artifact; sessions are reused.
 
     Archived versions stay loaded (they are small) so that a pin or a rollback answers at once.
+    A new session loads only bytes whose sha256 is the record's ``model.onnx`` digest, no larger
+    than ``max_bytes`` and with no external data (:func:`streams.models.artifacts.check_onnx_bytes`).
+
+    Raises:
+        ControlRejected: an artifact fails those checks (the caller keeps the models it has).
     """
     loaded = {}
     for version in registry.all():
         if version.kind is Kind.CLASSIFIER and version.artifact:
             old = previous.get(version.key)
-            head = old.head if old else OnnxClassifier(version.artifact, version.labels)
+            if old is not None and old.version.artifact == version.artifact:
+                head = old.head
+            else:
+                verify_digest("model.onnx", version.artifact, version.files)
+                head = OnnxClassifier(version.artifact, version.labels, max_bytes=max_bytes)
             loaded[version.key] = LoadedClassifier(version, head)
     return loaded
 

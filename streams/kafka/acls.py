@@ -69,11 +69,12 @@ AGENT_ACCESS: dict[str, Access] = {
     "ingest": Access((DOCS_RAW,), (DOCS_CLEAN, DOCS_DUPLICATES, DEADLETTER, TELEMETRY_SPANS)),
     "embed": Access((DOCS_CLEAN,), (DOCS_EMBEDDINGS, DEADLETTER, TELEMETRY_SPANS)),
     "index": Access((DOCS_EMBEDDINGS,), (DEADLETTER, TELEMETRY_SPANS)),
-    # infer follows the registry on models.control and registers its embedder version there.
-    # It answers a tenant on that tenant's own reply topic, creating it on the tenant's first request.
+    # infer follows (only reads) the registry on models.control; a control event it refuses raises
+    # an alert on monitor.alerts. Only the model-manager role writes models.control. It answers a
+    # tenant on that tenant's own reply topic, creating it on the tenant's first request.
     "infer": Access(
         (INFERENCE_REQUESTS, MODELS_CONTROL),
-        (INFERENCE_RESPONSES, INFERENCE_SHADOW, MODELS_CONTROL, DEADLETTER, TELEMETRY_SPANS),
+        (INFERENCE_RESPONSES, INFERENCE_SHADOW, MONITOR_ALERTS, DEADLETTER, TELEMETRY_SPANS),
         prefix_writes=(TENANT_RESPONSES_PREFIX,),
     ),
     "monitor": Access(
@@ -89,6 +90,9 @@ ROLE_ACCESS: dict[str, Access] = {
     "inference-client": Access((INFERENCE_RESPONSES,), (INFERENCE_REQUESTS, FEEDBACK), (INFERENCE_CLIENTS,)),
     # One tenant's applications: its own reply topic only (`--tenant NAME`); tenant B's is not readable.
     "tenant-client": Access((), (INFERENCE_REQUESTS, FEEDBACK), (INFERENCE_CLIENTS,), tenant_replies=True),
+    # `llmops models ...` (train, register, evaluate, promote, roll back; shadow-report reads
+    # inference.shadow): the one principal that may write models.control. It holds the signing key.
+    "model-manager": Access((MODELS_CONTROL, INFERENCE_SHADOW), (MODELS_CONTROL,)),
 }
 
 
@@ -144,7 +148,7 @@ def worker_grants(namespace: str, agents: Sequence[str], username: str) -> list[
 
 
 def role_grants(namespace: str, role: str, username: str, tenant: str | None = None) -> list[AclGrant]:
-    """What a non-worker client role (``publisher``, ``inference-client``, ``tenant-client``) needs.
+    """What a non-worker client role (``publisher``, ``inference-client``, ``tenant-client``, ``model-manager``) needs.
 
     Raises:
         ValueError: an unknown role, or ``tenant-client`` without a valid ``tenant``.

@@ -33,6 +33,7 @@ import numpy as np
 import numpy.typing as npt
 
 from streams.index.embed import Embedder
+from streams.models.artifacts import DEFAULT_MAX_BYTES, check_onnx_bytes
 
 EXPLAIN_METHOD = "leave-one-out word occlusion: drop in the predicted label's probability without the word"
 EXPLAIN_MAX_WORDS = 64
@@ -102,9 +103,15 @@ class TrainedClassifier:
 class OnnxClassifier:
     """A classification head on ONNX Runtime: vectors in, probabilities per label out."""
 
-    def __init__(self, graph: bytes, labels: Sequence[str]) -> None:
+    def __init__(self, graph: bytes, labels: Sequence[str], *, max_bytes: int = DEFAULT_MAX_BYTES) -> None:
+        """Load ``graph`` from its bytes alone (never a file it names) after :func:`check_onnx_bytes`.
+
+        Raises:
+            ControlRejected: the graph is too large, malformed, or references external data.
+        """
         import onnxruntime as ort
 
+        check_onnx_bytes(graph, max_bytes)
         options = ort.SessionOptions()
         options.intra_op_num_threads = 1
         options.inter_op_num_threads = 1

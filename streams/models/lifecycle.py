@@ -16,18 +16,34 @@ Usage:
 from __future__ import annotations
 
 import getpass
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 
 from streams.index.embed import Embedder, OnnxEmbedder, graph_for
 from streams.ingest.chunk import default_tokenizer_path
 from streams.kafka.admin import producer, read_topic
 from streams.kafka.avro import AvroCodec, codec_from_settings
 from streams.kafka.topics import Topics
+from streams.logs import get_logger
+from streams.models.artifacts import check_onnx_bytes, verify_digest
 from streams.models.classifier import LabelledText, OnnxClassifier, evaluate, split, train_classifier
-from streams.models.registry import Kind, ModelVersion, QaGate, Registry, Stage, files_version
+from streams.models.registry import (
+    ControlCheck,
+    Kind,
+    ModelVersion,
+    QaGate,
+    Registry,
+    Stage,
+    classifier_config,
+    digests_version,
+    files_version,
+)
+from streams.models.rejections import ControlRejected, Reason
+from streams.models.rules import check_event, check_removal
+from streams.models.signing import TrustedKeys, signer_from_settings, trusted_keys_from_settings
 from streams.records import now_ms
 from streams.settings import Settings
 
+log = get_logger(__name__)
 MAX_INLINE_ARTIFACT = 900_000  # under Kafka's default 1 MiB message limit, with room for the rest
 
 
@@ -38,35 +54,117 @@ def default_actor() -> str:
         return "unknown"
 
 
-def decode_version(codec: AvroCodec) -> Callable[[bytes], ModelVersion]:
-    return lambda value: ModelVersion.from_avro(codec.decode(value, "ModelVersion"))
+def check_version(registry: Registry, version: ModelVersion, trusted: TrustedKeys, max_bytes: int) -> None:
+    """Every check a control event passes before it is applied or written, in this order.
+
+    The signature (a trusted key signed exactly this record), then the artifact (no larger than
+    ``max_bytes``, its sha256 the record's ``model.onnx`` digest, the digests the version id, a
+    self-contained ONNX graph), then the lifecycle rules against the registry built so far.
+
+    Raises:
+        ControlRejected: with the reason code of the first check that failed.
+    """
+    trusted.verify(version)
+    if version.kind is Kind.CLASSIFIER:
+        if version.artifact is not None:
+            if len(version.artifact) > max_bytes:
+                raise ControlRejected(
+                    Reason.TOO_LARGE,
+                    f"{version.short}: the artifact is {len(version.artifact)} bytes, above the {max_bytes}-byte "
+                    "cap (LLMOPS_MODEL_MAX_BYTES)",
+                )
+            verify_digest("model.onnx", version.artifact, version.files)
+        if "labels.json" in version.files:
+            verify_digest("labels.json", "\n".join(version.labels).encode(), version.files)
+        if digests_version(version.files, classifier_config(version.embedder_version)) != version.version:
+            raise ControlRejected(
+                Reason.DIGEST_MISMATCH,
+                f"{version.short}: the version id is not the digest of its files and embedder; register the "
+                "model again",
+            )
+        if version.artifact is not None:
+            check_onnx_bytes(version.artifact, max_bytes)
+    check_event(registry.find(version.key), version)
+
+
+def control_check(codec: AvroCodec, trusted: TrustedKeys, max_bytes: int) -> ControlCheck:
+    """What a worker checks before it applies a ``models.control`` record (see RegistryFollower)."""
+
+    def check(registry: Registry, key: str, value: bytes | None) -> ModelVersion | None:
+        if value is None:
+            check_removal(registry.find(key))
+            return None
+        try:
+            version = ModelVersion.from_avro(codec.decode(value, "ModelVersion"))
+        except Exception as error:  # noqa: BLE001 - any undecodable value is refused the same way
+            raise ControlRejected(Reason.MALFORMED, f"not a ModelVersion record: {error!r}") from None
+        if version.key != key:
+            raise ControlRejected(Reason.MALFORMED, f"the record is {version.short} but its key is {key!r}")
+        check_version(registry, version, trusted, max_bytes)
+        return version
+
+    return check
+
+
+def control_check_from_settings(settings: Settings, codec: AvroCodec | None = None) -> ControlCheck:
+    return control_check(
+        codec or codec_from_settings(settings), trusted_keys_from_settings(settings), settings.model_max_bytes
+    )
 
 
 async def load_registry(settings: Settings) -> Registry:
-    """The registry as ``models.control`` holds it now."""
-    codec = codec_from_settings(settings)
+    """The registry as ``models.control`` holds it now: only events that pass a worker's checks.
+
+    A refused event is skipped with a warning (the workers dead-letter it), so the CLI builds on
+    exactly the state the workers answer with.
+    """
+    check = control_check_from_settings(settings)
     registry = Registry()
     async for message in read_topic(settings, Topics(settings.namespace).models_control):
         key = (message.key or b"").decode("utf-8", "replace")
-        if message.value is None:
+        try:
+            version = check(registry, key, message.value)
+        except ControlRejected as rejected:
+            log.warning("model_control_skipped", key=key, offset=message.offset, reason=rejected.reason.value)
+            continue
+        if version is None:
             registry.remove(key)
         else:
-            registry.apply(ModelVersion.from_avro(codec.decode(message.value, "ModelVersion")))
+            registry.apply(version)
     return registry
 
 
-async def write_events(settings: Settings, events: Sequence[ModelVersion]) -> None:
-    """Append control events (acks=all, in order) to ``models.control``."""
+async def write_events(settings: Settings, events: Sequence[ModelVersion], registry: Registry) -> list[ModelVersion]:
+    """Sign control events, check them as a worker will, and append them (acks=all, in order).
+
+    ``registry`` is the state the events follow (what ``load_registry`` read). Nothing is written
+    unless every event passes: a worker would refuse it anyway. Returns the signed events.
+    """
     codec = codec_from_settings(settings)
+    signer = signer_from_settings(settings)
+    trusted = trusted_keys_from_settings(settings)
+    if signer.key_id not in trusted.keys:
+        raise ValueError(
+            f"the signing key {signer.key_id} is not among the trusted keys ({', '.join(sorted(trusted.keys))}): "
+            "workers would refuse its events; add its public key to LLMOPS_MODEL_TRUSTED_KEYS"
+        )
+    state = registry.copy()
+    signed = []
+    for event in events:
+        event = signer.sign(event)
+        check_version(state, event, trusted, settings.model_max_bytes)
+        state.apply(event)
+        signed.append(event)
     topic = Topics(settings.namespace).models_control
     kafka = producer(settings, linger_ms=0)
     await kafka.start()
     try:
-        for event in events:
+        for event in signed:
             value = codec.encode("ModelVersion", event.to_avro(), topic)
             await kafka.send_and_wait(topic, value, key=event.key.encode())
     finally:
         await kafka.stop()
+    return signed
 
 
 def classifier_version(
@@ -74,7 +172,7 @@ def classifier_version(
 ) -> ModelVersion:
     """A registrable classifier version whose id is the digest of its graph, labels and embedder."""
     files = {"model.onnx": trained_onnx, "labels.json": "\n".join(labels).encode()}
-    version, digests = files_version(files, config=f"embedder={embedder_version}")
+    version, digests = files_version(files, config=classifier_config(embedder_version))
     if len(trained_onnx) > MAX_INLINE_ARTIFACT:
         raise ValueError(
             f"the graph is {len(trained_onnx)} bytes; inline artifacts are limited to {MAX_INLINE_ARTIFACT}"
@@ -113,8 +211,7 @@ async def train_and_register(
 async def _register(settings: Settings, candidate: ModelVersion) -> ModelVersion:
     registry = await load_registry(settings)
     events = registry.register(candidate)
-    await write_events(settings, events)
-    return events[-1]
+    return (await write_events(settings, events, registry))[-1]
 
 
 async def register_file(
@@ -128,7 +225,8 @@ async def register_file(
     source: str = "a file",
 ) -> ModelVersion:
     """Register an existing ONNX classifier head (vectors in; 'probabilities' out)."""
-    OnnxClassifier(data, labels)  # refuse a graph ONNX Runtime cannot load before anyone depends on it
+    # Refuse a graph ONNX Runtime cannot load, or one that reads files, before anyone depends on it.
+    OnnxClassifier(data, labels, max_bytes=settings.model_max_bytes)
     note = f"registered from {source}"
     return await _register(settings, classifier_version(name, data, labels, embedder_version, actor=actor, note=note))
 
@@ -156,11 +254,12 @@ async def evaluate_version(
     _, holdout = split(records)
     if not holdout:
         raise ValueError("the data has no held-out records to evaluate on")
-    metrics = evaluate(OnnxClassifier(target.artifact, target.labels), embedder, holdout)
+    verify_digest("model.onnx", target.artifact, target.files)
+    head = OnnxClassifier(target.artifact, target.labels, max_bytes=settings.model_max_bytes)
+    metrics = evaluate(head, embedder, holdout)
     gate = QaGate(settings.qa_min_accuracy, settings.qa_max_drop)
     events = registry.record_evaluation(name, target.version, metrics, gate, actor=actor, now_ms=now_ms())
-    await write_events(settings, events)
-    return events[-1]
+    return (await write_events(settings, events, registry))[-1]
 
 
 async def promote(
@@ -175,15 +274,13 @@ async def promote(
 ) -> list[ModelVersion]:
     registry = await load_registry(settings)
     events = registry.promote(name, version, to, actor=actor, now_ms=now_ms(), approved_by=approved_by, shadow=shadow)
-    await write_events(settings, events)
-    return events
+    return await write_events(settings, events, registry)
 
 
 async def rollback(settings: Settings, name: str, *, actor: str) -> list[ModelVersion]:
     registry = await load_registry(settings)
     events = registry.rollback(name, actor=actor, now_ms=now_ms())
-    await write_events(settings, events)
-    return events
+    return await write_events(settings, events, registry)
 
 
 def embedder_version_record(settings: Settings, embedder: Embedder) -> ModelVersion:
@@ -205,6 +302,14 @@ def embedder_version_record(settings: Settings, embedder: Embedder) -> ModelVers
         actor="llmops worker",
         note="the embedder this deployment indexes with (registered by the worker that runs it)",
     )
+
+
+async def register_embedder(settings: Settings, embedder: Embedder) -> ModelVersion | None:
+    """Record the embedder this deployment runs (None when it is registered already)."""
+    registry = await load_registry(settings)
+    if any(v.version == embedder.version for v in registry.all(embedder.name)):
+        return None
+    return (await write_events(settings, [embedder_version_record(settings, embedder)], registry))[-1]
 
 
 async def shadow_report(settings: Settings, name: str) -> dict[str, dict[str, float]]:

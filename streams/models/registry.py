@@ -7,7 +7,8 @@ Why this exists:
     so any worker rebuilds the registry by reading the topic from the beginning, and the latest
     event per version survives compaction.
 
-The lifecycle (checked here, before an event is written):
+The lifecycle (the rules are in :mod:`streams.models.rules`, which every event produced here
+and every event a worker reads passes through):
     registered -> qa -> production -> archived; qa -> registered (demote); archived -> production
     only by rollback. Promotion to production needs a passed QA evaluation and a named approver.
     At most one production version per name: promoting one archives the previous one.
@@ -23,128 +24,31 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import hashlib
-from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass, field, replace
-from enum import StrEnum
+from collections.abc import Awaitable, Callable, Iterable, Mapping
+from dataclasses import dataclass, replace
 from typing import Any
 
 from streams.logs import get_logger
+from streams.models.rejections import ControlRejected, Reason, RegistryError
+from streams.models.rules import check_event
+from streams.models.version import Kind, ModelVersion, Stage, classifier_config, digests_version, files_version
+
+__all__ = [
+    "ControlCheck",
+    "ControlReject",
+    "Kind",
+    "ModelVersion",
+    "QaGate",
+    "Registry",
+    "RegistryError",
+    "RegistryFollower",
+    "Stage",
+    "classifier_config",
+    "digests_version",
+    "files_version",
+]
 
 log = get_logger(__name__)
-
-
-class Stage(StrEnum):
-    REGISTERED = "registered"
-    QA = "qa"
-    PRODUCTION = "production"
-    ARCHIVED = "archived"
-
-
-class Kind(StrEnum):
-    EMBEDDER = "embedder"
-    CLASSIFIER = "classifier"
-
-
-class RegistryError(ValueError):
-    """A registry operation that the lifecycle does not allow; the message says what would."""
-
-
-@dataclass(frozen=True)
-class ModelVersion:
-    """One version's current state: the value of a ``models.control`` record."""
-
-    name: str
-    version: str
-    kind: Kind
-    stage: Stage
-    updated_at_ms: int
-    files: Mapping[str, str] = field(default_factory=dict)
-    labels: tuple[str, ...] = ()
-    embedder_version: str | None = None
-    artifact: bytes | None = None
-    uri: str | None = None
-    metrics: Mapping[str, float] = field(default_factory=dict)
-    qa_metrics: Mapping[str, float] = field(default_factory=dict)
-    qa_passed: bool | None = None
-    qa_report: str | None = None
-    shadow: bool = False
-    approved_by: str | None = None
-    promoted_at_ms: int | None = None
-    actor: str = ""
-    note: str | None = None
-
-    @property
-    def key(self) -> str:
-        return f"{self.name}@{self.version}"
-
-    @property
-    def short(self) -> str:
-        return f"{self.name}@{self.version[:12]}"
-
-    def to_avro(self) -> dict[str, Any]:
-        return {
-            "name": self.name,
-            "version": self.version,
-            "kind": self.kind.value,
-            "stage": self.stage.value,
-            "files": dict(self.files),
-            "labels": list(self.labels),
-            "embedder_version": self.embedder_version,
-            "artifact": self.artifact,
-            "uri": self.uri,
-            "metrics": dict(self.metrics),
-            "qa_metrics": dict(self.qa_metrics),
-            "qa_passed": self.qa_passed,
-            "qa_report": self.qa_report,
-            "shadow": self.shadow,
-            "approved_by": self.approved_by,
-            "promoted_at_ms": self.promoted_at_ms,
-            "updated_at_ms": self.updated_at_ms,
-            "actor": self.actor,
-            "note": self.note,
-        }
-
-    @classmethod
-    def from_avro(cls, record: Mapping[str, Any]) -> ModelVersion:
-        return cls(
-            name=record["name"],
-            version=record["version"],
-            kind=Kind(record["kind"]),
-            stage=Stage(record["stage"]),
-            updated_at_ms=record["updated_at_ms"],
-            files=dict(record.get("files") or {}),
-            labels=tuple(record.get("labels") or ()),
-            embedder_version=record.get("embedder_version"),
-            artifact=record.get("artifact"),
-            uri=record.get("uri"),
-            metrics=dict(record.get("metrics") or {}),
-            qa_metrics=dict(record.get("qa_metrics") or {}),
-            qa_passed=record.get("qa_passed"),
-            qa_report=record.get("qa_report"),
-            shadow=bool(record.get("shadow", False)),
-            approved_by=record.get("approved_by"),
-            promoted_at_ms=record.get("promoted_at_ms"),
-            actor=record.get("actor") or "",
-            note=record.get("note"),
-        )
-
-    def summary(self) -> dict[str, Any]:
-        """What `llmops models list --json` shows (no artifact bytes)."""
-        data = self.to_avro()
-        data["artifact_bytes"] = len(self.artifact) if self.artifact else 0
-        del data["artifact"]
-        return data
-
-
-def files_version(files: Mapping[str, bytes], config: str = "") -> tuple[str, dict[str, str]]:
-    """A version id (sha256 over sorted file digests and a config string) and the per-file digests."""
-    digests = {name: hashlib.sha256(data).hexdigest() for name, data in sorted(files.items())}
-    overall = hashlib.sha256()
-    for name, digest in digests.items():
-        overall.update(f"{name}={digest}\n".encode())
-    overall.update(config.encode())
-    return overall.hexdigest(), digests
 
 
 @dataclass(frozen=True)
@@ -181,6 +85,10 @@ class Registry:
     def apply(self, version: ModelVersion) -> None:
         """Take a control event (the full state of one version)."""
         self._versions[version.key] = version
+
+    def find(self, key: str) -> ModelVersion | None:
+        """The version stored under a control key (``name@version``), if any."""
+        return self._versions.get(key)
 
     def remove(self, key: str) -> None:
         """A tombstone on the control topic: the version is forgotten."""
@@ -234,7 +142,7 @@ class Registry:
             raise RegistryError(
                 f"{version.short} is already registered (stage {existing.stage}); the same files give the same version"
             )
-        return [replace(version, stage=Stage.REGISTERED)]
+        return self._checked([replace(version, stage=Stage.REGISTERED)])
 
     def record_evaluation(
         self, name: str, version: str, metrics: Mapping[str, float], gate: QaGate, *, actor: str, now_ms: int
@@ -245,17 +153,19 @@ class Registry:
         if current is not None and current.version != candidate.version:
             production_accuracy = current.qa_metrics.get("accuracy", current.metrics.get("holdout_accuracy"))
         passed, report = gate.judge(float(metrics["accuracy"]), production_accuracy)
-        return [
-            replace(
-                candidate,
-                qa_metrics=dict(metrics),
-                qa_passed=passed,
-                qa_report=report,
-                updated_at_ms=now_ms,
-                actor=actor,
-                note="QA evaluation",
-            )
-        ]
+        return self._checked(
+            [
+                replace(
+                    candidate,
+                    qa_metrics=dict(metrics),
+                    qa_passed=passed,
+                    qa_report=report,
+                    updated_at_ms=now_ms,
+                    actor=actor,
+                    note="QA evaluation",
+                )
+            ]
+        )
 
     def promote(
         self,
@@ -273,7 +183,8 @@ class Registry:
             if candidate.stage not in (Stage.REGISTERED, Stage.QA):
                 raise RegistryError(f"{candidate.short} is {candidate.stage}; only a registered version goes to qa")
             note = "promoted to qa" + (" with shadow traffic" if shadow else "")
-            return [replace(candidate, stage=Stage.QA, shadow=shadow, updated_at_ms=now_ms, actor=actor, note=note)]
+            event = replace(candidate, stage=Stage.QA, shadow=shadow, updated_at_ms=now_ms, actor=actor, note=note)
+            return self._checked([event])
         if to is not Stage.PRODUCTION:
             raise RegistryError(f"promote goes to qa or production, not {to}")
         if candidate.stage is not Stage.QA:
@@ -281,14 +192,7 @@ class Registry:
                 f"{candidate.short} is {candidate.stage}; promote it to qa and evaluate it first "
                 f"(`llmops models promote {candidate.short} --to qa`, then `llmops models evaluate`)"
             )
-        if candidate.qa_passed is None:
-            raise RegistryError(
-                f"{candidate.short} has no QA evaluation; run `llmops models evaluate {candidate.short}`"
-            )
-        if not candidate.qa_passed:
-            raise RegistryError(f"{candidate.short} failed its QA gate: {candidate.qa_report}")
-        if not approved_by or not approved_by.strip():
-            raise RegistryError("promotion to production needs an explicit approval: --approved-by NAME")
+        # The QA gate and the approval are lifecycle rules (streams.models.rules), checked on the event.
         # The new version first: a worker applies one event at a time, and between the two events
         # the newest promotion answers (``production`` picks it), never "no production version".
         events = [
@@ -296,7 +200,7 @@ class Registry:
                 candidate,
                 stage=Stage.PRODUCTION,
                 shadow=False,
-                approved_by=approved_by.strip(),
+                approved_by=(approved_by or "").strip() or None,
                 promoted_at_ms=now_ms,
                 updated_at_ms=now_ms,
                 actor=actor,
@@ -307,7 +211,7 @@ class Registry:
         if current is not None:
             note = f"superseded by {candidate.version[:12]}"
             events.append(replace(current, stage=Stage.ARCHIVED, updated_at_ms=now_ms, actor=actor, note=note))
-        return events
+        return self._checked(events)
 
     def rollback(self, name: str, *, actor: str, now_ms: int) -> list[ModelVersion]:
         """Archive the production version and restore the one that was in production before it."""
@@ -327,16 +231,38 @@ class Registry:
         previous = max(earlier, key=lambda v: v.promoted_at_ms or 0)
         # Restored first (it keeps its older promotion time, so the current version answers until
         # the second event archives it): there is a production version after every event.
-        return [
-            replace(
-                previous,
-                stage=Stage.PRODUCTION,
-                updated_at_ms=now_ms,
-                actor=actor,
-                note=f"restored by rollback of {current.version[:12]}",
-            ),
-            replace(current, stage=Stage.ARCHIVED, updated_at_ms=now_ms, actor=actor, note="rolled back"),
-        ]
+        return self._checked(
+            [
+                replace(
+                    previous,
+                    stage=Stage.PRODUCTION,
+                    updated_at_ms=now_ms,
+                    actor=actor,
+                    note=f"restored by rollback of {current.version[:12]}",
+                ),
+                replace(current, stage=Stage.ARCHIVED, updated_at_ms=now_ms, actor=actor, note="rolled back"),
+            ]
+        )
+
+    def _checked(self, events: list[ModelVersion]) -> list[ModelVersion]:
+        """``events`` unsigned (the writer signs them), each checked by the lifecycle rules in turn."""
+        state = self.copy()
+        unsigned = [event.unsigned() for event in events]
+        for event in unsigned:
+            check_event(state.find(event.key), event)
+            state.apply(event)
+        return unsigned
+
+
+# Checks one control record against the registry built so far: the version to apply, None for an
+# accepted tombstone, or ControlRejected (lifecycle.control_check is the one the product uses).
+ControlCheck = Callable[["Registry", str, "bytes | None"], "ModelVersion | None"]
+# Told about each refused record (the agent writes a dead letter and an alert).
+ControlReject = Callable[[Any, ControlRejected], Awaitable[None]]
+
+
+async def _log_only(message: Any, rejected: ControlRejected) -> None:
+    return None
 
 
 class RegistryFollower:
@@ -345,13 +271,19 @@ class RegistryFollower:
     Every worker reads the whole (single-partition) topic without a consumer group, so each one
     sees every event; ``ready`` is set once the end offset seen at start is reached, so nothing
     answers with a stale registry after a restart. ``on_change`` runs after each applied event.
+
+    A record is applied only when ``check`` accepts it and ``on_change`` (which loads the models)
+    succeeds; otherwise the registry keeps what it had, ``on_reject`` is told (dead letter, alert)
+    and the follower goes on with the next record. After a broker error it resumes at the next
+    unread offset, never from the start (which re-read a failing record forever).
     """
 
     def __init__(
         self,
         settings: Any,
-        decode: Callable[[bytes], ModelVersion],
+        check: ControlCheck,
         on_change: Callable[[ModelVersion | None, str], None] = lambda version, key: None,
+        on_reject: ControlReject = _log_only,
     ) -> None:
         from streams.kafka.topics import Topics
 
@@ -359,8 +291,11 @@ class RegistryFollower:
         self.topic = Topics(settings.namespace).models_control
         self.registry = Registry()
         self.ready = asyncio.Event()
-        self._decode = decode
+        self.rejected = 0
+        self._check = check
         self._on_change = on_change
+        self._on_reject = on_reject
+        self._next_offset: int | None = None
         self._task: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
@@ -383,14 +318,18 @@ class RegistryFollower:
             try:
                 await consumer.start()
                 consumer.assign([partition])
-                await consumer.seek_to_beginning(partition)
+                if self._next_offset is None:
+                    await consumer.seek_to_beginning(partition)
+                else:
+                    consumer.seek(partition, self._next_offset)  # after a hiccup: where it stopped
                 end = (await consumer.end_offsets([partition]))[partition]
-                if end == 0:
+                if end == 0 or (self._next_offset or 0) >= end:
                     self.ready.set()
                 while True:
                     batch = await consumer.getmany(partition, timeout_ms=500)
                     for message in batch.get(partition, []):
-                        self._take(message)
+                        await self.take(message)
+                        self._next_offset = message.offset + 1
                         if message.offset + 1 >= end:
                             self.ready.set()
                     if not self.ready.is_set() and await consumer.position(partition) >= end:
@@ -398,22 +337,56 @@ class RegistryFollower:
             except asyncio.CancelledError:
                 raise
             except Exception as error:  # noqa: BLE001 - the follower must outlive broker hiccups
-                log.warning("registry_follower_error", error=repr(error), retry_in_s=1.0)
+                log.warning("registry_follower_error", error=repr(error), retry_in_s=1.0, resume_at=self._next_offset)
                 await asyncio.sleep(1.0)
             finally:
                 await consumer.stop()
 
-    def _take(self, message: Any) -> None:
+    async def take(self, message: Any) -> None:
+        """Apply one control record, or refuse it and keep the registry as it was (never raises)."""
         key = (message.key or b"").decode("utf-8", "replace")
-        if message.value is None:
-            self.registry.remove(key)
-            self._on_change(None, key)
-            return
+        previous = self.registry.find(key)
         try:
-            version = self._decode(message.value)
-        except Exception as error:  # noqa: BLE001 - a bad control record must not stop the registry
-            log.warning("registry_bad_event", key=key, offset=message.offset, error=repr(error))
+            try:
+                version = self._check(self.registry, key, message.value)
+            except ControlRejected:
+                raise
+            except Exception as error:  # noqa: BLE001 - a check that crashes refuses the record
+                raise ControlRejected(Reason.MALFORMED, f"the record could not be checked: {error!r}") from None
+            if version is None:
+                self.registry.remove(key)
+            else:
+                self.registry.apply(version)
+            try:
+                self._on_change(version, key)
+            except Exception as error:
+                self._restore(key, previous)
+                if isinstance(error, ControlRejected):
+                    raise
+                raise ControlRejected(
+                    Reason.LOAD_FAILED, f"the models could not be loaded: {error!r}; the active models stay"
+                ) from None
+        except ControlRejected as rejected:
+            self.rejected += 1
+            log.warning(
+                "model_control_rejected",
+                key=key,
+                offset=message.offset,
+                reason=rejected.reason.value,
+                detail=rejected.detail,
+            )
+            try:
+                await self._on_reject(message, rejected)
+            except Exception as error:  # noqa: BLE001 - reporting must not stop the registry
+                log.error("model_control_reject_report_failed", key=key, offset=message.offset, error=repr(error))
             return
-        self.registry.apply(version)
-        log.info("registry_event", model=version.short, stage=version.stage.value, note=version.note)
-        self._on_change(version, key)
+        if version is None:
+            log.info("registry_event", key=key, removed=True)
+        else:
+            log.info("registry_event", model=version.short, stage=version.stage.value, note=version.note)
+
+    def _restore(self, key: str, previous: ModelVersion | None) -> None:
+        if previous is None:
+            self.registry.remove(key)
+        else:
+            self.registry.apply(previous)

@@ -261,7 +261,7 @@ async def seed_registry(live: Settings, target: Settings, pins: tuple[str, ...])
         for v in chosen
     ]
     if events:
-        await write_events(target, events)
+        events = await write_events(target, events, await load_registry(target))
     return events
 
 

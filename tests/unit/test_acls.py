@@ -32,15 +32,26 @@ def test_a_worker_of_several_agents_gets_the_union_and_one_group_named_after_the
     assert len(grants) == len(set(grants)), "no grant twice"
 
 
-def test_no_agent_may_write_what_it_reads_except_infer_on_the_registry() -> None:
+def test_no_agent_may_write_what_it_reads() -> None:
     for agent, access in AGENT_ACCESS.items():
-        both = set(access.reads) & set(access.writes)
-        assert both == ({"models.control"} if agent == "infer" else set()), agent
+        assert set(access.reads) & set(access.writes) == set(), agent
+
+
+def test_only_the_model_manager_may_write_the_registry() -> None:
+    writers = {
+        principal
+        for principal, grants in default_grants("").items()
+        for grant in grants
+        if grant.resource == "models.control" and grant.operation in ("WRITE", "ALL")
+    }
+    assert writers == {"llmops-model-manager"}
+    infer = worker_grants("", ["infer"], "svc")
+    assert ("READ", "models.control") in {(g.operation, g.resource) for g in infer}
 
 
 def test_every_agent_group_and_role_has_a_principal_and_nothing_is_granted_cluster_wide() -> None:
     grants = default_grants("")
-    roles = {"llmops-publisher", "llmops-inference-client", "llmops-tenant-client"}
+    roles = {"llmops-publisher", "llmops-inference-client", "llmops-tenant-client", "llmops-model-manager"}
     assert set(grants) == {f"llmops-{a}" for a in AGENT_GROUPS} | roles
     assert all(g.resource_type in ("TOPIC", "GROUP") for group in grants.values() for g in group)
     assert role_grants("", "publisher", "up") == [AclGrant("User:up", "WRITE", "TOPIC", "docs.raw")]

@@ -44,7 +44,9 @@ from .helpers import (
 )
 
 AGENTS = ("ingest", "embed", "index", "monitor")  # infer starts once index has let go of Milvus Lite
-USERS = tuple(f"llmops-{name}" for name in (*AGENTS, "infer", "publisher", "inference-client", "tenant-client"))
+USERS = tuple(
+    f"llmops-{name}" for name in (*AGENTS, "infer", "publisher", "inference-client", "tenant-client", "model-manager")
+)
 DOCUMENTS = 20
 CLASSIFIER = "acl-topic"
 
