@@ -33,6 +33,7 @@ from agents.common import record_dead_letter, record_delivery, send_dead_letter
 from agents.request_consumer import RequestConsumer
 from streams.index.embed import OnnxEmbedder, graph_for
 from streams.index.vectorstore import shared_store
+from streams.inference.injection import InjectionClassifier
 from streams.inference.requests import InferenceRequest, RequestRejected, parse_request
 from streams.inference.service import (
     GeneratorClient,
@@ -88,6 +89,16 @@ def register_infer(app: faust.App, settings: Settings, tracer: AgentTracer, agen
     # Its own session and threads: queries must not wait behind a batch of document chunks.
     embedder = OnnxEmbedder(graph_for(settings), default_tokenizer_path(), workers=1)
     embedder.embed(["warm-up"])
+    injection = (
+        InjectionClassifier.load(
+            settings.models_dir or settings.data_dir / "models",
+            embedder,
+            block_at=settings.injection_block_score,
+            flag_at=settings.injection_flag_score,
+        )
+        if settings.injection_screen == "classifier"
+        else None
+    )
     threads = ThreadPoolExecutor(settings.infer_threads, thread_name_prefix="infer")
 
     async def run_blocking(function: Any, *args: Any) -> Any:
@@ -111,6 +122,8 @@ def register_infer(app: faust.App, settings: Settings, tracer: AgentTracer, agen
         flag_at=settings.injection_flag_score,
         generator=generator_from_settings(settings),
         run_blocking=run_blocking,
+        injection=injection,
+        chunk_at=settings.injection_chunk_score,
     )
 
     def on_registry_change(version: ModelVersion | None, key: str) -> None:
@@ -214,7 +227,7 @@ def register_infer(app: faust.App, settings: Settings, tracer: AgentTracer, agen
         service.finish(response, received_ms)
         pending.append(reply(await reply_topic(request.tenant), request.reply_key, response, headers))
         if verdict.blocked:
-            detail = f"prompt injection suspected, score {verdict.score:.2f}, rules {list(verdict.rules)}"
+            detail = f"prompt injection suspected, {verdict.reason()}"
             batch.fail(0, "PROMPT_INJECTION", detail)
             letter = record_dead_letter(record, "infer", "PROMPT_INJECTION", detail)
             pending.append(await send_dead_letter(app, codec, topics, letter, headers))

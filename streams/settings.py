@@ -292,7 +292,14 @@ class Settings(BaseSettings):
         0.7, gt=0, le=1, description="Prompt-injection score at which a request is blocked."
     )
     injection_flag_score: float = Field(
-        0.3, gt=0, le=1, description="Prompt-injection score at which a request is flagged."
+        0.55, gt=0, le=1, description="Prompt-injection score at which a request is flagged (answered, marked)."
+    )
+    injection_screen: Literal["classifier", "rules"] = Field(
+        "classifier",
+        description="Prompt-injection screen: `classifier` (rule features + embedding, ONNX) or `rules` (regex only).",
+    )
+    injection_chunk_score: float = Field(
+        0.5, gt=0, le=1, description="rag: a retrieved passage scoring at or above this is withheld."
     )
     generator_url: str | None = Field(
         None, description="OpenAI-compatible chat endpoint for `rag` answers; unset = context only."

@@ -6,6 +6,13 @@ Why this exists:
     :class:`InferenceRequest` (or a rejection with a reason), prompt-injection screening, the
     three tasks, deadlines, and the latency breakdown every response carries.
 
+Screening:
+    Every request text is screened (:class:`InjectionClassifier`, or the regex rules when none is
+    given) in the same worker-thread hop that embeds it, reusing the query vector when folding
+    changed nothing. For ``rag`` each retrieved passage is screened too before it reaches the
+    context, a generator or the answer (indirect injection): a passage scoring at or above
+    ``chunk_at`` is withheld, and the response lists it under ``withheld`` with its verdict.
+
 Models:
     :class:`ModelSet` is an immutable snapshot of what answers (the embedder, the index, the
     production classifiers, shadow candidates). The agent swaps the snapshot when the registry
@@ -26,6 +33,7 @@ from typing import Any
 
 from streams.index.embed import Embedder
 from streams.index.vectorstore import Hit, VectorStore
+from streams.inference.injection import InjectionClassifier
 from streams.inference.requests import InferenceRequest, RequestRejected
 from streams.inference.safety import Verdict, screen
 from streams.models.artifacts import DEFAULT_MAX_BYTES, verify_digest
@@ -117,7 +125,7 @@ class Timer:
     """Milliseconds per stage of one request."""
 
     stages: dict[str, float] = field(
-        default_factory=lambda: dict.fromkeys(("embed", "search", "classify", "generate"), 0.0)
+        default_factory=lambda: dict.fromkeys(("embed", "search", "classify", "generate", "screen"), 0.0)
     )
 
     def measure(self, stage: str, started: float) -> None:
@@ -150,6 +158,7 @@ def base_response(
         "answer": None,
         "note": None,
         "safety": {"verdict": "allow", "score": 0.0, "rules": []},
+        "withheld": [],
         "models": [],
         "latency": {
             "queue_ms": 0.0,
@@ -157,6 +166,7 @@ def base_response(
             "search_ms": 0.0,
             "classify_ms": 0.0,
             "generate_ms": 0.0,
+            "screen_ms": 0.0,
             "total_ms": 0.0,
         },
         "shadow_of": None,
@@ -256,39 +266,79 @@ class InferenceService:
         flag_at: float = 0.3,
         generator: GeneratorClient | None = None,
         run_blocking: Callable[..., Any] | None = None,
+        injection: InjectionClassifier | None = None,
+        chunk_at: float = 0.5,
     ) -> None:
         self.models = models
         self.block_at, self.flag_at = block_at, flag_at
         self.generator = generator
+        self.injection = injection
+        self.chunk_at = chunk_at
         self._run_blocking = run_blocking or _inline
 
     def swap(self, models: ModelSet) -> None:
         """Answer later requests with ``models``; requests already started keep theirs."""
         self.models = models
 
-    def screen(self, request: InferenceRequest) -> Verdict:
-        return screen(request.text, self.block_at, self.flag_at)
+    def screen(self, request: InferenceRequest, vector: Any = None) -> Verdict:
+        """The verdict on the request text (``vector``: its embedding, when already computed)."""
+        if self.injection is None:
+            return screen(request.text, self.block_at, self.flag_at)
+        return self.injection.screen(request.text, vector)
+
+    def screen_passages(self, hits: list[Hit]) -> tuple[list[Hit], list[dict[str, Any]]]:
+        """(passages that may reach a generator, withheld passages with their verdicts)."""
+        if not hits:
+            return hits, []
+        if self.injection is None:
+            verdicts = [screen(hit.snippet, self.block_at, self.flag_at) for hit in hits]
+        else:
+            verdicts = self.injection.screen_many([hit.snippet for hit in hits])
+        kept, withheld = [], []
+        for hit, verdict in zip(hits, verdicts, strict=True):
+            if verdict.score >= self.chunk_at:
+                withheld.append({"chunk_id": hit.chunk_id, "doc_id": hit.doc_id, **verdict.to_avro()})
+            else:
+                kept.append(hit)
+        return kept, withheld
 
     async def answer(self, request: InferenceRequest, received_ms: int) -> tuple[dict[str, Any], Verdict]:
         """The response to ``request`` (read from Kafka at ``received_ms``) and its safety verdict."""
         models = self.models  # this request's snapshot
         started_ms = now_ms()
-        verdict = self.screen(request)
         response = base_response(request.request_id, request.client_id, request.task, "OK", tenant=request.tenant)
-        response["safety"] = verdict.to_avro()
         timer = Timer()
-        if request.deadline_ms is not None and started_ms > request.deadline_ms:
+        late = request.deadline_ms is not None and started_ms > request.deadline_ms
+        loaded: LoadedClassifier | None = None
+        rejected: RequestRejected | None = None
+        try:
+            if request.task == "classify":
+                loaded = models.classifier_for(request)
+            elif models.store is None:
+                raise RequestRejected("NO_INDEX", "the vector index is not open in this worker", request.request_id)
+        except RequestRejected as error:
+            rejected = error
+        if late:  # not answered either way: the cheap rule screen decides only the dead-letter reason
+            verdict = screen(request.text, self.block_at, self.flag_at)
+        else:
+            # One hop to a worker thread for all the CPU work of a request (embed, screen, then
+            # search or classify): every extra hand-off between the event loop and a thread costs latency.
+            verdict = await self._run_blocking(
+                self._compute, models, loaded, request, response, timer, rejected is None
+            )
+        response["safety"] = verdict.to_avro()
+        if late:
+            assert request.deadline_ms is not None
             response["status"] = "TIMEOUT"
             response["error"] = f"deadline passed {started_ms - request.deadline_ms} ms before work could start"
         elif verdict.blocked:
             response["status"] = "BLOCKED"
-            response["error"] = f"prompt injection suspected (rules: {', '.join(verdict.rules)}); request not answered"
-        else:
-            try:
-                await self._run_task(models, request, response, timer)
-            except RequestRejected as error:
-                response["status"] = "UNAVAILABLE" if error.reason == "UNKNOWN_MODEL" else "INVALID"
-                response["error"] = f"{error.reason}: {error.detail}"
+            response["error"] = f"prompt injection suspected ({verdict.reason()}); request not answered"
+        elif rejected is not None:
+            response["status"] = "UNAVAILABLE" if rejected.reason == "UNKNOWN_MODEL" else "INVALID"
+            response["error"] = f"{rejected.reason}: {rejected.detail}"
+        elif request.task == "rag":
+            await self._generate(request, response, timer)
         latency = response["latency"]
         latency["queue_ms"] = float(max(0, started_ms - received_ms))
         for stage, ms in timer.stages.items():
@@ -300,49 +350,66 @@ class InferenceService:
         response["created_at_ms"] = now_ms()
         response["latency"]["total_ms"] = float(max(0, response["created_at_ms"] - received_ms))
 
-    async def _run_task(
-        self, models: ModelSet, request: InferenceRequest, response: dict[str, Any], timer: Timer
-    ) -> None:
-        # One hop to a worker thread for all the CPU work of a request (embed, then search or
-        # classify): every extra hand-off between the event loop and a thread costs latency.
-        loaded = models.classifier_for(request) if request.task == "classify" else None
-        if request.task != "classify" and models.store is None:
-            raise RequestRejected("NO_INDEX", "the vector index is not open in this worker", request.request_id)
-        await self._run_blocking(self._compute, models, loaded, request, response, timer)
-        if request.task == "rag":
-            hits = response["hits"]
-            if not hits:
-                response["note"] = "no indexed chunk matches this tenant; nothing to answer from"
-            elif self.generator is None:
-                response["note"] = CONTEXT_ONLY_NOTE
-            else:
-                started = time.perf_counter()
-                response["answer"] = await self.generator.generate(request.text, response["context"])
-                timer.measure("generate", started)
-                response["models"].append({"name": "generator", "version": self.generator.model, "stage": "external"})
+    async def _generate(self, request: InferenceRequest, response: dict[str, Any], timer: Timer) -> None:
+        """rag after retrieval: a note when there is nothing to answer from, else the generator's answer."""
+        withheld = response["withheld"]
+        if not response["hits"]:
+            response["note"] = (
+                f"every retrieved chunk was withheld as a suspected prompt injection "
+                f"({', '.join(w['chunk_id'] for w in withheld)}); nothing to answer from"
+                if withheld
+                else "no indexed chunk matches this tenant; nothing to answer from"
+            )
+            return
+        notes = []
+        if withheld:
+            notes.append(
+                "withheld as suspected prompt injections: "
+                + "; ".join(
+                    f"{w['chunk_id']} (score {w['score']:.2f}, rules: {', '.join(w['rules']) or 'none'})"
+                    for w in withheld
+                )
+            )
+        if self.generator is None:
+            notes.append(CONTEXT_ONLY_NOTE)
+        else:
+            started = time.perf_counter()
+            response["answer"] = await self.generator.generate(request.text, response["context"])
+            timer.measure("generate", started)
+            response["models"].append({"name": "generator", "version": self.generator.model, "stage": "external"})
+        response["note"] = "; ".join(notes) or None
 
-    @staticmethod
     def _compute(
+        self,
         models: ModelSet,
         loaded: LoadedClassifier | None,
         request: InferenceRequest,
         response: dict[str, Any],
         timer: Timer,
-    ) -> None:
-        """The blocking part of a request, run in one worker thread."""
+        work: bool,
+    ) -> Verdict:
+        """The blocking part of a request, run in one worker thread: embed, screen, then the task if ``work``."""
         started = time.perf_counter()
         vectors = models.embedder.embed([request.text])
         timer.measure("embed", started)
+        started = time.perf_counter()
+        verdict = self.screen(request, vectors[0])
+        timer.measure("screen", started)
+        if not work or verdict.blocked:
+            return verdict
         response["models"].append(models.embedder_ref())
         if loaded is None:
             assert models.store is not None
             started = time.perf_counter()
             hits = models.store.search(vectors[0].tolist(), request.top_k, request.tenant)
             timer.measure("search", started)
-            response["hits"] = [hit_dict(hit) for hit in hits]
             if request.task == "rag":
+                started = time.perf_counter()
+                hits, response["withheld"] = self.screen_passages(hits)
+                timer.measure("screen", started)
                 response["context"] = assemble_context(hits)
-            return
+            response["hits"] = [hit_dict(hit) for hit in hits]
+            return verdict
         started = time.perf_counter()
         response["label"], response["probabilities"] = loaded.head.predict(vectors)[0]
         if request.explain:
@@ -353,6 +420,7 @@ class InferenceService:
         response["models"].append(
             {"name": loaded.version.name, "version": loaded.version.version, "stage": loaded.version.stage.value}
         )
+        return verdict
 
     async def shadow_answers(self, request: InferenceRequest, production: dict[str, Any]) -> list[dict[str, Any]]:
         """Answers of QA candidates that shadow the production classifier that answered ``production``."""

@@ -6,10 +6,12 @@ injections are BLOCKED, and the worker never dies."""
 from __future__ import annotations
 
 from collections import Counter, defaultdict
+from functools import cache
 from typing import Any
 
+from streams.index.embed import OnnxEmbedder
+from streams.inference.injection import InjectionClassifier
 from streams.inference.requests import RequestRejected, parse_request
-from streams.inference.safety import screen
 from streams.ingest.publish import publish_records
 from streams.kafka.admin import ensure_topics, offsets
 from streams.kafka.avro import codec_from_settings
@@ -24,13 +26,24 @@ from .helpers import read_topic_messages, report
 BAD, GOOD = 2000, 400
 
 
+@cache
+def injection_screen(settings: Settings) -> InjectionClassifier:
+    """The screen the worker runs (same embedder graph, same models folder, same thresholds)."""
+    return InjectionClassifier.load(
+        settings.models_dir or settings.data_dir / "models",
+        OnnxEmbedder.from_settings(settings),
+        block_at=settings.injection_block_score,
+        flag_at=settings.injection_flag_score,
+    )
+
+
 def expected_outcome(value: bytes | None, settings: Settings) -> tuple[str | None, str | None, list[str]]:
     """What the pure core decides for one request: (request id to answer, status, dead-letter reasons)."""
     try:
         request = parse_request(value, codec_from_settings(settings))
     except RequestRejected as error:
         return error.request_id, "INVALID" if error.request_id else None, [error.reason]
-    blocked = screen(request.text, settings.injection_block_score, settings.injection_flag_score).blocked
+    blocked = injection_screen(settings).screen(request.text).blocked
     return request.request_id, "BLOCKED" if blocked else "OK", ["PROMPT_INJECTION"] if blocked else []
 
 
