@@ -172,6 +172,11 @@ def _mutations(target: FuzzTarget) -> dict[str, tuple[Expect, Callable[[random.R
     def empty_value(rng: random.Random, obj: dict[str, Any]) -> FuzzRecord:
         return rec("empty_value", target.key(obj), rng.choice([b"", b" ", b"\x00", b"{}", b"null"]))
 
+    def tenant_not_identifier(rng: random.Random, obj: dict[str, Any]) -> FuzzRecord:
+        # Over the store's column, or a filter expression, or characters a topic name cannot hold.
+        tenant = rng.choice(["t" * 300, 'acme" || tenant != "', "two words", "ácme", "a/b", "-x", "😀"])
+        return rec("tenant_not_identifier", target.key(obj), _json({**obj, "tenant": tenant}))
+
     table: dict[str, tuple[Expect, Callable[[random.Random, dict[str, Any]], FuzzRecord]]] = {
         "invalid_utf8": ("dead_letter", invalid_utf8),
         "truncated_json": ("dead_letter", truncated_json),
@@ -191,6 +196,7 @@ def _mutations(target: FuzzTarget) -> dict[str, tuple[Expect, Callable[[random.R
         "key_mismatch": ("dead_letter", key_mismatch),
         "lone_surrogate": ("dead_letter", lone_surrogate),
         "empty_value": ("dead_letter", empty_value),
+        "tenant_not_identifier": ("dead_letter", tenant_not_identifier),
     }
     return table
 
@@ -253,10 +259,10 @@ def good_raw_documents(count: int, seed: int = 0) -> list[FuzzRecord]:
             doc["text"] = f"{PROMPT_INJECTIONS[i % len(PROMPT_INJECTIONS)]} (good {i})"
         elif variant == 2:
             doc["text"] = f"{WEIRD_TEXT[i % len(WEIRD_TEXT)]} good {i}"
-            doc["title"] = "😀" * 400  # 1,600 bytes of title in 400 characters
-            doc["tenant"] = "t-" + "é" * 200
+            doc["title"] = "😀" * 250  # 1,000 bytes of title in 250 characters (the column holds 1,024)
+            doc["tenant"] = f"t-{i % 5}." + "x" * 120  # a 124-character tenant (the limit is 128)
         elif variant == 3:
-            doc["id"] = f"good-{i}-" + "😀" * 500  # a 500-character id (the limit is 512)
+            doc["id"] = f"good-{i}-" + "😀" * 120  # about 500 UTF-8 bytes of id (the limit is 512)
         key = None if variant == 4 else doc["id"].encode()  # null keys with a valid value are accepted
         records.append(FuzzRecord("good", key, _json(doc), "output"))
     return records
@@ -334,7 +340,7 @@ def good_inference_requests(count: int, seed: int = 0, codec: AvroCodec | None =
             request["request_id"] = f"good-{i}-" + "😀" * 200  # 200 characters of the 256 allowed
         elif variant == 3:
             request["client_id"] = f"client-{i % 7}"
-            request["tenant"] = "t-" + "é" * 100
+            request["tenant"] = f"t-{i % 5}." + "x" * 100  # answered on that tenant's own reply topic
         elif variant == 5:
             kind = "injection"
             request["text"] = f"{INSTRUCTION_INJECTIONS[i % len(INSTRUCTION_INJECTIONS)]} (good {i})"
@@ -359,4 +365,54 @@ def inference_target(topic: str = "inference.requests") -> FuzzTarget:
         topic=topic,
         other_schema=("RawDocument", raw_document(random.Random(0), 0)),
         expectations={"key_mismatch": "output", "deep_nesting": "either"},
+    )
+
+
+# --- feedback ----------------------------------------------------------------------------------
+def feedback(rng: random.Random, i: int) -> dict[str, Any]:
+    """A valid feedback record (a label or a rating for a request id)."""
+    rated = rng.random() < 0.5
+    return {
+        "request_id": f"fuzz-fb-{i}-{rng.randrange(10**9)}",
+        "label": None if rated else rng.choice(["json", "asyncio", "os"]),
+        "rating": round(rng.random(), 3) if rated else None,
+        "tenant": rng.choice([None, "acme", "globex"]),
+        "source": "fuzz",
+        "language": "en",
+        "created_at_ms": 1,
+    }
+
+
+def good_feedback(count: int, seed: int = 0, codec: AvroCodec | None = None) -> list[FuzzRecord]:
+    """Valid feedback, JSON and framed Avro: the monitor must take every one (no dead letter)."""
+    rng = random.Random(seed + 1)
+    codec = codec or AvroCodec(EmbeddedRegistry.from_directory())
+    records = []
+    for i in range(count):
+        record = feedback(rng, 1_000_000 + i)
+        value = codec.encode("Feedback", record, "feedback") if i % 3 == 2 else _json(record)
+        records.append(FuzzRecord("good", record["request_id"].encode(), value, "output"))
+    return records
+
+
+def feedback_target(topic: str = "feedback") -> FuzzTarget:
+    """feedback: Feedback keyed by request id; an InferenceRequest stands in for "another schema".
+
+    The monitor reads what parses whatever its key, and ignores unknown fields, and a tombstone
+    (no value) is a bad record there too.
+    """
+    return FuzzTarget(
+        schema="Feedback",
+        valid=feedback,
+        key_field="request_id",
+        topic=topic,
+        other_schema=("InferenceRequest", inference_request(random.Random(0), 0)),
+        # A huge or surrogate-laden value of a field the monitor ignores is still good feedback.
+        expectations={
+            "key_mismatch": "output",
+            "deep_nesting": "either",
+            "wrong_schema_avro": "either",
+            "huge_text": "output",
+            "lone_surrogate": "either",
+        },
     )

@@ -63,11 +63,20 @@ def decode_feedback(value: bytes | None, codec: AvroCodec) -> dict[str, Any]:
     if value[:1] == bytes([MAGIC_BYTE]):
         return _tenant_checked(codec.decode(value, "Feedback"))
     try:
-        obj = json.loads(value)
-    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as error:
+        text = value.decode("utf-8")  # strict: json.loads(bytes) would let encoded surrogates through
+    except UnicodeDecodeError as error:
+        raise BadFeedback("BAD_ENCODING", f"feedback is neither Avro nor UTF-8 JSON: {error}") from None
+    try:
+        obj = json.loads(text)
+    except (json.JSONDecodeError, RecursionError) as error:
         raise BadFeedback("BAD_JSON", f"feedback is neither Avro nor a JSON object: {error}") from None
     if not isinstance(obj, dict) or not isinstance(obj.get("request_id"), str):
         raise BadFeedback("MISSING_FIELD", "feedback must be an object with a string 'request_id'")
+    for name, types in _JSON_TYPES.items():
+        field = obj.get(name)
+        if field is not None and (not isinstance(field, types) or isinstance(field, bool)):
+            expected = " or ".join(t.__name__ for t in types)
+            raise BadFeedback("WRONG_TYPE", f"'{name}' must be {expected} or null, got {type(field).__name__}")
     try:
         record = feedback_record(
             obj["request_id"],
@@ -80,6 +89,17 @@ def decode_feedback(value: bytes | None, codec: AvroCodec) -> dict[str, Any]:
     except (ValueError, TypeError) as error:
         raise BadFeedback("WRONG_TYPE", str(error)) from None
     return _tenant_checked(record)
+
+
+# The Feedback schema's optional fields, as JSON must spell them (unknown fields are ignored).
+_JSON_TYPES: dict[str, tuple[type, ...]] = {
+    "label": (str,),
+    "rating": (int, float),
+    "tenant": (str,),
+    "source": (str,),
+    "language": (str,),
+    "created_at_ms": (int,),
+}
 
 
 def _tenant_checked(record: dict[str, Any]) -> dict[str, Any]:

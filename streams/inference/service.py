@@ -180,7 +180,9 @@ def rejection_response(error: RequestRejected) -> dict[str, Any] | None:
     if error.request_id is None:
         return None
     status = "UNAVAILABLE" if error.reason == "UNKNOWN_MODEL" else "INVALID"
-    return base_response(error.request_id, error.client_id, "unknown", status, error=f"{error.reason}: {error.detail}")
+    detail = f"{error.reason}: {error.detail}"
+    # A valid tenant is kept: the answer goes to that tenant's topic, where its client reads.
+    return base_response(error.request_id, error.client_id, "unknown", status, error=detail, tenant=error.tenant)
 
 
 def hit_dict(hit: Hit) -> dict[str, Any]:

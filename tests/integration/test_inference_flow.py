@@ -85,8 +85,10 @@ def served(kafka_bootstrap: str, tmp_path_factory: pytest.TempPathFactory) -> It
         assert code == 0, f"worker exit code {code}; log:\n{worker.log_tail()}"
 
 
-async def ask_all(settings: Settings, requests: list[dict[str, Any]], timeout: float = 60.0) -> list[dict[str, Any]]:
-    async with InferenceClient(settings) as client:
+async def ask_all(
+    settings: Settings, requests: list[dict[str, Any]], timeout: float = 60.0, tenant: str | None = None
+) -> list[dict[str, Any]]:
+    async with InferenceClient(settings, tenant=tenant) as client:
         futures = [await client.send(client.request(**request)) for request in requests]
         return list(await asyncio.wait_for(asyncio.gather(*futures), timeout))
 
@@ -159,7 +161,7 @@ def test_a_tenant_is_answered_on_its_own_topic_and_sees_only_its_own_chunks(serv
 
 
 def test_a_retrieved_chunk_that_carries_an_injection_is_withheld_from_rag(served: Settings) -> None:
-    (rag,) = run(ask_all(served, [{"text": "How do I rotate the backup keys?", "task": "rag", "tenant": "initech"}]))
+    (rag,) = run(ask_all(served, [{"text": "How do I rotate the backup keys?", "task": "rag"}], tenant="initech"))
     assert rag["status"] == "OK" and rag["safety"]["verdict"] == "allow", rag
     (withheld,) = rag["withheld"]
     assert withheld["doc_id"] == "initech-poisoned" and withheld["score"] >= served.injection_chunk_score

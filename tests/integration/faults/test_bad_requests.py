@@ -13,7 +13,7 @@ from streams.index.embed import OnnxEmbedder
 from streams.inference.injection import InjectionClassifier
 from streams.inference.requests import RequestRejected, parse_request
 from streams.ingest.publish import publish_records
-from streams.kafka.admin import ensure_topics, offsets
+from streams.kafka.admin import ensure_topics, offsets, response_topics
 from streams.kafka.avro import codec_from_settings
 from streams.kafka.progress import wait_until_consumed
 from streams.kafka.topics import Topics
@@ -72,9 +72,13 @@ def test_fuzzed_inference_requests_every_record_answered_or_dead_lettered_and_th
     assert code == 0, worker.log_tail()
 
     responses: dict[str, list[dict[str, Any]]] = defaultdict(list)
-    for message in read_topic_messages(settings, topics.inference_responses):
-        response = codec.decode(message.value, "InferenceResponse")
-        responses[response["request_id"]].append(response)
+    reply_topics = run(response_topics(settings))  # the shared one and each tenant's own
+    assert len(reply_topics) > 1, reply_topics  # some good requests name a tenant
+    for topic in reply_topics:
+        for message in read_topic_messages(settings, topic):
+            response = codec.decode(message.value, "InferenceResponse")
+            assert topic == topics.responses_for(response["tenant"]), (topic, response["tenant"])
+            responses[response["request_id"]].append(response)
     letters: dict[str, list[str]] = defaultdict(list)
     for message in read_topic_messages(settings, topics.deadletter):
         letter = codec.decode(message.value, "DeadLetter")
