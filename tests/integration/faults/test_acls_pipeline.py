@@ -92,6 +92,10 @@ def test_each_agent_group_works_with_only_its_grants_and_is_refused_elsewhere(
         ok, _ = wait_for_stages(admin, stages, raw_end, 300.0, alive=pipeline_alive)
         assert ok, "\n".join(f"{a}:\n{w.log_tail()}" for a, w in workers.items())
         assert workers["index"].stop() == 0, workers["index"].log_tail()  # Milvus Lite: one owner at a time
+        # Only the model manager writes models.control: an operator records the embedder the
+        # infer worker runs (the worker may read the registry, never write it).
+        embedder = run_cli(admin, "models", "register-embedder", "--json", timeout=180)
+        assert embedder.returncode == 0, embedder.stderr[-2000:]
         infer.start()
 
         # While infer starts: each principal writing a topic that is not its own is refused.
