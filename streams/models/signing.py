@@ -227,8 +227,13 @@ def signer_from_settings(settings: Any) -> Signer:
             "LLMOPS_MODEL_TRUSTED_KEYS is set but LLMOPS_MODEL_SIGNING_KEY_FILE is not: set it to the path of "
             "the private key whose public half is trusted"
         )
-    log.info("model_signing_dev_key", data_dir=str(settings.data_dir), production="configure your own keys")
+    if settings.data_dir not in _DEV_KEY_ANNOUNCED:  # once per process, not once per signed event
+        _DEV_KEY_ANNOUNCED.add(settings.data_dir)
+        log.info("model_signing_dev_key", data_dir=str(settings.data_dir), production="configure your own keys")
     return Signer.of(dev_key_pair(settings.data_dir))
+
+
+_DEV_KEY_ANNOUNCED: set[Path] = set()
 
 
 def can_sign(settings: Any) -> bool:
