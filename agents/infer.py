@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import contextvars
+import time
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
@@ -43,7 +44,7 @@ from streams.inference.service import (
     rejection_response,
 )
 from streams.ingest.chunk import default_tokenizer_path
-from streams.kafka.admin import committed_offsets, ensure_topics
+from streams.kafka.admin import committed_offsets, topic_partitions
 from streams.kafka.avro import codec_from_settings
 from streams.kafka.rdkafka import AsyncProducer
 from streams.kafka.topics import Topics
@@ -59,6 +60,7 @@ from streams.telemetry.tracing import AgentTracer, BatchTrace
 
 log = get_logger(__name__)
 REGISTRY_WAIT_SECONDS = 30.0
+MISSING_TOPIC_RECHECK_SECONDS = 10.0  # a tenant topic found missing is looked up again after this
 # Set per request (each runs in a task of its own): may its CPU work run on the event loop?
 light_request: contextvars.ContextVar[bool] = contextvars.ContextVar("light_request", default=False)
 
@@ -180,23 +182,35 @@ def register_infer(app: faust.App, settings: Settings, tracer: AgentTracer, agen
         return state["replies"].send(topic, value, key=key.encode(), headers=headers)
 
     reply_topics: set[str] = {topics.inference_responses}
+    missing_since: dict[str, float] = {}  # tenant topics found missing, and when (re-checked later)
 
-    async def reply_topic(tenant: str | None) -> str:
-        """Where a request of ``tenant`` is answered; a tenant's topic is created on its first request.
+    async def reply_topic(tenant: str | None) -> str | None:
+        """Where a request of ``tenant`` is answered: the shared topic, or the tenant's own if it exists.
 
         Replies to a tenant never go to the shared topic: a topic per tenant is what ACLs can
-        scope (docs/security.md). Creation is once per tenant and worker; under ACLs the infer
-        principal may create topics under the tenant prefix, and an operator may create them ahead
-        (`llmops kafka topics --tenant NAME`).
+        scope (docs/security.md). The worker never creates one on a request's say-so (any
+        request could then make it create topics without end): an operator creates it
+        (`llmops kafka topics --tenant NAME`), or the tenant's InferenceClient when it may.
+        None when it does not exist (checked again after a while).
         """
         topic = topics.responses_for(tenant)
-        if topic not in reply_topics and tenant is not None:
-            spec = topics.tenant_responses_spec(tenant, settings.partitions, settings.replication_factor)
-            created = await ensure_topics(settings, [spec])
-            if created:
-                log.info("tenant_reply_topic_created", topic=topic)
+        if topic in reply_topics:
+            return topic
+        if time.monotonic() - missing_since.get(topic, -MISSING_TOPIC_RECHECK_SECONDS) < MISSING_TOPIC_RECHECK_SECONDS:
+            return None
+        if await topic_partitions(settings, [topic]):
             reply_topics.add(topic)
-        return topic
+            return topic
+        if len(missing_since) > 10_000:  # bounded, whatever tenants requests name
+            missing_since.clear()
+        missing_since[topic] = time.monotonic()
+        return None
+
+    def no_reply_topic(tenant: str | None) -> str:
+        return (
+            f"tenant {tenant!r} has no reply topic {topics.responses_for(tenant)}: an operator creates it with "
+            f"`llmops kafka topics --tenant {tenant}` (its InferenceClient does when it may create topics)"
+        )
 
     async def handle(record: Any, batch: BatchTrace) -> None:
         received_ms = record.timestamp or now_ms()
@@ -210,13 +224,20 @@ def register_infer(app: faust.App, settings: Settings, tracer: AgentTracer, agen
             letter = record_dead_letter(record, "infer", error.reason, error.detail)
             pending.append(await send_dead_letter(app, codec, topics, letter, headers))
             response = rejection_response(error)
-            if response is not None:
+            topic = await reply_topic(error.tenant) if response is not None else None
+            if response is not None and topic is not None:
                 service.finish(response, received_ms)
-                topic = await reply_topic(error.tenant)
                 pending.append(reply(topic, error.client_id or error.request_id or "", response, headers))
             await asyncio.gather(*pending)
             return
         batch.annotate(0, request_id=request.request_id, task=request.task, tenant=request.tenant)
+        topic = await reply_topic(request.tenant)
+        if topic is None:
+            detail = no_reply_topic(request.tenant)
+            batch.fail(0, "UNKNOWN_TENANT", detail)
+            letter = record_dead_letter(record, "infer", "UNKNOWN_TENANT", detail)
+            await (await send_dead_letter(app, codec, topics, letter, headers))
+            return
         request = shift_replayed_deadline(request, dict(record.headers or ()), received_ms)
         if service.models.store is None and request.task != "classify":
             service.swap(replace(service.models, store=await run_blocking(open_store)))  # in a thread: slow
@@ -225,7 +246,7 @@ def register_infer(app: faust.App, settings: Settings, tracer: AgentTracer, agen
             response, verdict = await service.answer(request, received_ms)
         batch.annotate(0, status=response["status"], models=[m["version"][:12] for m in response["models"]])
         service.finish(response, received_ms)
-        pending.append(reply(await reply_topic(request.tenant), request.reply_key, response, headers))
+        pending.append(reply(topic, request.reply_key, response, headers))
         if verdict.blocked:
             detail = f"prompt injection suspected, {verdict.reason()}"
             batch.fail(0, "PROMPT_INJECTION", detail)

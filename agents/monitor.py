@@ -151,14 +151,24 @@ def register_monitor(app: faust.App, settings: Settings, agents: Sequence[str] =
     # to a pattern, so a librdkafka consumer of the monitor's own follows them all.
     async def on_tenant_response(record: FetchedRecord) -> None:
         await ready()
+
+        async def reject_record(reason: str, detail: str) -> None:
+            letter = record_dead_letter(record, "monitor", reason, detail)
+            context = [h for h in record.headers if h[0] in TRACE_HEADERS]
+            await (await send_dead_letter(app, codec, topics, letter, context))  # acked before the commit
+
         try:
             response = codec.decode(record.value or b"", "InferenceResponse")
         except CodecError as error:
-            letter = record_dead_letter(record, "monitor", error.reason, error.detail)
-            context = [h for h in record.headers if h[0] in TRACE_HEADERS]
-            await send_dead_letter(app, codec, topics, letter, context)
+            await reject_record(error.reason, error.detail)
             return
-        await publish(monitor.on_response(response, record.timestamp or int(time.time() * 1000)))
+        try:
+            outputs = monitor.on_response(response, record.timestamp or int(time.time() * 1000))
+        except Exception as error:  # one odd record must not stop monitoring (it is dead-lettered)
+            log.exception("monitor_failed", error=repr(error))
+            await reject_record("INTERNAL_ERROR", repr(error)[:500])
+            return
+        await publish(outputs)
 
     tenant_replies = RequestConsumer(
         settings,

@@ -32,8 +32,9 @@ MAX_TITLE_BYTES = 1024
 MAX_SOURCE_BYTES = 1024
 MAX_CHUNK_TEXT_BYTES = 65_535
 # A tenant is an identifier, not text: it scopes searches and names its own reply topic, so it
-# uses only characters that are legal in a Kafka topic name.
-TENANT_PATTERN = re.compile(rf"[A-Za-z0-9][A-Za-z0-9._-]{{0,{MAX_TENANT_CHARS - 1}}}")
+# uses only characters that are legal in a Kafka topic name, and no '.': Kafka refuses a topic
+# whose name differs from another's only by '.' against '_' ("acme.eu" and "acme_eu" collide).
+TENANT_PATTERN = re.compile(rf"[A-Za-z0-9][A-Za-z0-9_-]{{0,{MAX_TENANT_CHARS - 1}}}")
 
 
 def utf8_length(text: str) -> int:
@@ -48,8 +49,8 @@ def tenant_problem(tenant: str) -> str | None:
     if len(tenant) > MAX_TENANT_CHARS:
         return f"'tenant' is {len(tenant)} characters; at most {MAX_TENANT_CHARS} allowed"
     return (
-        f"'tenant' {tenant[:40]!r} is not an identifier: use 1-{MAX_TENANT_CHARS} ASCII letters, digits "
-        "and . _ - (starting with a letter or digit)"
+        f"'tenant' {tenant[:40]!r} is not an identifier: use 1-{MAX_TENANT_CHARS} ASCII letters, digits, "
+        "_ and - (starting with a letter or digit)"
     )
 
 

@@ -260,7 +260,7 @@ def good_raw_documents(count: int, seed: int = 0) -> list[FuzzRecord]:
         elif variant == 2:
             doc["text"] = f"{WEIRD_TEXT[i % len(WEIRD_TEXT)]} good {i}"
             doc["title"] = "😀" * 250  # 1,000 bytes of title in 250 characters (the column holds 1,024)
-            doc["tenant"] = f"t-{i % 5}." + "x" * 120  # a 124-character tenant (the limit is 128)
+            doc["tenant"] = f"t-{i % 5}-" + "x" * 120  # a 124-character tenant (the limit is 128)
         elif variant == 3:
             doc["id"] = f"good-{i}-" + "😀" * 120  # about 500 UTF-8 bytes of id (the limit is 512)
         key = None if variant == 4 else doc["id"].encode()  # null keys with a valid value are accepted
@@ -347,7 +347,7 @@ def good_inference_requests(count: int, seed: int = 0, codec: AvroCodec | None =
             request["request_id"] = f"good-{i}-" + "😀" * 200  # 200 characters of the 256 allowed
         elif variant == 3:
             request["client_id"] = f"client-{i % 7}"
-            request["tenant"] = f"t-{i % 5}." + "x" * 100  # answered on that tenant's own reply topic
+            request["tenant"] = f"t-{i % 5}-" + "x" * 100  # answered on that tenant's own reply topic
         elif variant == 5:
             kind = "injection"
             request["text"] = f"{INSTRUCTION_INJECTIONS[i % len(INSTRUCTION_INJECTIONS)]} (good {i})"

@@ -99,12 +99,12 @@ def _from_json_object(obj: dict[str, Any]) -> RawDocument | Rejection:
         isinstance(k, str) and isinstance(v, str) for k, v in metadata.items()
     ):
         return Rejection("WRONG_TYPE", "'metadata' must be an object of string values (no nesting)")
-    problem = _check_store_limits(obj)
-    if problem:
-        return problem
     deleted = obj.get("deleted", False)
     if not isinstance(deleted, bool):
         return Rejection("WRONG_TYPE", f"'deleted' must be true or false, got {deleted!r:.40}")
+    problem = None if deleted else _check_store_limits(obj)  # a deletion must get through, whatever it holds
+    if problem:
+        return problem
     if text is None and not deleted:
         unknown = sorted(set(obj) - _KNOWN_FIELDS)
         hint = f" (unknown fields present: {unknown[:5]})" if unknown else ""

@@ -60,7 +60,7 @@ class Access:
     writes: tuple[str, ...] = ()
     groups: tuple[str, ...] = ()
     prefix_reads: tuple[str, ...] = ()  # base-name prefixes read (every tenant's reply topic)
-    prefix_writes: tuple[str, ...] = ()  # base-name prefixes written and created (a tenant's first reply)
+    prefix_writes: tuple[str, ...] = ()  # base-name prefixes written (every tenant's reply topic)
     tenant_replies: bool = False  # reads the reply topic of the one tenant it is granted for
 
 
@@ -71,7 +71,7 @@ AGENT_ACCESS: dict[str, Access] = {
     "index": Access((DOCS_EMBEDDINGS,), (DEADLETTER, TELEMETRY_SPANS)),
     # infer follows (only reads) the registry on models.control; a control event it refuses raises
     # an alert on monitor.alerts. Only the model-manager role writes models.control. It answers a
-    # tenant on that tenant's own reply topic, creating it on the tenant's first request.
+    # tenant on that tenant's own reply topic, which an operator creates (never the worker).
     "infer": Access(
         (INFERENCE_REQUESTS, MODELS_CONTROL),
         (INFERENCE_RESPONSES, INFERENCE_SHADOW, MONITOR_ALERTS, DEADLETTER, TELEMETRY_SPANS),
@@ -124,7 +124,7 @@ def _topic_grants(principal: str, access: Iterable[Access], topics: Topics) -> l
         [AclGrant(principal, "READ", "TOPIC", name) for name in reads]
         + [AclGrant(principal, "WRITE", "TOPIC", name) for name in writes]
         + [AclGrant(principal, "READ", "TOPIC", name, "PREFIXED") for name in prefix_reads]
-        + [AclGrant(principal, op, "TOPIC", name, "PREFIXED") for name in prefix_writes for op in ("WRITE", "CREATE")]
+        + [AclGrant(principal, "WRITE", "TOPIC", name, "PREFIXED") for name in prefix_writes]
     )
 
 
@@ -190,7 +190,7 @@ def markdown_table() -> str:
 
     def prefixes(access: Access) -> list[str]:
         return [f"`{base}` (Read)" for base in access.prefix_reads] + [
-            f"`{base}` (Write, Create)" for base in access.prefix_writes
+            f"`{base}` (Write)" for base in access.prefix_writes
         ]
 
     rows = [

@@ -38,7 +38,7 @@ from streams.models.registry import (
     files_version,
 )
 from streams.models.rejections import ControlRejected, Reason
-from streams.models.rules import check_event, check_removal
+from streams.models.rules import check_event, check_production, check_removal
 from streams.models.signing import TrustedKeys, signer_from_settings, trusted_keys_from_settings
 from streams.records import now_ms
 from streams.settings import Settings
@@ -54,7 +54,9 @@ def default_actor() -> str:
         return "unknown"
 
 
-def check_version(registry: Registry, version: ModelVersion, trusted: TrustedKeys, max_bytes: int) -> None:
+def check_version(
+    registry: Registry, version: ModelVersion, trusted: TrustedKeys, max_bytes: int, namespace: str = ""
+) -> None:
     """Every check a control event passes before it is applied or written, in this order.
 
     The signature (a trusted key signed exactly this record), then the artifact (no larger than
@@ -64,7 +66,7 @@ def check_version(registry: Registry, version: ModelVersion, trusted: TrustedKey
     Raises:
         ControlRejected: with the reason code of the first check that failed.
     """
-    trusted.verify(version)
+    trusted.verify(version, namespace)
     if version.kind is Kind.CLASSIFIER:
         if version.artifact is not None:
             if len(version.artifact) > max_bytes:
@@ -85,10 +87,11 @@ def check_version(registry: Registry, version: ModelVersion, trusted: TrustedKey
         if version.artifact is not None:
             check_onnx_bytes(version.artifact, max_bytes)
     check_event(registry.find(version.key), version)
+    check_production(registry.production(version.name), version)
 
 
-def control_check(codec: AvroCodec, trusted: TrustedKeys, max_bytes: int) -> ControlCheck:
-    """What a worker checks before it applies a ``models.control`` record (see RegistryFollower)."""
+def control_check(codec: AvroCodec, trusted: TrustedKeys, max_bytes: int, namespace: str = "") -> ControlCheck:
+    """What a worker checks before it applies a record of ``namespace``'s ``models.control`` (see RegistryFollower)."""
 
     def check(registry: Registry, key: str, value: bytes | None) -> ModelVersion | None:
         if value is None:
@@ -100,7 +103,7 @@ def control_check(codec: AvroCodec, trusted: TrustedKeys, max_bytes: int) -> Con
             raise ControlRejected(Reason.MALFORMED, f"not a ModelVersion record: {error!r}") from None
         if version.key != key:
             raise ControlRejected(Reason.MALFORMED, f"the record is {version.short} but its key is {key!r}")
-        check_version(registry, version, trusted, max_bytes)
+        check_version(registry, version, trusted, max_bytes, namespace)
         return version
 
     return check
@@ -108,7 +111,10 @@ def control_check(codec: AvroCodec, trusted: TrustedKeys, max_bytes: int) -> Con
 
 def control_check_from_settings(settings: Settings, codec: AvroCodec | None = None) -> ControlCheck:
     return control_check(
-        codec or codec_from_settings(settings), trusted_keys_from_settings(settings), settings.model_max_bytes
+        codec or codec_from_settings(settings),
+        trusted_keys_from_settings(settings),
+        settings.model_max_bytes,
+        settings.namespace,
     )
 
 
@@ -151,8 +157,8 @@ async def write_events(settings: Settings, events: Sequence[ModelVersion], regis
     state = registry.copy()
     signed = []
     for event in events:
-        event = signer.sign(event)
-        check_version(state, event, trusted, settings.model_max_bytes)
+        event = signer.sign(event, settings.namespace)
+        check_version(state, event, trusted, settings.model_max_bytes, settings.namespace)
         state.apply(event)
         signed.append(event)
     topic = Topics(settings.namespace).models_control

@@ -30,7 +30,7 @@ from typing import Any
 
 from streams.logs import get_logger
 from streams.models.rejections import ControlRejected, Reason, RegistryError
-from streams.models.rules import check_event
+from streams.models.rules import check_event, check_production
 from streams.models.version import Kind, ModelVersion, Stage, classifier_config, digests_version, files_version
 
 __all__ = [
@@ -125,7 +125,8 @@ class Registry:
 
     def production(self, name: str) -> ModelVersion | None:
         current = [v for v in self._versions.values() if v.name == name and v.stage is Stage.PRODUCTION]
-        return max(current, key=lambda v: v.promoted_at_ms or 0) if current else None
+        # The latest production event wins (a rollback restores a version with an old promotion time).
+        return max(current, key=lambda v: v.updated_at_ms) if current else None
 
     def shadows(self, name: str) -> list[ModelVersion]:
         """QA candidates of ``name`` that receive a copy of production traffic."""
@@ -250,6 +251,7 @@ class Registry:
         unsigned = [event.unsigned() for event in events]
         for event in unsigned:
             check_event(state.find(event.key), event)
+            check_production(state.production(event.name), event)
             state.apply(event)
         return unsigned
 

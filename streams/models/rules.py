@@ -92,6 +92,25 @@ def check_event(previous: ModelVersion | None, event: ModelVersion) -> None:
         raise RuleViolation(f"{event.short} is {previous.stage}; it cannot go to {event.stage}: {hint}")
 
 
+def check_production(current: ModelVersion | None, event: ModelVersion) -> None:
+    """Whether ``event`` may put its version into production while ``current`` answers.
+
+    A production event older than the current production version's state is stale: a replayed
+    old event (for example of a version deleted since, whose history the worker no longer has)
+    must not take production back from a later promotion or rollback.
+    """
+    if (
+        event.stage is Stage.PRODUCTION
+        and current is not None
+        and current.key != event.key
+        and event.updated_at_ms <= current.updated_at_ms
+    ):
+        raise RuleViolation(
+            f"{event.short} is dated {event.updated_at_ms}, not after {current.short}, in production since "
+            f"{current.updated_at_ms}: a stale event; promote it again to put it in production"
+        )
+
+
 def check_removal(previous: ModelVersion | None) -> None:
     """Whether a tombstone may delete ``previous`` (never the production version)."""
     if previous is not None and previous.stage is Stage.PRODUCTION:

@@ -53,7 +53,7 @@ from streams.models.rejections import ControlRejected, Reason
 from streams.models.version import ModelVersion
 
 log = get_logger(__name__)
-CANONICAL_PREFIX = b"llmops.models.control.v1\n"
+CANONICAL_PREFIX = b"llmops.models.control.v2\n"  # v2: the namespace is signed too
 DEV_KEY_DIR = "keys"
 DEV_PRIVATE = "model-signing-dev.pem"
 DEV_PUBLIC = "model-signing-dev.pub"
@@ -63,10 +63,15 @@ class SigningKeyError(ValueError):
     """A key file is missing, unreadable or not an Ed25519 key; the message names the file, never its bytes."""
 
 
-def canonical_bytes(version: ModelVersion) -> bytes:
-    """What is signed: every field but the signature, the artifact as its sha256, in sorted-key JSON."""
+def canonical_bytes(version: ModelVersion, namespace: str = "") -> bytes:
+    """What is signed: every field but the signature, the artifact as its sha256, and the namespace.
+
+    The namespace (``""`` for live traffic) binds a signature to one control topic: an event
+    signed for a replay namespace does not verify when copied into the live topic.
+    """
     record: dict[str, Any] = version.to_avro()
     del record["signature"]
+    record["namespace"] = namespace
     artifact = record.pop("artifact")
     record["artifact_sha256"] = hashlib.sha256(artifact).hexdigest() if artifact is not None else None
     return CANONICAL_PREFIX + json.dumps(record, sort_keys=True, separators=(",", ":"), ensure_ascii=True).encode()
@@ -91,9 +96,10 @@ class Signer:
     def of(cls, private_key: Ed25519PrivateKey) -> Signer:
         return cls(private_key, key_id_of(private_key.public_key()))
 
-    def sign(self, version: ModelVersion) -> ModelVersion:
+    def sign(self, version: ModelVersion, namespace: str = "") -> ModelVersion:
+        """``version`` signed for the control topic of ``namespace`` (``""``: live)."""
         unsigned = replace(version, key_id=self.key_id, signature=None)
-        return replace(unsigned, signature=self.private_key.sign(canonical_bytes(unsigned)))
+        return replace(unsigned, signature=self.private_key.sign(canonical_bytes(unsigned, namespace)))
 
     def __repr__(self) -> str:  # never the key
         return f"Signer(key_id={self.key_id!r})"
@@ -109,8 +115,8 @@ class TrustedKeys:
     def of(cls, keys: Iterable[Ed25519PublicKey]) -> TrustedKeys:
         return cls({key_id_of(key): key for key in keys})
 
-    def verify(self, version: ModelVersion) -> None:
-        """Raises ControlRejected (UNSIGNED, UNKNOWN_KEY, BAD_SIGNATURE) unless a trusted key signed it."""
+    def verify(self, version: ModelVersion, namespace: str = "") -> None:
+        """ControlRejected (UNSIGNED, UNKNOWN_KEY, BAD_SIGNATURE) unless a trusted key signed it for ``namespace``."""
         if version.signature is None or not version.key_id:
             raise ControlRejected(
                 Reason.UNSIGNED,
@@ -126,12 +132,12 @@ class TrustedKeys:
                 "if it is yours",
             )
         try:
-            key.verify(version.signature, canonical_bytes(version))
+            key.verify(version.signature, canonical_bytes(version, namespace))
         except InvalidSignature:
             raise ControlRejected(
                 Reason.BAD_SIGNATURE,
                 f"{version.short}: the signature of key {version.key_id} does not match the record "
-                "(changed after signing, or forged)",
+                "(changed after signing, signed for another namespace's control topic, or forged)",
             ) from None
 
 

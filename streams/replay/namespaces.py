@@ -92,13 +92,24 @@ def _admin(live: Settings) -> Any:
     return AdminClient(rdkafka_config(live))
 
 
+def _droppable(live: Settings, name: str, namespace: str) -> bool:
+    """Whether topic or group ``name`` belongs to ``namespace`` and not to the configured live one.
+
+    The live namespace may itself look like a replay's child (``r1-embed`` beside replay ``r1``):
+    what it owns is never dropped.
+    """
+    return owned_by(name, namespace) and not (live.namespace and owned_by(name, live.namespace))
+
+
 def plan_drop(live: Settings, namespace: str) -> DropPlan:
     """What dropping ``namespace`` deletes: its topics, its consumer groups and its folder."""
     checked_namespace(namespace, live.namespace)
     admin = _admin(live)
-    topics = sorted(name for name in admin.list_topics(timeout=ADMIN_TIMEOUT_S).topics if owned_by(name, namespace))
+    topics = sorted(
+        name for name in admin.list_topics(timeout=ADMIN_TIMEOUT_S).topics if _droppable(live, name, namespace)
+    )
     listed = admin.list_consumer_groups(request_timeout=ADMIN_TIMEOUT_S).result()
-    groups = sorted(g.group_id for g in listed.valid if owned_by(g.group_id, namespace))
+    groups = sorted(g.group_id for g in listed.valid if _droppable(live, g.group_id, namespace))
     folder = replay_dir(live, namespace)
     return DropPlan(namespace, topics, groups, str(folder) if folder.exists() else None)
 
@@ -108,7 +119,7 @@ def drop_namespace(live: Settings, plan: DropPlan) -> None:
     from confluent_kafka import KafkaException
 
     checked_namespace(plan.namespace, live.namespace)
-    outside = [name for name in [*plan.topics, *plan.groups] if not owned_by(name, plan.namespace)]
+    outside = [name for name in [*plan.topics, *plan.groups] if not _droppable(live, name, plan.namespace)]
     if outside:
         raise ReplayError(f"refusing to drop {outside}: they do not belong to namespace {plan.namespace}")
     admin = _admin(live)

@@ -253,10 +253,22 @@ async def seed_registry(live: Settings, target: Settings, pins: tuple[str, ...])
         chosen.append(registry.resolve(spec))
     pinned_names = {v.name for v in chosen}
     chosen += [v for v in registry.production_of_kind(Kind.CLASSIFIER) if v.name not in pinned_names]
+    unevaluated = [v.short for v in chosen if not v.qa_passed]
+    if unevaluated:  # the workers' rules put no version in production without a passed QA gate
+        raise ReplayError(
+            f"{', '.join(unevaluated)} has not passed QA: evaluate it first (`llmops models evaluate NAME@VERSION`), "
+            "then replay with it"
+        )
     stamp = now_ms()
     events = [
         replace(
-            v, stage=Stage.PRODUCTION, promoted_at_ms=stamp, updated_at_ms=stamp, actor="llmops replay", note="pinned"
+            v,
+            stage=Stage.PRODUCTION,
+            promoted_at_ms=stamp,
+            updated_at_ms=stamp,
+            actor="llmops replay",
+            approved_by=v.approved_by or "llmops replay (pinned)",
+            note="pinned",
         )
         for v in chosen
     ]

@@ -20,7 +20,7 @@ import pytest
 from streams.inference.client import InferenceClient
 from streams.ingest.corpus import stdlib_documents
 from streams.ingest.publish import encode_document, publish_records
-from streams.kafka.admin import ensure_topics, offsets, producer, read_topic
+from streams.kafka.admin import ensure_topics, offsets, producer, read_topic, topic_partitions
 from streams.kafka.avro import codec_from_settings
 from streams.kafka.progress import wait_for_stages
 from streams.kafka.topics import Topics
@@ -36,7 +36,7 @@ from streams.models.lifecycle import (
 from streams.models.registry import RegistryError, Stage
 from streams.settings import Settings
 
-from .conftest import ROOT, WorkerProcess, production_classifier, run, run_cli
+from .conftest import ROOT, WorkerProcess, production_classifier, run, run_cli, wait_for
 
 AGENTS = ("embed", "index", "infer", "ingest")
 ACME_DOC = {
@@ -318,3 +318,23 @@ def test_a_request_is_one_trace_that_the_response_continues(served: Settings) ->
     names = {span["name"] for span in trace["spans"]}
     assert f"infer {Topics(served.namespace).inference_requests}" in names  # the consumer span of the request
     assert "llmops-infer" in trace["services"]
+
+
+def test_a_request_for_a_tenant_nobody_provisioned_is_dead_lettered_and_creates_no_topic(served: Settings) -> None:
+    # Last in the module: its dead letter would otherwise count in the tests above.
+    topics, codec = Topics(served.namespace), codec_from_settings(served)
+    question = "secret plan to compress quarterly reports"
+    raw = json.dumps({"request_id": "r-hooli", "task": "search", "text": question, "tenant": "hooli"}).encode()
+    run(publish_records(served, [(b"r-hooli", raw)], topic=topics.inference_requests))
+
+    def hooli_letters() -> list[dict[str, Any]]:
+        async def read() -> list[dict[str, Any]]:
+            letters = [codec.decode(m.value, "DeadLetter") async for m in read_topic(served, topics.deadletter)]
+            return [letter for letter in letters if letter["key"] == b"r-hooli"]
+
+        return run(read())
+
+    assert wait_for(lambda: len(hooli_letters()) == 1, 60.0)
+    (letter,) = hooli_letters()
+    assert letter["reason"] == "UNKNOWN_TENANT" and "llmops kafka topics --tenant hooli" in letter["detail"]
+    assert run(topic_partitions(served, [topics.responses_for("hooli")])) == []

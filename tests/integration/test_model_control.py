@@ -69,7 +69,9 @@ def test_a_bad_control_record_is_skipped_once_and_the_next_good_record_applies(s
     signer = signer_from_settings(settings)
 
     def value(v: ModelVersion) -> bytes:
-        return codec.encode("ModelVersion", signer.sign(v).to_avro(), Topics(settings.namespace).models_control)
+        return codec.encode(
+            "ModelVersion", signer.sign(v, settings.namespace).to_avro(), Topics(settings.namespace).models_control
+        )
 
     run(
         write_raw(
@@ -161,12 +163,13 @@ def test_forged_control_events_change_nothing_and_a_signed_promotion_still_appli
         )
         topic = Topics(settings.namespace).models_control
         codec = codec_from_settings(settings)
+        ns = settings.namespace
         forged = {
             "UNSIGNED": promoted,
-            "UNKNOWN_KEY": attacker.sign(promoted),
-            "BAD_SIGNATURE": replace(attacker.sign(promoted), key_id=dev.key_id),
-            "RULE_VIOLATION": dev.sign(promoted),  # the real key, but registered -> production skips QA
-            "DIGEST_MISMATCH": dev.sign(replace(registered.unsigned(), artifact=first_artifact(settings, first))),
+            "UNKNOWN_KEY": attacker.sign(promoted, ns),
+            "BAD_SIGNATURE": replace(attacker.sign(promoted, ns), key_id=dev.key_id),
+            "RULE_VIOLATION": dev.sign(promoted, ns),  # the real key, but registered -> production skips QA
+            "DIGEST_MISMATCH": dev.sign(replace(registered.unsigned(), artifact=first_artifact(settings, first)), ns),
         }
         run(write_raw(settings, [(v.key, codec.encode("ModelVersion", v.to_avro(), topic)) for v in forged.values()]))
         assert wait_for(lambda: len(control_letters(settings)) >= len(forged), 60), worker.log_tail()

@@ -251,3 +251,12 @@ def test_configured_keys_replace_the_dev_key(tmp_path: Path) -> None:
     (keys / "junk.pub").write_bytes(b"not a key")
     with pytest.raises(SigningKeyError, match=r"junk\.pub is neither"):
         load_trusted_keys(keys)
+
+
+def test_a_signature_is_bound_to_its_namespace() -> None:
+    # An event signed for a replay namespace's control topic, copied into the live one, is refused.
+    v = candidate()
+    TRUSTED.verify(OLD.sign(v, "r1"), "r1")
+    with pytest.raises(ControlRejected) as caught:
+        TRUSTED.verify(OLD.sign(v, "r1"), "")
+    assert caught.value.reason is Reason.BAD_SIGNATURE

@@ -103,7 +103,8 @@ def test_a_worker_applying_one_event_at_a_time_always_has_a_production_version()
     for event in registry.rollback("topic", actor="t", now_ms=30):
         registry.apply(event)
         answered_by.append(registry.resolve("topic").version)
-    assert answered_by[2:] == [second.version, first.version], "rolled back by the second event, never empty"
+    # The latest production event wins: the restored version answers from the rollback's first event.
+    assert answered_by[2:] == [first.version, first.version], "rolled back from its first event on, never empty"
 
 
 def test_registering_the_same_files_twice_is_refused_and_unknown_versions_say_what_exists() -> None:
@@ -135,3 +136,23 @@ def test_control_events_round_trip_through_avro() -> None:
     )
     assert decoded == v
     assert "artifact" not in decoded.summary() and decoded.summary()["artifact_bytes"] == 5
+
+
+def test_a_stale_production_event_cannot_take_production_back() -> None:
+    # B, then A promoted, then rolled back to B: A's old (signed) production event, replayed after
+    # A was deleted (so the worker has no history to check it against), must not make A answer.
+    from streams.models.rules import RuleViolation, check_production
+
+    registry = Registry()
+    b, a = version(seed="b"), version(seed="a")
+    to_production(registry, b, 0.9, now=10)
+    apply(registry, registry.register(a))
+    apply(registry, registry.promote("topic", a.version, Stage.QA, actor="t", now_ms=20))
+    apply(registry, registry.record_evaluation("topic", a.version, {"accuracy": 0.95}, GATE, actor="t", now_ms=21))
+    promotion = registry.promote("topic", a.version, Stage.PRODUCTION, actor="t", now_ms=22, approved_by="ana")
+    apply(registry, promotion)
+    old_a_event = next(e for e in promotion if e.version == a.version)
+    apply(registry, registry.rollback("topic", actor="t", now_ms=30))
+    assert registry.resolve("topic").version == b.version
+    with pytest.raises(RuleViolation, match="stale"):
+        check_production(registry.production("topic"), old_a_event)

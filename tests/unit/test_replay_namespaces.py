@@ -77,3 +77,12 @@ def test_drop_refuses_before_it_touches_anything(name: str, tmp_path: Path, monk
     assert result.exit_code == 1, result.output
     assert "namespace" in result.output
     assert (data / "keep.txt").read_text() == "state"
+
+
+def test_what_the_live_namespace_owns_is_never_dropped_even_when_it_looks_like_a_replays() -> None:
+    from streams.replay.namespaces import _droppable
+
+    live = Settings(namespace="r1-embed")
+    assert not _droppable(live, "llmops-r1-embed-embed", "r1")  # live's embed group, not replay r1's
+    assert not _droppable(live, "r1-embed.docs.raw", "r1")
+    assert _droppable(live, "llmops-r1-embed_index", "r1") and _droppable(live, "r1.docs.raw", "r1")

@@ -55,12 +55,13 @@ def control_records(settings: Settings, seed: int) -> list[tuple[str, bytes, byt
     rng = random.Random(seed)
     codec, topic = codec_from_settings(settings), Topics(settings.namespace).models_control
     trusted, attacker = signer_from_settings(settings), Signer.of(Ed25519PrivateKey.generate())
+    ns = settings.namespace
 
     def encoded(version: ModelVersion) -> bytes:
         return codec.encode("ModelVersion", version.to_avro(), topic)
 
     good = [registered("fuzz-good", f"good-{i}") for i in range(GOOD_CONTROL)]
-    records = [("good", v.key.encode(), encoded(trusted.sign(v))) for v in good]
+    records = [("good", v.key.encode(), encoded(trusted.sign(v, ns))) for v in good]
     kinds = sorted(CONTROL_REASONS)
     for i in range(BAD_CONTROL):
         kind = kinds[i % len(kinds)]
@@ -69,7 +70,7 @@ def control_records(settings: Settings, seed: int) -> list[tuple[str, bytes, byt
         if kind == "random_bytes":
             value = rng.randbytes(rng.randint(1, 400))
         elif kind == "truncated_avro":
-            whole = encoded(trusted.sign(version))
+            whole = encoded(trusted.sign(version, ns))
             value = whole[: rng.randrange(1, len(whole) - 1)]
         elif kind == "json_object":
             value = b'{"name": "fuzz-bad", "stage": "production", "approved_by": "mallory"}'
@@ -78,11 +79,11 @@ def control_records(settings: Settings, seed: int) -> list[tuple[str, bytes, byt
         elif kind == "unsigned":
             value = encoded(version)
         elif kind == "unknown_key":
-            value = encoded(attacker.sign(version))
+            value = encoded(attacker.sign(version, ns))
         elif kind == "tampered":
-            value = encoded(replace(trusted.sign(version), labels=("x", "y", "z")))
+            value = encoded(replace(trusted.sign(version, ns), labels=("x", "y", "z")))
         else:  # production_without_qa: the real key, but the lifecycle is skipped
-            value = encoded(trusted.sign(replace(version, stage=Stage.PRODUCTION, approved_by="mallory")))
+            value = encoded(trusted.sign(replace(version, stage=Stage.PRODUCTION, approved_by="mallory"), ns))
         records.append((kind, key, value))
     rng.shuffle(records)
     return records

@@ -58,6 +58,9 @@ def test_fuzzed_inference_requests_every_record_answered_or_dead_lettered_and_th
         (r.key, r.value): (r.kind, r.expect) for r in records
     }
     run(ensure_topics(settings))
+    # An operator provisions the reply topic of each tenant the good requests name.
+    tenants = {parse_request(r.value, codec).tenant for r in good} - {None}
+    run(ensure_topics(settings, [topics.tenant_responses_spec(t, 1, 1) for t in sorted(tenants)]))
     production_classifier(settings, settings.default_classifier, classes=3)  # what `classify` answers with
 
     worker = WorkerProcess(settings, agents="infer").start()

@@ -3,9 +3,10 @@
 Replies to a tenant's requests go to that tenant's own topic (``inference.responses.tenant.<t>``),
 because Kafka ACLs grant by topic, not by key. An admin grants each tenant's applications the
 ``tenant-client`` role for their tenant only (`llmops kafka acls --role tenant-client --tenant T`);
-the infer worker's principal may create and write the tenants' topics by prefix. Then, as tenant
-acme: its own reply topic is readable; globex's reply topic, the shared responses topic (tenant-less
-answers) and the document topics are refused; and the infer principal creates a new tenant's topic.
+the infer worker's principal may write (never create) the tenants' topics by prefix. Then, as
+tenant acme: its own reply topic is readable; globex's reply topic, the shared responses topic
+(tenant-less answers) and the document topics are refused; the infer principal writes acme's topic
+and cannot create one for a tenant an operator did not provision.
 """
 
 from __future__ import annotations
@@ -21,7 +22,8 @@ from ..conftest import run, run_cli
 from .helpers import CODEC, broker_with_acls, read_topic_messages, report
 
 TENANTS = ("acme", "globex")
-TOPIC_AUTHORIZATION_FAILED = 29  # Kafka's error code
+TOPIC_AUTHORIZATION_FAILED = 29  # Kafka's error codes
+UNKNOWN_TOPIC_OR_PARTITION = 3
 USERS = ("llmops-infer", *(f"tenant-{t}" for t in TENANTS))
 
 
@@ -81,10 +83,10 @@ def test_a_tenant_reads_only_its_own_answers(settings: Settings) -> None:
         assert set(refused.values()) == {TOPIC_AUTHORIZATION_FAILED}, refused
         assert len(read_topic_messages(admin, topics.responses_for("globex"))) == 1  # there is an answer to read
 
-        # The infer principal creates a new tenant's reply topic on that tenant's first request.
+        # The infer principal writes a tenant's topic an operator created, and may not create one.
         infer = users["llmops-infer"]
+        run(answer(infer, topics.responses_for("acme"), "r-acme-2", "acme's second answer"))
         spec = topics.tenant_responses_spec("initech", admin.partitions, admin.replication_factor)
-        assert run(ensure_topics(infer, [spec])) == [spec.name]
-        run(answer(infer, spec.name, "r-initech", "initech's answer"))
-        assert run(metadata_error(acme, spec.name)) == TOPIC_AUTHORIZATION_FAILED
-    report("tenant ACLs", own_topic="readable", refused=refused, infer_creates_tenant_topic=True)
+        assert run(ensure_topics(infer, [spec])) == []  # refused: it leaves the topic alone
+        assert run(metadata_error(admin, spec.name)) == UNKNOWN_TOPIC_OR_PARTITION
+    report("tenant ACLs", own_topic="readable", refused=refused, infer_may_create_tenant_topic=False)
