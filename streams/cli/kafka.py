@@ -102,8 +102,8 @@ def kafka_topics(tenants: tuple[str, ...], as_json: bool) -> None:
 
     Partitions come from LLMOPS_PARTITIONS, replication from LLMOPS_REPLICATION_FACTOR;
     models.control is compacted. Existing topics are left as they are. A tenant's reply topic is
-    created by the infer agent on the tenant's first request; under ACLs an operator may create
-    it ahead with --tenant.
+    created by an operator with --tenant (or, without ACLs, by the tenant's InferenceClient);
+    the infer agent never creates one and dead-letters a request for a tenant without it.
     """
     from streams.kafka.admin import count_records, ensure_topics
     from streams.kafka.topics import ALL_BASE_NAMES, Topics
