@@ -84,6 +84,14 @@ def test_promotion_archives_the_old_version_and_rollback_restores_it() -> None:
         registry.rollback("topic", actor="t", now_ms=40)
 
 
+def promotion_of(registry: Registry, v: ModelVersion, accuracy: float) -> list[ModelVersion]:
+    """Register ``v``, take it through QA (at times 20-21), and return its promotion's events (at 22)."""
+    apply(registry, registry.register(v))
+    apply(registry, registry.promote("topic", v.version, Stage.QA, actor="t", now_ms=20))
+    apply(registry, registry.record_evaluation("topic", v.version, {"accuracy": accuracy}, GATE, actor="t", now_ms=21))
+    return registry.promote("topic", v.version, Stage.PRODUCTION, actor="t", now_ms=22, approved_by="ana")
+
+
 def test_a_worker_applying_one_event_at_a_time_always_has_a_production_version() -> None:
     # Workers follow models.control one event at a time and answer between two events of one
     # promotion: a classify request then must find a production version (a promotion used to
@@ -91,10 +99,7 @@ def test_a_worker_applying_one_event_at_a_time_always_has_a_production_version()
     registry = Registry()
     first, second = version(seed="a"), version(seed="b")
     to_production(registry, first, 0.9, now=10)
-    apply(registry, registry.register(second))
-    apply(registry, registry.promote("topic", second.version, Stage.QA, actor="t", now_ms=20))
-    apply(registry, registry.record_evaluation("topic", second.version, {"accuracy": 0.91}, GATE, actor="t", now_ms=21))
-    promotion = registry.promote("topic", second.version, Stage.PRODUCTION, actor="t", now_ms=22, approved_by="ana")
+    promotion = promotion_of(registry, second, 0.91)
     answered_by = []
     for event in promotion:
         registry.apply(event)
@@ -146,10 +151,7 @@ def test_a_stale_production_event_cannot_take_production_back() -> None:
     registry = Registry()
     b, a = version(seed="b"), version(seed="a")
     to_production(registry, b, 0.9, now=10)
-    apply(registry, registry.register(a))
-    apply(registry, registry.promote("topic", a.version, Stage.QA, actor="t", now_ms=20))
-    apply(registry, registry.record_evaluation("topic", a.version, {"accuracy": 0.95}, GATE, actor="t", now_ms=21))
-    promotion = registry.promote("topic", a.version, Stage.PRODUCTION, actor="t", now_ms=22, approved_by="ana")
+    promotion = promotion_of(registry, a, 0.95)
     apply(registry, promotion)
     old_a_event = next(e for e in promotion if e.version == a.version)
     apply(registry, registry.rollback("topic", actor="t", now_ms=30))
