@@ -8,6 +8,7 @@ Why this exists:
 from __future__ import annotations
 
 import asyncio
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -163,7 +164,9 @@ def render_status(status: dict[str, Any]) -> Any:
 
 
 @monitor.command("status")
-@click.option("--once", is_flag=True, help="Print once and exit (default: refresh until Ctrl-C).")
+@click.option(
+    "--once", is_flag=True, help="Print once and exit (default on a terminal: refresh until Ctrl-C; elsewhere: once)."
+)
 @click.option("--interval", type=float, default=2.0, show_default=True, help="Seconds between refreshes.")
 @click.option("--json", "as_json", is_flag=True, help="Print once as JSON.")
 def status(once: bool, interval: float, as_json: bool) -> None:
@@ -178,7 +181,7 @@ def status(once: bool, interval: float, as_json: bool) -> None:
         echo_json(asyncio.run(monitor_status(settings)))
         return
     console = Console()
-    if once:
+    if once or not sys.stdout.isatty():  # piped or in a script: one report, then exit
         console.print(render_status(asyncio.run(monitor_status(settings))))
         return
     with Live(console=console, refresh_per_second=1) as live:

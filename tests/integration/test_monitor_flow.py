@@ -169,6 +169,8 @@ def test_held_out_stdlib_raises_no_drift_alert_and_package_descriptions_do_withi
     mmd = next(m for m in snapshots[-1]["metrics"] if m["name"] == "drift.embedding.mmd")
     assert mmd["breached"] and "permutations of the reference" in mmd["method"]
 
+    printed = run_cli(monitored, "monitor", "status", timeout=120)  # not a terminal: prints once, exits
+    assert printed.returncode == 0 and "Open alerts" in printed.stdout, printed.stderr[-2000:]
     status = run_cli(monitored, "monitor", "status", "--json")
     assert status.returncode == 0, status.stderr
     view = json.loads(status.stdout)
