@@ -34,10 +34,10 @@ from agents.common import record_dead_letter, record_delivery, send_dead_letter
 from agents.request_consumer import RequestConsumer
 from streams.index.embed import OnnxEmbedder, graph_for
 from streams.index.vectorstore import shared_store
+from streams.inference.generator import GeneratorClient
 from streams.inference.injection import InjectionClassifier
 from streams.inference.requests import InferenceRequest, RequestRejected, parse_request
 from streams.inference.service import (
-    GeneratorClient,
     InferenceService,
     ModelSet,
     load_classifiers,

@@ -20,7 +20,8 @@ Notes:
     not validate is reported by setting name and error kind only (``hide_input_in_errors``,
     :func:`describe_settings_error`): a secret pasted into the wrong variable is never echoed.
     No other module reads
-    ``os.environ`` for configuration. Of the standard ``OTEL_*`` variables, the OTLP endpoints
+    ``os.environ`` for configuration: that is why this module is long (about 490 lines, one field
+    and one validator per setting) and stays one module. Of the standard ``OTEL_*`` variables, the OTLP endpoints
     are read here (they switch OTLP export on); the rest (``OTEL_SERVICE_NAME``,
     ``OTEL_RESOURCE_ATTRIBUTES``, ``OTEL_TRACES_SAMPLER(_ARG)``, ``OTEL_EXPORTER_OTLP_HEADERS``...)
     are read by the OpenTelemetry SDK itself.

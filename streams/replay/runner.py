@@ -18,6 +18,11 @@ How a range is fed:
 Usage:
     >>> spec = ReplaySpec("docs.raw", "r1", from_offset=0, to_offset=500)
     >>> manifest = run_replay(live_settings, spec, progress=print)     # starts its own worker
+
+Notes:
+    One module of about 440 lines on purpose: the spec, the range, the copy, the seeded
+    registry, the supervised worker and the manifest are the steps of one run and share its
+    settings; listing and dropping namespaces live in :mod:`streams.replay.namespaces`.
 """
 
 from __future__ import annotations

@@ -17,7 +17,7 @@ import pytest
 import structlog
 from pydantic import SecretStr, ValidationError
 
-from streams.inference.service import GeneratorClient, GeneratorError
+from streams.inference.generator import GeneratorClient, GeneratorError
 from streams.kafka import security as security_module
 from streams.kafka.avro import ConfluentRegistry
 from streams.kafka.broker import EmbeddedKafka

@@ -1,0 +1,73 @@
+"""The generator behind ``rag`` answers: an OpenAI-compatible chat endpoint, called safely.
+
+Why this exists:
+    ``rag`` hands the screened, numbered passages to a generator when ``LLMOPS_GENERATOR_URL``
+    names one. The client keeps its key out of reprs and errors and refuses to send it in clear
+    text to another host; the service only sees ``generate`` and :class:`GeneratorError`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from streams.settings import bearer_transport_problem, mask_url_credentials
+
+
+class GeneratorError(RuntimeError):
+    """The generator endpoint failed; the message never holds the key or URL credentials."""
+
+
+@dataclass(frozen=True)
+class GeneratorClient:
+    """An OpenAI-compatible ``/chat/completions`` endpoint (``LLMOPS_GENERATOR_URL``).
+
+    The API key goes as a Bearer header, so only over https (or plain http to a loopback host,
+    such as a local llama.cpp server); it never shows in a repr, and errors mask URL credentials.
+    """
+
+    url: str
+    model: str
+    api_key: str | None = field(default=None, repr=False)
+    timeout_s: float = 30.0
+
+    def __post_init__(self) -> None:
+        if self.api_key:
+            problem = bearer_transport_problem(self.url)
+            if problem:
+                raise ValueError(problem)
+
+    def __repr__(self) -> str:
+        return f"GeneratorClient(url={mask_url_credentials(self.url)!r}, model={self.model!r})"
+
+    async def generate(self, question: str, context: str) -> str:
+        """The generator's answer to ``question`` from ``context``; GeneratorError if it fails."""
+        import httpx
+
+        try:
+            return await self._generate(question, context)
+        except httpx.HTTPError as error:
+            raise GeneratorError(f"the generator endpoint failed: {mask_url_credentials(str(error))}") from None
+
+    async def _generate(self, question: str, context: str) -> str:
+        import httpx
+
+        headers = {"Authorization": f"Bearer {self.api_key}"} if self.api_key else {}
+        body = {
+            "model": self.model,
+            "temperature": 0,
+            "messages": [
+                {
+                    "role": "system",
+                    "content": "Answer only from the numbered context. Cite passages as [n]. "
+                    "If the context does not answer the question, say so.",
+                },
+                {"role": "user", "content": f"Context:\n{context}\n\nQuestion: {question}"},
+            ],
+        }
+        endpoint = self.url.rstrip("/") + (
+            "" if self.url.rstrip("/").endswith("/chat/completions") else "/chat/completions"
+        )
+        async with httpx.AsyncClient(timeout=self.timeout_s) as client:
+            response = await client.post(endpoint, json=body, headers=headers)
+            response.raise_for_status()
+            return str(response.json()["choices"][0]["message"]["content"])
