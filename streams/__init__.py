@@ -10,7 +10,8 @@ Layout (dependencies point down this list, never up; ``make lint`` checks it wit
     ``ingest``     validation, cleaning, redaction, dedup, chunking, publishing, profiling
     ``telemetry``  tracing and span export
     ``kafka``      the broker, topics, admin, ACLs, clients, Avro
-    top level      shared contracts: ``settings``, ``records``, ``logs``, ``runtime``, ``heap``
+    top level      shared contracts: ``settings``, ``records``, ``logs``, ``runtime``, ``heap``,
+                   ``worker_process``, ``packages``
 """
 
 __version__ = "0.1.0"

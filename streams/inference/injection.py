@@ -55,6 +55,7 @@ from streams.index.embed import Embedder
 from streams.inference import normalize as normalize_module
 from streams.inference.normalize import normalize_text
 from streams.inference.safety import FEATURE_RULES, Rule, Verdict
+from streams.packages import packaged
 
 MODEL_NAME = "injection-screen"
 REGULARIZATION = (
@@ -86,25 +87,13 @@ class Example:
 
 
 def _bastion_path() -> Path:
-    try:
-        import bastioncorpus  # type: ignore[import-untyped]  # data-only package, no stubs
-    except ImportError:
-        raise RuntimeError(
-            "the injection classifier trains on the 'bastioncorpus' package; install it with "
-            "'pip install --no-deps -r requirements-models.txt' (make install does this)"
-        ) from None
-    return Path(bastioncorpus.__file__).parent / "corpus" / "injections.jsonl"
+    module = packaged("bastioncorpus", "the injection classifier's training data")
+    return Path(str(module.__file__)).parent / "corpus" / "injections.jsonl"
 
 
 def _jailbreak_path() -> Path:
-    try:
-        import jailbreak_corpus_mini  # type: ignore[import-untyped]  # data-only package, no stubs
-    except ImportError:
-        raise RuntimeError(
-            "the injection classifier trains on 'jailbreak-corpus-mini-py'; install it with "
-            "'pip install --no-deps -r requirements-models.txt' (make install does this)"
-        ) from None
-    return Path(jailbreak_corpus_mini.__file__).parent / "corpus.json"
+    module = packaged("jailbreak_corpus_mini", "the injection classifier's attack prompts", "jailbreak-corpus-mini-py")
+    return Path(str(module.__file__)).parent / "corpus.json"
 
 
 def bastion_examples() -> list[Example]:

