@@ -37,10 +37,26 @@ def print_response(response: dict[str, Any]) -> None:
         console.print(f"    {item['weight']:+.4f}  {item['token']}")
     if response.get("explanation_method"):
         console.print(f"    [dim]method: {response['explanation_method']}[/]")
+    if response.get("retrieval"):
+        console.print(f"  [dim]retrieval: {response['retrieval']}[/]")
     for rank, hit in enumerate(response.get("hits", []), 1):
-        console.print(f"  [{rank}] {hit['score']:.3f} {hit['chunk_id']}\n      {hit['snippet'][:110]}")
+        title = f"{hit['title']}  " if hit.get("title") and hit["title"] != hit["doc_id"] else ""
+        console.print(f"  [{rank}] {hit['score']:.3f} {hit['doc_id']}  {title}[dim]({hit['chunk_id']})[/]")
+        console.print(f"      {hit['snippet'][:110]}")
+        more = [e["chunk_id"] for e in hit.get("evidence", [])[1:]]
+        if more:
+            console.print(f"      [dim]also: {', '.join(more)}[/]")
+        if hit.get("attributions"):
+            top = sorted(hit["attributions"].items(), key=lambda kv: -abs(kv[1]))[:4]
+            console.print("      [dim]why: " + ", ".join(f"{name} {value:+.2f}" for name, value in top) + "[/]")
     if response.get("answer"):
         console.print(f"  [bold]answer:[/] {response['answer']}")
+        for citation in response.get("citations", []):
+            console.print(f"    [{citation['n']}] {citation['doc_id']} ({citation['chunk_id']})")
+        if response.get("grounded"):
+            console.print(f"  grounded: {response['grounded']}")
+        for sentence in response.get("unsupported", []):
+            console.print(f"  [yellow]unsupported:[/] {sentence}")
     if response.get("note"):
         console.print(f"  [dim]{response['note']}[/]")
     models = ", ".join(f"{m['name']}@{m['version'][:12]} ({m['stage']})" for m in response.get("models", []))
@@ -64,9 +80,23 @@ def print_response(response: dict[str, Any]) -> None:
 @click.argument("text")
 @click.option("--task", type=click.Choice(["search", "classify", "rag"]), default="search", show_default=True)
 @click.option("--tenant", default=None, help="Retrieve only this tenant's chunks (default: documents without one).")
-@click.option("--top-k", type=click.IntRange(1, 50), default=5, show_default=True, help="Chunks to retrieve.")
+@click.option(
+    "--top-k", type=click.IntRange(1, 50), default=5, show_default=True, help="Documents (or chunks) to retrieve."
+)
+@click.option(
+    "--retrieval",
+    type=click.Choice(["ranked", "hybrid", "dense", "bm25"]),
+    default="ranked",
+    show_default=True,
+    help="search/rag: ranked = dense + BM25 candidates ordered by the production ranker; hybrid = Milvus RRF.",
+)
+@click.option("--chunks", is_flag=True, help="search: chunk-level hits instead of top-k distinct documents.")
 @click.option("--model", default=None, help="Pin a classifier: NAME (its production version) or NAME@VERSION.")
-@click.option("--explain", is_flag=True, help="classify: also show the words that moved the prediction most.")
+@click.option(
+    "--explain",
+    is_flag=True,
+    help="classify: the words that moved the prediction most; search: each document's ranking features and attributions.",
+)
 @click.option("--timeout", type=float, default=30.0, show_default=True, help="Seconds to wait for the answer.")
 @click.option("--json", "as_json", is_flag=True, help="Print the whole response as JSON.")
 def query(
@@ -74,6 +104,8 @@ def query(
     task: str,
     tenant: str | None,
     top_k: int,
+    retrieval: str,
+    chunks: bool,
     model: str | None,
     explain: bool,
     timeout: float,
@@ -90,7 +122,9 @@ def query(
 
     async def ask() -> dict[str, Any]:
         async with InferenceClient(settings) as client:
-            request = client.request(text, task, tenant=tenant, top_k=top_k, model=model, explain=explain)
+            request = client.request(
+                text, task, tenant=tenant, top_k=top_k, model=model, explain=explain, retrieval=retrieval, chunks=chunks
+            )
             future = await client.send(request)
             response = await asyncio.wait_for(future, timeout)
             response["sent_at_ms"] = request.sent_at_ms

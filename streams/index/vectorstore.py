@@ -6,6 +6,15 @@ Why this exists:
     model versions never share a collection (the collection name carries the version), so a
     search never compares vectors from two models.
 
+Hybrid retrieval:
+    Each row holds a dense vector (HNSW) and a ``lexical`` text field that Milvus's own BM25
+    ``Function`` turns into a sparse vector, so one upsert or delete changes both sides at once
+    and tenants and versions stay one operation in one store. The text field gets text already
+    normalised by :mod:`streams.index.lexical` (Milvus Lite's analyzers cannot stem or drop stop
+    words); BM25 distances come back negative from Milvus Lite and are returned here positive
+    (higher = better). :meth:`MilvusStore.hybrid` fuses the two sides in Milvus with RRF;
+    :meth:`MilvusStore.candidates` returns both sides' scores for the learned ranker.
+
 Usage:
     >>> store = MilvusStore.from_settings(settings, model_version=embedder.version)
     >>> store.upsert([ChunkRow(...)])
@@ -15,6 +24,8 @@ Notes:
     Milvus Lite (a local file under ``LLMOPS_DATA_DIR``) allows one process to open it; agents
     that touch it share a worker process. ``LLMOPS_MILVUS_URI`` (+ token) selects a Milvus server.
     Filters are built here from typed arguments with string escaping, never from user text.
+    (pymilvus's templated ``filter_params`` would be the cleaner way, but Milvus Lite 3.2's
+    expression parser refuses templates: ``unexpected character '{'``.)
 """
 
 from __future__ import annotations
@@ -24,9 +35,10 @@ import json
 import re
 import threading
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from typing import Any, Protocol
 
+from streams.index.lexical import lexical_text
 from streams.records import (
     MAX_CHUNK_ID_BYTES,
     MAX_CHUNK_TEXT_BYTES,
@@ -43,6 +55,10 @@ INDEX_TYPES = {
     "IVF_SQ8": {"nlist": 128},
 }
 SEARCH_PARAMS = {"HNSW": {"ef": 64}, "HNSW_SQ": {"ef": 64}, "IVF_FLAT": {"nprobe": 16}, "IVF_SQ8": {"nprobe": 16}}
+BM25_PARAMS = {"bm25_k1": 1.2, "bm25_b": 0.75}
+RRF_K = 60
+SCHEMA_VERSION = "v2"  # v2: the lexical text field and its BM25 sparse vector
+_HIT_FIELDS = ["chunk_id", "doc_id", "chunk_index", "text", "title", "tenant"]
 
 
 class StoreUnavailable(RuntimeError):
@@ -115,6 +131,30 @@ class Hit:
     snippet: str
     title: str
     tenant: str
+    text: str = field(default="", repr=False, compare=False)  # the whole chunk, for answers; not sent
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """A chunk found by the dense side, the BM25 side or both, with each side's score and rank.
+
+    ``dense`` is the cosine of the query and chunk vectors, known for every candidate (the
+    stored vector comes back with a BM25 hit); ``bm25`` is 0.0 and ``bm25_rank`` None when the
+    BM25 side did not return the chunk.
+    """
+
+    chunk_id: str
+    doc_id: str
+    chunk_index: int
+    title: str
+    text: str
+    dense: float
+    bm25: float
+    dense_rank: int | None
+    bm25_rank: int | None
+
+    def hit(self, score: float, tenant: str | None) -> Hit:
+        return Hit(self.chunk_id, self.doc_id, score, _snippet(self.text), self.title, tenant or "", self.text)
 
 
 class VectorStore(Protocol):
@@ -137,9 +177,21 @@ def quote(value: str) -> str:
 
 
 def collection_name(namespace: str, model_version: str) -> str:
-    """``chunks_<namespace>_<first 16 hex of the model version>``, letters/digits/underscores only."""
-    safe = re.sub(r"[^A-Za-z0-9_]", "_", namespace or "live")
-    return f"chunks_{safe}_{model_version[:16]}"
+    """``chunks_v2_<namespace>_<first 16 hex of the model version>``, letters/digits/underscores only."""
+    return f"chunks_{SCHEMA_VERSION}_{_safe(namespace)}_{model_version[:16]}"
+
+
+def legacy_collection_name(namespace: str, model_version: str) -> str:
+    """The collection of schema v1 (dense only), which ``llmops index migrate`` copies from."""
+    return f"chunks_{_safe(namespace)}_{model_version[:16]}"
+
+
+def _safe(namespace: str) -> str:
+    return re.sub(r"[^A-Za-z0-9_]", "_", namespace or "live")
+
+
+def tenant_filter(tenant: str | None) -> str:
+    return f"tenant == {quote(tenant or '')}"
 
 
 class MilvusStore:
@@ -190,7 +242,7 @@ class MilvusStore:
         )
 
     def _ensure_collection(self) -> None:
-        from pymilvus import DataType, MilvusClient
+        from pymilvus import DataType, Function, FunctionType, MilvusClient
 
         if not self._client.has_collection(self.collection):
             schema = MilvusClient.create_schema(auto_id=False, enable_dynamic_field=False)
@@ -205,10 +257,27 @@ class MilvusStore:
             schema.add_field("raw_timestamp_ms", DataType.INT64)
             schema.add_field("indexed_at_ms", DataType.INT64)
             schema.add_field("vector", DataType.FLOAT_VECTOR, dim=self.dimension)
+            schema.add_field(
+                "lexical",
+                DataType.VARCHAR,
+                max_length=MAX_CHUNK_TEXT_BYTES,
+                enable_analyzer=True,
+                analyzer_params={"type": "standard"},
+            )
+            schema.add_field("sparse", DataType.SPARSE_FLOAT_VECTOR)
+            schema.add_function(
+                Function(
+                    name="bm25",
+                    function_type=FunctionType.BM25,
+                    input_field_names=["lexical"],
+                    output_field_names=["sparse"],
+                )
+            )
             index = self._client.prepare_index_params()
             index.add_index(
                 "vector", index_type=self.index_type, metric_type=self.metric, params=INDEX_TYPES[self.index_type]
             )
+            index.add_index("sparse", index_type="SPARSE_INVERTED_INDEX", metric_type="BM25", params=BM25_PARAMS)
             self._client.create_collection(self.collection, schema=schema, index_params=index)
         # After a restart the collection exists but may not be loaded into memory.
         self._client.load_collection(self.collection)
@@ -230,30 +299,120 @@ class MilvusStore:
                 self.collection, filter=f"doc_id == {quote(doc_id)} and chunk_index >= {int(from_index)}"
             )
 
-    def search(self, vector: Sequence[float], top_k: int, tenant: str | None) -> list[Hit]:
+    def search(
+        self, vector: Sequence[float], top_k: int, tenant: str | None, *, first_chunks_only: bool = False
+    ) -> list[Hit]:
+        """Dense search: the ``top_k`` chunks closest to ``vector`` within ``tenant``.
+
+        ``first_chunks_only``: only each document's chunk 0 (the "first chunk per document" baseline).
+        """
         results = self._client.search(
             self.collection,
             data=[list(vector)],
+            anns_field="vector",
             limit=top_k,
-            filter=f"tenant == {quote(tenant or '')}",
-            output_fields=["chunk_id", "doc_id", "text", "title", "tenant"],
+            filter=tenant_filter(tenant) + (" and chunk_index == 0" if first_chunks_only else ""),
+            output_fields=_HIT_FIELDS,
             search_params={"params": SEARCH_PARAMS[self.index_type]},
             # Read-your-writes for this client: the index and infer agents of a worker share it,
             # so a search sees every chunk the worker has written without Strong's wait for a
             # cluster-wide timestamp.
             consistency_level="Session",
         )
-        return [
-            Hit(
-                chunk_id=hit["entity"]["chunk_id"],
-                doc_id=hit["entity"]["doc_id"],
-                score=float(hit["distance"]),
-                snippet=_snippet(hit["entity"]["text"]),
-                title=hit["entity"]["title"],
-                tenant=hit["entity"]["tenant"],
-            )
-            for hit in results[0]
+        return [_hit(hit, float(hit["distance"])) for hit in results[0]]
+
+    def lexical_search(self, query_terms: str, top_k: int, tenant: str | None) -> list[Hit]:
+        """BM25 search on the lexical field (``query_terms`` from :func:`streams.index.lexical.query_text`)."""
+        if not query_terms:
+            return []
+        results = self._client.search(
+            self.collection,
+            data=[query_terms],
+            anns_field="sparse",
+            limit=top_k,
+            filter=tenant_filter(tenant),
+            output_fields=_HIT_FIELDS,
+            consistency_level="Session",
+        )
+        return [_hit(hit, -float(hit["distance"])) for hit in results[0]]
+
+    def hybrid(self, vector: Sequence[float], query_terms: str, top_k: int, tenant: str | None) -> list[Hit]:
+        """Dense and BM25 fused by Milvus with reciprocal-rank fusion (score = RRF sum)."""
+        from pymilvus import AnnSearchRequest, RRFRanker
+
+        if not query_terms:
+            return self.search(vector, top_k, tenant)
+        requests = [
+            AnnSearchRequest(
+                data=[list(vector)],
+                anns_field="vector",
+                param={"params": SEARCH_PARAMS[self.index_type]},
+                limit=top_k,
+                expr=tenant_filter(tenant),
+            ),
+            AnnSearchRequest(
+                data=[query_terms], anns_field="sparse", param={}, limit=top_k, expr=tenant_filter(tenant)
+            ),
         ]
+        results = self._client.hybrid_search(
+            self.collection,
+            requests,
+            ranker=RRFRanker(RRF_K),
+            limit=top_k,
+            output_fields=_HIT_FIELDS,
+            consistency_level="Session",
+        )
+        return [_hit(hit, float(hit["distance"])) for hit in results[0]]
+
+    def candidates(self, vector: Sequence[float], query_terms: str, limit: int, tenant: str | None) -> list[Candidate]:
+        """Chunks from both sides (``limit`` each), with both scores, for a ranker to order."""
+        query = list(vector)
+        dense = self._client.search(
+            self.collection,
+            data=[query],
+            anns_field="vector",
+            limit=limit,
+            filter=tenant_filter(tenant),
+            output_fields=_HIT_FIELDS,
+            search_params={"params": SEARCH_PARAMS[self.index_type]},
+            consistency_level="Session",
+        )[0]
+        lexical = (
+            self._client.search(
+                self.collection,
+                data=[query_terms],
+                anns_field="sparse",
+                limit=limit,
+                filter=tenant_filter(tenant),
+                output_fields=[*_HIT_FIELDS, "vector"],
+                consistency_level="Session",
+            )[0]
+            if query_terms
+            else []
+        )
+        found: dict[str, Candidate] = {}
+        for rank, hit in enumerate(dense):
+            # Stored vectors are unit length: squared L2 distances map onto cosines.
+            distance = float(hit["distance"])
+            cosine = 1.0 - distance / 2 if self.metric == "L2" else distance
+            found[hit["entity"]["chunk_id"]] = _candidate(hit["entity"], cosine, 0.0, rank, None)
+        for rank, hit in enumerate(lexical):
+            entity = hit["entity"]
+            bm25 = -float(hit["distance"])
+            known = found.get(entity["chunk_id"])
+            if known is not None:
+                found[known.chunk_id] = replace(known, bm25=bm25, bm25_rank=rank)
+            else:
+                cosine = sum(q * v for q, v in zip(query, entity["vector"], strict=True))
+                found[entity["chunk_id"]] = _candidate(entity, cosine, bm25, None, rank)
+        return list(found.values())
+
+    def first_chunks(self, doc_ids: Sequence[str]) -> dict[str, str]:
+        """The text of chunk 0 of each document (its opening), by document id."""
+        if not doc_ids:
+            return {}
+        rows = self._client.get(self.collection, ids=[f"{d}#0" for d in doc_ids], output_fields=["doc_id", "text"])
+        return {row["doc_id"]: row["text"] for row in rows}
 
     def get(self, chunk_ids: Sequence[str]) -> list[dict[str, Any]]:
         """Stored rows by chunk id (vectors included)."""
@@ -328,6 +487,35 @@ def _snippet(text: str, limit: int = 200) -> str:
     return text if len(text) <= limit else text[: limit - 1].rsplit(" ", 1)[0] + "…"
 
 
+def _hit(hit: dict[str, Any], score: float) -> Hit:
+    entity = hit["entity"]
+    return Hit(
+        chunk_id=entity["chunk_id"],
+        doc_id=entity["doc_id"],
+        score=score,
+        snippet=_snippet(entity["text"]),
+        title=entity["title"],
+        tenant=entity["tenant"],
+        text=entity["text"],
+    )
+
+
+def _candidate(
+    entity: dict[str, Any], dense: float, bm25: float, dense_rank: int | None, bm25_rank: int | None
+) -> Candidate:
+    return Candidate(
+        chunk_id=entity["chunk_id"],
+        doc_id=entity["doc_id"],
+        chunk_index=int(entity["chunk_index"]),
+        title=entity["title"],
+        text=entity["text"],
+        dense=dense,
+        bm25=bm25,
+        dense_rank=dense_rank,
+        bm25_rank=bm25_rank,
+    )
+
+
 def _row_dict(row: ChunkRow) -> dict[str, Any]:
     return {
         "chunk_id": row.chunk_id,
@@ -341,4 +529,5 @@ def _row_dict(row: ChunkRow) -> dict[str, Any]:
         "raw_timestamp_ms": row.raw_timestamp_ms,
         "indexed_at_ms": row.indexed_at_ms,
         "vector": list(row.vector),
+        "lexical": lexical_text(row.text[:16_000], row.title[:1000], MAX_CHUNK_TEXT_BYTES),
     }

@@ -73,6 +73,8 @@ def make_request(
     model: str | None = None,
     explain: bool = False,
     deadline_s: float | None = None,
+    retrieval: str = "ranked",
+    chunks: bool = False,
 ) -> InferenceRequest:
     """A new request with a fresh id, stamped with the time it was made."""
     now = now_ms()
@@ -87,6 +89,8 @@ def make_request(
         deadline_ms=now + int(deadline_s * 1000) if deadline_s is not None else None,
         explain=explain,
         sent_at_ms=now,
+        retrieval=retrieval,
+        chunks=chunks,
     )
 
 
@@ -224,7 +228,7 @@ class InferenceClient:
         return future
 
     def request(self, text: str, task: str = "search", **options: Any) -> InferenceRequest:
-        """A request from this client (``options``: top_k, model, explain, deadline_s; tenant).
+        """A request from this client (``options``: top_k, model, explain, deadline_s, retrieval, chunks; tenant).
 
         A client answers for one tenant (or none): its replies come on that tenant's topic, so a
         request for another tenant would never be answered where this client reads.

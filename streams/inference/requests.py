@@ -18,6 +18,7 @@ from streams.kafka.avro import MAGIC_BYTE, AvroCodec, CodecError
 from streams.records import tenant_problem
 
 TASKS = ("search", "classify", "rag")
+RETRIEVAL_MODES = ("ranked", "hybrid", "dense", "bm25")  # streams.index.retrieval.MODES
 MAX_TOP_K = 50
 MAX_REQUEST_TEXT = 20_000
 MAX_ID = 256
@@ -47,6 +48,8 @@ class InferenceRequest:
     deadline_ms: int | None = None
     explain: bool = False
     sent_at_ms: int | None = None
+    retrieval: str = "ranked"
+    chunks: bool = False
 
     @property
     def reply_key(self) -> str:
@@ -64,6 +67,8 @@ class InferenceRequest:
             "deadline_ms": self.deadline_ms,
             "explain": self.explain,
             "sent_at_ms": self.sent_at_ms,
+            "retrieval": self.retrieval,
+            "chunks": self.chunks,
         }
 
 
@@ -78,6 +83,8 @@ _TYPES: dict[str, tuple[type, ...]] = {
     "deadline_ms": (int, type(None)),
     "explain": (bool,),
     "sent_at_ms": (int, type(None)),
+    "retrieval": (str,),
+    "chunks": (bool,),
 }
 
 
@@ -124,6 +131,14 @@ def _check_fields(obj: Mapping[str, Any]) -> InferenceRequest:
     top_k = obj.get("top_k", 5)
     if not 1 <= top_k <= MAX_TOP_K:
         raise RequestRejected("BAD_TOP_K", f"'top_k' must be 1..{MAX_TOP_K}, got {top_k}", rid, client_id)
+    retrieval = obj.get("retrieval", "ranked")
+    if retrieval not in RETRIEVAL_MODES:
+        raise RequestRejected(
+            "BAD_RETRIEVAL",
+            f"'retrieval' must be one of {list(RETRIEVAL_MODES)}, got {retrieval!r:.40}",
+            rid,
+            client_id,
+        )
     return InferenceRequest(
         request_id=rid,
         task=task,
@@ -135,6 +150,8 @@ def _check_fields(obj: Mapping[str, Any]) -> InferenceRequest:
         deadline_ms=obj.get("deadline_ms"),
         explain=bool(obj.get("explain", False)),
         sent_at_ms=obj.get("sent_at_ms"),
+        retrieval=retrieval,
+        chunks=bool(obj.get("chunks", False)),
     )
 
 

@@ -28,22 +28,29 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
 from streams.index.embed import Embedder
-from streams.index.vectorstore import Hit, VectorStore
+from streams.index.retrieval import DocumentHit, RrfRanker, SearchStore, retrieve
+from streams.index.vectorstore import Hit
+from streams.inference.answer import Answer, ExtractiveAnswerer, check_grounding, citations_for
 from streams.inference.generator import GeneratorClient
 from streams.inference.injection import InjectionClassifier
 from streams.inference.requests import InferenceRequest, RequestRejected
 from streams.inference.safety import Verdict, screen
 from streams.models.artifacts import DEFAULT_MAX_BYTES, verify_digest
 from streams.models.classifier import OnnxClassifier, explain
+from streams.models.ranker import OnnxRanker
 from streams.models.registry import Kind, ModelVersion, Registry, RegistryError
 from streams.records import now_ms
 
 DEFAULT_CLASSIFIER = "stdlib-topic"
-CONTEXT_ONLY_NOTE = "context only: no generator configured (set LLMOPS_GENERATOR_URL to an OpenAI-compatible endpoint)"
+DEFAULT_RANKER = "retrieval-ranker"
+UNCALIBRATED_NOTE = (
+    "no abstention: the threshold is calibrated for the learned ranker's scores "
+    "(ask with retrieval=ranked once a ranker is in production: `llmops models train-ranker`)"
+)
 
 
 # --- models ------------------------------------------------------------------------------------
@@ -58,14 +65,24 @@ class LoadedClassifier:
 
 
 @dataclass(frozen=True)
+class LoadedRanker:
+    """The production ranker version, its ONNX session, and the abstention threshold calibrated with it."""
+
+    version: ModelVersion
+    head: OnnxRanker
+    abstain_below: float
+
+
+@dataclass(frozen=True)
 class ModelSet:
     """What answers right now: an immutable snapshot, swapped whole on registry changes."""
 
     embedder: Embedder
-    store: VectorStore | None
+    store: SearchStore | None
     registry: Registry = field(default_factory=Registry)
     classifiers: Mapping[str, LoadedClassifier] = field(default_factory=dict)  # by version key
     default_classifier: str = DEFAULT_CLASSIFIER
+    ranker: LoadedRanker | None = None
 
     def embedder_ref(self) -> dict[str, str]:
         return {"name": self.embedder.name, "version": self.embedder.version, "stage": "production"}
@@ -117,6 +134,30 @@ def load_classifiers(
     return loaded
 
 
+def load_ranker(
+    registry: Registry,
+    previous: LoadedRanker | None,
+    embedder_version: str,
+    name: str = DEFAULT_RANKER,
+    max_bytes: int = DEFAULT_MAX_BYTES,
+) -> LoadedRanker | None:
+    """The production version of ranker ``name`` trained for this embedder, or None.
+
+    A ranker scores features that include the embedder's cosines, so one trained for another
+    embedder is not loaded (search then orders candidates by RRF).
+    """
+    version = registry.production(name)
+    if version is None or version.kind is not Kind.RANKER or not version.artifact:
+        return None
+    if version.embedder_version and version.embedder_version != embedder_version:
+        return None
+    if previous is not None and previous.version.key == version.key:
+        return previous
+    verify_digest("model.onnx", version.artifact, version.files)
+    head = OnnxRanker(version.artifact, name=version.name, version=version.version, max_bytes=max_bytes)
+    return LoadedRanker(version, head, float(version.metrics.get("abstain_below", float("-inf"))))
+
+
 # --- answering ---------------------------------------------------------------------------------
 
 
@@ -156,6 +197,12 @@ def base_response(
         "explanation_method": None,
         "context": None,
         "answer": None,
+        "retrieval": None,
+        "citations": [],
+        "grounded": None,
+        "unsupported": [],
+        "abstained": False,
+        "confidence": None,
         "note": None,
         "safety": {"verdict": "allow", "score": 0.0, "rules": []},
         "withheld": [],
@@ -187,7 +234,36 @@ def rejection_response(error: RequestRejected) -> dict[str, Any] | None:
 
 def hit_dict(hit: Hit) -> dict[str, Any]:
     """A RetrievedChunk record (the tenant is the request's, so it is not repeated per hit)."""
-    return {name: value for name, value in asdict(hit).items() if name != "tenant"}
+    record = {name: value for name, value in asdict(hit).items() if name not in ("tenant", "text")}
+    record.update(evidence=[], features={}, attributions={})
+    return record
+
+
+def document_dict(document: DocumentHit, explain: bool) -> dict[str, Any]:
+    """A RetrievedChunk record for a document: its best chunk, its evidence, and (explain) why."""
+    record = hit_dict(document.best)
+    record["score"] = document.score
+    record["evidence"] = [
+        {"chunk_id": hit.chunk_id, "score": hit.score, "snippet": hit.snippet} for hit in document.evidence
+    ]
+    if explain:
+        record["features"] = dict(document.features)
+        record["attributions"] = dict(document.attributions)
+    return record
+
+
+def answer_fields(answer: Answer) -> dict[str, Any]:
+    """The response fields of a rag answer."""
+    return {
+        "answer": answer.text,
+        "citations": [
+            {"n": c.n, "chunk_id": c.chunk_id, "doc_id": c.doc_id, "title": c.title} for c in answer.citations
+        ],
+        "grounded": answer.grounded,
+        "unsupported": [s.text for s in answer.sentences if not s.supported],
+        "abstained": answer.abstained,
+        "confidence": answer.confidence if answer.confidence != float("-inf") else None,
+    }
 
 
 def assemble_context(hits: list[Hit]) -> str:
@@ -232,10 +308,11 @@ class InferenceService:
         """(passages that may reach a generator, withheld passages with their verdicts)."""
         if not hits:
             return hits, []
+        texts = [hit.text or hit.snippet for hit in hits]
         if self.injection is None:
-            verdicts = [screen(hit.snippet, self.block_at, self.flag_at) for hit in hits]
+            verdicts = [screen(text, self.block_at, self.flag_at) for text in texts]
         else:
-            verdicts = self.injection.screen_many([hit.snippet for hit in hits])
+            verdicts = self.injection.screen_many(texts)
         kept, withheld = [], []
         for hit, verdict in zip(hits, verdicts, strict=True):
             if verdict.score >= self.chunk_at:
@@ -243,6 +320,17 @@ class InferenceService:
             else:
                 kept.append(hit)
         return kept, withheld
+
+    def screen_documents(self, documents: list[DocumentHit]) -> tuple[list[DocumentHit], list[dict[str, Any]]]:
+        """Documents keeping only evidence that passed screening (and only documents with some left)."""
+        kept_hits, withheld = self.screen_passages([hit for doc in documents for hit in doc.evidence])
+        kept_ids = {hit.chunk_id for hit in kept_hits}
+        screened = []
+        for document in documents:
+            evidence = tuple(hit for hit in document.evidence if hit.chunk_id in kept_ids)
+            if evidence:
+                screened.append(replace(document, evidence=evidence))
+        return screened, withheld
 
     async def answer(self, request: InferenceRequest, received_ms: int) -> tuple[dict[str, Any], Verdict]:
         """The response to ``request`` (read from Kafka at ``received_ms``) and its safety verdict."""
@@ -260,12 +348,13 @@ class InferenceService:
                 raise RequestRejected("NO_INDEX", "the vector index is not open in this worker", request.request_id)
         except RequestRejected as error:
             rejected = error
+        documents: list[DocumentHit] = []
         if late:  # not answered either way: the cheap rule screen decides only the dead-letter reason
             verdict = screen(request.text, self.block_at, self.flag_at)
         else:
             # One hop to a worker thread for all the CPU work of a request (embed, screen, then
             # search or classify): every extra hand-off between the event loop and a thread costs latency.
-            verdict = await self._run_blocking(
+            verdict, documents = await self._run_blocking(
                 self._compute, models, loaded, request, response, timer, rejected is None
             )
         response["safety"] = verdict.to_avro()
@@ -280,7 +369,7 @@ class InferenceService:
             response["status"] = "UNAVAILABLE" if rejected.reason == "UNKNOWN_MODEL" else "INVALID"
             response["error"] = f"{rejected.reason}: {rejected.detail}"
         elif request.task == "rag":
-            await self._generate(request, response, timer)
+            await self._generate(request, response, timer, documents)
         latency = response["latency"]
         latency["queue_ms"] = float(max(0, started_ms - received_ms))
         for stage, ms in timer.stages.items():
@@ -292,19 +381,23 @@ class InferenceService:
         response["created_at_ms"] = now_ms()
         response["latency"]["total_ms"] = float(max(0, response["created_at_ms"] - received_ms))
 
-    async def _generate(self, request: InferenceRequest, response: dict[str, Any], timer: Timer) -> None:
-        """rag after retrieval: a note when there is nothing to answer from, else the generator's answer."""
+    async def _generate(
+        self, request: InferenceRequest, response: dict[str, Any], timer: Timer, documents: list[DocumentHit]
+    ) -> None:
+        """rag after retrieval: the generator's answer, checked for groundedness; notes on what was withheld.
+
+        Without a generator the extractive answer was already made beside the search.
+        """
         withheld = response["withheld"]
-        if not response["hits"]:
-            response["note"] = (
+        notes = []
+        if not documents:
+            notes.append(
                 f"every retrieved chunk was withheld as a suspected prompt injection "
                 f"({', '.join(w['chunk_id'] for w in withheld)}); nothing to answer from"
                 if withheld
                 else "no indexed chunk matches this tenant; nothing to answer from"
             )
-            return
-        notes = []
-        if withheld:
+        elif withheld:
             notes.append(
                 "withheld as suspected prompt injections: "
                 + "; ".join(
@@ -312,13 +405,28 @@ class InferenceService:
                     for w in withheld
                 )
             )
-        if self.generator is None:
-            notes.append(CONTEXT_ONLY_NOTE)
-        else:
+        if self.generator is not None and documents:
             started = time.perf_counter()
-            response["answer"] = await self.generator.generate(request.text, response["context"])
+            text = await self.generator.generate(request.text, response["context"])
             timer.measure("generate", started)
+            citations, passages = citations_for(documents)
+            sentences, grounded = check_grounding(text, passages)
+            cited = {n for sentence in sentences for n in sentence.cited}
+            answer = Answer(
+                text,
+                tuple(c for c in citations if c.n in cited),
+                grounded,
+                False,
+                float("-inf"),
+                sentences,
+                "generator",
+            )
+            response.update(answer_fields(answer))
             response["models"].append({"name": "generator", "version": self.generator.model, "stage": "external"})
+            if answer.grounded != "true":
+                notes.append(f"{sum(not s.supported for s in sentences)} sentence(s) not supported by a cited passage")
+        if response["note"]:
+            notes.append(response["note"])
         response["note"] = "; ".join(notes) or None
 
     def _compute(
@@ -329,8 +437,11 @@ class InferenceService:
         response: dict[str, Any],
         timer: Timer,
         work: bool,
-    ) -> Verdict:
-        """The blocking part of a request, run in one worker thread: embed, screen, then the task if ``work``."""
+    ) -> tuple[Verdict, list[DocumentHit]]:
+        """The blocking part of a request, run in one worker thread: embed, screen, then the task if ``work``.
+
+        Returns the verdict and, for rag, the screened documents a generator may answer from.
+        """
         started = time.perf_counter()
         vectors = models.embedder.embed([request.text])
         timer.measure("embed", started)
@@ -338,20 +449,63 @@ class InferenceService:
         verdict = self.screen(request, vectors[0])
         timer.measure("screen", started)
         if not work or verdict.blocked:
-            return verdict
+            return verdict, []
         response["models"].append(models.embedder_ref())
-        if loaded is None:
-            assert models.store is not None
+        if loaded is not None:
+            self._classify(models, loaded, request, response, timer, vectors)
+            return verdict, []
+        assert models.store is not None
+        started = time.perf_counter()
+        ranker = models.ranker
+        found = retrieve(
+            models.store,
+            vectors[0].tolist(),
+            request.text,
+            top_k=request.top_k,
+            tenant=request.tenant,
+            mode=request.retrieval,
+            ranker=ranker.head if ranker else None,
+            chunks=request.chunks and request.task == "search",
+        )
+        timer.measure("search", started)
+        response["retrieval"] = found.mode
+        if found.mode == "ranked":
+            ref = ranker.version if ranker else None
+            response["models"].append(
+                {"name": ref.name, "version": ref.version, "stage": ref.stage.value}
+                if ref
+                else {"name": RrfRanker.name, "version": RrfRanker.version, "stage": "builtin"}
+            )
+        if found.chunks:
+            response["hits"] = [hit_dict(hit) for hit in found.chunks]
+            return verdict, []
+        documents = found.documents
+        if request.task == "rag":
             started = time.perf_counter()
-            hits = models.store.search(vectors[0].tolist(), request.top_k, request.tenant)
-            timer.measure("search", started)
-            if request.task == "rag":
+            documents, response["withheld"] = self.screen_documents(documents)
+            timer.measure("screen", started)
+            response["context"] = assemble_context([hit for doc in documents for hit in doc.evidence])
+            if self.generator is None and documents:
                 started = time.perf_counter()
-                hits, response["withheld"] = self.screen_passages(hits)
-                timer.measure("screen", started)
-                response["context"] = assemble_context(hits)
-            response["hits"] = [hit_dict(hit) for hit in hits]
-            return verdict
+                calibrated = ranker is not None and found.mode == "ranked"
+                answerer = ExtractiveAnswerer(ranker.abstain_below if ranker and calibrated else float("-inf"))
+                response.update(answer_fields(answerer.answer(request.text, documents)))
+                response["models"].append({"name": answerer.name, "version": answerer.version, "stage": "builtin"})
+                if not calibrated:
+                    response["note"] = UNCALIBRATED_NOTE
+                timer.measure("generate", started)
+        response["hits"] = [document_dict(doc, request.explain) for doc in documents]
+        return verdict, documents
+
+    def _classify(
+        self,
+        models: ModelSet,
+        loaded: LoadedClassifier,
+        request: InferenceRequest,
+        response: dict[str, Any],
+        timer: Timer,
+        vectors: Any,
+    ) -> None:
         started = time.perf_counter()
         response["label"], response["probabilities"] = loaded.head.predict(vectors)[0]
         if request.explain:
@@ -362,7 +516,6 @@ class InferenceService:
         response["models"].append(
             {"name": loaded.version.name, "version": loaded.version.version, "stage": loaded.version.stage.value}
         )
-        return verdict
 
     async def shadow_answers(self, request: InferenceRequest, production: dict[str, Any]) -> list[dict[str, Any]]:
         """Answers of QA candidates that shadow the production classifier that answered ``production``."""

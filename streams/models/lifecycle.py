@@ -16,7 +16,7 @@ Usage:
 from __future__ import annotations
 
 import getpass
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 from streams.index.embed import Embedder, OnnxEmbedder, graph_for
 from streams.ingest.chunk import default_tokenizer_path
@@ -40,6 +40,7 @@ from streams.models.registry import (
 from streams.models.rejections import ControlRejected, Reason
 from streams.models.rules import check_event, check_production, check_removal
 from streams.models.signing import TrustedKeys, signer_from_settings, trusted_keys_from_settings
+from streams.models.version import INLINE_KINDS
 from streams.records import now_ms
 from streams.settings import Settings
 
@@ -67,7 +68,7 @@ def check_version(
         ControlRejected: with the reason code of the first check that failed.
     """
     trusted.verify(version, namespace)
-    if version.kind is Kind.CLASSIFIER:
+    if version.kind in INLINE_KINDS:
         if version.artifact is not None:
             if len(version.artifact) > max_bytes:
                 raise ControlRejected(
@@ -196,6 +197,37 @@ def classifier_version(
         actor=actor,
         note=note,
     )
+
+
+def ranker_version(
+    name: str, graph: bytes, embedder_version: str, metrics: Mapping[str, float], *, actor: str, note: str
+) -> ModelVersion:
+    """A registrable ranker version: its id is the digest of its graph and the embedder it scores for.
+
+    ``metrics`` travel with the version; ``abstain_below`` among them is the answerer's
+    abstention threshold, calibrated on this ranker's score scale.
+    """
+    version, digests = files_version({"model.onnx": graph}, config=classifier_config(embedder_version))
+    if len(graph) > MAX_INLINE_ARTIFACT:
+        raise ValueError(f"the graph is {len(graph)} bytes; inline artifacts are limited to {MAX_INLINE_ARTIFACT}")
+    return ModelVersion(
+        name=name,
+        version=version,
+        kind=Kind.RANKER,
+        stage=Stage.REGISTERED,
+        updated_at_ms=now_ms(),
+        files=digests,
+        embedder_version=embedder_version,
+        artifact=graph,
+        metrics=dict(metrics),
+        actor=actor,
+        note=note,
+    )
+
+
+async def register_version(settings: Settings, candidate: ModelVersion) -> ModelVersion:
+    """Register ``candidate`` on ``models.control`` (signed) and return the event written."""
+    return await _register(settings, candidate)
 
 
 async def train_and_register(

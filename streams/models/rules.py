@@ -30,7 +30,7 @@ Usage:
 from __future__ import annotations
 
 from streams.models.rejections import RuleViolation
-from streams.models.version import Kind, ModelVersion, Stage
+from streams.models.version import INLINE_KINDS, ModelVersion, Stage
 
 ALLOWED_STAGES: dict[Stage, frozenset[Stage]] = {
     Stage.REGISTERED: frozenset({Stage.REGISTERED, Stage.QA}),
@@ -44,7 +44,7 @@ IDENTITY_FIELDS = ("kind", "files", "labels", "embedder_version", "artifact", "u
 def check_state(event: ModelVersion) -> None:
     """The rules an event must meet on its own (whatever came before it)."""
     if event.stage is Stage.PRODUCTION:
-        if event.kind is Kind.CLASSIFIER:
+        if event.kind in INLINE_KINDS:
             if event.qa_passed is None:
                 raise RuleViolation(f"{event.short} has no QA evaluation; run `llmops models evaluate {event.short}`")
             if not event.qa_passed:

@@ -24,6 +24,11 @@ class Stage(StrEnum):
 class Kind(StrEnum):
     EMBEDDER = "embedder"
     CLASSIFIER = "classifier"
+    RANKER = "ranker"
+
+
+# Kinds whose versions carry a small ONNX graph inline, checked and QA-gated the same way.
+INLINE_KINDS = frozenset({Kind.CLASSIFIER, Kind.RANKER})
 
 
 @dataclass(frozen=True)

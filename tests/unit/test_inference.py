@@ -15,10 +15,11 @@ import numpy as np
 import pytest
 
 from streams.index.embed import OnnxEmbedder
-from streams.index.vectorstore import Hit
+from streams.index.lexical import terms
+from streams.index.vectorstore import Candidate, Hit
 from streams.inference.requests import InferenceRequest, RequestRejected, parse_request
 from streams.inference.service import (
-    CONTEXT_ONLY_NOTE,
+    UNCALIBRATED_NOTE,
     InferenceService,
     ModelSet,
     load_classifiers,
@@ -32,19 +33,53 @@ CODEC = AvroCodec(EmbeddedRegistry.from_directory())
 
 
 class MemoryStore:
-    """Cosine search over a list, tenant-filtered like MilvusStore."""
+    """Cosine search over a list, tenant-filtered like MilvusStore; the lexical side counts shared terms."""
 
     def __init__(self, embedder: OnnxEmbedder, docs: list[tuple[str, str, str]]) -> None:  # (doc_id, tenant, text)
         self.docs = docs
         self.vectors = embedder.embed([text for _, _, text in docs])
 
+    def _hit(self, i: int, score: float) -> Hit:
+        doc_id, tenant, text = self.docs[i]
+        return Hit(f"{doc_id}#0", doc_id, score, text, doc_id, tenant, text)
+
+    def _order(self, scores: Sequence[float], tenant: str | None, top_k: int) -> list[int]:
+        return [i for i in np.argsort(-np.asarray(scores)) if self.docs[i][1] == (tenant or "")][:top_k]
+
     def search(self, vector: Sequence[float], top_k: int, tenant: str | None) -> list[Hit]:
         scores = self.vectors @ np.asarray(vector, dtype=np.float32)
-        order = [i for i in np.argsort(-scores) if self.docs[i][1] == (tenant or "")][:top_k]
+        return [self._hit(i, float(scores[i])) for i in self._order(scores, tenant, top_k)]
+
+    def lexical_search(self, query_terms: str, top_k: int, tenant: str | None) -> list[Hit]:
+        wanted = set(query_terms.split())
+        scores = [float(len(wanted & set(terms(text)))) for _, _, text in self.docs]
+        return [self._hit(i, scores[i]) for i in self._order(scores, tenant, top_k) if scores[i] > 0]
+
+    def hybrid(self, vector: Sequence[float], query_terms: str, top_k: int, tenant: str | None) -> list[Hit]:
+        return self.search(vector, top_k, tenant)
+
+    def candidates(self, vector: Sequence[float], query_terms: str, limit: int, tenant: str | None) -> list[Candidate]:
+        scores = self.vectors @ np.asarray(vector, dtype=np.float32)
+        lexical = {
+            hit.doc_id: (rank, hit.score) for rank, hit in enumerate(self.lexical_search(query_terms, limit, tenant))
+        }
         return [
-            Hit(f"{self.docs[i][0]}#0", self.docs[i][0], float(scores[i]), self.docs[i][2], "", self.docs[i][1])
-            for i in order
+            Candidate(
+                f"{self.docs[i][0]}#0",
+                self.docs[i][0],
+                0,
+                self.docs[i][0],
+                self.docs[i][2],
+                float(scores[i]),
+                lexical.get(self.docs[i][0], (None, 0.0))[1],
+                rank,
+                lexical.get(self.docs[i][0], (None, 0.0))[0],
+            )
+            for rank, i in enumerate(self._order(scores, tenant, limit))
         ]
+
+    def first_chunks(self, doc_ids: Sequence[str]) -> dict[str, str]:
+        return {doc_id: text for doc_id, _, text in self.docs if doc_id in doc_ids}
 
     def upsert(self, rows: object) -> None: ...
     def delete_chunks(self, chunk_ids: object) -> None: ...
@@ -150,15 +185,23 @@ async def test_search_returns_tenant_scoped_hits_and_names_the_embedder() -> Non
     assert "acme-plan" not in {h["doc_id"] for h in response["hits"]}
     acme, _ = await service.answer(request("how to decode json", tenant="acme"), received_ms=0)
     assert {h["doc_id"] for h in acme["hits"]} == {"acme-plan"}
-    assert response["models"] == [{"name": "all-MiniLM-L6-v2", "version": embedder().version, "stage": "production"}]
+    assert response["models"] == [
+        {"name": "all-MiniLM-L6-v2", "version": embedder().version, "stage": "production"},
+        {"name": "rrf", "version": "builtin", "stage": "builtin"},  # no learned ranker in production yet
+    ]
+    assert response["retrieval"] == "ranked"
     assert response["latency"]["embed_ms"] > 0 and response["latency"]["search_ms"] > 0
     assert avro_round_trip(response)["hits"][0]["chunk_id"] == "json-doc#0"
 
 
-async def test_rag_without_a_generator_returns_cited_context_and_says_so() -> None:
-    response, _ = await InferenceService(models_with()).answer(request("zip archives", "rag", top_k=2), 0)
+async def test_rag_without_a_generator_answers_from_the_passages_with_citations() -> None:
+    response, _ = await InferenceService(models_with()).answer(request("read zip archives", "rag", top_k=2), 0)
     assert response["context"].startswith("[1] zip-doc (zip-doc#0)")
-    assert response["answer"] is None and response["note"] == CONTEXT_ONLY_NOTE
+    assert response["answer"] == "Read and write ZIP archive files [1]."
+    assert response["citations"] == [{"n": 1, "chunk_id": "zip-doc#0", "doc_id": "zip-doc", "title": "zip-doc"}]
+    assert response["grounded"] == "true" and response["unsupported"] == [] and not response["abstained"]
+    assert response["note"] == UNCALIBRATED_NOTE  # no learned ranker: no threshold to abstain with
+    assert avro_round_trip(response)["citations"][0]["chunk_id"] == "zip-doc#0"
 
 
 async def test_classify_uses_the_production_version_and_explains_with_a_named_method() -> None:

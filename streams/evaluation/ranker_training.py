@@ -1,0 +1,85 @@
+"""Train a ranker version on the dev split, with cross-validated metrics and a calibrated abstention threshold.
+
+Why this exists:
+    ``llmops models train-ranker`` (through Kafka) and ``bench/retrieval_quality.py`` (in
+    process) train the same way. The candidates of every dev question (features from the
+    worker's own retrieval) are split into folds by question; each fold is scored by a ranker
+    trained on the others, so the reported metrics and the abstention threshold come from
+    questions the scoring model did not see. The final ranker is then fitted on all of dev.
+
+Abstention:
+    The answerer abstains when the top document's ranker score is below ``abstain_below``:
+    the lowest threshold that abstains on at most ``max_wrong_abstentions`` of the answerable
+    dev questions (out-of-fold scores). Its recall on unanswerable dev questions is reported
+    beside it; the test split is never used here.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from streams.evaluation.harness import CandidateSet, rerank_metrics, top_scores
+from streams.evaluation.metrics import summarize, threshold_for_false_rate
+from streams.index.retrieval import FEATURES, RrfRanker
+from streams.models.ranker import OnnxRanker, TrainedRanker, train_ranker
+
+FOLDS = 5
+
+
+@dataclass(frozen=True)
+class RankerTraining:
+    trained: TrainedRanker
+    abstain_below: float
+    metrics: dict[str, float]  # cross-validated on dev; "abstain_below" included
+    baseline: dict[str, float]  # the same questions ordered by RRF
+
+
+def _fold(question_id: str) -> int:
+    return sum(question_id.encode()) % FOLDS
+
+
+def _groups(sets: Sequence[CandidateSet]) -> list[tuple[Any, Any]]:
+    return [(s.features, s.labels) for s in sets if not s.question.unanswerable and len(s.doc_ids)]
+
+
+def _means(rows: Sequence[dict[str, float]]) -> dict[str, float]:
+    return {name: round(estimate.mean, 4) for name, estimate in summarize(rows).items()}
+
+
+def train_with_calibration(
+    sets: Sequence[CandidateSet], *, max_wrong_abstentions: float = 0.05, regularization: float = 1.0
+) -> RankerTraining:
+    """Out-of-fold metrics and threshold, then the ranker fitted on every dev question."""
+    out_of_fold: dict[str, float] = {}
+    oof_rows: list[dict[str, float]] = []
+    for fold in range(FOLDS):
+        train = [s for s in sets if _fold(s.question.id) != fold]
+        held = [s for s in sets if _fold(s.question.id) == fold]
+        if not held:
+            continue
+        model = OnnxRanker(train_ranker(_groups(train), FEATURES, regularization).onnx, name="fold", version=str(fold))
+
+        def score(features: Any, model: OnnxRanker = model) -> Any:
+            return model.score(features)[0]
+
+        oof_rows += rerank_metrics(held, score)
+        for item, top in zip(held, top_scores(held, score), strict=True):
+            out_of_fold[item.question.id] = top
+    answerable = [out_of_fold[s.question.id] for s in sets if not s.question.unanswerable]
+    unanswerable = [out_of_fold[s.question.id] for s in sets if s.question.unanswerable]
+    threshold = threshold_for_false_rate(answerable, max_wrong_abstentions)
+    metrics = _means(oof_rows)
+    metrics["abstain_below"] = round(threshold, 6)
+    metrics["dev_abstention_recall"] = (
+        round(float(np.mean([t < threshold for t in unanswerable])), 4) if unanswerable else 0.0
+    )
+    metrics["dev_wrong_abstentions"] = round(float(np.mean([t < threshold for t in answerable])), 4)
+    metrics["dev_questions"] = float(len(sets))
+    rrf = RrfRanker()
+    baseline = _means(rerank_metrics(sets, lambda features: rrf.score(features)[0]))
+    trained = train_ranker(_groups(sets), FEATURES, regularization)
+    return RankerTraining(trained, threshold, metrics, baseline)

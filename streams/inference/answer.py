@@ -1,0 +1,170 @@
+"""Grounded answers: an extractive answerer, a groundedness check, and abstention.
+
+Why this exists:
+    ``rag`` must answer with no external service, cite what it says, and say "not found" rather
+    than guess. The extractive answerer picks the sentences of the top documents' evidence that
+    answer the question best (query-term overlap with the sentence and its document's title,
+    weighted by the document's rank) and cites each as ``[n]``. It abstains when the retrieval
+    evidence is weak: the top document's score is below a threshold calibrated on unanswerable
+    questions of the dev split (``llmops eval rag --calibrate``), not guessed.
+
+    Every answer, extractive or generated, then passes :func:`check_grounding`: each sentence
+    must be supported by a passage it cites (share of its content terms found in the passage);
+    unsupported sentences are flagged, and the answer is ``grounded`` ``true``, ``partial`` or
+    ``false``. A generator that invents a fact or cites the wrong passage is caught here.
+
+Usage:
+    >>> answer = ExtractiveAnswerer(abstain_below=0.0).answer(question, documents)
+    >>> answer.text, answer.citations, answer.grounded, answer.abstained
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+from streams.index.lexical import terms
+from streams.index.retrieval import DocumentHit
+
+NOT_FOUND = "Not found in the indexed documents."
+SUPPORTED_AT = 0.6  # share of a sentence's content terms that its cited passage must hold
+MAX_ANSWER_SENTENCES = 2
+
+_SENTENCE = re.compile(r"(?<=[.!?])\s+(?=[A-Z0-9`'\"(\[])|\n\s*\n|\n(?=\s*[-*]\s)")
+_CITATION = re.compile(r"\[(\d{1,2})\]")
+
+
+@dataclass(frozen=True)
+class Citation:
+    """Passage ``[n]`` of an answer: which chunk of which document."""
+
+    n: int
+    chunk_id: str
+    doc_id: str
+    title: str
+
+
+@dataclass(frozen=True)
+class CheckedSentence:
+    """One sentence of an answer and whether a passage it cites supports it."""
+
+    text: str
+    cited: tuple[int, ...]
+    support: float
+    supported: bool
+
+
+@dataclass(frozen=True)
+class Answer:
+    text: str
+    citations: tuple[Citation, ...]
+    grounded: str  # "true" | "partial" | "false"
+    abstained: bool
+    confidence: float
+    sentences: tuple[CheckedSentence, ...] = field(default_factory=tuple)
+    method: str = "extractive"
+
+
+def split_sentences(text: str) -> list[str]:
+    """Sentences (and list items) of a passage, whitespace folded."""
+    pieces = (" ".join(piece.split()) for piece in _SENTENCE.split(text))
+    return [piece for piece in pieces if piece]
+
+
+def support(sentence: str, passage: str) -> float:
+    """Share of the sentence's content terms that the passage holds (1.0 for a sentence with none)."""
+    wanted = set(terms(_CITATION.sub(" ", sentence)))
+    if not wanted:
+        return 1.0
+    return len(wanted & set(terms(passage))) / len(wanted)
+
+
+def check_grounding(text: str, passages: Sequence[str]) -> tuple[tuple[CheckedSentence, ...], str]:
+    """Each sentence of ``text`` checked against the passages it cites as ``[n]`` (1-based).
+
+    A sentence that cites nothing, or only passages that do not hold it, is unsupported.
+    """
+    checked = []
+    for sentence in split_sentences(text):
+        cited = tuple(int(n) for n in _CITATION.findall(sentence) if 1 <= int(n) <= len(passages))
+        best = max((support(sentence, passages[n - 1]) for n in cited), default=0.0)
+        checked.append(CheckedSentence(sentence, cited, round(best, 3), bool(cited) and best >= SUPPORTED_AT))
+    supported = sum(s.supported for s in checked)
+    if checked and supported == len(checked):
+        grounded = "true"
+    elif supported:
+        grounded = "partial"
+    else:
+        grounded = "false"
+    return tuple(checked), grounded
+
+
+def citations_for(documents: Sequence[DocumentHit]) -> tuple[list[Citation], list[str]]:
+    """Numbered passages of the documents' evidence: (citations, their full texts), [1] first."""
+    citations: list[Citation] = []
+    passages: list[str] = []
+    for document in documents:
+        for hit in document.evidence:
+            citations.append(Citation(len(citations) + 1, hit.chunk_id, hit.doc_id, hit.title))
+            passages.append(hit.text or hit.snippet)
+    return citations, passages
+
+
+def abstention(confidence: float) -> Answer:
+    return Answer(NOT_FOUND, (), "true", True, confidence)
+
+
+@dataclass(frozen=True)
+class ExtractiveAnswerer:
+    """Answers from the evidence's own sentences; abstains below ``abstain_below`` confidence.
+
+    ``confidence`` is the top document's retrieval score (the ranker's logit in ``ranked``
+    mode), the scale the threshold was calibrated on.
+    """
+
+    abstain_below: float
+    documents: int = 3
+    name: str = "extractive"
+    version: str = "1"
+
+    def answer(self, question: str, documents: Sequence[DocumentHit]) -> Answer:
+        confidence = documents[0].score if documents else float("-inf")
+        if not documents or confidence < self.abstain_below:
+            return abstention(confidence)
+        top = list(documents[: self.documents])
+        citations, passages = citations_for(top)
+        query = set(terms(question))
+        scored = []
+        n = 0
+        for rank, document in enumerate(top):
+            title_terms = set(terms(document.title))
+            for hit in document.evidence:
+                n += 1
+                for position, sentence in enumerate(split_sentences(hit.text or hit.snippet)):
+                    words = set(terms(sentence))
+                    if len(words) < 3:
+                        continue
+                    overlap = len(query & (words | title_terms)) / max(1, len(query))
+                    in_sentence = len(query & words) / max(1, len(query))
+                    score = overlap + 0.5 * in_sentence + 0.6 / (1 + rank) + (0.1 if position == 0 else 0.0)
+                    scored.append((score, n, position, sentence))
+        if not scored:
+            return abstention(confidence)
+        scored.sort(key=lambda item: -item[0])
+        best = scored[0]
+        chosen = [best]
+        for item in scored[1:]:
+            if len(chosen) == MAX_ANSWER_SENTENCES:
+                break
+            if item[1] == best[1] and abs(item[2] - best[2]) == 1 and item[0] >= 0.7 * best[0]:
+                chosen.append(item)
+        chosen.sort(key=lambda item: (item[1], item[2]))
+        text = " ".join(f"{_strip_end(sentence)} [{n}]." for _, n, _, sentence in chosen)
+        sentences, grounded = check_grounding(text, passages)
+        used = {n for _, n, _, _ in chosen}
+        return Answer(text, tuple(c for c in citations if c.n in used), grounded, False, confidence, sentences)
+
+
+def _strip_end(sentence: str) -> str:
+    return sentence.rstrip().rstrip(".")
