@@ -41,6 +41,7 @@ from streams.inference.service import (
     InferenceService,
     ModelSet,
     load_classifiers,
+    load_ranker,
     rejection_response,
 )
 from streams.ingest.chunk import default_tokenizer_path
@@ -131,7 +132,10 @@ def register_infer(app: faust.App, settings: Settings, tracer: AgentTracer, agen
     def on_registry_change(version: ModelVersion | None, key: str) -> None:
         current = service.models
         classifiers = load_classifiers(follower.registry, current.classifiers, settings.model_max_bytes)
-        service.swap(replace(current, registry=follower.registry.copy(), classifiers=classifiers))
+        ranker = load_ranker(
+            follower.registry, current.ranker, embedder.version, settings.ranker_name, settings.model_max_bytes
+        )
+        service.swap(replace(current, registry=follower.registry.copy(), classifiers=classifiers, ranker=ranker))
 
     async def on_control_rejected(message: Any, rejected: ControlRejected) -> None:
         """A refused control event: a dead letter with the reason, and a critical alert."""

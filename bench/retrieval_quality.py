@@ -146,6 +146,7 @@ async def main(as_json: bool, index_dir: Path, questions_dir: Path | None) -> No
         "paired_differences_test": differences,
         "rag_test_extractive": rag,
     }
+    OUT.mkdir(parents=True, exist_ok=True)
     (OUT / "retrieval_quality.json").write_text(json.dumps(report, indent=2))
     if as_json:
         print(json.dumps(report, indent=2))

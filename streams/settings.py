@@ -309,6 +309,16 @@ class Settings(BaseSettings):
     generator_api_key: SecretStr | None = None
     qa_min_accuracy: float = Field(0.6, ge=0, le=1, description="QA gate: lowest accuracy a candidate may have.")
     qa_max_drop: float = Field(0.02, ge=0, le=1, description="QA gate: largest accuracy drop from production allowed.")
+    qa_min_recall_at_5: float = Field(
+        0.5, ge=0, le=1, description="Ranker QA gate: lowest cross-validated recall@5 a candidate may have."
+    )
+    ranker_name: str = Field("retrieval-ranker", description="The ranker whose production version orders search.")
+    rag_max_wrong_abstentions: float = Field(
+        0.05,
+        ge=0,
+        le=1,
+        description="Abstention calibration: largest share of answerable dev questions the answerer may abstain on.",
+    )
     model_trusted_keys: Path | None = Field(
         None,
         description="File or directory of Ed25519 public keys whose signed models.control events workers accept "

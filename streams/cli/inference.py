@@ -95,7 +95,8 @@ def print_response(response: dict[str, Any]) -> None:
 @click.option(
     "--explain",
     is_flag=True,
-    help="classify: the words that moved the prediction most; search: each document's ranking features and attributions.",
+    help="classify: the words that moved the prediction most; search: each document's ranking features "
+    "and attributions.",
 )
 @click.option("--timeout", type=float, default=30.0, show_default=True, help="Seconds to wait for the answer.")
 @click.option("--json", "as_json", is_flag=True, help="Print the whole response as JSON.")

@@ -15,6 +15,7 @@ import click
 
 from streams.cli.data import profile, publish
 from streams.cli.demo import demo
+from streams.cli.evaluation import eval_group, train_ranker_command
 from streams.cli.inference import query, search
 from streams.cli.kafka import kafka
 from streams.cli.models import models
@@ -37,8 +38,22 @@ def cli() -> None:
     """
 
 
-for command in (kafka, worker, publish, profile, search, query, trace_command, models, monitor, replay, demo):
+for command in (
+    kafka,
+    worker,
+    publish,
+    profile,
+    search,
+    query,
+    trace_command,
+    models,
+    monitor,
+    replay,
+    eval_group,
+    demo,
+):
     cli.add_command(command)
+models.add_command(train_ranker_command)
 
 
 def main() -> None:

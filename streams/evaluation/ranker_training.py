@@ -25,7 +25,11 @@ import numpy as np
 from streams.evaluation.harness import CandidateSet, rerank_metrics, top_scores
 from streams.evaluation.metrics import summarize, threshold_for_false_rate
 from streams.index.retrieval import FEATURES, RrfRanker
+from streams.models.lifecycle import load_registry, promote, ranker_version, register_version, write_events
 from streams.models.ranker import OnnxRanker, TrainedRanker, train_ranker
+from streams.models.registry import ModelVersion, RetrievalGate, Stage
+from streams.records import now_ms
+from streams.settings import Settings
 
 FOLDS = 5
 
@@ -83,3 +87,49 @@ def train_with_calibration(
     baseline = _means(rerank_metrics(sets, lambda features: rrf.score(features)[0]))
     trained = train_ranker(_groups(sets), FEATURES, regularization)
     return RankerTraining(trained, threshold, metrics, baseline)
+
+
+def production_metrics(sets: Sequence[CandidateSet], production: ModelVersion | None) -> dict[str, float]:
+    """Production's metrics on the same questions: its ranker re-scoring the same candidates, or RRF."""
+    if production is None or not production.artifact:
+        rrf = RrfRanker()
+        return _means(rerank_metrics(sets, lambda features: rrf.score(features)[0]))
+    model = OnnxRanker(production.artifact, name=production.name, version=production.version)
+    return _means(rerank_metrics(sets, lambda features: model.score(features)[0]))
+
+
+async def train_and_register_ranker(
+    settings: Settings,
+    sets: Sequence[CandidateSet],
+    *,
+    name: str,
+    embedder_version: str,
+    actor: str,
+    source: str,
+) -> tuple[ModelVersion, RankerTraining, dict[str, float]]:
+    """Train on ``sets``, register the version, move it to qa and record its gate against production.
+
+    Returns the version as evaluated, the training, and production's metrics on the same questions.
+    Promotion to production stays a person's decision (``llmops models promote ... --approved-by``).
+    """
+    training = train_with_calibration(sets, max_wrong_abstentions=settings.rag_max_wrong_abstentions)
+    registry = await load_registry(settings)
+    current = registry.production(name)
+    against = production_metrics(sets, current)
+    candidate = ranker_version(
+        name,
+        training.trained.onnx,
+        embedder_version,
+        training.metrics,
+        actor=actor,
+        note=f"trained by llmops models train-ranker on {source}",
+    )
+    registered = await register_version(settings, candidate)
+    await promote(settings, name, registered.version, Stage.QA, actor=actor)
+    registry = await load_registry(settings)
+    gate = RetrievalGate(min_recall_at_5=settings.qa_min_recall_at_5, max_drop=settings.qa_max_drop)
+    events = registry.record_evaluation(
+        name, registered.version, training.metrics, gate, actor=actor, now_ms=now_ms(), against=against
+    )
+    evaluated = (await write_events(settings, events, registry))[-1]
+    return evaluated, training, against

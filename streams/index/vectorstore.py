@@ -34,7 +34,7 @@ import contextlib
 import json
 import re
 import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any, Protocol
 
@@ -413,6 +413,35 @@ class MilvusStore:
             return {}
         rows = self._client.get(self.collection, ids=[f"{d}#0" for d in doc_ids], output_fields=["doc_id", "text"])
         return {row["doc_id"]: row["text"] for row in rows}
+
+    def migrate_from(self, legacy: str, batch: int = 512, progress: Callable[[int], None] | None = None) -> int:
+        """Copy every row of collection ``legacy`` (schema v1, dense only) into this one; returns rows copied.
+
+        Rows keep their ids, vectors and timestamps; the lexical field (and so the BM25 side) is
+        computed on the way in. Upserts make a re-run after a crash safe. The legacy collection
+        is left in place: drop it with ``--drop`` once the new one answers.
+        """
+        if not self._client.has_collection(legacy):
+            raise ValueError(f"no collection {legacy!r} at {mask_url_credentials(self.uri)}: nothing to migrate")
+        self._client.load_collection(legacy)
+        fields = [f for f in ChunkRow.__dataclass_fields__ if f != "vector"] + ["vector"]
+        iterator = self._client.query_iterator(
+            legacy, batch_size=batch, filter="chunk_index >= 0", output_fields=fields
+        )
+        copied = 0
+        try:
+            while rows := iterator.next():
+                self.upsert([ChunkRow(**{name: row[name] for name in fields}) for row in rows])
+                copied += len(rows)
+                if progress:
+                    progress(copied)
+        finally:
+            iterator.close()
+        self.flush()
+        return copied
+
+    def drop_collection(self, name: str) -> None:
+        self._client.drop_collection(name)
 
     def get(self, chunk_ids: Sequence[str]) -> list[dict[str, Any]]:
         """Stored rows by chunk id (vectors included)."""

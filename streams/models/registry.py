@@ -42,6 +42,7 @@ __all__ = [
     "Registry",
     "RegistryError",
     "RegistryFollower",
+    "RetrievalGate",
     "Stage",
     "classifier_config",
     "digests_version",
@@ -68,6 +69,35 @@ class QaGate:
             )
         against = f", production {production_accuracy:.3f}" if production_accuracy is not None else ""
         return True, f"accuracy {accuracy:.3f} >= floor {self.min_accuracy:.3f}{against}"
+
+
+@dataclass(frozen=True)
+class RetrievalGate:
+    """What a ranker's retrieval evaluation must show: a floor, and no drop from production on the same questions.
+
+    ``against`` holds production's metrics on the same questions (the builtin RRF order when no
+    ranker is in production), so the comparison is paired, not against an old report.
+    """
+
+    metrics: tuple[str, ...] = ("recall@5", "mrr@5")
+    min_recall_at_5: float = 0.5
+    max_drop: float = 0.0
+
+    def judge(self, metrics: Mapping[str, float], against: Mapping[str, float] | None) -> tuple[bool, str]:
+        recall = float(metrics.get("recall@5", 0.0))
+        if recall < self.min_recall_at_5:
+            return False, f"recall@5 {recall:.3f} is below the gate's floor {self.min_recall_at_5:.3f}"
+        for name in self.metrics:
+            if against is not None and float(metrics[name]) < float(against[name]) - self.max_drop:
+                return False, (
+                    f"{name} {metrics[name]:.3f} is more than {self.max_drop:.3f} below production's "
+                    f"{against[name]:.3f} on the same questions"
+                )
+        shown = ", ".join(
+            f"{n} {metrics[n]:.3f}" + (f" (production {against[n]:.3f})" if against is not None else "")
+            for n in self.metrics
+        )
+        return True, f"{shown}; floor recall@5 {self.min_recall_at_5:.3f}, allowed drop {self.max_drop:.3f}"
 
 
 class Registry:
@@ -146,14 +176,26 @@ class Registry:
         return self._checked([replace(version, stage=Stage.REGISTERED)])
 
     def record_evaluation(
-        self, name: str, version: str, metrics: Mapping[str, float], gate: QaGate, *, actor: str, now_ms: int
+        self,
+        name: str,
+        version: str,
+        metrics: Mapping[str, float],
+        gate: QaGate | RetrievalGate,
+        *,
+        actor: str,
+        now_ms: int,
+        against: Mapping[str, float] | None = None,
     ) -> list[ModelVersion]:
+        """The QA result of a version: ``gate`` applied to ``metrics`` (``against``: production's, for rankers)."""
         candidate = self.get(name, version)
-        current = self.production(name)
-        production_accuracy = None
-        if current is not None and current.version != candidate.version:
-            production_accuracy = current.qa_metrics.get("accuracy", current.metrics.get("holdout_accuracy"))
-        passed, report = gate.judge(float(metrics["accuracy"]), production_accuracy)
+        if isinstance(gate, RetrievalGate):
+            passed, report = gate.judge(metrics, against)
+        else:
+            current = self.production(name)
+            production_accuracy = None
+            if current is not None and current.version != candidate.version:
+                production_accuracy = current.qa_metrics.get("accuracy", current.metrics.get("holdout_accuracy"))
+            passed, report = gate.judge(float(metrics["accuracy"]), production_accuracy)
         return self._checked(
             [
                 replace(
