@@ -382,6 +382,12 @@ class Settings(BaseSettings):
     monitor_min_slice_events: int = Field(10, ge=1, description="Slices with fewer labelled events are not judged.")
     monitor_latency_p95_ms: float = Field(1000.0, gt=0, description="SLO: end-to-end p95 latency per window.")
     monitor_max_error_share: float = Field(0.05, ge=0, le=1, description="SLO: share of responses that are not OK.")
+    monitor_max_abstention_rate: float = Field(
+        0.5, ge=0, le=1, description="Alert when more rag answers of one answering version abstain."
+    )
+    monitor_min_grounded_rate: float = Field(
+        0.8, ge=0, le=1, description="Alert when fewer rag answers of one answering version are fully grounded."
+    )
 
     # --- Worker process ----------------------------------------------------------------------
     malloc_mmap_threshold: int = Field(

@@ -269,6 +269,12 @@ def print_inference(inference: dict[str, Any]) -> None:
         f"classifier {classifier['name']}@{classifier['version'][:12]} in production "
         f"(QA: {classifier['qa_report']}; approved by {classifier['approved_by']})"
     )
+    ranker = inference.get("ranker")
+    if ranker:
+        print(
+            f"ranker {ranker['name']}@{ranker['version'][:12]} {ranker['stage']} (QA: {ranker['qa_report']}; "
+            f"abstains below {ranker['metrics'].get('abstain_below', float('nan')):.3f})"
+        )
     for answer in inference["answers"]:
         print(f"\n> {answer['task']}: {answer['question']}")
         print_response(answer)

@@ -12,6 +12,7 @@ import asyncio
 import sys
 
 import click
+import structlog
 
 from streams.cli.data import profile, publish
 from streams.cli.demo import demo
@@ -65,6 +66,8 @@ def main() -> None:
         TopicAuthorizationFailedError,
     )
 
+    # Until a command configures logging, structlog prints to stdout; stdout is for results (--json).
+    structlog.configure(logger_factory=structlog.PrintLoggerFactory(sys.stderr))
     try:
         cli()
     except KafkaConnectionError:

@@ -8,10 +8,11 @@ Why this exists:
     questions the scoring model did not see. The final ranker is then fitted on all of dev.
 
 Abstention:
-    The answerer abstains when the top document's ranker score is below ``abstain_below``:
-    the lowest threshold that abstains on at most ``max_wrong_abstentions`` of the answerable
-    dev questions (out-of-fold scores). Its recall on unanswerable dev questions is reported
-    beside it; the test split is never used here.
+    An answerability model (:class:`streams.models.ranker.Answerability`, trained on the
+    out-of-fold top documents of answerable and unanswerable dev questions) gives each question a
+    logit; the answerer abstains below ``abstain_below``, the lowest threshold that abstains on at
+    most ``max_wrong_abstentions`` of the answerable dev questions (out-of-fold logits again).
+    Its recall on unanswerable dev questions is reported beside it; the test split is never used.
 """
 
 from __future__ import annotations
@@ -22,11 +23,11 @@ from typing import Any
 
 import numpy as np
 
-from streams.evaluation.harness import CandidateSet, rerank_metrics, top_scores
+from streams.evaluation.harness import CandidateSet, rerank_metrics
 from streams.evaluation.metrics import summarize, threshold_for_false_rate
 from streams.index.retrieval import FEATURES, RrfRanker
 from streams.models.lifecycle import load_registry, promote, ranker_version, register_version, write_events
-from streams.models.ranker import OnnxRanker, TrainedRanker, train_ranker
+from streams.models.ranker import Answerability, OnnxRanker, TrainedRanker, train_answerability, train_ranker
 from streams.models.registry import ModelVersion, RetrievalGate, Stage
 from streams.records import now_ms
 from streams.settings import Settings
@@ -37,6 +38,7 @@ FOLDS = 5
 @dataclass(frozen=True)
 class RankerTraining:
     trained: TrainedRanker
+    answerability: Answerability
     abstain_below: float
     metrics: dict[str, float]  # cross-validated on dev; "abstain_below" included
     baseline: dict[str, float]  # the same questions ordered by RRF
@@ -58,7 +60,7 @@ def train_with_calibration(
     sets: Sequence[CandidateSet], *, max_wrong_abstentions: float = 0.05, regularization: float = 1.0
 ) -> RankerTraining:
     """Out-of-fold metrics and threshold, then the ranker fitted on every dev question."""
-    out_of_fold: dict[str, float] = {}
+    top_rows: dict[str, dict[str, float]] = {}  # question id -> its out-of-fold top document's features
     oof_rows: list[dict[str, float]] = []
     for fold in range(FOLDS):
         train = [s for s in sets if _fold(s.question.id) != fold]
@@ -71,10 +73,12 @@ def train_with_calibration(
             return model.score(features)[0]
 
         oof_rows += rerank_metrics(held, score)
-        for item, top in zip(held, top_scores(held, score), strict=True):
-            out_of_fold[item.question.id] = top
-    answerable = [out_of_fold[s.question.id] for s in sets if not s.question.unanswerable]
-    unanswerable = [out_of_fold[s.question.id] for s in sets if s.question.unanswerable]
+        for item in held:
+            top_rows[item.question.id] = top_document(item, score)
+    questions = [s.question for s in sets]
+    logits = answerability_out_of_fold(questions, top_rows)
+    answerable = [logits[q.id] for q in questions if not q.unanswerable]
+    unanswerable = [logits[q.id] for q in questions if q.unanswerable]
     threshold = threshold_for_false_rate(answerable, max_wrong_abstentions)
     metrics = _means(oof_rows)
     metrics["abstain_below"] = round(threshold, 6)
@@ -86,7 +90,30 @@ def train_with_calibration(
     rrf = RrfRanker()
     baseline = _means(rerank_metrics(sets, lambda features: rrf.score(features)[0]))
     trained = train_ranker(_groups(sets), FEATURES, regularization)
-    return RankerTraining(trained, threshold, metrics, baseline)
+    answerability = train_answerability([top_rows[q.id] for q in questions], [not q.unanswerable for q in questions])
+    metrics.update(answerability.to_metrics())
+    return RankerTraining(trained, answerability, threshold, metrics, baseline)
+
+
+def top_document(item: CandidateSet, score: Any) -> dict[str, float]:
+    """The features of the document ``score`` puts first, with its score (all zeros when none)."""
+    if not len(item.doc_ids):
+        return {"score": -10.0}
+    scores = np.asarray(score(item.features))
+    best = int(np.argmax(scores))
+    return {"score": float(scores[best]), **dict(zip(FEATURES, map(float, item.features[best]), strict=True))}
+
+
+def answerability_out_of_fold(questions: Sequence[Any], rows: dict[str, dict[str, float]]) -> dict[str, float]:
+    """Each question's answerability logit from a model that did not see it."""
+    logits = {}
+    for fold in range(FOLDS):
+        train = [q for q in questions if _fold(q.id) != fold]
+        model = train_answerability([rows[q.id] for q in train], [not q.unanswerable for q in train])
+        for question in questions:
+            if _fold(question.id) == fold:
+                logits[question.id] = model.logit(rows[question.id])
+    return logits
 
 
 def production_metrics(sets: Sequence[CandidateSet], production: ModelVersion | None) -> dict[str, float]:

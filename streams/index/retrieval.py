@@ -53,6 +53,8 @@ FEATURES = (
     "identifier_match",  # 1 when an identifier the user typed (a_b, a.b, CamelCase) is in the document
     "chunk_position",  # log(1 + index of the best chunk): openings tend to say what a document is
     "chunks_matched",  # log(1 + chunks of the document among the candidates)
+    "coverage",  # share of the query's terms found in the document's candidate chunks or title
+    "bm25_per_term",  # best BM25 score of the document / number of query terms (an absolute match strength)
 )
 
 _IDENTIFIER = re.compile(r"\b[A-Za-z_]\w*(?:[._]\w+)+\b|\b[a-z]+[A-Z]\w*\b|\b[A-Z][a-z]+[A-Z]\w*\b")
@@ -204,6 +206,7 @@ def document_features(
     for found in grouped.values():
         found.sort(key=_chunk_score, reverse=True)
     query = set(terms(question))
+    query_size = max(1, len(query))
     identifiers = {match.lower() for match in _IDENTIFIER.findall(question)}
     best_dense = max(c.dense for c in candidates)
     best_bm25 = max(c.bm25 for c in candidates)
@@ -215,7 +218,8 @@ def document_features(
         bm25 = max(c.bm25 for c in found)
         best = max(found, key=lambda c: c.dense)
         title = found[0].title
-        text = " ".join(c.text for c in found).lower()
+        text = " ".join(c.text for c in found)
+        covered = _share(query, [*terms(text), *terms(title)])
         matrix[row] = (
             dense,
             dense - best_dense,
@@ -224,9 +228,11 @@ def document_features(
             100 * max(_rrf(c) for c in found),
             _share(query, terms(title)),
             _share(query, terms(opening_of.get(doc_id, ""))),
-            float(any(name in text or name in title.lower() for name in identifiers)),
+            float(any(name in text.lower() or name in title.lower() for name in identifiers)),
             math.log1p(best.chunk_index),
             math.log1p(len(found)),
+            covered,
+            bm25 / query_size,
         )
     return doc_ids, matrix, grouped
 

@@ -4,9 +4,9 @@ Why this exists:
     ``rag`` must answer with no external service, cite what it says, and say "not found" rather
     than guess. The extractive answerer picks the sentences of the top documents' evidence that
     answer the question best (query-term overlap with the sentence and its document's title,
-    weighted by the document's rank) and cites each as ``[n]``. It abstains when the retrieval
-    evidence is weak: the top document's score is below a threshold calibrated on unanswerable
-    questions of the dev split (``llmops eval rag --calibrate``), not guessed.
+    weighted by the document's rank) and cites each as ``[n]``. It abstains when the evidence is
+    weak: the answerability logit of the top document (trained with the ranker) is below a
+    threshold calibrated on the dev split's unanswerable questions, not guessed.
 
     Every answer, extractive or generated, then passes :func:`check_grounding`: each sentence
     must be supported by a passage it cites (share of its content terms found in the passage);
@@ -14,7 +14,7 @@ Why this exists:
     ``false``. A generator that invents a fact or cites the wrong passage is caught here.
 
 Usage:
-    >>> answer = ExtractiveAnswerer(abstain_below=0.0).answer(question, documents)
+    >>> answer = ExtractiveAnswerer(abstain_below=0.0).answer(question, documents, confidence=1.3)
     >>> answer.text, answer.citations, answer.grounded, answer.abstained
 """
 
@@ -29,9 +29,10 @@ from streams.index.retrieval import DocumentHit
 
 NOT_FOUND = "Not found in the indexed documents."
 SUPPORTED_AT = 0.6  # share of a sentence's content terms that its cited passage must hold
-MAX_ANSWER_SENTENCES = 2
 
-_SENTENCE = re.compile(r"(?<=[.!?])\s+(?=[A-Z0-9`'\"(\[])|\n\s*\n|\n(?=\s*[-*]\s)")
+_SENTENCE = re.compile(
+    r"(?<!\be\.g\.)(?<!\bi\.e\.)(?<!\betc\.)(?<!\bvs\.)(?<=[.!?])\s+(?=[A-Z0-9`'\"(\[])|\n\s*\n|\n(?=\s*[-*]\s)"
+)
 _CITATION = re.compile(r"\[(\d{1,2})\]")
 
 
@@ -119,17 +120,19 @@ def abstention(confidence: float) -> Answer:
 class ExtractiveAnswerer:
     """Answers from the evidence's own sentences; abstains below ``abstain_below`` confidence.
 
-    ``confidence`` is the top document's retrieval score (the ranker's logit in ``ranked``
-    mode), the scale the threshold was calibrated on.
+    ``confidence`` is the answerability logit of the top document (see
+    :class:`streams.models.ranker.Answerability`), the scale the threshold was calibrated on.
     """
 
     abstain_below: float
     documents: int = 3
+    following: int = 1  # sentences after the best one that complete it (the fact often follows the topic)
+    sources: int = 2  # documents the answer may quote (each document's best sentence, if close to the best)
+    close: float = 0.8  # another document's best sentence joins when it scores at least this share of the best
     name: str = "extractive"
-    version: str = "1"
+    version: str = "2"
 
-    def answer(self, question: str, documents: Sequence[DocumentHit]) -> Answer:
-        confidence = documents[0].score if documents else float("-inf")
+    def answer(self, question: str, documents: Sequence[DocumentHit], confidence: float = float("inf")) -> Answer:
         if not documents or confidence < self.abstain_below:
             return abstention(confidence)
         top = list(documents[: self.documents])
@@ -143,26 +146,31 @@ class ExtractiveAnswerer:
                 n += 1
                 for position, sentence in enumerate(split_sentences(hit.text or hit.snippet)):
                     words = set(terms(sentence))
-                    if len(words) < 3:
+                    if len(words) < 3:  # too short to answer alone, but it may complete the best sentence
+                        scored.append((-1.0, n, position, sentence, rank))
                         continue
                     overlap = len(query & (words | title_terms)) / max(1, len(query))
                     in_sentence = len(query & words) / max(1, len(query))
                     score = overlap + 0.5 * in_sentence + 0.6 / (1 + rank) + (0.1 if position == 0 else 0.0)
-                    scored.append((score, n, position, sentence))
+                    scored.append((score, n, position, sentence, rank))
         if not scored:
             return abstention(confidence)
         scored.sort(key=lambda item: -item[0])
-        best = scored[0]
-        chosen = [best]
-        for item in scored[1:]:
-            if len(chosen) == MAX_ANSWER_SENTENCES:
+        chosen: list[tuple[float, int, int, str, int]] = []
+        quoted: set[int] = set()
+        for item in scored:
+            if len(quoted) == self.sources or item[0] < self.close * scored[0][0]:
                 break
-            if item[1] == best[1] and abs(item[2] - best[2]) == 1 and item[0] >= 0.7 * best[0]:
-                chosen.append(item)
-        chosen.sort(key=lambda item: (item[1], item[2]))
-        text = " ".join(f"{_strip_end(sentence)} [{n}]." for _, n, _, sentence in chosen)
+            if item[4] in quoted:
+                continue
+            quoted.add(item[4])
+            same_passage = [other for other in scored if other[1] == item[1]]
+            chosen.append(item)
+            chosen += sorted(o for o in same_passage if item[2] < o[2] <= item[2] + self.following)
+        chosen.sort(key=lambda item: (item[4], item[1], item[2]))
+        text = " ".join(f"{_strip_end(sentence)} [{n}]." for _, n, _, sentence, _ in chosen)
         sentences, grounded = check_grounding(text, passages)
-        used = {n for _, n, _, _ in chosen}
+        used = {n for _, n, _, _, _ in chosen}
         return Answer(text, tuple(c for c in citations if c.n in used), grounded, False, confidence, sentences)
 
 

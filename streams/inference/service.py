@@ -41,7 +41,7 @@ from streams.inference.requests import InferenceRequest, RequestRejected
 from streams.inference.safety import Verdict, screen
 from streams.models.artifacts import DEFAULT_MAX_BYTES, verify_digest
 from streams.models.classifier import OnnxClassifier, explain
-from streams.models.ranker import OnnxRanker
+from streams.models.ranker import Answerability, OnnxRanker
 from streams.models.registry import Kind, ModelVersion, Registry, RegistryError
 from streams.records import now_ms
 
@@ -71,6 +71,13 @@ class LoadedRanker:
     version: ModelVersion
     head: OnnxRanker
     abstain_below: float
+    answerability: Answerability | None = None
+
+    def confidence(self, documents: list[DocumentHit]) -> float:
+        """The answerability logit of the top document (-inf when there is none)."""
+        if not documents or self.answerability is None:
+            return float("-inf")
+        return self.answerability.logit({"score": documents[0].score, **documents[0].features})
 
 
 @dataclass(frozen=True)
@@ -155,7 +162,8 @@ def load_ranker(
         return previous
     verify_digest("model.onnx", version.artifact, version.files)
     head = OnnxRanker(version.artifact, name=version.name, version=version.version, max_bytes=max_bytes)
-    return LoadedRanker(version, head, float(version.metrics.get("abstain_below", float("-inf"))))
+    threshold = float(version.metrics.get("abstain_below", float("-inf")))
+    return LoadedRanker(version, head, threshold, Answerability.from_metrics(version.metrics))
 
 
 # --- answering ---------------------------------------------------------------------------------
@@ -487,9 +495,12 @@ class InferenceService:
             response["context"] = assemble_context([hit for doc in documents for hit in doc.evidence])
             if self.generator is None and documents:
                 started = time.perf_counter()
-                calibrated = ranker is not None and found.mode == "ranked"
-                answerer = ExtractiveAnswerer(ranker.abstain_below if ranker and calibrated else float("-inf"))
-                response.update(answer_fields(answerer.answer(request.text, documents)))
+                calibrated = ranker is not None and ranker.answerability is not None and found.mode == "ranked"
+                if ranker is not None and calibrated:
+                    answerer, confidence = ExtractiveAnswerer(ranker.abstain_below), ranker.confidence(documents)
+                else:
+                    answerer, confidence = ExtractiveAnswerer(float("-inf")), float("-inf")
+                response.update(answer_fields(answerer.answer(request.text, documents, confidence)))
                 response["models"].append({"name": answerer.name, "version": answerer.version, "stage": "builtin"})
                 if not calibrated:
                     response["note"] = UNCALIBRATED_NOTE

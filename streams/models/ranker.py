@@ -23,6 +23,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import numpy.typing as npt
@@ -135,3 +136,50 @@ class OnnxRanker:
             ["score", "attributions"], {"features": np.ascontiguousarray(features, dtype=np.float32)}
         )
         return np.asarray(score, dtype=np.float32), np.asarray(attributions, dtype=np.float32)
+
+
+ANSWERABILITY_FEATURES = ("score", "dense", "coverage", "bm25_per_term", "title_match")
+_PREFIX = "answerable."
+
+
+@dataclass(frozen=True)
+class Answerability:
+    """How likely the corpus answers a question, from its top document: a logistic model's logit.
+
+    Inputs are the top document's ranker ``score`` and absolute match strengths (cosine, share of
+    query terms covered, BM25 per query term, title match); relative features say nothing here,
+    since the top document is always the best of its own candidates. The weights travel in the
+    ranker version's metrics (``answerable.<feature>``, ``answerable.bias``), calibrated with it.
+    """
+
+    coef: dict[str, float]
+    bias: float
+
+    def logit(self, features: dict[str, float] | Any) -> float:
+        return self.bias + sum(weight * float(features.get(name, 0.0)) for name, weight in self.coef.items())
+
+    def to_metrics(self) -> dict[str, float]:
+        return {**{_PREFIX + name: round(w, 6) for name, w in self.coef.items()}, _PREFIX + "bias": round(self.bias, 6)}
+
+    @classmethod
+    def from_metrics(cls, metrics: Any) -> Answerability | None:
+        if _PREFIX + "bias" not in metrics:
+            return None
+        coef = {name: float(metrics[_PREFIX + name]) for name in ANSWERABILITY_FEATURES if _PREFIX + name in metrics}
+        return cls(coef, float(metrics[_PREFIX + "bias"]))
+
+
+def train_answerability(rows: Sequence[dict[str, float]], answerable: Sequence[bool]) -> Answerability:
+    """Fit the answerability model on one row of top-document features per question."""
+    from sklearn.linear_model import LogisticRegression
+
+    x = np.asarray([[row.get(name, 0.0) for name in ANSWERABILITY_FEATURES] for row in rows], dtype=np.float64)
+    y = np.asarray(answerable, dtype=np.int64)
+    if len(set(y.tolist())) < 2:
+        raise ValueError("answerability needs answerable and unanswerable questions in the dev split")
+    mean, scale = x.mean(axis=0), x.std(axis=0)
+    scale[scale < 1e-6] = 1.0
+    model = LogisticRegression(C=1.0, class_weight="balanced", max_iter=5000).fit((x - mean) / scale, y)
+    weights = model.coef_[0] / scale  # back to raw feature units: logit = bias + sum(w * x)
+    bias = float(model.intercept_[0] - np.sum(model.coef_[0] * mean / scale))
+    return Answerability({name: float(w) for name, w in zip(ANSWERABILITY_FEATURES, weights, strict=True)}, bias)

@@ -60,6 +60,8 @@ class MonitorConfig:
     min_slice_events: int = 10
     latency_p95_ms: float = 1000.0
     max_error_share: float = 0.05
+    max_abstention_rate: float = 0.5
+    min_grounded_rate: float = 0.8
 
     @classmethod
     def from_settings(cls, settings: Settings) -> MonitorConfig:

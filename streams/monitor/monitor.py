@@ -36,6 +36,7 @@ from typing import Any
 import numpy as np
 
 from streams.monitor.alerts import AlertManager
+from streams.monitor.answers import rag_metrics
 from streams.monitor.config import STREAMS, Metric, MonitorConfig, Output
 from streams.monitor.detectors import (
     Reference,
@@ -217,7 +218,7 @@ class Monitor:
 
     def _responses(self, window: Window[Any]) -> list[Metric]:
         items = window.items
-        metrics = response_metrics(items, self.config)
+        metrics = response_metrics(items, self.config) + rag_metrics(items, self.config)
         scores = [r["hits"][0]["score"] for r in items if r["status"] == "OK" and r["hits"]]
         labels = [r["label"] for r in items if r["status"] == "OK" and r.get("label")]
         if scores:
