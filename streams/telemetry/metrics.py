@@ -101,6 +101,10 @@ METRIC_FAMILIES: dict[str, str] = {
     WORKER_READY_FAMILY: "gauge",
     "process_cpu_seconds": "counter",
     "process_resident_memory_bytes": "gauge",
+    "process_virtual_memory_bytes": "gauge",
+    "process_start_time_seconds": "gauge",
+    "process_open_fds": "gauge",
+    "process_max_fds": "gauge",
 }
 _SUFFIXES = {"counter": ("_total", "_created"), "histogram": ("_bucket", "_sum", "_count", "_created"), "gauge": ("",)}
 
