@@ -6,6 +6,7 @@ Milvus Lite). The scrape is parsed with prometheus_client's own parser, as Prome
 
 from __future__ import annotations
 
+import asyncio
 import json
 import socket
 import urllib.error
@@ -15,14 +16,18 @@ from collections.abc import Iterator
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
+from streams.inference.client import InferenceClient
+from streams.ingest.chunk import default_tokenizer
 from streams.ingest.publish import encode_document, publish_records
 from streams.kafka.admin import count_records, ensure_topics, offsets
 from streams.kafka.progress import wait_for_stages
 from streams.kafka.topics import Topics
+from streams.monitor.reference import corpus_texts, sample_chunks
 from streams.settings import Settings
 from streams.telemetry.metrics import sample_names
 
-from .conftest import PIPELINE_AGENTS, WorkerProcess, run, wait_for
+from .conftest import PIPELINE_AGENTS, WorkerProcess, run, run_cli, wait_for
+from .test_monitor_flow import chunk_embeddings, send_in_order
 
 DOCS = [
     encode_document({"id": f"doc-{i}", "text": f"Document {i} explains how a worker reports its health to SREs."})
@@ -144,3 +149,88 @@ def test_probes_and_metrics_of_a_real_worker(settings: Settings, pipeline: tuple
     assert {name for name, _ in samples if name.startswith("llmops_")} <= sample_names()
 
     assert worker.stop() == 0, worker.log_tail()
+
+
+def test_request_latency_models_and_drift_scores_of_an_infer_and_monitor_worker(settings: Settings) -> None:
+    """Search requests through Kafka, and one window of documents against a stdlib drift reference."""
+    window = 20
+    settings = settings.model_copy(
+        update={"monitor_window_events": window, "monitor_window_seconds": 600.0, "monitor_min_drift_events": window}
+    )
+    run(ensure_topics(settings))
+    stored = run_cli(settings, "monitor", "set-reference", "--corpus", "stdlib", "--split", "reference", "--json")
+    assert stored.returncode == 0, stored.stderr
+    assert json.loads(stored.stdout)["thresholds"]["documents"]["embedding.mmd"] > 0
+    port = free_port()
+    worker = WorkerProcess(settings.model_copy(update={"sre_port": port, "sre_host": "127.0.0.1"}), "infer,monitor")
+    worker.start()
+    try:
+        assert wait_for(lambda: get_or_none(port, "/readyz") == 200, timeout=240), worker.log_tail()
+        _, _, body = get(port, "/readyz")
+        assert json.loads(body)["checks"] == ["broker", "consumer_group", "models", "store"]
+
+        questions = ["how do I read a file line by line", "parse command line arguments", "sort a list"]
+        responses = run(ask(settings, questions))
+        assert [r["status"] for r in responses] == ["OK"] * len(questions)
+        chunks = sample_chunks(corpus_texts("holdout"), window, default_tokenizer(), settings, seed=3)
+        run(
+            send_in_order(
+                settings, Topics(settings.namespace).docs_embeddings, chunk_embeddings(settings, chunks, "sre")
+            )
+        )
+
+        def drift_measured() -> bool:
+            return any(name == "llmops_drift_score" for name, _ in scrape(port))
+
+        assert wait_for(drift_measured, timeout=120), worker.log_tail()
+        group = Topics(settings.namespace).requests_group("infer", "monitor")
+        assert wait_for(
+            lambda: (
+                {
+                    dict(labels)["partition"]: v
+                    for (name, labels), v in scrape(port).items()
+                    if name == "llmops_consumer_lag" and dict(labels)["group"] == group
+                }
+                == {str(p): 0.0 for p in range(settings.partitions)}
+            ),
+            timeout=90,
+        )
+        samples = scrape(port)
+
+        def value(name: str, **labels: str) -> float:
+            return samples.get((name, tuple(sorted(labels.items()))), 0.0)
+
+        assert value("llmops_request_seconds_count", task="search") == len(questions)
+        assert value("llmops_records_processed_total", stage="infer") == len(questions)
+        # The monitor read the requests, their responses and the window of documents.
+        assert wait_for(
+            lambda: (
+                scrape(port).get(("llmops_records_processed_total", (("stage", "monitor"),)))
+                == 2 * len(questions) + window
+            ),
+            timeout=60,
+        )
+        embedder = {
+            dict(labels)["version"]
+            for (name, labels), v in samples.items()
+            if name == "llmops_model_active" and dict(labels)["agent"] == "infer" and v == 1
+        }
+        assert embedder and all(len(version) == 64 for version in embedder)
+        mmd = (("detector", "embedding.mmd"), ("stream", "documents"))
+        assert samples[("llmops_drift_threshold", mmd)] > 0
+        assert samples[("llmops_drift_score", mmd)] >= 0
+    finally:
+        assert worker.stop() == 0, worker.log_tail()
+
+
+def get_or_none(port: int, path: str) -> int | None:
+    try:
+        return get(port, path)[0]
+    except OSError:
+        return None
+
+
+async def ask(settings: Settings, questions: list[str]) -> list[dict]:
+    async with InferenceClient(settings) as client:
+        futures = [await client.send(client.request(text=text, task="search")) for text in questions]
+        return list(await asyncio.wait_for(asyncio.gather(*futures), 120))
