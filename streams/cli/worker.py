@@ -25,6 +25,8 @@ def worker(agents: str) -> None:
     (default 300); after that the worker exits with code 69 and says what to check.
 
     Run several workers with the same --agents to share the partitions of their topics.
+
+    Serves /healthz, /readyz and Prometheus /metrics on LLMOPS_SRE_PORT (default 9188; 0: off).
     """
     import faust
 

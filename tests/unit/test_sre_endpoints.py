@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import urllib.error
 import urllib.request
@@ -10,6 +11,7 @@ from collections.abc import Iterator
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
+from streams.settings import Settings
 from streams.telemetry.endpoints import LIVENESS_STALE_S, EndpointServer, Probes
 from streams.telemetry.metrics import (
     LAG,
@@ -171,3 +173,26 @@ def test_drift_statistics_of_snapshots_become_gauges() -> None:
     assert scraped[("llmops_drift_score", (("detector", "length_chars.ks"), ("stream", "unit-documents")))] == 0.05
     assert ("llmops_drift_threshold", (("detector", "length_chars.ks"), ("stream", "unit-documents"))) not in scraped
     assert not any(labels and ("detector", "documents.per_second") in labels for _, labels in scraped)
+
+
+class App:
+    """Stands in for a Faust app: serve_endpoints only needs a key for its probes."""
+
+
+def test_the_worker_runs_on_without_endpoints_when_the_port_is_off_or_taken(
+    server: tuple[EndpointServer, list[bool]],
+) -> None:
+    from structlog.testing import capture_logs
+
+    from agents.sre import serve_endpoints
+
+    loop = asyncio.new_event_loop()
+    try:
+        assert serve_endpoints(App(), Settings(sre_port=0), loop) is None
+        with capture_logs() as logs:
+            taken = Settings(sre_port=server[0].port, sre_host="127.0.0.1")
+            assert serve_endpoints(App(), taken, loop) is None
+    finally:
+        loop.close()
+    (line,) = [line for line in logs if line["event"] == "sre_endpoints_unavailable"]
+    assert line["port"] == server[0].port and "LLMOPS_SRE_PORT" in line["fix"]
