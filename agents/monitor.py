@@ -193,6 +193,9 @@ def register_monitor(app: faust.App, settings: Settings, agents: Sequence[str] =
         consumer_options={"topic.metadata.refresh.interval.ms": TENANT_TOPICS_REFRESH_MS},
     )
 
+    # Tenants' topics come and go: their lag is measured where the group has committed.
+    sre_of(app).lag_groups[tenant_replies.group] = set()
+
     @app.task  # type: ignore[untyped-decorator]  # faust's decorators are untyped
     async def follow_tenant_responses() -> None:
         await tenant_replies.run()

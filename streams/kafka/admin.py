@@ -301,7 +301,10 @@ async def consumer_lag(settings: Settings, group: str, names: Iterable[str]) -> 
     its lag is all it holds. Topics the group committed on count too, also when not named.
     """
     committed = await committed_offsets(settings, group)
-    begin, end = await offsets(settings, {*names, *(tp.topic for tp in committed)})
+    topics = {*names, *(tp.topic for tp in committed)}
+    if not topics:  # (an empty list would describe every topic of the cluster)
+        return {}
+    begin, end = await offsets(settings, topics)
     lag = {}
     for tp, last in end.items():
         done = committed.get(tp, -1)
