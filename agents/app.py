@@ -20,6 +20,7 @@ from typing import Any
 import faust
 
 from agents import faust_fixes
+from agents.sre import attach_sre
 from streams.kafka.topics import Topics, TopicSpec
 from streams.settings import Settings
 from streams.telemetry.tracing import Telemetry
@@ -108,6 +109,7 @@ def create_app(
         from agents.monitor import register_monitor
 
         register_monitor(app, settings, agents)
+    attach_sre(app, settings)  # /readyz checks and lag of the groups above (served by `llmops worker`)
     return app
 
 

@@ -14,6 +14,7 @@ from streams.kafka.topics import Topics
 from streams.logs import get_logger
 from streams.records import DeadLetter, SourceCoordinates, now_ms
 from streams.settings import Settings
+from streams.telemetry.metrics import count_dead_letter
 from streams.telemetry.tracing import Delivery
 
 log = get_logger(__name__)
@@ -71,7 +72,8 @@ def _dead_letter(source: SourceCoordinates, message: Any, stage: str, reason: st
 
 
 def log_dead_letter(letter: DeadLetter) -> None:
-    """One warning line per rejected record, with where to find it."""
+    """One warning line per rejected record, with where to find it (and one more on the stage's counter)."""
+    count_dead_letter(letter.stage, letter.reason)
     log.warning(
         "dead_letter",
         stage=letter.stage,

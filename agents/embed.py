@@ -9,11 +9,13 @@ output continues the trace of its chunk; the batch span holds the one ONNX run.
 from __future__ import annotations
 
 import asyncio
+import time
 from typing import Any
 
 import faust
 
 from agents.common import dead_letter_for, delivery_of, raw_topic, send_dead_letter, stop_without_acking
+from agents.sre import sre_of
 from streams.index.embed import OnnxEmbedder
 from streams.index.indexing import embed_chunks
 from streams.kafka.avro import CodecError, codec_from_settings
@@ -21,6 +23,7 @@ from streams.kafka.topics import Topics
 from streams.logs import get_logger
 from streams.records import SOURCE_HEADER
 from streams.settings import Settings
+from streams.telemetry.metrics import set_active_models, stage_metrics
 from streams.telemetry.tracing import AgentTracer, header_items
 
 log = get_logger(__name__)
@@ -33,14 +36,20 @@ def register_embed(app: faust.App, settings: Settings, tracer: AgentTracer) -> A
     embedder = OnnxEmbedder.from_settings(settings)
     embedder.embed(["warm-up: the first run of a session is several times slower than the rest"] * embedder.workers)
     log.info("embedder_loaded", model=embedder.name, version=embedder.version, workers=embedder.workers)
+    set_active_models("embed", [(embedder.name, embedder.version)])
+    metrics = stage_metrics("embed")
+    sre_of(app).probes.add("models", lambda: None)  # the embedder loaded above, before the worker serves
 
     @app.agent(raw_topic(app, topics.docs_clean, settings), name="embed")
     async def embed(stream: Any) -> None:
         async for events in stream.take_events(settings.embed_batch_size, within=settings.embed_batch_seconds):
+            started = time.perf_counter()
             try:
                 await embed_batch(events)
             except Exception as error:  # noqa: BLE001 - commit nothing of this batch, exit, be restarted
                 await stop_without_acking(app, "embed", events, error)
+            metrics.processed.inc(len(events))
+            metrics.batch_seconds.observe(time.perf_counter() - started)
 
     async def embed_batch(events: list[Any]) -> None:
         with tracer.batch([delivery_of(event) for event in events]) as batch:

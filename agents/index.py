@@ -20,6 +20,7 @@ from typing import Any
 import faust
 
 from agents.common import dead_letter_for, delivery_of, raw_topic, send_dead_letter, stop_without_acking
+from agents.sre import sre_of
 from streams.heap import freeze_startup_objects
 from streams.index.embed import version_for
 from streams.index.indexing import SealPolicy, ShuttingDown, write_with_retry
@@ -28,6 +29,7 @@ from streams.kafka.avro import CodecError, codec_from_settings
 from streams.kafka.topics import Topics
 from streams.logs import get_logger
 from streams.settings import Settings
+from streams.telemetry.metrics import stage_metrics
 from streams.telemetry.tracing import AgentTracer, BatchTrace
 
 log = get_logger(__name__)
@@ -46,6 +48,9 @@ def register_index(app: faust.App, settings: Settings, tracer: AgentTracer) -> A
     def open_store() -> VectorStore:
         return shared_store(settings, model_version)
 
+    metrics = stage_metrics("index")
+    sre_of(app).probes.add("store", lambda: None if stores else "index: the Milvus collection is not open yet")
+
     @app.agent(raw_topic(app, topics.docs_embeddings, settings), name="index")
     async def index(stream: Any) -> None:
         try:  # open (and create or load) the collection before the first batch arrives
@@ -54,6 +59,7 @@ def register_index(app: faust.App, settings: Settings, tracer: AgentTracer) -> A
         except Exception as error:  # noqa: BLE001 - retried with backoff on the first batch
             log.warning("vector_store_unavailable", error=repr(error), retry_in_s=0)
         async for events in stream.take_events(settings.index_batch_size, within=settings.index_batch_seconds):
+            started = time.perf_counter()
             try:
                 with tracer.batch([delivery_of(event) for event in events]) as batch:
                     await index_batch(events, batch)
@@ -61,6 +67,8 @@ def register_index(app: faust.App, settings: Settings, tracer: AgentTracer) -> A
                 await stop_without_acking(app, "index", events, stopping, requested=True)
             except Exception as error:  # noqa: BLE001 - commit nothing of this batch, exit, be restarted
                 await stop_without_acking(app, "index", events, error)
+            metrics.processed.inc(len(events))
+            metrics.batch_seconds.observe(time.perf_counter() - started)
 
     unsealed = {"rows": 0, "last_write": 0.0}
 

@@ -32,6 +32,7 @@ from aiokafka import TopicPartition
 
 from agents.common import record_dead_letter, record_delivery, send_dead_letter
 from agents.request_consumer import RequestConsumer
+from agents.sre import sre_of
 from streams.index.embed import OnnxEmbedder, graph_for
 from streams.index.vectorstore import shared_store
 from streams.inference.generator import GeneratorClient
@@ -51,12 +52,13 @@ from streams.kafka.rdkafka import AsyncProducer
 from streams.kafka.topics import Topics
 from streams.logs import get_logger
 from streams.models.lifecycle import control_check_from_settings, embedder_version_record, write_events
-from streams.models.registry import ModelVersion, RegistryFollower
+from streams.models.registry import ModelVersion, RegistryFollower, Stage
 from streams.models.rejections import ControlRejected, rejection_alert
 from streams.models.signing import can_sign
 from streams.records import now_ms
 from streams.replay.runner import ORIGINAL_TIMESTAMP_HEADER
 from streams.settings import Settings
+from streams.telemetry.metrics import request_seconds, set_active_models, stage_metrics
 from streams.telemetry.tracing import AgentTracer, BatchTrace
 
 log = get_logger(__name__)
@@ -136,6 +138,11 @@ def register_infer(app: faust.App, settings: Settings, tracer: AgentTracer, agen
             follower.registry, current.ranker, embedder.version, settings.ranker_name, settings.model_max_bytes
         )
         service.swap(replace(current, registry=follower.registry.copy(), classifiers=classifiers, ranker=ranker))
+        show_active_models()
+
+    def show_active_models() -> None:
+        production = [(v.name, v.version) for v in follower.registry.all() if v.stage == Stage.PRODUCTION]
+        set_active_models("infer", [(embedder.name, embedder.version), *production])
 
     async def on_control_rejected(message: Any, rejected: ControlRejected) -> None:
         """A refused control event: a dead letter with the reason, and a critical alert."""
@@ -178,6 +185,7 @@ def register_infer(app: faust.App, settings: Settings, tracer: AgentTracer, agen
         replies = AsyncProducer(settings)
         await replies.start([topics.inference_responses, topics.inference_shadow])
         state["replies"] = replies
+        show_active_models()
         log.info("infer_ready", embedder=embedder.version[:12], models=[v.short for v in follower.registry.all()])
 
     def reply(topic: str, key: str, response: dict[str, Any], headers: list[tuple[str, bytes]]) -> Any:
@@ -246,8 +254,10 @@ def register_infer(app: faust.App, settings: Settings, tracer: AgentTracer, agen
         if service.models.store is None and request.task != "classify":
             service.swap(replace(service.models, store=await run_blocking(open_store)))  # in a thread: slow
         light_request.set(not request.explain)
+        started = time.perf_counter()
         with batch.step("infer.answer", task=request.task):
             response, verdict = await service.answer(request, received_ms)
+        request_seconds(request.task).observe(time.perf_counter() - started)
         batch.annotate(0, status=response["status"], models=[m["version"][:12] for m in response["models"]])
         service.finish(response, received_ms)
         pending.append(reply(topic, request.reply_key, response, headers))
@@ -262,6 +272,7 @@ def register_infer(app: faust.App, settings: Settings, tracer: AgentTracer, agen
 
     async def answer(record: Any) -> None:
         """One request: an answer, or a dead letter if answering failed (never raises but cancellation)."""
+        processed.inc()
         with tracer.record(record_delivery(record)) as batch, batch.current(0):
             try:
                 await handle(record, batch)
@@ -285,6 +296,17 @@ def register_infer(app: faust.App, settings: Settings, tracer: AgentTracer, agen
         answer,
         concurrency=settings.infer_concurrency,
         start_offsets=faust_group_offsets,
+    )
+    processed = stage_metrics("infer").processed
+    sre = sre_of(app)
+    sre.lag_groups[consumer.group] = {consumer.topic}
+    sre.probes.add("models", lambda: None if "replies" in state else "infer: registry, embedder and replies starting")
+    sre.probes.add(
+        "store", lambda: None if service.models.store is not None else "infer: the Milvus collection is not open yet"
+    )
+    sre.probes.add(
+        "consumer_group",
+        lambda: None if consumer.assigned else f"requests group {consumer.group} has no assignment yet",
     )
 
     @app.task  # type: ignore[untyped-decorator]  # faust's decorators are untyped

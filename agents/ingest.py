@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import time
 from collections import Counter
 from typing import Any
 
@@ -22,6 +23,7 @@ from streams.kafka.avro import codec_from_settings
 from streams.kafka.topics import Topics
 from streams.logs import get_logger
 from streams.settings import Settings
+from streams.telemetry.metrics import stage_metrics
 from streams.telemetry.tracing import AgentTracer
 
 log = get_logger(__name__)
@@ -62,14 +64,18 @@ def register_ingest(app: faust.App, settings: Settings, tracer: AgentTracer) -> 
     codec = codec_from_settings(settings)
     pipeline = IngestPipeline(IngestConfig.from_settings(settings), codec, default_tokenizer())
     totals: Counter[str] = Counter()
+    metrics = stage_metrics("ingest")
 
     @app.agent(docs_raw, name="ingest")
     async def ingest(stream: Any) -> None:
         async for events in stream.take_events(settings.ingest_batch_size, within=settings.ingest_batch_seconds):
+            started = time.perf_counter()
             try:
                 await ingest_batch(events)
             except Exception as error:  # noqa: BLE001 - commit nothing of this batch, exit, be restarted
                 await stop_without_acking(app, "ingest", events, error)
+            metrics.processed.inc(len(events))
+            metrics.batch_seconds.observe(time.perf_counter() - started)
 
     changelog = dedup_table.changelog_topic.get_topic_name()
 

@@ -23,6 +23,7 @@ import faust
 
 from agents.common import dead_letter_for, raw_topic, record_dead_letter, send_dead_letter
 from agents.request_consumer import RequestConsumer
+from agents.sre import sre_of
 from streams.inference.feedback import BadFeedback, decode_feedback
 from streams.inference.requests import RequestRejected, parse_request
 from streams.ingest.chunk import default_tokenizer
@@ -36,6 +37,7 @@ from streams.monitor.monitor import Monitor
 from streams.monitor.otel import OtelMonitorExporter
 from streams.monitor.reference import load_reference, reference_from_avro
 from streams.settings import Settings
+from streams.telemetry.metrics import observe_monitor_outputs, stage_metrics
 from streams.telemetry.tracing import TRACE_HEADERS, header_items
 
 log = get_logger(__name__)
@@ -50,8 +52,18 @@ def register_monitor(app: faust.App, settings: Settings, agents: Sequence[str] =
     codec = codec_from_settings(settings)
     config = MonitorConfig.from_settings(settings)
     exporter = OtelMonitorExporter()
-    monitor = Monitor(config, default_tokenizer(), on_outputs=exporter.export)
+
+    def export(outputs: list[Output]) -> None:
+        exporter.export(outputs)
+        observe_monitor_outputs(outputs)  # drift scores on /metrics
+
+    monitor = Monitor(config, default_tokenizer(), on_outputs=export)
     state: dict[str, Any] = {}
+    processed = stage_metrics("monitor").processed
+    sre_of(app).probes.add(
+        "models",
+        lambda: None if "started" in state and state["started"].done() else "monitor: drift reference not loaded yet",
+    )
 
     async def use_reference(reference: Reference | None) -> None:
         if reference is None:
@@ -127,6 +139,7 @@ def register_monitor(app: faust.App, settings: Settings, agents: Sequence[str] =
         async def agent(stream: Any) -> None:
             await ready()
             async for event in stream.events():
+                processed.inc()
                 try:
                     record = decode(event.message.value or b"")
                 except (BadFeedback, CodecError) as error:
@@ -151,6 +164,7 @@ def register_monitor(app: faust.App, settings: Settings, agents: Sequence[str] =
     # to a pattern, so a librdkafka consumer of the monitor's own follows them all.
     async def on_tenant_response(record: FetchedRecord) -> None:
         await ready()
+        processed.inc()
 
         async def reject_record(reason: str, detail: str) -> None:
             letter = record_dead_letter(record, "monitor", reason, detail)
@@ -178,6 +192,9 @@ def register_monitor(app: faust.App, settings: Settings, agents: Sequence[str] =
         concurrency=1,  # in order, like the Faust agents' windows
         consumer_options={"topic.metadata.refresh.interval.ms": TENANT_TOPICS_REFRESH_MS},
     )
+
+    # Tenants' topics come and go: their lag is measured where the group has committed.
+    sre_of(app).lag_groups[tenant_replies.group] = set()
 
     @app.task  # type: ignore[untyped-decorator]  # faust's decorators are untyped
     async def follow_tenant_responses() -> None:

@@ -95,6 +95,7 @@ class RequestConsumer:
         self._stop_reading = threading.Event()
         self._stopped = asyncio.Event()
         self._running = False
+        self.assigned = False  # the group gave this member its partitions (none, past the partition count)
         self._consumer: Consumer | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
 
@@ -280,6 +281,7 @@ class RequestConsumer:
 
     def _on_assign(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
         """Partitions this group never committed start at their fallback offset, if there is one."""
+        self.assigned = True
         if self._fallback and partitions:
             try:
                 committed = {(tp.topic, tp.partition): tp.offset for tp in consumer.committed(partitions, COMMITTED_S)}

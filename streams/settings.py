@@ -402,6 +402,19 @@ class Settings(BaseSettings):
         description="Worker: allocator of Arrow buffers (Milvus Lite's WAL batches); 'default' = pyarrow's own choice.",
     )
 
+    # --- SRE endpoints (`llmops worker`) --------------------------------------------------------
+    sre_port: int = Field(
+        9188,
+        ge=0,
+        le=65535,
+        description="Port of the worker's /healthz, /readyz and /metrics (0 = no endpoints). Not Faust's "
+        "web port (6066, off in our workers).",
+    )
+    sre_host: str = Field(
+        "0.0.0.0",  # noqa: S104 - the kubelet and Prometheus reach a pod on its own IP
+        description="Address the SRE endpoints listen on (127.0.0.1: this host only).",
+    )
+
     # --- Logging -----------------------------------------------------------------------------
     log_format: Literal["auto", "json", "console"] = "auto"
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"

@@ -25,10 +25,13 @@ def worker(agents: str) -> None:
     (default 300); after that the worker exits with code 69 and says what to check.
 
     Run several workers with the same --agents to share the partitions of their topics.
+
+    Serves /healthz, /readyz and Prometheus /metrics on LLMOPS_SRE_PORT (default 9188; 0: off).
     """
     import faust
 
     from agents.app import create_app, internal_topic_specs
+    from agents.sre import serve_endpoints
     from streams.heap import freeze_startup_objects, watch_collections
     from streams.kafka.admin import ensure_topics
     from streams.kafka.broker_wait import EXIT_BROKER_UNREACHABLE, BrokerUnreachable, when_reachable
@@ -54,7 +57,10 @@ def worker(agents: str) -> None:
     watch_collections()
     freeze_startup_objects()  # the model, the app, the clients: full collections skip them from here on
     runner = faust.Worker(app, loglevel=settings.log_level.lower(), override_logging=False, redirect_stdouts=False)
+    endpoints = serve_endpoints(app, settings, runner.loop)  # /healthz, /readyz, /metrics (LLMOPS_SRE_PORT)
     try:
         runner.execute_from_commandline()
     finally:
+        if endpoints is not None:
+            endpoints.close()
         telemetry.shutdown()  # the last spans reach telemetry.spans before the process exits

@@ -292,3 +292,21 @@ async def probe_connection(settings: Settings) -> tuple[bool, str]:
         )
     connection.close()
     return True, f"Kafka at {first} accepts a connection now; the earlier failure was transient or from another broker"
+
+
+async def consumer_lag(settings: Settings, group: str, names: Iterable[str]) -> dict[tuple[str, int], int]:
+    """Records past ``group``'s committed offset on every partition of the named topics.
+
+    A partition the group never committed starts at its beginning (the workers' earliest reset):
+    its lag is all it holds. Topics the group committed on count too, also when not named.
+    """
+    committed = await committed_offsets(settings, group)
+    topics = {*names, *(tp.topic for tp in committed)}
+    if not topics:  # (an empty list would describe every topic of the cluster)
+        return {}
+    begin, end = await offsets(settings, topics)
+    lag = {}
+    for tp, last in end.items():
+        done = committed.get(tp, -1)
+        lag[(tp.topic, tp.partition)] = max(0, last - (done if done >= 0 else begin[tp]))
+    return lag
