@@ -221,10 +221,23 @@ class Settings(BaseSettings):
     partitions: int = Field(6, ge=1, le=1024, description="Partitions of each data topic when created.")
     replication_factor: int = Field(1, ge=1, le=5, description="Replication factor of created topics.")
     security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = "PLAINTEXT"
-    sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"] | None = None
+    sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512", "OAUTHBEARER"] | None = None
     sasl_username: str | None = None
     sasl_password: SecretStr | None = None
+    sasl_oauthbearer_sub: str | None = Field(
+        None,
+        description="OAUTHBEARER: sign in with an unsecured JWT (alg none) for this subject; development brokers "
+        "with Kafka's default unsecured validator only.",
+    )
+    sasl_oauthbearer_token_file: Path | None = Field(
+        None, description="OAUTHBEARER: a file holding the access token (JWT), read again at each login."
+    )
     ssl_cafile: Path | None = None
+    ssl_certfile: Path | None = Field(
+        None, description="mTLS: the client's certificate chain (PEM; may also hold its key)."
+    )
+    ssl_keyfile: Path | None = Field(None, description="mTLS: the client's private key (PEM), if not in the certfile.")
+    ssl_key_password: SecretStr | None = Field(None, description="mTLS: the password of an encrypted private key.")
     broker_wait_seconds: float = Field(
         300.0, ge=0, description="How long a starting worker retries an unreachable broker before exiting (69)."
     )
@@ -399,6 +412,19 @@ class Settings(BaseSettings):
         return value
 
     @model_validator(mode="after")
+    def _kafka_credentials_complete(self) -> Settings:
+        if self.sasl_mechanism == "OAUTHBEARER" and (self.sasl_oauthbearer_sub is None) == (
+            self.sasl_oauthbearer_token_file is None
+        ):
+            raise ValueError(
+                "OAUTHBEARER needs exactly one of LLMOPS_SASL_OAUTHBEARER_TOKEN_FILE (a token file) or "
+                "LLMOPS_SASL_OAUTHBEARER_SUB (an unsecured JWT, development brokers only)"
+            )
+        if self.ssl_keyfile is not None and self.ssl_certfile is None:
+            raise ValueError("LLMOPS_SSL_KEYFILE needs LLMOPS_SSL_CERTFILE (the certificate of that key)")
+        return self
+
+    @model_validator(mode="after")
     def _no_bearer_key_in_clear_text(self) -> Settings:
         if self.generator_api_key is not None and self.generator_url:
             problem = bearer_transport_problem(self.generator_url)
@@ -472,16 +498,3 @@ class Settings(BaseSettings):
         if self.otlp_endpoint:
             return self.otlp_endpoint.rstrip("/") + "/v1/traces"
         return None
-
-    def kafka_client_config(self) -> dict[str, object]:
-        """Security keyword arguments shared by aiokafka producers, consumers and admin clients."""
-        config: dict[str, object] = {"security_protocol": self.security_protocol}
-        if self.sasl_mechanism:
-            config["sasl_mechanism"] = self.sasl_mechanism
-            config["sasl_plain_username"] = self.sasl_username
-            config["sasl_plain_password"] = self.sasl_password.get_secret_value() if self.sasl_password else None
-        if self.security_protocol in ("SSL", "SASL_SSL"):
-            from aiokafka.helpers import create_ssl_context
-
-            config["ssl_context"] = create_ssl_context(cafile=str(self.ssl_cafile) if self.ssl_cafile else None)
-        return config
