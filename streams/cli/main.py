@@ -38,6 +38,7 @@ class LlmopsGroup(click.Group):
             ClusterAuthorizationFailedError,
             GroupAuthorizationFailedError,
             KafkaConnectionError,
+            NodeNotReadyError,
             TopicAuthorizationFailedError,
         )
 
@@ -45,7 +46,7 @@ class LlmopsGroup(click.Group):
 
         try:
             return super().invoke(ctx)
-        except KafkaConnectionError:
+        except (KafkaConnectionError, NodeNotReadyError):  # no connection, or one the broker closed at login
             from streams.kafka.admin import probe_connection
 
             retryable, why = asyncio.run(probe_connection(last_settings()))

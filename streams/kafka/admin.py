@@ -283,10 +283,51 @@ async def probe_connection(settings: Settings) -> tuple[bool, str]:
             "(the CA that signed the broker's certificate), LLMOPS_SSL_CERTFILE and LLMOPS_SSL_KEYFILE (a client "
             f"certificate, if the broker asks for one) and LLMOPS_SECURITY_PROTOCOL ({settings.security_protocol})"
         )
+    except KafkaConnectionError as error:
+        if (
+            settings.security_protocol in ("SSL", "SASL_SSL")
+            and settings.ssl_certfile is None
+            and "closed" in str(error)
+        ):
+            # TLS 1.3: a broker that requires a client certificate finds none only after the client's
+            # side of the handshake is done, and then closes the connection.
+            return False, (
+                f"Kafka at {first} closed the TLS connection without a word: it may require a client certificate "
+                "(mutual TLS): set LLMOPS_SSL_CERTFILE and LLMOPS_SSL_KEYFILE (or ssl.certificate.location and "
+                "ssl.key.location, or a PEM ssl.keystore.location, in --command-config)"
+            )
+        return True, _unreachable(first, settings, error)
     except (TimeoutError, OSError, KafkaError) as error:
-        return True, (
-            f"cannot connect to Kafka at {first} with {settings.security_protocol}: {error!r} "
-            "(is the broker running, e.g. `llmops kafka start`, and does it expect this security protocol?)"
-        )
-    connection.close()
+        return True, _unreachable(first, settings, error)
+    try:
+        if settings.sasl_mechanism == "OAUTHBEARER" and not await _login_held(connection):
+            return False, (
+                f"Kafka at {first} did not accept the OAUTHBEARER token (expired, or not meant for this broker?): "
+                "check LLMOPS_SASL_OAUTHBEARER_TOKEN_FILE (or LLMOPS_SASL_OAUTHBEARER_SUB)"
+            )
+    finally:
+        connection.close()
     return True, f"Kafka at {first} accepts a connection now; the earlier failure was transient or from another broker"
+
+
+async def _login_held(connection: Any) -> bool:
+    """Whether a connection just signed in with OAUTHBEARER may ask for metadata.
+
+    aiokafka sends the token and takes the login as done: it does not read the error challenge
+    (RFC 7628) by which a broker refuses a token, so a refusal shows only in the next answer.
+    """
+    from aiokafka.protocol.metadata import MetadataRequest
+
+    try:
+        metadata = await asyncio.wait_for(connection.send(MetadataRequest([])), 10)
+    except (TimeoutError, OSError, KafkaError):
+        return False
+    return bool(metadata.brokers)
+
+
+def _unreachable(address: str, settings: Settings, error: BaseException) -> str:
+    return (
+        f"cannot connect to Kafka at {address} with {settings.security_protocol}: {error!r} "
+        "(is the broker running, e.g. `llmops kafka start`, and does it expect this security protocol? "
+        "-b/--bootstrap-server or LLMOPS_BOOTSTRAP_SERVERS names the brokers)"
+    )
