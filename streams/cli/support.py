@@ -115,10 +115,15 @@ def load_settings() -> Settings:
         if flags:
             settings = Settings(**_flag_overrides(settings, flags))
     except (ValidationError, SettingsError) as error:
+        problems = describe_settings_error(error)
+        if "bootstrap_server" in flags:  # the flag set it: name the flag first
+            problems = problems.replace(
+                "LLMOPS_BOOTSTRAP_SERVERS:", "-b/--bootstrap-server (LLMOPS_BOOTSTRAP_SERVERS):"
+            )
         raise ConfigurationError(
             "invalid settings (LLMOPS_* environment, .env"
             + (", or the -b/--command-config flags" if flags else "")
-            + f"):\n{describe_settings_error(error)}\n"
+            + f"):\n{problems}\n"
             "fix these; docs/operations.md lists every setting with its allowed values"
         ) from None
     _loaded.append(settings)

@@ -10,7 +10,7 @@ Usage:
     >>> grants = worker_grants("", ["ingest"], "llmops-ingest")
     >>> grants[2].line()
     'User:llmops-ingest ALLOW READ TOPIC docs.raw'
-    >>> await apply_grants(admin_settings, grants)       # CreateAcls, as a super user
+    >>> await apply_grants(admin_settings, grants)       # AdminClient.create_acls, as a super user
 
 Notes:
     Read, Write and the rest imply Describe in Kafka, so no Describe grants are listed. A worker's

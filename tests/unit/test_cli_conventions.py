@@ -103,6 +103,9 @@ def test_a_bad_command_config_is_a_usage_error_naming_the_key_never_the_value(
 
 def test_usage_errors_exit_2() -> None:
     runner = CliRunner()
+    for bad in ("kafka-1", "kafka-1:x", ":9092", "kafka-1:9092,kafka-2:0"):
+        result = runner.invoke(cli, ["kafka", "topics", "-b", bad])
+        assert result.exit_code == EXIT_USAGE and "-b/--bootstrap-server" in result.output, result.output
     assert runner.invoke(cli, ["publish"]).exit_code == EXIT_USAGE
     assert runner.invoke(cli, ["kafka", "topics", "--no-such-flag"]).exit_code == EXIT_USAGE
     assert runner.invoke(cli, ["trace", "not-hex"]).exit_code == EXIT_USAGE
