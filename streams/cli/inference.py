@@ -86,6 +86,7 @@ def query(
     The response says which model versions answered and where the time went.
     """
     from streams.inference.client import InferenceClient, InferenceTimeout
+    from streams.kafka.rdkafka import KafkaUnreachable
 
     settings = load_settings()
 
@@ -99,7 +100,7 @@ def query(
 
     try:
         response = asyncio.run(ask())
-    except InferenceTimeout as error:
+    except (InferenceTimeout, KafkaUnreachable) as error:
         raise NotReady(str(error)) from None
     except TimeoutError:
         raise NotReady(

@@ -54,6 +54,10 @@ def rdkafka_config(settings: Settings, **overrides: Any) -> dict[str, Any]:
     return {**config, **overrides}
 
 
+class KafkaUnreachable(RuntimeError):
+    """librdkafka could not reach the brokers in time; the message names them."""
+
+
 class DeliveryFailed(RuntimeError):
     """The broker did not take a record; the message says which topic and why."""
 
@@ -93,7 +97,7 @@ class AsyncProducer:
             try:
                 await asyncio.to_thread(self._producer.list_topics, topic, timeout)
             except KafkaException as error:
-                raise RuntimeError(
+                raise KafkaUnreachable(
                     f"cannot reach Kafka at {self._bootstrap} for {topic} within {timeout:.0f}s: {error}; "
                     "is the broker running (`llmops kafka status`)?"
                 ) from None
