@@ -13,7 +13,6 @@ Usage:
 
 from __future__ import annotations
 
-import ssl
 from collections.abc import Sequence
 from typing import Any
 
@@ -21,6 +20,7 @@ import faust
 
 from agents import faust_fixes
 from agents.sre import attach_sre
+from streams.kafka.client_security import SettingsTokenProvider, ssl_context
 from streams.kafka.topics import Topics, TopicSpec
 from streams.settings import Settings
 from streams.telemetry.tracing import Telemetry
@@ -29,18 +29,19 @@ AGENT_GROUPS = ("ingest", "embed", "index", "infer", "monitor")
 
 
 def broker_credentials(settings: Settings) -> Any:
-    """Faust credentials for the configured Kafka security protocol, or None."""
-    ssl_context = settings.kafka_client_config().get("ssl_context")
-    assert ssl_context is None or isinstance(ssl_context, ssl.SSLContext)
+    """Faust credentials for the configured Kafka security (TLS, mTLS, SASL, OAUTHBEARER), or None."""
+    context = ssl_context(settings)
+    if settings.sasl_mechanism == "OAUTHBEARER":
+        return faust.OAuthCredentials(oauth_cb=SettingsTokenProvider(settings), ssl_context=context)
     if settings.sasl_mechanism:
         return faust.SASLCredentials(
             username=settings.sasl_username,
             password=settings.sasl_password.get_secret_value() if settings.sasl_password else None,
             mechanism=settings.sasl_mechanism,
-            ssl_context=ssl_context,
+            ssl_context=context,
         )
-    if ssl_context is not None:
-        return faust.SSLCredentials(ssl_context)
+    if context is not None:
+        return faust.SSLCredentials(context)
     return None
 
 

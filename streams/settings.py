@@ -221,10 +221,23 @@ class Settings(BaseSettings):
     partitions: int = Field(6, ge=1, le=1024, description="Partitions of each data topic when created.")
     replication_factor: int = Field(1, ge=1, le=5, description="Replication factor of created topics.")
     security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = "PLAINTEXT"
-    sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"] | None = None
+    sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512", "OAUTHBEARER"] | None = None
     sasl_username: str | None = None
     sasl_password: SecretStr | None = None
+    sasl_oauthbearer_sub: str | None = Field(
+        None,
+        description="OAUTHBEARER: sign in with an unsecured JWT (alg none) for this subject; development brokers "
+        "with Kafka's default unsecured validator only.",
+    )
+    sasl_oauthbearer_token_file: Path | None = Field(
+        None, description="OAUTHBEARER: a file holding the access token (JWT), read again at each login."
+    )
     ssl_cafile: Path | None = None
+    ssl_certfile: Path | None = Field(
+        None, description="mTLS: the client's certificate chain (PEM; may also hold its key)."
+    )
+    ssl_keyfile: Path | None = Field(None, description="mTLS: the client's private key (PEM), if not in the certfile.")
+    ssl_key_password: SecretStr | None = Field(None, description="mTLS: the password of an encrypted private key.")
     broker_wait_seconds: float = Field(
         300.0, ge=0, description="How long a starting worker retries an unreachable broker before exiting (69)."
     )
@@ -419,6 +432,15 @@ class Settings(BaseSettings):
     log_format: Literal["auto", "json", "console"] = "auto"
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
 
+    @field_validator("bootstrap_servers")
+    @classmethod
+    def _check_bootstrap_servers(cls, value: str) -> str:
+        for server in value.split(","):
+            host, _, port = server.strip().rpartition(":")
+            if not host or not port.isdigit() or not 0 < int(port) < 65536:
+                raise ValueError("give a comma-separated list of HOST:PORT (e.g. kafka-1:9092,kafka-2:9092)")
+        return value
+
     @field_validator("namespace")
     @classmethod
     def _check_namespace(cls, value: str) -> str:
@@ -426,6 +448,19 @@ class Settings(BaseSettings):
         if problem:
             raise ValueError(problem)
         return value
+
+    @model_validator(mode="after")
+    def _kafka_credentials_complete(self) -> Settings:
+        if self.sasl_mechanism == "OAUTHBEARER" and (self.sasl_oauthbearer_sub is None) == (
+            self.sasl_oauthbearer_token_file is None
+        ):
+            raise ValueError(
+                "OAUTHBEARER needs exactly one of LLMOPS_SASL_OAUTHBEARER_TOKEN_FILE (a token file) or "
+                "LLMOPS_SASL_OAUTHBEARER_SUB (an unsecured JWT, development brokers only)"
+            )
+        if self.ssl_keyfile is not None and self.ssl_certfile is None:
+            raise ValueError("LLMOPS_SSL_KEYFILE needs LLMOPS_SSL_CERTFILE (the certificate of that key)")
+        return self
 
     @model_validator(mode="after")
     def _no_bearer_key_in_clear_text(self) -> Settings:
@@ -501,16 +536,3 @@ class Settings(BaseSettings):
         if self.otlp_endpoint:
             return self.otlp_endpoint.rstrip("/") + "/v1/traces"
         return None
-
-    def kafka_client_config(self) -> dict[str, object]:
-        """Security keyword arguments shared by aiokafka producers, consumers and admin clients."""
-        config: dict[str, object] = {"security_protocol": self.security_protocol}
-        if self.sasl_mechanism:
-            config["sasl_mechanism"] = self.sasl_mechanism
-            config["sasl_plain_username"] = self.sasl_username
-            config["sasl_plain_password"] = self.sasl_password.get_secret_value() if self.sasl_password else None
-        if self.security_protocol in ("SSL", "SASL_SSL"):
-            from aiokafka.helpers import create_ssl_context
-
-            config["ssl_context"] = create_ssl_context(cafile=str(self.ssl_cafile) if self.ssl_cafile else None)
-        return config

@@ -9,33 +9,46 @@ from typing import Any
 
 import click
 
+from streams.cli.support import EXIT_FAILURE, kafka_options
 from streams.cli.support import echo_json as _echo_json
 from streams.cli.support import load_settings as _settings
 
 
 # --- publish -------------------------------------------------------------------------------
 @click.command()
-@click.argument("file", required=False, type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@kafka_options
+@click.argument("file", required=False, type=click.Path(exists=True, dir_okay=False, allow_dash=True, path_type=Path))
 @click.option("--corpus", type=click.Choice(["stdlib"]), help="Publish a built-in corpus instead of a file.")
 @click.option("--limit", type=int, default=None, help="Publish at most this many documents.")
 @click.option("--topic", default=None, help="Target topic (default: docs.raw of the namespace).")
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
 def publish(file: Path | None, corpus: str | None, limit: int | None, topic: str | None, as_json: bool) -> None:
-    """Publish FILE.jsonl (one document per line, key = its id) or --corpus stdlib to docs.raw.
+    """Publish FILE.jsonl, JSONL on stdin (FILE is -) or --corpus stdlib to docs.raw; key = each id.
 
-    Lines are sent unchanged: the ingest agent validates them and dead-letters bad ones.
+    A line that is not a JSON object is reported with its line number and not sent; the others
+    are sent unchanged (the ingest agent validates them and dead-letters bad documents). Exit 1
+    when any line was skipped, after the valid ones are published.
     """
     from rich.progress import Progress
 
-    from streams.ingest.corpus import document_key, read_jsonl, stdlib_documents
+    from streams.ingest.corpus import document_key, jsonl_lines, line_problem, stdlib_documents
     from streams.ingest.publish import encode_document, publish_records
 
     if (file is None) == (corpus is None):
-        raise click.UsageError("give either FILE.jsonl or --corpus stdlib")
+        raise click.UsageError("give either FILE.jsonl (- for stdin) or --corpus stdlib")
     settings = _settings()
+    skipped: list[dict[str, Any]] = []
     if file is not None:
-        lines = [raw for _, raw in read_jsonl(file)][:limit]
-        records = [(document_key(raw), raw) for raw in lines]
+        lines: list[bytes] = []
+        with click.open_file(str(file), "rb") as handle:
+            for number, raw in jsonl_lines(handle):
+                problem = line_problem(raw)
+                if problem:
+                    skipped.append({"line": number, "error": problem})
+                    click.echo(f"{'stdin' if str(file) == '-' else file}: line {number}: {problem}; skipped", err=True)
+                else:
+                    lines.append(raw)
+        records = [(document_key(raw), raw) for raw in lines[:limit]]
     else:
         records = [encode_document(doc) for doc in stdlib_documents(limit=limit)]
     with Progress(disable=as_json or not sys.stderr.isatty(), transient=True) as progress:
@@ -52,17 +65,21 @@ def publish(file: Path | None, corpus: str | None, limit: int | None, topic: str
                 "bytes": report.bytes,
                 "seconds": round(report.seconds, 3),
                 "records_per_second": round(rate, 1),
+                "skipped": skipped,
             }
         )
     else:
         click.echo(
             f"published {report.records} records ({report.bytes / 1e6:.1f} MB) to {report.topic} "
-            f"in {report.seconds:.1f}s ({rate:.0f}/s)"
+            f"in {report.seconds:.1f}s ({rate:.0f}/s)" + (f"; {len(skipped)} bad line(s) skipped" if skipped else "")
         )
+    if skipped:
+        sys.exit(EXIT_FAILURE)
 
 
 # --- profile -------------------------------------------------------------------------------
 @click.command()
+@kafka_options
 @click.argument("file", required=False, type=click.Path(exists=True, dir_okay=False, path_type=Path))
 @click.option("--topic", default=None, help="Profile a topic range instead of a file.")
 @click.option("--from-offset", type=int, default=0, show_default=True, help="First offset per partition.")

@@ -27,7 +27,7 @@ from aiokafka import TopicPartition
 
 from streams.cli.demo_inference import run_inference_demo
 from streams.cli.demo_monitor import monitor_summary, prepare_monitor, print_monitor
-from streams.cli.support import echo_json, load_settings
+from streams.cli.support import echo_json, kafka_options, load_settings
 from streams.ingest.corpus import stdlib_documents
 from streams.ingest.publish import encode_document, publish_records
 from streams.kafka.admin import ensure_topics, read_range
@@ -282,6 +282,7 @@ def print_inference(inference: dict[str, Any]) -> None:
 
 # --- the command ----------------------------------------------------------------------------------
 @click.command()
+@kafka_options
 @click.option("--limit", type=int, default=None, help="Publish at most this many stdlib documents.")
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
 def demo(limit: int | None, as_json: bool) -> None:

@@ -13,7 +13,7 @@ from typing import Any
 
 import click
 
-from streams.cli.support import echo_json, load_settings
+from streams.cli.support import EXIT_FAILURE, NotReady, echo_json, kafka_options, load_settings
 
 
 def print_response(response: dict[str, Any]) -> None:
@@ -77,6 +77,7 @@ def print_response(response: dict[str, Any]) -> None:
 
 # --- query ---------------------------------------------------------------------------------
 @click.command()
+@kafka_options
 @click.argument("text")
 @click.option("--task", type=click.Choice(["search", "classify", "rag"]), default="search", show_default=True)
 @click.option("--tenant", default=None, help="Retrieve only this tenant's chunks (default: documents without one).")
@@ -118,6 +119,7 @@ def query(
     The response says which model versions answered and where the time went.
     """
     from streams.inference.client import InferenceClient, InferenceTimeout
+    from streams.kafka.rdkafka import KafkaUnreachable
 
     settings = load_settings()
 
@@ -133,18 +135,20 @@ def query(
 
     try:
         response = asyncio.run(ask())
+    except (InferenceTimeout, KafkaUnreachable) as error:
+        raise NotReady(str(error)) from None
     except TimeoutError:
-        raise click.ClickException(
-            f"no answer within {timeout:.0f}s: is a worker with the infer agent running (`llmops worker`)?"
+        raise NotReady(
+            f"no answer within {timeout:.0f}s (--timeout): is a worker with the infer agent running (`llmops worker`)?"
         ) from None
-    except (InferenceTimeout, RuntimeError) as error:
+    except RuntimeError as error:
         raise click.ClickException(str(error)) from None
     if as_json:
         echo_json(response)
     else:
         print_response(response)
     if response["status"] != "OK":
-        sys.exit(2)
+        sys.exit(EXIT_FAILURE)
 
 
 # --- search --------------------------------------------------------------------------------

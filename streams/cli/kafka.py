@@ -7,6 +7,7 @@ import sys
 
 import click
 
+from streams.cli.support import EXIT_NOT_READY, kafka_options
 from streams.cli.support import echo_json as _echo_json
 from streams.cli.support import load_settings as _settings
 
@@ -18,6 +19,7 @@ def kafka() -> None:
 
 
 @kafka.command("start")
+@kafka_options
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
 def kafka_start(as_json: bool) -> None:
     """Start the broker if it is not running, create our topics, print the bootstrap address.
@@ -44,7 +46,8 @@ def kafka_start(as_json: bool) -> None:
 
 
 @kafka.command("stop")
-def kafka_stop() -> None:
+@click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
+def kafka_stop(as_json: bool) -> None:
     """Stop the embedded broker (SIGTERM, then SIGKILL after 30 s)."""
     from streams.kafka.broker import BrokerError, EmbeddedKafka
 
@@ -52,13 +55,17 @@ def kafka_stop() -> None:
         stopped = EmbeddedKafka.from_settings(_settings()).stop()
     except BrokerError as error:
         raise click.ClickException(str(error)) from None
-    click.echo("Kafka stopped" if stopped else "Kafka was not running")
+    if as_json:
+        _echo_json({"stopped": stopped})
+    else:
+        click.echo("Kafka stopped" if stopped else "Kafka was not running")
 
 
 @kafka.command("status")
+@kafka_options
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
 def kafka_status(as_json: bool) -> None:
-    """Say whether the broker runs, and the records on each topic of this namespace. Exit 1 if down."""
+    """Say whether the broker runs, and the records on each topic of this namespace. Exit 3 if down."""
     from streams.kafka.admin import count_records
     from streams.kafka.broker import BrokerError, EmbeddedKafka
     from streams.kafka.topics import ALL_BASE_NAMES, Topics
@@ -86,10 +93,11 @@ def kafka_status(as_json: bool) -> None:
         for count in counts:
             click.echo(f"  {count.topic:<28} {count.partitions:>3} partitions {count.records:>10} records")
     if not status.running:
-        sys.exit(1)
+        sys.exit(EXIT_NOT_READY)
 
 
 @kafka.command("topics")
+@kafka_options
 @click.option(
     "--tenant",
     "tenants",
@@ -135,6 +143,7 @@ def kafka_topics(tenants: tuple[str, ...], as_json: bool) -> None:
 
 
 @kafka.command("acls")
+@kafka_options
 @click.option("--agents", default=None, help="One worker's agent set (e.g. embed,index); default: each group alone.")
 @click.option(
     "--role",

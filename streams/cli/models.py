@@ -15,7 +15,7 @@ from typing import Any
 
 import click
 
-from streams.cli.support import echo_json, load_settings
+from streams.cli.support import EXIT_FAILURE, echo_json, kafka_options, load_settings
 from streams.models.registry import RegistryError, Stage
 
 STAGE_COLOURS = {"production": "green", "qa": "yellow", "registered": "cyan", "archived": "dim"}
@@ -77,6 +77,7 @@ def data_options(function: Any) -> Any:
 
 
 @models.command("list")
+@kafka_options
 @click.option("--name", default=None, help="Only this model.")
 @click.option("--json", "as_json", is_flag=True, help="Print the versions as JSON.")
 def models_list(name: str | None, as_json: bool) -> None:
@@ -116,6 +117,7 @@ def _echo_events(events: Any, as_json: bool) -> None:
 
 
 @models.command("train-classifier")
+@kafka_options
 @click.option("--name", default="stdlib-topic", show_default=True, help="Model name to register the version under.")
 @data_options
 @click.option("--json", "as_json", is_flag=True, help="Print the registered version as JSON.")
@@ -139,6 +141,7 @@ def models_train(name: str, data: Path | None, corpus: str | None, classes: int,
 
 
 @models.command("register")
+@kafka_options
 @click.argument("name")
 @click.argument("graph", type=click.Path(exists=True, dir_okay=False, path_type=Path))
 @click.option("--labels", required=True, help="Comma-separated labels in the graph's output order.")
@@ -165,6 +168,7 @@ def models_register(name: str, graph: Path, labels: str, as_json: bool) -> None:
 
 
 @models.command("register-embedder")
+@kafka_options
 @click.option("--json", "as_json", is_flag=True, help="Print the registered version as JSON.")
 def models_register_embedder(as_json: bool) -> None:
     """Record the embedder this deployment runs (workers do it themselves when they may sign events)."""
@@ -180,6 +184,7 @@ def models_register_embedder(as_json: bool) -> None:
 
 
 @models.command("evaluate")
+@kafka_options
 @click.argument("spec", metavar="NAME@VERSION")
 @data_options
 @click.option("--json", "as_json", is_flag=True, help="Print the evaluated version as JSON.")
@@ -198,10 +203,11 @@ def models_evaluate(
         verdict = "passed" if result.qa_passed else "FAILED"
         click.echo(f"{result.short}: QA {verdict}: {result.qa_report}")
     if not result.qa_passed:
-        sys.exit(3)
+        sys.exit(EXIT_FAILURE)
 
 
 @models.command("promote")
+@kafka_options
 @click.argument("spec", metavar="NAME@VERSION")
 @click.option("--to", "stage", type=click.Choice(["qa", "production"]), required=True, help="Target stage.")
 @click.option("--approved-by", default=None, help="Who approves (required for production).")
@@ -221,6 +227,7 @@ def models_promote(spec: str, stage: str, approved_by: str | None, shadow: bool,
 
 
 @models.command("rollback")
+@kafka_options
 @click.argument("name")
 @click.option("--json", "as_json", is_flag=True, help="Print the changed versions as JSON.")
 def models_rollback(name: str, as_json: bool) -> None:
@@ -231,6 +238,7 @@ def models_rollback(name: str, as_json: bool) -> None:
 
 
 @models.command("shadow-report")
+@kafka_options
 @click.argument("name")
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
 def models_shadow_report(name: str, as_json: bool) -> None:

@@ -15,7 +15,7 @@ from typing import Any
 
 import click
 
-from streams.cli.support import echo_json, load_settings
+from streams.cli.support import echo_json, kafka_options, load_settings
 
 
 @click.group()
@@ -24,6 +24,7 @@ def monitor() -> None:
 
 
 @monitor.command("set-reference")
+@kafka_options
 @click.option("--corpus", type=click.Choice(["stdlib"]), help="Docstring chunks of the standard library.")
 @click.option(
     "--split",
@@ -164,6 +165,7 @@ def render_status(status: dict[str, Any]) -> Any:
 
 
 @monitor.command("status")
+@kafka_options
 @click.option(
     "--once", is_flag=True, help="Print once and exit (default on a terminal: refresh until Ctrl-C; elsewhere: once)."
 )
@@ -191,8 +193,10 @@ def status(once: bool, interval: float, as_json: bool) -> None:
 
 
 @monitor.command("report")
+@kafka_options
 @click.option("--out", type=click.Path(dir_okay=False, path_type=Path), required=True, help="FILE.png or FILE.html")
-def report(out: Path) -> None:
+@click.option("--json", "as_json", is_flag=True, help="Print what was plotted as JSON.")
+def report(out: Path, as_json: bool) -> None:
     """Plot every statistic over time with its threshold and alert marks."""
     from streams.kafka.topics import Topics
     from streams.monitor.report import write_report
@@ -203,4 +207,7 @@ def report(out: Path) -> None:
     snapshots = asyncio.run(read_records(settings, topics.monitor_metrics, "MetricSnapshot"))
     alerts = asyncio.run(read_records(settings, topics.monitor_alerts, "Alert"))
     write_report(out, snapshots, alerts)
-    click.echo(f"{len(snapshots)} snapshots and {len(alerts)} alert events plotted to {out}")
+    if as_json:
+        echo_json({"out": str(out), "snapshots": len(snapshots), "alerts": len(alerts)})
+    else:
+        click.echo(f"{len(snapshots)} snapshots and {len(alerts)} alert events plotted to {out}")

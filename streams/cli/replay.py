@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 import click
 
-from streams.cli.support import echo_json, load_settings
+from streams.cli.support import EXIT_NOT_READY, echo_json, kafka_options, load_settings
 from streams.replay.runner import REPLAYABLE, ReplayError, ReplaySpec
 from streams.settings import Settings
 
@@ -49,6 +49,7 @@ def replay() -> None:
 
 
 @replay.command("run")
+@kafka_options
 @click.option("--topic", type=click.Choice(REPLAYABLE), required=True, help="Live topic to replay.")
 @click.option("--namespace", required=True, help="Namespace to replay into (a new one per experiment).")
 @click.option("--from-offset", type=int, default=None, help="First offset, per partition (default: the beginning).")
@@ -109,11 +110,12 @@ def replay_run(
         )
         click.echo(f"next: llmops replay diff {namespace}")
     if not manifest.caught_up:
-        click.echo(f"the pipeline did not finish within {timeout:.0f}s; see the worker log", err=True)
-        sys.exit(2)
+        click.echo(f"the pipeline did not finish within {timeout:.0f}s (--timeout); see the worker log", err=True)
+        sys.exit(EXIT_NOT_READY)
 
 
 @replay.command("diff")
+@kafka_options
 @click.argument("namespace")
 @click.option("--against", default="live", show_default=True, help="'live' or another replay namespace.")
 @click.option("--tolerance", type=float, default=0.999, show_default=True, help="Cosine floor when models differ.")
@@ -158,6 +160,7 @@ def _print_report(report: dict[str, Any]) -> None:
 
 
 @replay.command("list")
+@kafka_options
 @click.option("--json", "as_json", is_flag=True, help="Print the replays as JSON.")
 def replay_list(as_json: bool) -> None:
     """Replay namespaces with their source range, models and state."""
@@ -178,6 +181,7 @@ def replay_list(as_json: bool) -> None:
 
 
 @replay.command("drop")
+@kafka_options
 @click.argument("namespace")
 @click.option("--yes", is_flag=True, help="Do not ask for confirmation (needed without a terminal).")
 @click.option("--json", "as_json", is_flag=True, help="Print the plan as JSON; without --yes nothing is deleted.")

@@ -5,11 +5,13 @@ from __future__ import annotations
 import click
 
 from streams.cli.support import echo_json as _echo_json
+from streams.cli.support import kafka_options
 from streams.cli.support import load_settings as _settings
 
 
 # --- trace ---------------------------------------------------------------------------------
 @click.command("trace")
+@kafka_options
 @click.argument("trace_id", required=False)
 @click.option("--doc", "doc_id", default=None, help="The latest trace of this document id.")
 @click.option("--request", "request_id", default=None, help="The trace of this inference request id.")

@@ -7,11 +7,13 @@ import sys
 
 import click
 
+from streams.cli.support import kafka_options
 from streams.cli.support import load_settings as _settings
 
 
 # --- worker --------------------------------------------------------------------------------
 @click.command()
+@kafka_options
 @click.option(
     "--agents",
     default="ingest,embed,index,infer,monitor",

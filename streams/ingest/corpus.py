@@ -16,7 +16,7 @@ from __future__ import annotations
 import ast
 import json
 import sysconfig
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -105,10 +105,28 @@ def stdlib_documents(root: Path | None = None, limit: int | None = None) -> Iter
 def read_jsonl(path: Path) -> Iterator[tuple[int, bytes]]:
     """(line number, raw line bytes) of a JSONL file, blank lines skipped; bytes are sent as-is."""
     with open(path, "rb") as handle:
-        for number, line in enumerate(handle, start=1):
-            stripped = line.strip()
-            if stripped:
-                yield number, stripped
+        yield from jsonl_lines(handle)
+
+
+def jsonl_lines(handle: Iterable[bytes]) -> Iterator[tuple[int, bytes]]:
+    """(line number, raw line bytes) of JSONL from any binary stream (a file, stdin), blank lines skipped."""
+    for number, line in enumerate(handle, start=1):
+        stripped = line.strip()
+        if stripped:
+            yield number, stripped
+
+
+def line_problem(raw: bytes) -> str | None:
+    """Why a JSONL line cannot be a document (not JSON, or not an object), or None; never quotes it."""
+    try:
+        obj = json.loads(raw)
+    except UnicodeDecodeError:
+        return "not UTF-8"
+    except json.JSONDecodeError as error:
+        return f"not JSON ({error.msg} at column {error.colno})"
+    except RecursionError:
+        return "not JSON (nested too deeply)"
+    return None if isinstance(obj, dict) else f"a JSON {type(obj).__name__}, not an object"
 
 
 def document_key(raw: bytes) -> bytes | None:

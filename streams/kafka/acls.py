@@ -10,7 +10,7 @@ Usage:
     >>> grants = worker_grants("", ["ingest"], "llmops-ingest")
     >>> grants[2].line()
     'User:llmops-ingest ALLOW READ TOPIC docs.raw'
-    >>> await apply_grants(admin_settings, grants)       # CreateAcls, as a super user
+    >>> await apply_grants(admin_settings, grants)       # AdminClient.create_acls, as a super user
 
 Notes:
     Read, Write and the rest imply Describe in Kafka, so no Describe grants are listed. A worker's
@@ -24,6 +24,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass
+from typing import Any
 
 from streams.kafka.topics import (
     DEADLETTER,
@@ -214,47 +215,63 @@ def markdown_table() -> str:
     return "\n".join(rows) + "\n"
 
 
-# Kafka's wire codes (org.apache.kafka.common.resource / acl).
-_RESOURCE_TYPES = {"TOPIC": 2, "GROUP": 3}
-_PATTERNS = {"LITERAL": 3, "PREFIXED": 4}
-_OPERATIONS = {"ALL": 2, "READ": 3, "WRITE": 4, "CREATE": 5}
-_ALLOW = 3
-
-
 class AclError(RuntimeError):
     """The broker refused to create a grant; the message names it and the broker's reason."""
 
 
+def acl_binding(grant: AclGrant) -> Any:
+    """``grant`` as confluent-kafka's ``AclBinding`` (ALLOW, from any host)."""
+    from confluent_kafka.admin import (
+        AclBinding,
+        AclOperation,
+        AclPermissionType,
+        ResourcePatternType,
+        ResourceType,
+    )
+
+    return AclBinding(
+        ResourceType[grant.resource_type],
+        grant.resource,
+        ResourcePatternType[grant.pattern],
+        grant.principal,
+        "*",
+        AclOperation[grant.operation],
+        AclPermissionType.ALLOW,
+    )
+
+
+def create_acls(settings: Settings, grants: Sequence[AclGrant], timeout: float = 30.0) -> int:
+    """Create ``grants`` with confluent-kafka's ``AdminClient.create_acls``; return how many.
+
+    Blocking (librdkafka waits on its own threads): :func:`apply_grants` runs it off the event loop.
+
+    Raises:
+        AclError: the broker refused a grant (the first refusal is named, with the broker's reason).
+    """
+    from confluent_kafka import KafkaException
+    from confluent_kafka.admin import AdminClient
+
+    from streams.kafka.rdkafka import rdkafka_config
+
+    if not grants:
+        return 0
+    admin = AdminClient(rdkafka_config(settings))
+    bindings = {acl_binding(grant): grant for grant in grants}
+    futures = admin.create_acls(list(bindings), request_timeout=timeout)
+    for binding, future in futures.items():
+        try:
+            future.result()
+        except KafkaException as error:
+            raise AclError(f"the broker refused '{bindings[binding].line()}': {error.args[0].str()}") from None
+    return len(bindings)
+
+
 async def apply_grants(settings: Settings, grants: Iterable[AclGrant]) -> int:
-    """Create ``grants`` (CreateAcls, one request each; existing bindings are kept); return how many.
+    """Create ``grants`` (existing bindings are kept); return how many.
 
     ``settings`` must authenticate a principal allowed to alter ACLs (the embedded broker's super
-    user). aiokafka's admin client has no ACL methods, so the protocol request is sent directly.
+    user).
     """
-    from aiokafka.admin import AIOKafkaAdminClient
-    from aiokafka.protocol.admin import CreateAclsRequest
+    import asyncio
 
-    from streams.kafka.admin import client_kwargs
-
-    admin = AIOKafkaAdminClient(**client_kwargs(settings))
-    await admin.start()
-    count = 0
-    try:
-        for grant in grants:
-            request = CreateAclsRequest(
-                _RESOURCE_TYPES[grant.resource_type],
-                grant.resource,
-                _PATTERNS[grant.pattern],
-                grant.principal,
-                "*",
-                _OPERATIONS[grant.operation],
-                _ALLOW,
-            )
-            response = await admin._send_request(request)  # aiokafka has no public ACL API
-            for error_code, error_message, *_ in response.creation_responses:
-                if error_code:
-                    raise AclError(f"the broker refused '{grant.line()}': error {error_code} {error_message}")
-            count += 1
-    finally:
-        await admin.close()
-    return count
+    return await asyncio.to_thread(create_acls, settings, sorted(set(grants)))

@@ -28,13 +28,14 @@ from aiokafka.errors import (
     for_code,
 )
 
+from streams.kafka.client_security import aiokafka_security
 from streams.kafka.topics import Topics, TopicSpec
 from streams.settings import Settings
 
 
 def client_kwargs(settings: Settings) -> dict[str, Any]:
     """Bootstrap servers and security options for any aiokafka client."""
-    return {"bootstrap_servers": settings.bootstrap_servers, **settings.kafka_client_config()}
+    return {"bootstrap_servers": settings.bootstrap_servers, **aiokafka_security(settings)}
 
 
 def producer(settings: Settings, **overrides: Any) -> AIOKafkaProducer:
@@ -251,15 +252,6 @@ async def wait_for_group(settings: Settings, group: str, timeout: float = 90.0) 
     return False
 
 
-async def diagnose_connection(settings: Settings) -> str:
-    """Why the first bootstrap server cannot be used, in words (never with the password).
-
-    aiokafka reports a refused login, a TLS failure and a stopped broker alike, as "Unable to
-    bootstrap"; one direct connection tells them apart.
-    """
-    return (await probe_connection(settings))[1]
-
-
 async def probe_connection(settings: Settings) -> tuple[bool, str]:
     """One direct connection to the first bootstrap server: (worth retrying, what happened in words).
 
@@ -272,25 +264,49 @@ async def probe_connection(settings: Settings) -> tuple[bool, str]:
     first = settings.bootstrap_servers.split(",")[0].strip()
     host, _, port = first.rpartition(":")
     try:
-        connection = await create_conn(host, int(port), request_timeout_ms=10_000, **settings.kafka_client_config())
+        connection = await create_conn(host, int(port), request_timeout_ms=10_000, **aiokafka_security(settings))
     except SaslAuthenticationFailed:
+        if settings.sasl_mechanism == "OAUTHBEARER":
+            where = "LLMOPS_SASL_OAUTHBEARER_TOKEN_FILE or LLMOPS_SASL_OAUTHBEARER_SUB"
+        else:
+            where = "LLMOPS_SASL_USERNAME and LLMOPS_SASL_PASSWORD"
         return False, (
-            f"Kafka at {first} refused the credentials of user {settings.sasl_username!r} "
-            f"({settings.sasl_mechanism}): check LLMOPS_SASL_USERNAME and LLMOPS_SASL_PASSWORD"
+            f"Kafka at {first} refused the credentials of user "
+            f"{settings.sasl_username or settings.sasl_oauthbearer_sub!r} ({settings.sasl_mechanism}): check "
+            f"{where} (or sasl.jaas.config in --command-config)"
         )
     except UnsupportedSaslMechanismError as error:
         return False, f"Kafka at {first} does not offer {settings.sasl_mechanism}: {error} (LLMOPS_SASL_MECHANISM)"
     except ssl.SSLError as error:
         return False, (
             f"the TLS handshake with Kafka at {first} failed: {error.reason or error}; check LLMOPS_SSL_CAFILE "
-            f"(the CA that signed the broker's certificate) and LLMOPS_SECURITY_PROTOCOL ({settings.security_protocol})"
+            "(the CA that signed the broker's certificate), LLMOPS_SSL_CERTFILE and LLMOPS_SSL_KEYFILE (a client "
+            f"certificate, if the broker asks for one) and LLMOPS_SECURITY_PROTOCOL ({settings.security_protocol})"
         )
+    except KafkaConnectionError as error:
+        if (
+            settings.security_protocol in ("SSL", "SASL_SSL")
+            and settings.ssl_certfile is None
+            and "closed" in str(error)
+        ):
+            # TLS 1.3: a broker that requires a client certificate finds none only after the client's
+            # side of the handshake is done, and then closes the connection.
+            return False, (
+                f"Kafka at {first} closed the TLS connection without a word: it may require a client certificate "
+                "(mutual TLS): set LLMOPS_SSL_CERTFILE and LLMOPS_SSL_KEYFILE (or ssl.certificate.location and "
+                "ssl.key.location, or a PEM ssl.keystore.location, in --command-config)"
+            )
+        return True, _unreachable(first, settings, error)
     except (TimeoutError, OSError, KafkaError) as error:
-        return True, (
-            f"cannot connect to Kafka at {first} with {settings.security_protocol}: {error!r} "
-            "(is the broker running, e.g. `llmops kafka start`, and does it expect this security protocol?)"
-        )
-    connection.close()
+        return True, _unreachable(first, settings, error)
+    try:
+        if settings.sasl_mechanism == "OAUTHBEARER" and not await _login_held(connection):
+            return False, (
+                f"Kafka at {first} did not accept the OAUTHBEARER token (expired, or not meant for this broker?): "
+                "check LLMOPS_SASL_OAUTHBEARER_TOKEN_FILE (or LLMOPS_SASL_OAUTHBEARER_SUB)"
+            )
+    finally:
+        connection.close()
     return True, f"Kafka at {first} accepts a connection now; the earlier failure was transient or from another broker"
 
 
@@ -310,3 +326,26 @@ async def consumer_lag(settings: Settings, group: str, names: Iterable[str]) -> 
         done = committed.get(tp, -1)
         lag[(tp.topic, tp.partition)] = max(0, last - (done if done >= 0 else begin[tp]))
     return lag
+
+
+async def _login_held(connection: Any) -> bool:
+    """Whether a connection just signed in with OAUTHBEARER may ask for metadata.
+
+    aiokafka sends the token and takes the login as done: it does not read the error challenge
+    (RFC 7628) by which a broker refuses a token, so a refusal shows only in the next answer.
+    """
+    from aiokafka.protocol.metadata import MetadataRequest
+
+    try:
+        metadata = await asyncio.wait_for(connection.send(MetadataRequest([])), 10)
+    except (TimeoutError, OSError, KafkaError):
+        return False
+    return bool(metadata.brokers)
+
+
+def _unreachable(address: str, settings: Settings, error: BaseException) -> str:
+    return (
+        f"cannot connect to Kafka at {address} with {settings.security_protocol}: {error!r} "
+        "(is the broker running, e.g. `llmops kafka start`, and does it expect this security protocol? "
+        "-b/--bootstrap-server or LLMOPS_BOOTSTRAP_SERVERS names the brokers)"
+    )

@@ -151,7 +151,8 @@ class EmbeddedKafka:
         host, _, port = first.rpartition(":")
         if host not in ("127.0.0.1", "localhost", "::1", "[::1]"):
             raise BrokerError(
-                f"LLMOPS_BOOTSTRAP_SERVERS={settings.bootstrap_servers} is not a loopback address; "
+                f"the bootstrap address {settings.bootstrap_servers} (-b or LLMOPS_BOOTSTRAP_SERVERS) is not a "
+                "loopback address; "
                 "the embedded broker only runs locally (use your cluster directly instead)"
             )
         try:

@@ -20,8 +20,8 @@ Usage:
 
 Notes:
     Delivery reports are served by one thread per producer (``poll``), and resolve asyncio
-    futures through ``call_soon_threadsafe``. ``rdkafka_config`` maps the same ``LLMOPS_*``
-    security settings as ``Settings.kafka_client_config`` does for aiokafka.
+    futures through ``call_soon_threadsafe``. ``rdkafka_config`` takes its security options from
+    :func:`streams.kafka.client_security.rdkafka_security`, beside the aiokafka ones.
 """
 
 from __future__ import annotations
@@ -35,6 +35,7 @@ from typing import Any, cast
 
 from confluent_kafka import TIMESTAMP_NOT_AVAILABLE, Consumer, KafkaError, KafkaException, Message, Producer
 
+from streams.kafka.client_security import rdkafka_security
 from streams.logs import get_logger
 from streams.settings import Settings
 
@@ -47,17 +48,14 @@ def rdkafka_config(settings: Settings, **overrides: Any) -> dict[str, Any]:
     """Bootstrap servers and security options for any librdkafka client, then ``overrides``."""
     config: dict[str, Any] = {
         "bootstrap.servers": settings.bootstrap_servers,
-        "security.protocol": settings.security_protocol,
         "socket.nagle.disable": True,
+        **rdkafka_security(settings),
     }
-    if settings.sasl_mechanism:
-        config["sasl.mechanism"] = settings.sasl_mechanism
-        config["sasl.username"] = settings.sasl_username
-        if settings.sasl_password is not None:
-            config["sasl.password"] = settings.sasl_password.get_secret_value()
-    if settings.security_protocol in ("SSL", "SASL_SSL") and settings.ssl_cafile:
-        config["ssl.ca.location"] = str(settings.ssl_cafile)
     return {**config, **overrides}
+
+
+class KafkaUnreachable(RuntimeError):
+    """librdkafka could not reach the brokers in time; the message names them."""
 
 
 class DeliveryFailed(RuntimeError):
@@ -99,7 +97,7 @@ class AsyncProducer:
             try:
                 await asyncio.to_thread(self._producer.list_topics, topic, timeout)
             except KafkaException as error:
-                raise RuntimeError(
+                raise KafkaUnreachable(
                     f"cannot reach Kafka at {self._bootstrap} for {topic} within {timeout:.0f}s: {error}; "
                     "is the broker running (`llmops kafka status`)?"
                 ) from None

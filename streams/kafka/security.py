@@ -1,4 +1,4 @@
-"""SASL/SCRAM and TLS for the embedded broker, from the same settings the clients use.
+"""SASL (SCRAM, OAUTHBEARER) and TLS (also mutual) for the embedded broker, from the settings clients use.
 
 Why this exists:
     A client configured with ``LLMOPS_SECURITY_PROTOCOL=SASL_SSL`` and SCRAM credentials must
@@ -6,7 +6,9 @@ Why this exists:
     into broker properties (a SASL or SSL listener, SCRAM as the inter-broker mechanism), the
     ``--add-scram`` argument that creates the user when KRaft storage is formatted, and, for TLS,
     a self-signed certificate made with ``keytool`` whose PEM is written where
-    ``LLMOPS_SSL_CAFILE`` points, so that clients verify the broker against it.
+    ``LLMOPS_SSL_CAFILE`` points, so that clients verify the broker against it. With
+    ``client_ca_file`` the listener asks every client for a certificate signed by that CA
+    (mutual TLS); with ``OAUTHBEARER`` it takes Kafka's unsecured JWTs (development only).
 
 Usage:
     >>> security = BrokerSecurity.from_settings(settings)   # None for PLAINTEXT
@@ -38,6 +40,7 @@ from pydantic import SecretStr
 from streams.settings import Settings
 
 SCRAM_MECHANISMS = ("SCRAM-SHA-256", "SCRAM-SHA-512")
+OAUTHBEARER = "OAUTHBEARER"
 # keytool reads the store password from this variable (`-storepass:env`), never from argv.
 STORE_PASSWORD_ENV = "LLMOPS_KEYTOOL_STOREPASS"  # noqa: S105 - a variable name, not a password
 
@@ -77,6 +80,8 @@ class BrokerSecurity:
     authorizer: bool = False
     # More SCRAM users created when storage is formatted (name, password): per-agent principals.
     users: tuple[tuple[str, SecretStr], ...] = ()
+    # Mutual TLS: clients must present a certificate signed by a CA in this PEM file.
+    client_ca_file: Path | None = None
 
     @classmethod
     def from_settings(cls, settings: Settings) -> BrokerSecurity | None:
@@ -84,11 +89,12 @@ class BrokerSecurity:
         protocol = settings.security_protocol
         if protocol == "PLAINTEXT":
             return None
+        oauth = settings.sasl_mechanism == OAUTHBEARER
         security = cls(
             protocol,
             settings.sasl_mechanism,
-            settings.sasl_username,
-            settings.sasl_password,
+            settings.sasl_oauthbearer_sub if oauth else settings.sasl_username,
+            None if oauth else settings.sasl_password,
             settings.ssl_cafile,
             authorizer=settings.kafka_authorizer,
         )
@@ -103,16 +109,29 @@ class BrokerSecurity:
     def tls(self) -> bool:
         return self.protocol.endswith("SSL")
 
+    @property
+    def scram(self) -> bool:
+        return self.sasl and self.mechanism in SCRAM_MECHANISMS
+
     def check(self) -> None:
-        if self.sasl and (self.mechanism not in SCRAM_MECHANISMS or not self.username or not self.password):
+        if self.sasl and self.mechanism == OAUTHBEARER:
+            if not self.username:
+                raise BrokerSecurityError(
+                    "the embedded broker takes OAUTHBEARER with unsecured JWTs (development only): "
+                    "set LLMOPS_SASL_OAUTHBEARER_SUB, the subject of its own login"
+                )
+        elif self.sasl and (not self.scram or not self.username or not self.password):
             raise BrokerSecurityError(
-                f"the embedded broker supports SASL with {' or '.join(SCRAM_MECHANISMS)}: set LLMOPS_SASL_MECHANISM, "
-                "LLMOPS_SASL_USERNAME and LLMOPS_SASL_PASSWORD"
+                f"the embedded broker supports SASL with {' or '.join(SCRAM_MECHANISMS)} or {OAUTHBEARER}: set "
+                "LLMOPS_SASL_MECHANISM, LLMOPS_SASL_USERNAME and LLMOPS_SASL_PASSWORD"
             )
-        if self.authorizer and not self.sasl:
+        if self.authorizer and not self.scram:
             raise BrokerSecurityError(
-                "ACLs on the embedded broker (LLMOPS_KAFKA_AUTHORIZER) need SASL: its SCRAM user is the super user"
+                "ACLs on the embedded broker (LLMOPS_KAFKA_AUTHORIZER) need SASL/SCRAM: "
+                "its SCRAM user is the super user"
             )
+        if self.client_ca_file is not None and not self.tls:
+            raise BrokerSecurityError("client certificates (mutual TLS) need an SSL or SASL_SSL listener")
         if self.tls and self.ca_file is None:
             raise BrokerSecurityError(
                 "TLS needs LLMOPS_SSL_CAFILE: the embedded broker writes its self-signed certificate there "
@@ -121,7 +140,7 @@ class BrokerSecurity:
 
     def format_arguments(self) -> list[str]:
         """``kafka-storage format`` arguments that create the SCRAM user in the metadata log."""
-        if not self.sasl:
+        if not self.scram:
             return []
         assert self.password is not None
         users = [(self.username, self.password), *self.users]
@@ -136,13 +155,10 @@ class BrokerSecurity:
         props: dict[str, str] = {}
         prefix = f"listener.name.{listener.lower()}"
         if self.sasl:
-            assert self.mechanism is not None and self.password is not None
+            assert self.mechanism is not None
             props["sasl.enabled.mechanisms"] = self.mechanism
             props["sasl.mechanism.inter.broker.protocol"] = self.mechanism
-            props[f"{prefix}.{self.mechanism.lower()}.sasl.jaas.config"] = (
-                "org.apache.kafka.common.security.scram.ScramLoginModule required "
-                f'username="{self.username}" password="{self.password.get_secret_value()}";'
-            )
+            props[f"{prefix}.{self.mechanism.lower()}.sasl.jaas.config"] = self._jaas()
             props["super.users"] = f"User:{self.username}"
         if self.authorizer:
             props.update(self._authorizer_properties(listener))
@@ -159,7 +175,41 @@ class BrokerSecurity:
                     "ssl.truststore.password": store_password,
                 }
             )
+            if self.client_ca_file is not None:
+                del props["ssl.truststore.password"]
+                props.update(self._client_auth_properties(tls_dir))
         return props
+
+    def _jaas(self) -> str:
+        """The listener's login: SCRAM with the super user's password, or (OAUTHBEARER) an unsecured JWT.
+
+        OAUTHBEARER uses Kafka's default unsecured login and validator (``alg: none`` tokens):
+        for development and tests only, never for a broker others can reach.
+        """
+        if self.mechanism == OAUTHBEARER:
+            return (
+                "org.apache.kafka.common.security.oauthbearer.OAuthBearerLoginModule required "
+                f'unsecuredLoginStringClaim_sub="{self.username}";'
+            )
+        assert self.password is not None
+        return (
+            "org.apache.kafka.common.security.scram.ScramLoginModule required "
+            f'username="{self.username}" password="{self.password.get_secret_value()}";'
+        )
+
+    def _client_auth_properties(self, tls_dir: Path) -> dict[str, str]:
+        """Mutual TLS: a PEM trust store of the client CA and the broker's own certificate.
+
+        The broker's certificate stays trusted for its inter-broker connections, which present it.
+        """
+        assert self.client_ca_file is not None and self.ca_file is not None
+        truststore = tls_dir / "client-truststore.pem"
+        truststore.write_text(self.client_ca_file.read_text().strip() + "\n" + self.ca_file.read_text().strip() + "\n")
+        return {
+            "ssl.client.auth": "required",
+            "ssl.truststore.type": "PEM",
+            "ssl.truststore.location": str(truststore),
+        }
 
     def _authorizer_properties(self, listener: str) -> dict[str, str]:
         """StandardAuthorizer on, and a controller listener whose callers are known.

@@ -65,3 +65,21 @@ def test_acls_without_sasl_are_refused_up_front() -> None:
     settings = Settings(security_protocol="SSL", ssl_cafile=Path("ca.pem"), kafka_authorizer=True)
     with pytest.raises(BrokerSecurityError, match="need SASL"):
         BrokerSecurity.from_settings(settings)
+
+
+def test_oauthbearer_settings_make_an_unsecured_jwt_listener_with_no_scram_users(tmp_path: Path) -> None:
+    settings = Settings(security_protocol="SASL_PLAINTEXT", sasl_mechanism="OAUTHBEARER", sasl_oauthbearer_sub="admin")
+    security = BrokerSecurity.from_settings(settings)
+    assert security is not None and security.format_arguments() == []
+    props = security.properties("SASL_PLAINTEXT", tmp_path)
+    assert props["sasl.enabled.mechanisms"] == "OAUTHBEARER" and props["super.users"] == "User:admin"
+    jaas = props["listener.name.sasl_plaintext.oauthbearer.sasl.jaas.config"]
+    assert jaas.startswith("org.apache.kafka.common.security.oauthbearer.OAuthBearerLoginModule required")
+    assert 'unsecuredLoginStringClaim_sub="admin"' in jaas
+    with pytest.raises(BrokerSecurityError, match="SASL/SCRAM"):
+        BrokerSecurity.from_settings(settings.model_copy(update={"kafka_authorizer": True}))
+
+
+def test_client_certificates_need_a_tls_listener() -> None:
+    with pytest.raises(BrokerSecurityError, match="mutual TLS"):
+        BrokerSecurity("SASL_PLAINTEXT", "SCRAM-SHA-512", "u", SecretStr("p"), client_ca_file=Path("ca.pem")).check()

@@ -9,6 +9,7 @@ from confluent_kafka import TIMESTAMP_CREATE_TIME, TIMESTAMP_NOT_AVAILABLE, Kafk
 from pydantic import SecretStr
 from structlog.testing import capture_logs
 
+from streams.kafka.client_security import aiokafka_security
 from streams.kafka.rdkafka import DeliveryFailed, FetchedRecord, FetchErrors, _settle, fetch, rdkafka_config
 from streams.settings import Settings
 
@@ -38,7 +39,7 @@ def test_the_same_security_settings_as_the_aiokafka_clients() -> None:
     assert config["ssl.ca.location"] == "/etc/kafka/ca.pem"
     assert config["linger.ms"] == 0
     plaintext = settings.model_copy(update={"security_protocol": "SASL_PLAINTEXT"})
-    aiokafka = plaintext.kafka_client_config()  # (SSL would load the CA file)
+    aiokafka = aiokafka_security(plaintext)  # (SSL would load the CA file)
     assert aiokafka["sasl_mechanism"] == rdkafka_config(plaintext)["sasl.mechanism"]
     assert aiokafka["sasl_plain_password"] == rdkafka_config(plaintext)["sasl.password"]
 

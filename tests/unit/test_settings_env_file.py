@@ -13,6 +13,7 @@ from click.testing import CliRunner
 from pydantic import ValidationError
 
 from streams.cli.main import cli
+from streams.cli.support import EXIT_USAGE
 from streams.settings import Settings
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -90,11 +91,11 @@ def test_a_bad_value_is_reported_by_field_and_kind_never_echoed(in_tmp: Path, li
     assert SECRET not in str(raised.value) and SECRET not in repr(raised.value)
 
     result = CliRunner().invoke(cli, ["replay", "list"])
-    assert result.exit_code == 1
+    assert result.exit_code == EXIT_USAGE  # a setting to change: a configuration (usage) error
     assert field in result.output and kind in result.output, result.output
     assert SECRET not in result.output
 
     done = llmops_subprocess(in_tmp, "replay", "list")
-    assert done.returncode == 1
+    assert done.returncode == EXIT_USAGE
     assert field in done.stderr and kind in done.stderr, done.stderr
     assert SECRET not in done.stdout + done.stderr

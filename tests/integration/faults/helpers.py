@@ -38,9 +38,14 @@ PIPELINE = ("ingest", "embed", "index")
 CODEC = AvroCodec(EmbeddedRegistry.from_directory())
 
 
+# Extra brokers count down from here: LLMOPS_TEST_FAULT_PORT_BASE when set (to keep every port of a
+# run inside one block, e.g. base = test port + 18), else LLMOPS_TEST_KAFKA_PORT.
+FAULT_PORT_BASE = int(os.environ.get("LLMOPS_TEST_FAULT_PORT_BASE", str(TEST_PORT)))
+
+
 def fault_port(offset: int) -> int:
-    """A port for an extra broker: ``LLMOPS_TEST_KAFKA_PORT - offset`` (the test broker uses +0/+1)."""
-    return TEST_PORT - offset
+    """A port for an extra broker: ``FAULT_PORT_BASE - offset`` (the test broker uses +0/+1)."""
+    return FAULT_PORT_BASE - offset
 
 
 def report(fault: str, **figures: Any) -> None:
@@ -258,10 +263,10 @@ def passwords_of(*settings: Settings) -> list[str]:
 
 
 def refusal(principal: Settings, *args: str) -> tuple[str, str]:
-    """``llmops ARGS`` as ``principal``, which an ACL must refuse: exit code 2 and one ``Error:`` line
+    """``llmops ARGS`` as ``principal``, which an ACL must refuse: exit code 4 and one ``Error:`` line
     that names the user and ``llmops kafka acls``. Returns that line and all the output."""
     result = run_cli(principal, *args, timeout=180)
-    assert result.returncode == 2, result.stderr[-2000:]
+    assert result.returncode == 4, result.stderr[-2000:]
     errors = [line for line in result.stderr.splitlines() if line.startswith("Error: ")]
     assert len(errors) == 1, result.stderr[-2000:]
     assert f"refused user {principal.sasl_username!r} " in errors[0] and "llmops kafka acls" in errors[0], errors[0]
