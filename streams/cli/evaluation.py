@@ -15,7 +15,7 @@ from typing import Any
 
 import click
 
-from streams.cli.support import echo_json, load_settings
+from streams.cli.support import NotReady, echo_json, kafka_options, load_settings
 
 FILE_HELP = """FILE is JSONL, one question per line:
 
@@ -76,8 +76,8 @@ def _run_with_client(tenant: str | None, work: Any) -> Any:
     try:
         return asyncio.run(run())
     except (TimeoutError, InferenceTimeout):
-        raise click.ClickException(
-            "no answer in time: is a worker with the infer agent running (`llmops worker`)?"
+        raise NotReady(
+            "no answer in time (--timeout): is a worker with the infer agent running (`llmops worker`)?"
         ) from None
     except RuntimeError as error:
         raise click.ClickException(str(error)) from None
@@ -89,6 +89,7 @@ def eval_group() -> None:
 
 
 @eval_group.command("retrieval", epilog=FILE_HELP)
+@kafka_options
 @click.argument("file", required=False, type=click.Path(exists=True, dir_okay=False, path_type=Path))
 @click.option(
     "--modes",
@@ -139,6 +140,7 @@ def _interval(estimate: dict[str, float]) -> str:
 
 
 @eval_group.command("rag", epilog=FILE_HELP)
+@kafka_options
 @click.argument("file", required=False, type=click.Path(exists=True, dir_okay=False, path_type=Path))
 @click.option("--tenant", default=None, help="Ask as this tenant.")
 @click.option("--timeout", type=float, default=60.0, show_default=True, help="Seconds to wait for each answer.")
@@ -186,6 +188,7 @@ def eval_rag(file: Path | None, tenant: str | None, timeout: float, as_json: boo
 
 
 @click.command("train-ranker", epilog=FILE_HELP.replace("TEST split", "DEV split"))
+@kafka_options
 @click.argument("file", required=False, type=click.Path(exists=True, dir_okay=False, path_type=Path))
 @click.option("--name", default=None, help="Ranker name (default: LLMOPS_RANKER_NAME, the one search uses).")
 @click.option("--tenant", default=None, help="Ask as this tenant.")

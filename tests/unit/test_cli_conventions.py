@@ -19,8 +19,8 @@ from streams.cli.support import (
 
 # Commands that print no result of their own: `worker` runs until stopped.
 NO_RESULT = {"worker"}
-# Commands that never talk to Kafka: `kafka stop` signals a local process, `search` reads Milvus.
-NO_KAFKA = {"kafka stop", "search"}
+# Commands that never talk to Kafka: `kafka stop` signals a local process, `search` and `index migrate` read Milvus.
+NO_KAFKA = {"kafka stop", "search", "index migrate"}
 
 
 def leaf_commands(group: click.Group = cli, prefix: str = "") -> dict[str, click.Command]:
