@@ -22,6 +22,7 @@ import asyncio
 import json
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -40,10 +41,10 @@ from streams.evaluation.metrics import paired_difference, per_question, summariz
 from streams.evaluation.ranker_training import train_with_calibration
 from streams.index.embed import OnnxEmbedder
 from streams.inference.requests import InferenceRequest
-from streams.inference.service import InferenceService, LoadedRanker, ModelSet
+from streams.inference.service import InferenceService, ModelSet, load_ranker
 from streams.ingest.corpus import stdlib_documents
-from streams.models.ranker import OnnxRanker
-from streams.models.registry import Kind, ModelVersion, Stage
+from streams.models.lifecycle import ranker_version
+from streams.models.registry import Registry, Stage
 from streams.records import now_ms
 from streams.settings import Settings
 
@@ -100,12 +101,14 @@ async def main(as_json: bool, index_dir: Path, questions_dir: Path | None) -> No
     ask = asker(service)
     dev_sets = await collect_candidates(dev, ask, progress("dev candidates"))
     training = train_with_calibration(dev_sets)
-    version = ModelVersion(
-        "retrieval-ranker", "bench", Kind.RANKER, Stage.PRODUCTION, now_ms(), artifact=training.trained.onnx
+    # The version as `llmops models train-ranker` registers it, loaded as the worker loads it.
+    candidate = ranker_version(
+        settings.ranker_name, training.trained.onnx, embedder.version, training.metrics, actor="bench", note="bench"
     )
-    ranker = LoadedRanker(
-        version, OnnxRanker(training.trained.onnx, name="bench", version="bench"), training.abstain_below
+    ranker = load_ranker(
+        Registry([replace(candidate, stage=Stage.PRODUCTION)]), None, embedder.version, settings.ranker_name
     )
+    assert ranker is not None and ranker.answerability is not None
 
     baseline_results = await evaluate_retrieval(
         test, ask, ("bm25", "dense", "hybrid", "ranked"), progress=progress("test (no ranker)")
