@@ -21,10 +21,11 @@ Notes:
     :func:`describe_settings_error`): a secret pasted into the wrong variable is never echoed.
     No other module reads
     ``os.environ`` for configuration: that is why this module is long (about 490 lines, one field
-    and one validator per setting) and stays one module. Of the standard ``OTEL_*`` variables, the OTLP endpoints
-    are read here (they switch OTLP export on); the rest (``OTEL_SERVICE_NAME``,
-    ``OTEL_RESOURCE_ATTRIBUTES``, ``OTEL_TRACES_SAMPLER(_ARG)``, ``OTEL_EXPORTER_OTLP_HEADERS``...)
-    are read by the OpenTelemetry SDK itself.
+    and one validator per setting) and stays one module. Of the standard ``OTEL_*`` variables, those that
+    decide whether and how spans leave the process are read and checked here (``OTEL_SDK_DISABLED``,
+    ``OTEL_TRACES_EXPORTER``, the OTLP endpoints and protocol), so a bad value is refused by its name;
+    the rest (``OTEL_SERVICE_NAME``, ``OTEL_RESOURCE_ATTRIBUTES``, ``OTEL_TRACES_SAMPLER(_ARG)``,
+    ``OTEL_EXPORTER_OTLP_(TRACES_)HEADERS``...) are read by the OpenTelemetry SDK itself.
 """
 
 from __future__ import annotations
@@ -82,7 +83,11 @@ OTEL_ENV_NAMES = {
     "otlp_endpoint": "OTEL_EXPORTER_OTLP_ENDPOINT",
     "otlp_traces_endpoint": "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT",
     "otlp_protocol": "OTEL_EXPORTER_OTLP_PROTOCOL",
+    "otel_traces_exporter": "OTEL_TRACES_EXPORTER",
+    "otel_sdk_disabled": "OTEL_SDK_DISABLED",
 }
+# OTEL_TRACES_EXPORTER names this install can honour (the SDK's entry points; ``none`` = no exporter).
+OTEL_TRACE_EXPORTERS = ("none", "otlp", "console", "otlp_proto_grpc", "otlp_proto_http")
 ENV_PREFIX = "LLMOPS_"
 MASK = "**********"
 _log = logging.getLogger(__name__)
@@ -328,20 +333,30 @@ class Settings(BaseSettings):
     tracing_queue_size: int = Field(
         8192, ge=64, description="Ended spans waiting for export; past it spans are dropped and counted."
     )
+    otel_sdk_disabled: bool = Field(
+        False,
+        validation_alias=OTEL_ENV_NAMES["otel_sdk_disabled"],
+        description="OTEL_SDK_DISABLED=true: no spans at all, neither OTLP nor telemetry.spans (headers pass through).",
+    )
+    otel_traces_exporter: str | None = Field(
+        None,
+        validation_alias=OTEL_ENV_NAMES["otel_traces_exporter"],
+        description="OTEL_TRACES_EXPORTER: otlp, console, none or a comma list; unset = otlp when an endpoint is set.",
+    )
     otlp_endpoint: str | None = Field(
         None,
         validation_alias=OTEL_ENV_NAMES["otlp_endpoint"],
-        description="OTLP/HTTP base URL (OTEL_EXPORTER_OTLP_ENDPOINT); set = spans also go there.",
+        description="OTLP base URL (OTEL_EXPORTER_OTLP_ENDPOINT); set = spans also go there.",
     )
     otlp_traces_endpoint: str | None = Field(
         None,
         validation_alias=OTEL_ENV_NAMES["otlp_traces_endpoint"],
-        description="OTLP/HTTP traces URL (OTEL_EXPORTER_OTLP_TRACES_ENDPOINT); wins over otlp_endpoint.",
+        description="OTLP traces URL (OTEL_EXPORTER_OTLP_TRACES_ENDPOINT); wins over otlp_endpoint.",
     )
-    otlp_protocol: Literal["http/protobuf"] | None = Field(
+    otlp_protocol: Literal["grpc", "http/protobuf"] | None = Field(
         None,
         validation_alias=AliasChoices("OTEL_EXPORTER_OTLP_TRACES_PROTOCOL", OTEL_ENV_NAMES["otlp_protocol"]),
-        description="Only OTLP over HTTP with protobuf is sent (the Collector's port 4318); grpc is refused.",
+        description="OTLP over gRPC (port 4317) or HTTP with protobuf (port 4318, the default); http/json is refused.",
     )
 
     # --- Monitoring (agent group "monitor") ---------------------------------------------------
@@ -426,6 +441,17 @@ class Settings(BaseSettings):
                     found += [userinfo, userinfo.partition(":")[2]]
         return sorted({secret for secret in found if len(secret) >= 4}, key=len, reverse=True)
 
+    @field_validator("otel_traces_exporter")
+    @classmethod
+    def _check_trace_exporters(cls, value: str | None) -> str | None:
+        if value is None or not value.strip():
+            return None
+        names = [name.strip().lower() for name in value.split(",") if name.strip()]
+        unknown = [name for name in names if name not in OTEL_TRACE_EXPORTERS]
+        if unknown:
+            raise ValueError(f"{len(unknown)} unknown exporter name(s); choose from {list(OTEL_TRACE_EXPORTERS)}")
+        return ",".join(names)
+
     @field_validator("redact_pii")
     @classmethod
     def _check_pii_kinds(cls, value: tuple[str, ...]) -> tuple[str, ...]:
@@ -466,12 +492,30 @@ class Settings(BaseSettings):
 
     @property
     def otlp_traces_url(self) -> str | None:
-        """Where OTLP/HTTP spans go, if anywhere (the signal URL, as the OTLP spec derives it)."""
+        """Where OTLP spans go over the configured protocol, if anywhere (see :meth:`otlp_url`)."""
+        return self.otlp_url(grpc=self.otlp_protocol == "grpc")
+
+    def otlp_url(self, grpc: bool) -> str | None:
+        """The OTLP traces endpoint as the OTLP spec derives it from the endpoint variables.
+
+        Over HTTP the base endpoint gets the signal path ``/v1/traces``; over gRPC it is used as is.
+        """
         if self.otlp_traces_endpoint:
             return self.otlp_traces_endpoint
         if self.otlp_endpoint:
-            return self.otlp_endpoint.rstrip("/") + "/v1/traces"
+            return self.otlp_endpoint if grpc else self.otlp_endpoint.rstrip("/") + "/v1/traces"
         return None
+
+    @property
+    def trace_exporters(self) -> list[str]:
+        """The OTel SDK exporter names to run beside telemetry.spans (``OTEL_TRACES_EXPORTER``).
+
+        Unset means ``otlp`` when an OTLP endpoint is set and none otherwise (the spec's default
+        is ``otlp`` to localhost, which would retry against a Collector that most setups lack).
+        """
+        if self.otel_traces_exporter is None:
+            return ["otlp"] if self.otlp_traces_url else []
+        return [name for name in self.otel_traces_exporter.split(",") if name != "none"]
 
     def kafka_client_config(self) -> dict[str, object]:
         """Security keyword arguments shared by aiokafka producers, consumers and admin clients."""

@@ -41,8 +41,11 @@ from streams.models.artifacts import DEFAULT_MAX_BYTES, verify_digest
 from streams.models.classifier import OnnxClassifier, explain
 from streams.models.registry import Kind, ModelVersion, Registry, RegistryError
 from streams.records import now_ms
+from streams.telemetry import genai
+from streams.telemetry.tracing import model_call
 
 DEFAULT_CLASSIFIER = "stdlib-topic"
+INJECTION_SCREEN = "prompt-injection-screen"  # gen_ai.request.model of the injection classifier
 CONTEXT_ONLY_NOTE = "context only: no generator configured (set LLMOPS_GENERATOR_URL to an OpenAI-compatible endpoint)"
 
 
@@ -226,7 +229,15 @@ class InferenceService:
         """The verdict on the request text (``vector``: its embedding, when already computed)."""
         if self.injection is None:
             return screen(request.text, self.block_at, self.flag_at)
-        return self.injection.screen(request.text, vector)
+        with self._screen_call(texts=1):
+            return self.injection.screen(request.text, vector)
+
+    def _screen_call(self, texts: int) -> Any:
+        """The model-call span of the injection classifier over ``texts`` texts."""
+        assert self.injection is not None
+        return model_call(
+            genai.CLASSIFY, INJECTION_SCREEN, response_model=f"{INJECTION_SCREEN}@{self.injection.version}", texts=texts
+        )
 
     def screen_passages(self, hits: list[Hit]) -> tuple[list[Hit], list[dict[str, Any]]]:
         """(passages that may reach a generator, withheld passages with their verdicts)."""
@@ -235,7 +246,8 @@ class InferenceService:
         if self.injection is None:
             verdicts = [screen(hit.snippet, self.block_at, self.flag_at) for hit in hits]
         else:
-            verdicts = self.injection.screen_many([hit.snippet for hit in hits])
+            with self._screen_call(texts=len(hits)):
+                verdicts = self.injection.screen_many([hit.snippet for hit in hits])
         kept, withheld = [], []
         for hit, verdict in zip(hits, verdicts, strict=True):
             if verdict.score >= self.chunk_at:
@@ -332,7 +344,7 @@ class InferenceService:
     ) -> Verdict:
         """The blocking part of a request, run in one worker thread: embed, screen, then the task if ``work``."""
         started = time.perf_counter()
-        vectors = models.embedder.embed([request.text])
+        vectors = embed_query(models.embedder, request.text)
         timer.measure("embed", started)
         started = time.perf_counter()
         verdict = self.screen(request, vectors[0])
@@ -353,7 +365,8 @@ class InferenceService:
             response["hits"] = [hit_dict(hit) for hit in hits]
             return verdict
         started = time.perf_counter()
-        response["label"], response["probabilities"] = loaded.head.predict(vectors)[0]
+        with classify_call(loaded):
+            response["label"], response["probabilities"] = loaded.head.predict(vectors)[0]
         if request.explain:
             words, method = explain(loaded.head, models.embedder, request.text)
             response["explanation"] = [{"token": token, "weight": weight} for token, weight in words]
@@ -376,11 +389,12 @@ class InferenceService:
         candidates = models.shadows_for(loaded)
         if not candidates:
             return []
-        vectors = await self._run_blocking(models.embedder.embed, [request.text])
+        vectors = await self._run_blocking(embed_query, models.embedder, request.text)
         answers = []
         for candidate in candidates:
             started = time.perf_counter()
-            label, probabilities = candidate.head.predict(vectors)[0]
+            with classify_call(candidate, shadow_of=loaded.version.version):
+                label, probabilities = candidate.head.predict(vectors)[0]
             shadow = base_response(request.request_id, request.client_id, request.task, "OK", tenant=request.tenant)
             shadow.update(
                 label=label,
@@ -396,6 +410,24 @@ class InferenceService:
             shadow["latency"]["classify_ms"] = (time.perf_counter() - started) * 1000
             answers.append(shadow)
         return answers
+
+
+def embed_query(embedder: Embedder, text: str) -> Any:
+    """The embedding of one request text, in a GenAI ``embeddings`` model-call span."""
+    with model_call(genai.EMBEDDINGS, embedder.name, response_model=f"{embedder.name}@{embedder.version}"):
+        return embedder.embed([text])
+
+
+def classify_call(loaded: LoadedClassifier, **attributes: Any) -> Any:
+    """The model-call span of one classifier head (a GenAI ``classify`` operation)."""
+    version = loaded.version
+    return model_call(
+        genai.CLASSIFY,
+        version.name,
+        response_model=f"{version.name}@{version.version}",
+        stage=version.stage.value,
+        **attributes,
+    )
 
 
 async def _inline(function: Callable[..., Any], *args: Any) -> Any:
