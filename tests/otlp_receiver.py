@@ -9,7 +9,7 @@ Why this exists:
     metadata) it came with, so tests can check service names, resource attributes and auth headers.
 
 Usage:
-    >>> with OtlpReceiver(grpc_port=29195, http_port=29196) as receiver:
+    >>> with OtlpReceiver() as receiver:     # GRPC_PORT and HTTP_PORT on 127.0.0.1
     ...     ...  # run a process with OTEL_EXPORTER_OTLP_ENDPOINT=receiver.grpc_endpoint
     ...     receiver.spans()     # [(protocol, resource attributes, span), ...]
 """
@@ -28,6 +28,9 @@ from typing import Any
 import grpc
 from opentelemetry.proto.collector.trace.v1 import trace_service_pb2, trace_service_pb2_grpc
 from opentelemetry.proto.common.v1.common_pb2 import AnyValue
+
+# Near the test broker's port (LLMOPS_TEST_KAFKA_PORT, and its controller on the port after it).
+GRPC_PORT, HTTP_PORT = 29195, 29196
 
 
 @dataclass
@@ -56,8 +59,8 @@ def attributes(items: Any) -> dict[str, Any]:
 class OtlpReceiver:
     """Both OTLP transports on loopback ports; ``received`` grows as exporters send."""
 
-    grpc_port: int
-    http_port: int
+    grpc_port: int = GRPC_PORT
+    http_port: int = HTTP_PORT
     received: list[Received] = field(default_factory=list)
 
     def __post_init__(self) -> None:

@@ -85,11 +85,15 @@ def query(
     The response says which model versions answered and where the time went.
     """
     from streams.inference.client import InferenceClient, InferenceTimeout
+    from streams.logs import configure_logging
+    from streams.telemetry.tracing import Telemetry
 
     settings = load_settings()
+    configure_logging(settings)  # log lines (span export's too) to stderr: stdout holds the answer
+    telemetry = Telemetry.from_settings(settings, role="cli")  # the request's trace starts here
 
     async def ask() -> dict[str, Any]:
-        async with InferenceClient(settings) as client:
+        async with InferenceClient(settings, tracer=telemetry.agent_tracer("query", group="")) as client:
             request = client.request(text, task, tenant=tenant, top_k=top_k, model=model, explain=explain)
             future = await client.send(request)
             response = await asyncio.wait_for(future, timeout)
@@ -104,6 +108,8 @@ def query(
         ) from None
     except (InferenceTimeout, RuntimeError) as error:
         raise click.ClickException(str(error)) from None
+    finally:
+        telemetry.shutdown()  # the request's span reaches its exporters before the command exits
     if as_json:
         echo_json(response)
     else:

@@ -207,6 +207,11 @@ class DroppingSpanProcessor(BatchSpanProcessor):
         self._clock = clock
         self._warned_at = float("-inf")
 
+    @property
+    def exporter(self) -> SpanExporter:
+        """The exporter this processor feeds."""
+        return self._tally.inner
+
     def on_end(self, span: ReadableSpan) -> None:
         if span.context is None or not span.context.trace_flags.sampled:
             return
@@ -225,12 +230,14 @@ class DroppingSpanProcessor(BatchSpanProcessor):
             log.warning("spans_dropped", dropped_total=self.dropped, queue_size=self.max_queue_size)
 
 
-def exporters_from_settings(settings: Settings) -> list[SpanProcessor]:
-    """Span processors for this process: ``telemetry.spans`` always, then each ``OTEL_TRACES_EXPORTER``."""
-    sink = KafkaSpanSink(settings, Topics(settings.namespace).telemetry_spans)
-    processors: list[SpanProcessor] = [
-        DroppingSpanProcessor(OtlpProtoSpanExporter(sink.send, sink.close), settings.tracing_queue_size)
-    ]
+def exporters_from_settings(settings: Settings, to_topic: bool = True) -> list[SpanProcessor]:
+    """Span processors for this process: ``telemetry.spans`` if ``to_topic``, then each ``OTEL_TRACES_EXPORTER``."""
+    processors: list[SpanProcessor] = []
+    if to_topic:
+        sink = KafkaSpanSink(settings, Topics(settings.namespace).telemetry_spans)
+        processors.append(
+            DroppingSpanProcessor(OtlpProtoSpanExporter(sink.send, sink.close), settings.tracing_queue_size)
+        )
     processors.extend(
         DroppingSpanProcessor(exporter, settings.tracing_queue_size) for exporter in standard_exporters(settings)
     )

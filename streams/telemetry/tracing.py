@@ -346,12 +346,18 @@ class Telemetry:
 
     @classmethod
     def from_settings(cls, settings: Settings, role: str = "worker") -> Telemetry:
-        """Kafka export to ``telemetry.spans``, plus the exporters ``OTEL_TRACES_EXPORTER`` names."""
+        """Kafka export to ``telemetry.spans``, plus the exporters ``OTEL_TRACES_EXPORTER`` names.
+
+        A command (``role`` other than ``worker``) exports only to the latter: a client's
+        principal may not write ``telemetry.spans`` (docs/security.md), and with none of them
+        configured it records nothing, as before.
+        """
         if not settings.tracing or settings.otel_sdk_disabled:
             return cls([], enabled=False, role=role)
         from streams.telemetry.span_export import exporters_from_settings
 
-        return cls(exporters_from_settings(settings), role=role)
+        processors = exporters_from_settings(settings, to_topic=role == "worker")
+        return cls(processors, enabled=bool(processors), role=role)
 
     def provider(self, service: str, **resource: Any) -> TracerProvider:
         """A tracer provider for ``service`` (the SDK reads OTEL_TRACES_SAMPLER and _ARG)."""

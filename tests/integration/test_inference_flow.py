@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import asyncio
 import json
+import subprocess
+import sys
 import time
 import uuid
 from collections import Counter
@@ -324,6 +326,38 @@ def test_a_request_is_one_trace_that_the_response_continues(served: Settings) ->
     names = {span["name"] for span in trace["spans"]}
     assert f"infer {Topics(served.namespace).inference_requests}" in names  # the consumer span of the request
     assert "llmops-infer" in trace["services"]
+
+
+def test_llmops_query_starts_the_request_trace_and_sends_its_span_by_otlp(served: Settings) -> None:
+    from tests.otlp_receiver import OtlpReceiver
+
+    with OtlpReceiver() as receiver:
+        env = {
+            **WorkerProcess(served).env(),
+            "OTEL_EXPORTER_OTLP_PROTOCOL": "grpc",
+            "OTEL_EXPORTER_OTLP_ENDPOINT": receiver.grpc_endpoint,
+            "OTEL_SERVICE_NAME": "acme-cli",
+        }
+        done = subprocess.run(
+            [sys.executable, "-m", "streams.cli", "query", "read a zip archive", "--json"],
+            capture_output=True,
+            text=True,
+            env=env,
+            cwd=ROOT,
+            timeout=120,
+            check=False,
+        )
+    assert done.returncode == 0, done.stderr
+    response = json.loads(done.stdout)
+    ((_, resource, span),) = receiver.spans()  # the command's one span, sent before it exited
+    assert (resource["service.name"], resource["llmops.role"]) == ("acme-cli", "cli")
+    assert span.kind == span.SPAN_KIND_PRODUCER and span.trace_id.hex() == response["trace_id"]
+    consumer = next(
+        s
+        for s in request_trace(served, response)["spans"]
+        if s["name"] == f"infer {Topics(served.namespace).inference_requests}"
+    )
+    assert consumer["parent_span_id"] == span.span_id.hex(), "the infer agent continues the command's trace"
 
 
 def test_model_calls_of_a_request_are_genai_spans(served: Settings) -> None:

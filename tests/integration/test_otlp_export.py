@@ -27,8 +27,6 @@ from tests.otlp_receiver import OtlpReceiver, attributes
 
 from .conftest import ROOT, WorkerProcess, run
 
-# The broker takes LLMOPS_TEST_KAFKA_PORT and the port after it (its controller).
-GRPC_PORT, HTTP_PORT = 29195, 29196
 OTEL_NAMES = (
     "OTEL_SDK_DISABLED",
     "OTEL_TRACES_EXPORTER",
@@ -60,7 +58,7 @@ class OtelWorker(WorkerProcess):
 
 @pytest.fixture
 def receiver() -> Any:
-    with OtlpReceiver(grpc_port=GRPC_PORT, http_port=HTTP_PORT) as otlp:
+    with OtlpReceiver() as otlp:
         yield otlp
 
 

@@ -17,7 +17,7 @@ from pydantic import ValidationError
 
 from streams.settings import Settings, describe_settings_error
 from streams.telemetry import genai
-from streams.telemetry.span_export import standard_exporters
+from streams.telemetry.span_export import DroppingSpanProcessor, standard_exporters
 from streams.telemetry.tracing import Delivery, Telemetry, model_call, record_usage
 
 OTEL_VARIABLES = (
@@ -84,6 +84,22 @@ def test_otel_sdk_disabled_records_nothing_but_passes_the_upstream_context_on(
     tracer = telemetry.agent_tracer("ingest", group="g")
     with tracer.batch([Delivery("docs.raw", 0, 0, [("traceparent", traceparent)])]) as batch:
         assert batch.inject(0, []) == [("traceparent", traceparent)]
+
+
+def test_a_command_exports_only_to_the_otel_exporters_and_records_nothing_without_them(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    assert not Telemetry.from_settings(Settings(), role="cli").enabled  # a client may not write telemetry.spans
+    monkeypatch.setenv("OTEL_TRACES_EXPORTER", "console")
+    command = Telemetry.from_settings(Settings(), role="cli")
+    worker = Telemetry.from_settings(Settings())
+    try:
+        processors = [p for p in command.processors if isinstance(p, DroppingSpanProcessor)]
+        assert command.enabled and [type(p.exporter) for p in processors] == [ConsoleSpanExporter]
+        assert len(worker.processors) == 2, "the worker: telemetry.spans and the console"
+    finally:
+        command.shutdown()
+        worker.shutdown()
 
 
 def recording() -> tuple[InMemorySpanExporter, Telemetry]:
