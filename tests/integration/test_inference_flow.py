@@ -9,8 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import subprocess
-import sys
 import time
 import uuid
 from collections import Counter
@@ -332,21 +330,12 @@ def test_llmops_query_starts_the_request_trace_and_sends_its_span_by_otlp(served
     from tests.otlp_receiver import OtlpReceiver
 
     with OtlpReceiver() as receiver:
-        env = {
-            **WorkerProcess(served).env(),
+        otel = {
             "OTEL_EXPORTER_OTLP_PROTOCOL": "grpc",
             "OTEL_EXPORTER_OTLP_ENDPOINT": receiver.grpc_endpoint,
             "OTEL_SERVICE_NAME": "acme-cli",
         }
-        done = subprocess.run(
-            [sys.executable, "-m", "streams.cli", "query", "read a zip archive", "--json"],
-            capture_output=True,
-            text=True,
-            env=env,
-            cwd=ROOT,
-            timeout=120,
-            check=False,
-        )
+        done = run_cli(served, "query", "read a zip archive", "--json", timeout=120, env=otel)
     assert done.returncode == 0, done.stderr
     response = json.loads(done.stdout)
     ((_, resource, span),) = receiver.spans()  # the command's one span, sent before it exited

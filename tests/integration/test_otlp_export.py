@@ -10,8 +10,6 @@ expect no spans at the receiver also prove the documents were handled, so they c
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 from typing import Any
 
 import pytest
@@ -25,7 +23,7 @@ from streams.settings import Settings
 from streams.telemetry import genai
 from tests.otlp_receiver import OtlpReceiver, attributes
 
-from .conftest import ROOT, WorkerProcess, run
+from .conftest import WorkerProcess, run, run_cli
 
 OTEL_NAMES = (
     "OTEL_SDK_DISABLED",
@@ -211,16 +209,7 @@ def test_a_command_runs_with_grpc_configured_and_reads_the_trace_back(
 ) -> None:
     otel = {"OTEL_EXPORTER_OTLP_PROTOCOL": "grpc", "OTEL_EXPORTER_OTLP_ENDPOINT": receiver.grpc_endpoint}
     handle_documents(settings, otel, docs=1)
-    env = OtelWorker(settings, otel).env()
-    shown = subprocess.run(
-        [sys.executable, "-m", "streams.cli", "trace", "--doc", "d0", "--json"],
-        capture_output=True,
-        text=True,
-        env=env,
-        cwd=ROOT,
-        timeout=120,
-        check=False,
-    )
+    shown = run_cli(settings, "trace", "--doc", "d0", "--json", timeout=120, env=otel)
     assert shown.returncode == 0, shown.stderr
     trace = json.loads(shown.stdout)
     assert "llmops-ingest" in trace["services"]
