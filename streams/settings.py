@@ -441,6 +441,23 @@ class Settings(BaseSettings):
                     found += [userinfo, userinfo.partition(":")[2]]
         return sorted({secret for secret in found if len(secret) >= 4}, key=len, reverse=True)
 
+    @field_validator("otel_sdk_disabled", mode="before")
+    @classmethod
+    def _sdk_disabled_as_the_spec_reads_it(cls, value: object) -> object:
+        # The spec: only "true" (any case) disables; any other value is false, with a warning if
+        # it is not "false" or empty. A typo must not stop every command.
+        if not isinstance(value, str):
+            return value
+        text = value.strip().lower()
+        if text not in ("true", "false", ""):
+            _log.warning("OTEL_SDK_DISABLED is neither true nor false: read as false (the SDK stays on)")
+        return text == "true"
+
+    @field_validator("otlp_protocol", mode="before")
+    @classmethod
+    def _blank_protocol_is_unset(cls, value: object) -> object:
+        return (value.strip() or None) if isinstance(value, str) else value
+
     @field_validator("otel_traces_exporter")
     @classmethod
     def _check_trace_exporters(cls, value: str | None) -> str | None:

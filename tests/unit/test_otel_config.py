@@ -102,6 +102,23 @@ def test_a_command_exports_only_to_the_otel_exporters_and_records_nothing_withou
         worker.shutdown()
 
 
+@pytest.mark.parametrize(
+    ("value", "disabled"), [("true", True), ("TRUE ", True), ("false", False), ("", False), ("1", False)]
+)
+def test_otel_sdk_disabled_is_read_as_the_spec_says(
+    monkeypatch: pytest.MonkeyPatch, value: str, disabled: bool
+) -> None:
+    monkeypatch.setenv("OTEL_SDK_DISABLED", value)
+    assert Settings().otel_sdk_disabled is disabled
+
+
+def test_blank_otel_variables_count_as_unset(monkeypatch: pytest.MonkeyPatch) -> None:
+    for name in ("OTEL_TRACES_EXPORTER", "OTEL_EXPORTER_OTLP_PROTOCOL", "OTEL_EXPORTER_OTLP_TRACES_PROTOCOL"):
+        monkeypatch.setenv(name, "")
+    settings = Settings()
+    assert (settings.otel_traces_exporter, settings.otlp_protocol, settings.trace_exporters) == (None, None, [])
+
+
 def recording() -> tuple[InMemorySpanExporter, Telemetry]:
     exporter = InMemorySpanExporter()
     return exporter, Telemetry([SimpleSpanProcessor(exporter)])
