@@ -83,6 +83,7 @@ OTEL_ENV_NAMES = {
     "otlp_endpoint": "OTEL_EXPORTER_OTLP_ENDPOINT",
     "otlp_traces_endpoint": "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT",
     "otlp_protocol": "OTEL_EXPORTER_OTLP_PROTOCOL",
+    "otlp_traces_protocol": "OTEL_EXPORTER_OTLP_TRACES_PROTOCOL",
     "otel_traces_exporter": "OTEL_TRACES_EXPORTER",
     "otel_sdk_disabled": "OTEL_SDK_DISABLED",
 }
@@ -355,8 +356,13 @@ class Settings(BaseSettings):
     )
     otlp_protocol: Literal["grpc", "http/protobuf"] | None = Field(
         None,
-        validation_alias=AliasChoices("OTEL_EXPORTER_OTLP_TRACES_PROTOCOL", OTEL_ENV_NAMES["otlp_protocol"]),
+        validation_alias=OTEL_ENV_NAMES["otlp_protocol"],
         description="OTLP over gRPC (port 4317) or HTTP with protobuf (port 4318, the default); http/json is refused.",
+    )
+    otlp_traces_protocol: Literal["grpc", "http/protobuf"] | None = Field(
+        None,
+        validation_alias=OTEL_ENV_NAMES["otlp_traces_protocol"],
+        description="The OTLP protocol for traces (OTEL_EXPORTER_OTLP_TRACES_PROTOCOL); wins over otlp_protocol.",
     )
 
     # --- Monitoring (agent group "monitor") ---------------------------------------------------
@@ -453,7 +459,7 @@ class Settings(BaseSettings):
             _log.warning("OTEL_SDK_DISABLED is neither true nor false: read as false (the SDK stays on)")
         return text == "true"
 
-    @field_validator("otlp_protocol", mode="before")
+    @field_validator("otlp_protocol", "otlp_traces_protocol", mode="before")
     @classmethod
     def _blank_protocol_is_unset(cls, value: object) -> object:
         return (value.strip() or None) if isinstance(value, str) else value
@@ -510,7 +516,12 @@ class Settings(BaseSettings):
     @property
     def otlp_traces_url(self) -> str | None:
         """Where OTLP spans go over the configured protocol, if anywhere (see :meth:`otlp_url`)."""
-        return self.otlp_url(grpc=self.otlp_protocol == "grpc")
+        return self.otlp_url(grpc=self.traces_protocol == "grpc")
+
+    @property
+    def traces_protocol(self) -> str:
+        """The OTLP protocol of traces: the traces variable, else the general one, else HTTP/protobuf."""
+        return self.otlp_traces_protocol or self.otlp_protocol or "http/protobuf"
 
     def otlp_url(self, grpc: bool) -> str | None:
         """The OTLP traces endpoint as the OTLP spec derives it from the endpoint variables.

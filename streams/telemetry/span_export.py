@@ -273,4 +273,4 @@ def _entry_point(name: str, settings: Settings) -> str:
     """``otlp`` becomes the exporter of the configured protocol (HTTP/protobuf unless ``grpc``)."""
     if name != "otlp":
         return name
-    return OTLP_GRPC if settings.otlp_protocol == "grpc" else OTLP_HTTP
+    return OTLP_GRPC if settings.traces_protocol == "grpc" else OTLP_HTTP

@@ -116,7 +116,13 @@ def test_blank_otel_variables_count_as_unset(monkeypatch: pytest.MonkeyPatch) ->
     for name in ("OTEL_TRACES_EXPORTER", "OTEL_EXPORTER_OTLP_PROTOCOL", "OTEL_EXPORTER_OTLP_TRACES_PROTOCOL"):
         monkeypatch.setenv(name, "")
     settings = Settings()
-    assert (settings.otel_traces_exporter, settings.otlp_protocol, settings.trace_exporters) == (None, None, [])
+    assert (settings.otel_traces_exporter, settings.traces_protocol, settings.trace_exporters) == (
+        None,
+        "http/protobuf",
+        [],
+    )
+    monkeypatch.setenv("OTEL_EXPORTER_OTLP_PROTOCOL", "grpc")  # a blank traces variable leaves the general one
+    assert Settings().traces_protocol == "grpc"
 
 
 def recording() -> tuple[InMemorySpanExporter, Telemetry]:
