@@ -9,6 +9,7 @@ output continues the trace of its chunk; the batch span holds the one ONNX run.
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import time
 from typing import Any
 
@@ -23,6 +24,7 @@ from streams.kafka.topics import Topics
 from streams.logs import get_logger
 from streams.records import SOURCE_HEADER
 from streams.settings import Settings
+from streams.telemetry import genai
 from streams.telemetry.metrics import set_active_models, stage_metrics
 from streams.telemetry.tracing import AgentTracer, header_items
 
@@ -68,9 +70,13 @@ def register_embed(app: faust.App, settings: Settings, tracer: AgentTracer) -> A
                 decoded.append((i, event, chunk))
             # ONNX Runtime releases the GIL: embedding in a thread keeps the event loop (and the
             # other agents of this worker) running meanwhile.
-            with batch.step("onnx.embed", chunks=len(decoded), model=embedder.name):
+            model = genai.model_attributes(
+                genai.EMBEDDINGS, embedder.name, response_model=f"{embedder.name}@{embedder.version}"
+            )
+            with batch.step("onnx.embed", chunks=len(decoded), model=embedder.name, **model):
+                # The thread runs in a copy of this context: the embedder's token count finds the step.
                 records = await asyncio.get_running_loop().run_in_executor(
-                    None, embed_chunks, [chunk for _, _, chunk in decoded], embedder
+                    None, contextvars.copy_context().run, embed_chunks, [chunk for _, _, chunk in decoded], embedder
                 )
             for (i, event, _), record in zip(decoded, records, strict=True):
                 record["traceparent"] = batch.traceparent(i)

@@ -112,7 +112,9 @@ def register_infer(app: faust.App, settings: Settings, tracer: AgentTracer, agen
         # flight, threads let their ONNX runs overlap; an explanation (many runs) never blocks the loop.
         if settings.infer_inline_when_idle and consumer.in_flight <= 1 and light_request.get():
             return function(*args)
-        return await asyncio.get_running_loop().run_in_executor(threads, function, *args)
+        # A copy of this context: model-call spans opened in the thread are children of the request's.
+        in_context = contextvars.copy_context().run
+        return await asyncio.get_running_loop().run_in_executor(threads, in_context, function, *args)
 
     def open_store() -> Any:
         try:

@@ -21,10 +21,11 @@ Notes:
     :func:`describe_settings_error`): a secret pasted into the wrong variable is never echoed.
     No other module reads
     ``os.environ`` for configuration: that is why this module is long (about 490 lines, one field
-    and one validator per setting) and stays one module. Of the standard ``OTEL_*`` variables, the OTLP endpoints
-    are read here (they switch OTLP export on); the rest (``OTEL_SERVICE_NAME``,
-    ``OTEL_RESOURCE_ATTRIBUTES``, ``OTEL_TRACES_SAMPLER(_ARG)``, ``OTEL_EXPORTER_OTLP_HEADERS``...)
-    are read by the OpenTelemetry SDK itself.
+    and one validator per setting) and stays one module. Of the standard ``OTEL_*`` variables, those that
+    decide whether and how spans leave the process are read and checked here (``OTEL_SDK_DISABLED``,
+    ``OTEL_TRACES_EXPORTER``, the OTLP endpoints and protocol), so a bad value is refused by its name;
+    the rest (``OTEL_SERVICE_NAME``, ``OTEL_RESOURCE_ATTRIBUTES``, ``OTEL_TRACES_SAMPLER(_ARG)``,
+    ``OTEL_EXPORTER_OTLP_(TRACES_)HEADERS``...) are read by the OpenTelemetry SDK itself.
 """
 
 from __future__ import annotations
@@ -82,7 +83,12 @@ OTEL_ENV_NAMES = {
     "otlp_endpoint": "OTEL_EXPORTER_OTLP_ENDPOINT",
     "otlp_traces_endpoint": "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT",
     "otlp_protocol": "OTEL_EXPORTER_OTLP_PROTOCOL",
+    "otlp_traces_protocol": "OTEL_EXPORTER_OTLP_TRACES_PROTOCOL",
+    "otel_traces_exporter": "OTEL_TRACES_EXPORTER",
+    "otel_sdk_disabled": "OTEL_SDK_DISABLED",
 }
+# OTEL_TRACES_EXPORTER names this install can honour (the SDK's entry points; ``none`` = no exporter).
+OTEL_TRACE_EXPORTERS = ("none", "otlp", "console", "otlp_proto_grpc", "otlp_proto_http")
 ENV_PREFIX = "LLMOPS_"
 MASK = "**********"
 _log = logging.getLogger(__name__)
@@ -351,20 +357,35 @@ class Settings(BaseSettings):
     tracing_queue_size: int = Field(
         8192, ge=64, description="Ended spans waiting for export; past it spans are dropped and counted."
     )
+    otel_sdk_disabled: bool = Field(
+        False,
+        validation_alias=OTEL_ENV_NAMES["otel_sdk_disabled"],
+        description="OTEL_SDK_DISABLED=true: no spans at all, neither OTLP nor telemetry.spans (headers pass through).",
+    )
+    otel_traces_exporter: str | None = Field(
+        None,
+        validation_alias=OTEL_ENV_NAMES["otel_traces_exporter"],
+        description="OTEL_TRACES_EXPORTER: otlp, console, none or a comma list; unset = otlp when an endpoint is set.",
+    )
     otlp_endpoint: str | None = Field(
         None,
         validation_alias=OTEL_ENV_NAMES["otlp_endpoint"],
-        description="OTLP/HTTP base URL (OTEL_EXPORTER_OTLP_ENDPOINT); set = spans also go there.",
+        description="OTLP base URL (OTEL_EXPORTER_OTLP_ENDPOINT); set = spans also go there.",
     )
     otlp_traces_endpoint: str | None = Field(
         None,
         validation_alias=OTEL_ENV_NAMES["otlp_traces_endpoint"],
-        description="OTLP/HTTP traces URL (OTEL_EXPORTER_OTLP_TRACES_ENDPOINT); wins over otlp_endpoint.",
+        description="OTLP traces URL (OTEL_EXPORTER_OTLP_TRACES_ENDPOINT); wins over otlp_endpoint.",
     )
-    otlp_protocol: Literal["http/protobuf"] | None = Field(
+    otlp_protocol: Literal["grpc", "http/protobuf"] | None = Field(
         None,
-        validation_alias=AliasChoices("OTEL_EXPORTER_OTLP_TRACES_PROTOCOL", OTEL_ENV_NAMES["otlp_protocol"]),
-        description="Only OTLP over HTTP with protobuf is sent (the Collector's port 4318); grpc is refused.",
+        validation_alias=OTEL_ENV_NAMES["otlp_protocol"],
+        description="OTLP over gRPC (port 4317) or HTTP with protobuf (port 4318, the default); http/json is refused.",
+    )
+    otlp_traces_protocol: Literal["grpc", "http/protobuf"] | None = Field(
+        None,
+        validation_alias=OTEL_ENV_NAMES["otlp_traces_protocol"],
+        description="The OTLP protocol for traces (OTEL_EXPORTER_OTLP_TRACES_PROTOCOL); wins over otlp_protocol.",
     )
 
     # --- Monitoring (agent group "monitor") ---------------------------------------------------
@@ -490,6 +511,34 @@ class Settings(BaseSettings):
                     found += [userinfo, userinfo.partition(":")[2]]
         return sorted({secret for secret in found if len(secret) >= 4}, key=len, reverse=True)
 
+    @field_validator("otel_sdk_disabled", mode="before")
+    @classmethod
+    def _sdk_disabled_as_the_spec_reads_it(cls, value: object) -> object:
+        # The spec: only "true" (any case) disables; any other value is false, with a warning if
+        # it is not "false" or empty. A typo must not stop every command.
+        if not isinstance(value, str):
+            return value
+        text = value.strip().lower()
+        if text not in ("true", "false", ""):
+            _log.warning("OTEL_SDK_DISABLED is neither true nor false: read as false (the SDK stays on)")
+        return text == "true"
+
+    @field_validator("otlp_protocol", "otlp_traces_protocol", mode="before")
+    @classmethod
+    def _blank_protocol_is_unset(cls, value: object) -> object:
+        return (value.strip() or None) if isinstance(value, str) else value
+
+    @field_validator("otel_traces_exporter")
+    @classmethod
+    def _check_trace_exporters(cls, value: str | None) -> str | None:
+        if value is None or not value.strip():
+            return None
+        names = [name.strip().lower() for name in value.split(",") if name.strip()]
+        unknown = [name for name in names if name not in OTEL_TRACE_EXPORTERS]
+        if unknown:
+            raise ValueError(f"{len(unknown)} unknown exporter name(s); choose from {list(OTEL_TRACE_EXPORTERS)}")
+        return ",".join(names)
+
     @field_validator("redact_pii")
     @classmethod
     def _check_pii_kinds(cls, value: tuple[str, ...]) -> tuple[str, ...]:
@@ -530,9 +579,32 @@ class Settings(BaseSettings):
 
     @property
     def otlp_traces_url(self) -> str | None:
-        """Where OTLP/HTTP spans go, if anywhere (the signal URL, as the OTLP spec derives it)."""
+        """Where OTLP spans go over the configured protocol, if anywhere (see :meth:`otlp_url`)."""
+        return self.otlp_url(grpc=self.traces_protocol == "grpc")
+
+    @property
+    def traces_protocol(self) -> str:
+        """The OTLP protocol of traces: the traces variable, else the general one, else HTTP/protobuf."""
+        return self.otlp_traces_protocol or self.otlp_protocol or "http/protobuf"
+
+    def otlp_url(self, grpc: bool) -> str | None:
+        """The OTLP traces endpoint as the OTLP spec derives it from the endpoint variables.
+
+        Over HTTP the base endpoint gets the signal path ``/v1/traces``; over gRPC it is used as is.
+        """
         if self.otlp_traces_endpoint:
             return self.otlp_traces_endpoint
         if self.otlp_endpoint:
-            return self.otlp_endpoint.rstrip("/") + "/v1/traces"
+            return self.otlp_endpoint if grpc else self.otlp_endpoint.rstrip("/") + "/v1/traces"
         return None
+
+    @property
+    def trace_exporters(self) -> list[str]:
+        """The OTel SDK exporter names to run beside telemetry.spans (``OTEL_TRACES_EXPORTER``).
+
+        Unset means ``otlp`` when an OTLP endpoint is set and none otherwise (the spec's default
+        is ``otlp`` to localhost, which would retry against a Collector that most setups lack).
+        """
+        if self.otel_traces_exporter is None:
+            return ["otlp"] if self.otlp_traces_url else []
+        return [name for name in self.otel_traces_exporter.split(",") if name != "none"]

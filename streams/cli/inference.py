@@ -120,11 +120,15 @@ def query(
     """
     from streams.inference.client import InferenceClient, InferenceTimeout
     from streams.kafka.rdkafka import KafkaUnreachable
+    from streams.logs import configure_logging
+    from streams.telemetry.tracing import Telemetry
 
     settings = load_settings()
+    configure_logging(settings)  # log lines (span export's too) to stderr: stdout holds the answer
+    telemetry = Telemetry.from_settings(settings, role="cli")  # the request's trace starts here
 
     async def ask() -> dict[str, Any]:
-        async with InferenceClient(settings) as client:
+        async with InferenceClient(settings, tracer=telemetry.agent_tracer("query", group="")) as client:
             request = client.request(
                 text, task, tenant=tenant, top_k=top_k, model=model, explain=explain, retrieval=retrieval, chunks=chunks
             )
@@ -143,6 +147,8 @@ def query(
         ) from None
     except RuntimeError as error:
         raise click.ClickException(str(error)) from None
+    finally:
+        telemetry.shutdown()  # the request's span reaches its exporters before the command exits
     if as_json:
         echo_json(response)
     else:

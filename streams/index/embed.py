@@ -32,6 +32,8 @@ import numpy.typing as npt
 from streams.index.embedder_build import default_graph_path, ensure_models
 from streams.ingest.chunk import default_tokenizer_path
 from streams.settings import Settings
+from streams.telemetry import genai
+from streams.telemetry.tracing import record_usage
 
 MODEL_NAME = "all-MiniLM-L6-v2"
 DIMENSION = 384
@@ -161,6 +163,7 @@ class OnnxEmbedder:
         if not texts:
             return result
         encodings = [encoding.ids for encoding in self._tokenizer.encode_batch(list(texts))]
+        record_usage(genai.EMBEDDINGS, input_tokens=sum(len(ids) for ids in encodings))
         # Longest first, dealt round-robin: the workers get equal shares of tokens.
         order = sorted(range(len(texts)), key=lambda i: -len(encodings[i]))
         shards = [order[w :: self.workers] for w in range(self.workers)]

@@ -40,6 +40,7 @@ from streams.kafka.topics import Topics
 from streams.logs import get_logger
 from streams.records import now_ms, tenant_problem
 from streams.settings import Settings
+from streams.telemetry.tracing import AgentTracer
 
 log = get_logger(__name__)
 READ_SECONDS = 0.2  # how long the reader thread waits for responses before checking for stop
@@ -104,8 +105,12 @@ class InferenceClient:
         codec: AvroCodec | None = None,
         *,
         tenant: str | None = None,
+        tracer: AgentTracer | None = None,
     ) -> None:
         """A client; with ``tenant``, every request is that tenant's and replies come on its own topic.
+
+        With ``tracer`` each request is sent in a PRODUCER span whose context it carries, so the
+        infer agent's spans and the response continue the client's trace.
 
         Raises:
             ValueError: ``tenant`` is not a tenant identifier.
@@ -119,6 +124,7 @@ class InferenceClient:
         self.topics = Topics(settings.namespace)
         self.responses_topic = self.topics.responses_for(self.tenant)
         self.codec = codec or codec_from_settings(settings)
+        self.tracer = tracer
         self._producer: AsyncProducer | None = None
         self._consumer: Consumer | None = None
         self._waiting: dict[str, asyncio.Future[dict[str, Any]]] = {}
@@ -223,7 +229,12 @@ class InferenceClient:
         assert self._producer is not None, "start the client first (`async with InferenceClient(...)`)"
         future = self.expect(request.request_id)
         value = self.codec.encode("InferenceRequest", request.to_avro(), self.topics.inference_requests)
-        delivered = self._producer.send(self.topics.inference_requests, value, key=self.client_id.encode())
+        topic, key = self.topics.inference_requests, self.client_id.encode()
+        if self.tracer is None:
+            delivered = self._producer.send(topic, value, key=key)
+        else:
+            with self.tracer.send(topic, request_id=request.request_id, task=request.task) as headers:
+                delivered = self._producer.send(topic, value, key=key, headers=headers)
         delivered.add_done_callback(partial(self._on_delivery, request.request_id))
         return future
 

@@ -9,8 +9,16 @@ Why this exists:
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
+from urllib.parse import urlsplit
+
+from opentelemetry.trace import SpanKind
 
 from streams.settings import bearer_transport_problem, mask_url_credentials
+from streams.telemetry import genai
+from streams.telemetry.tracing import model_call, record_usage
+
+TEMPERATURE = 0
 
 
 class GeneratorError(RuntimeError):
@@ -43,8 +51,18 @@ class GeneratorClient:
         """The generator's answer to ``question`` from ``context``; GeneratorError if it fails."""
         import httpx
 
+        endpoint = urlsplit(self.url)
+        # The host and port only, never the userinfo of the URL.
+        where: dict[str, Any] = {genai.SERVER_ADDRESS: endpoint.hostname, genai.SERVER_PORT: endpoint.port}
         try:
-            return await self._generate(question, context)
+            with model_call(
+                genai.CHAT,
+                self.model,
+                provider=genai.OPENAI_PROVIDER,
+                kind=SpanKind.CLIENT,
+                **{genai.REQUEST_TEMPERATURE: TEMPERATURE, **where},
+            ):
+                return await self._generate(question, context)
         except httpx.HTTPError as error:
             raise GeneratorError(f"the generator endpoint failed: {mask_url_credentials(str(error))}") from None
 
@@ -54,7 +72,7 @@ class GeneratorClient:
         headers = {"Authorization": f"Bearer {self.api_key}"} if self.api_key else {}
         body = {
             "model": self.model,
-            "temperature": 0,
+            "temperature": TEMPERATURE,
             "messages": [
                 {
                     "role": "system",
@@ -70,4 +88,18 @@ class GeneratorClient:
         async with httpx.AsyncClient(timeout=self.timeout_s) as client:
             response = await client.post(endpoint, json=body, headers=headers)
             response.raise_for_status()
-            return str(response.json()["choices"][0]["message"]["content"])
+            answer = response.json()
+            record_usage(genai.CHAT, **usage_of(answer))
+            return str(answer["choices"][0]["message"]["content"])
+
+
+def usage_of(answer: dict[str, Any]) -> dict[str, Any]:
+    """Token counts, answering model and finish reasons of an OpenAI chat completion (what it reports)."""
+    usage = answer.get("usage") or {}
+    reasons = [str(c["finish_reason"]) for c in answer.get("choices", []) if c.get("finish_reason")]
+    return {
+        "input_tokens": usage.get("prompt_tokens"),
+        "output_tokens": usage.get("completion_tokens"),
+        "response_model": answer.get("model"),
+        "finish_reasons": reasons or None,
+    }

@@ -44,6 +44,8 @@ from streams.models.classifier import OnnxClassifier, explain
 from streams.models.ranker import Answerability, OnnxRanker
 from streams.models.registry import Kind, ModelVersion, Registry, RegistryError
 from streams.records import now_ms
+from streams.telemetry import genai
+from streams.telemetry.tracing import model_call
 
 DEFAULT_CLASSIFIER = "stdlib-topic"
 DEFAULT_RANKER = "retrieval-ranker"
@@ -51,6 +53,7 @@ UNCALIBRATED_NOTE = (
     "no abstention: the threshold is calibrated for the learned ranker's scores "
     "(ask with retrieval=ranked once a ranker is in production: `llmops models train-ranker`)"
 )
+INJECTION_SCREEN = "prompt-injection-screen"  # gen_ai.request.model of the injection classifier
 
 
 # --- models ------------------------------------------------------------------------------------
@@ -310,7 +313,15 @@ class InferenceService:
         """The verdict on the request text (``vector``: its embedding, when already computed)."""
         if self.injection is None:
             return screen(request.text, self.block_at, self.flag_at)
-        return self.injection.screen(request.text, vector)
+        with self._screen_call(texts=1):
+            return self.injection.screen(request.text, vector)
+
+    def _screen_call(self, texts: int) -> Any:
+        """The model-call span of the injection classifier over ``texts`` texts."""
+        assert self.injection is not None
+        return model_call(
+            genai.CLASSIFY, INJECTION_SCREEN, response_model=f"{INJECTION_SCREEN}@{self.injection.version}", texts=texts
+        )
 
     def screen_passages(self, hits: list[Hit]) -> tuple[list[Hit], list[dict[str, Any]]]:
         """(passages that may reach a generator, withheld passages with their verdicts)."""
@@ -320,7 +331,8 @@ class InferenceService:
         if self.injection is None:
             verdicts = [screen(text, self.block_at, self.flag_at) for text in texts]
         else:
-            verdicts = self.injection.screen_many(texts)
+            with self._screen_call(texts=len(hits)):
+                verdicts = self.injection.screen_many(texts)
         kept, withheld = [], []
         for hit, verdict in zip(hits, verdicts, strict=True):
             if verdict.score >= self.chunk_at:
@@ -451,7 +463,7 @@ class InferenceService:
         Returns the verdict and, for rag, the screened documents a generator may answer from.
         """
         started = time.perf_counter()
-        vectors = models.embedder.embed([request.text])
+        vectors = embed_query(models.embedder, request.text)
         timer.measure("embed", started)
         started = time.perf_counter()
         verdict = self.screen(request, vectors[0])
@@ -465,16 +477,19 @@ class InferenceService:
         assert models.store is not None
         started = time.perf_counter()
         ranker = models.ranker
-        found = retrieve(
-            models.store,
-            vectors[0].tolist(),
-            request.text,
-            top_k=request.top_k,
-            tenant=request.tenant,
-            mode=request.retrieval,
-            ranker=ranker.head if ranker else None,
-            chunks=request.chunks and request.task == "search",
-        )
+        ranker_name = ranker.version.name if ranker else RrfRanker.name
+        ranker_ref = f"{ranker.version.name}@{ranker.version.version}" if ranker else "rrf@builtin"
+        with model_call(genai.RERANK, ranker_name, response_model=ranker_ref, retrieval=request.retrieval):
+            found = retrieve(
+                models.store,
+                vectors[0].tolist(),
+                request.text,
+                top_k=request.top_k,
+                tenant=request.tenant,
+                mode=request.retrieval,
+                ranker=ranker.head if ranker else None,
+                chunks=request.chunks and request.task == "search",
+            )
         timer.measure("search", started)
         response["retrieval"] = found.mode
         if found.mode == "ranked":
@@ -500,7 +515,13 @@ class InferenceService:
                     answerer, confidence = ExtractiveAnswerer(ranker.abstain_below), ranker.confidence(documents)
                 else:
                     answerer, confidence = ExtractiveAnswerer(float("-inf")), float("-inf")
-                response.update(answer_fields(answerer.answer(request.text, documents, confidence)))
+                with model_call(
+                    genai.EXTRACT, answerer.name, response_model=f"{answerer.name}@{answerer.version}"
+                ) as span:
+                    answer = answerer.answer(request.text, documents, confidence)
+                    span.set_attribute("llmops.rag.grounded", answer.grounded)
+                    span.set_attribute("llmops.rag.abstained", answer.abstained)
+                response.update(answer_fields(answer))
                 response["models"].append({"name": answerer.name, "version": answerer.version, "stage": "builtin"})
                 if not calibrated:
                     response["note"] = UNCALIBRATED_NOTE
@@ -518,7 +539,8 @@ class InferenceService:
         vectors: Any,
     ) -> None:
         started = time.perf_counter()
-        response["label"], response["probabilities"] = loaded.head.predict(vectors)[0]
+        with classify_call(loaded):
+            response["label"], response["probabilities"] = loaded.head.predict(vectors)[0]
         if request.explain:
             words, method = explain(loaded.head, models.embedder, request.text)
             response["explanation"] = [{"token": token, "weight": weight} for token, weight in words]
@@ -540,11 +562,12 @@ class InferenceService:
         candidates = models.shadows_for(loaded)
         if not candidates:
             return []
-        vectors = await self._run_blocking(models.embedder.embed, [request.text])
+        vectors = await self._run_blocking(embed_query, models.embedder, request.text)
         answers = []
         for candidate in candidates:
             started = time.perf_counter()
-            label, probabilities = candidate.head.predict(vectors)[0]
+            with classify_call(candidate, shadow_of=loaded.version.version):
+                label, probabilities = candidate.head.predict(vectors)[0]
             shadow = base_response(request.request_id, request.client_id, request.task, "OK", tenant=request.tenant)
             shadow.update(
                 label=label,
@@ -560,6 +583,24 @@ class InferenceService:
             shadow["latency"]["classify_ms"] = (time.perf_counter() - started) * 1000
             answers.append(shadow)
         return answers
+
+
+def embed_query(embedder: Embedder, text: str) -> Any:
+    """The embedding of one request text, in a GenAI ``embeddings`` model-call span."""
+    with model_call(genai.EMBEDDINGS, embedder.name, response_model=f"{embedder.name}@{embedder.version}"):
+        return embedder.embed([text])
+
+
+def classify_call(loaded: LoadedClassifier, **attributes: Any) -> Any:
+    """The model-call span of one classifier head (a GenAI ``classify`` operation)."""
+    version = loaded.version
+    return model_call(
+        genai.CLASSIFY,
+        version.name,
+        response_model=f"{version.name}@{version.version}",
+        stage=version.stage.value,
+        **attributes,
+    )
 
 
 async def _inline(function: Callable[..., Any], *args: Any) -> Any:

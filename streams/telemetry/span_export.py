@@ -1,4 +1,4 @@
-"""Span export: OTLP protobuf on ``telemetry.spans`` (and OTLP/HTTP when configured), off the data path.
+"""Span export: OTLP protobuf on ``telemetry.spans`` (and the OTEL_TRACES_EXPORTER ones), off the data path.
 
 Why this exists:
     The OpenTelemetry Collector's Kafka receiver reads ``ExportTraceServiceRequest`` messages
@@ -14,7 +14,9 @@ Usage:
 
 Notes:
     The encoder is the SDK's own (``opentelemetry-exporter-otlp-proto-common``), so the bytes
-    are what an OTLP exporter would send. A request larger than ``max_bytes`` is split in
+    are what an OTLP exporter would send. Beside the topic, ``OTEL_TRACES_EXPORTER`` adds the
+    SDK's own exporters (``otlp`` over gRPC or HTTP/protobuf, ``console``), each behind the same
+    bounded, dropping queue. A request larger than ``max_bytes`` is split in
     halves until each part fits in one Kafka record.
 """
 
@@ -41,6 +43,9 @@ log = get_logger(__name__)
 MAX_RECORD_BYTES = 900_000
 SCHEDULE_DELAY_MS = 1000
 WARN_EVERY_SECONDS = 10.0
+# The SDK's entry-point names of its two OTLP trace exporters.
+OTLP_GRPC = "otlp_proto_grpc"
+OTLP_HTTP = "otlp_proto_http"
 
 
 def encode_payloads(spans: Sequence[ReadableSpan], max_bytes: int = MAX_RECORD_BYTES) -> list[bytes]:
@@ -202,6 +207,11 @@ class DroppingSpanProcessor(BatchSpanProcessor):
         self._clock = clock
         self._warned_at = float("-inf")
 
+    @property
+    def exporter(self) -> SpanExporter:
+        """The exporter this processor feeds."""
+        return self._tally.inner
+
     def on_end(self, span: ReadableSpan) -> None:
         if span.context is None or not span.context.trace_flags.sampled:
             return
@@ -220,17 +230,47 @@ class DroppingSpanProcessor(BatchSpanProcessor):
             log.warning("spans_dropped", dropped_total=self.dropped, queue_size=self.max_queue_size)
 
 
-def exporters_from_settings(settings: Settings) -> list[SpanProcessor]:
-    """Span processors for this process: ``telemetry.spans`` always, OTLP/HTTP when configured."""
-    sink = KafkaSpanSink(settings, Topics(settings.namespace).telemetry_spans)
-    processors: list[SpanProcessor] = [
-        DroppingSpanProcessor(OtlpProtoSpanExporter(sink.send, sink.close), settings.tracing_queue_size)
-    ]
-    url = settings.otlp_traces_url
-    if url:
-        from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
-
-        # Headers, timeout, compression and certificates come from OTEL_EXPORTER_OTLP_* (read by the SDK).
-        processors.append(DroppingSpanProcessor(OTLPSpanExporter(endpoint=url), settings.tracing_queue_size))
-        log.info("otlp_export", host=urlsplit(url).hostname)  # never the URL: it may hold credentials
+def exporters_from_settings(settings: Settings, to_topic: bool = True) -> list[SpanProcessor]:
+    """Span processors for this process: ``telemetry.spans`` if ``to_topic``, then each ``OTEL_TRACES_EXPORTER``."""
+    processors: list[SpanProcessor] = []
+    if to_topic:
+        sink = KafkaSpanSink(settings, Topics(settings.namespace).telemetry_spans)
+        processors.append(
+            DroppingSpanProcessor(OtlpProtoSpanExporter(sink.send, sink.close), settings.tracing_queue_size)
+        )
+    processors.extend(
+        DroppingSpanProcessor(exporter, settings.tracing_queue_size) for exporter in standard_exporters(settings)
+    )
     return processors
+
+
+def standard_exporters(settings: Settings) -> list[SpanExporter]:
+    """The OpenTelemetry SDK's exporters named by ``OTEL_TRACES_EXPORTER`` (``otlp`` by protocol).
+
+    The SDK's own configuration code loads them from their entry points, as its auto-configuration
+    does; each reads its ``OTEL_EXPORTER_OTLP_*`` variables (headers, timeout, compression,
+    certificates) itself. Only the endpoint is passed, so the settings module stays the one
+    place that decides where spans go.
+    """
+    from opentelemetry.sdk._configuration import _import_exporters
+
+    names = [_entry_point(name, settings) for name in settings.trace_exporters]
+    classes, _, _ = _import_exporters(names, [], [])
+    exporters = []
+    for name, exporter_class in classes.items():
+        if name in (OTLP_GRPC, OTLP_HTTP):
+            endpoint = settings.otlp_url(grpc=name == OTLP_GRPC)
+            otlp: Any = exporter_class  # both OTLP exporters take endpoint=; SpanExporter does not say so
+            exporters.append(otlp(endpoint=endpoint))
+            # Never the URL or headers: either may hold credentials.
+            log.info("otlp_export", protocol=name, host=urlsplit(endpoint or "").hostname or "default")
+        else:
+            exporters.append(exporter_class())
+    return exporters
+
+
+def _entry_point(name: str, settings: Settings) -> str:
+    """``otlp`` becomes the exporter of the configured protocol (HTTP/protobuf unless ``grpc``)."""
+    if name != "otlp":
+        return name
+    return OTLP_GRPC if settings.traces_protocol == "grpc" else OTLP_HTTP

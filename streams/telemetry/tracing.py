@@ -19,10 +19,15 @@ Usage:
     >>> telemetry.shutdown()                                  # flushes what is queued
 
 Notes:
-    Each agent is its own service (``llmops-ingest``, ``llmops-embed``...; ``OTEL_SERVICE_NAME``
-    replaces the ``llmops`` prefix); ``OTEL_RESOURCE_ATTRIBUTES`` and ``OTEL_TRACES_SAMPLER(_ARG)``
-    are honoured by the SDK. ``LLMOPS_TRACING=off`` records nothing, but headers still pass an
-    upstream context through, so a trace resumes past a stage that does not trace.
+    Each agent is its own service (``llmops-ingest``, ``llmops-embed``...) unless
+    ``OTEL_SERVICE_NAME`` (or ``service.name`` in ``OTEL_RESOURCE_ATTRIBUTES``) names one: then
+    every span carries exactly that name, and the resource attributes ``llmops.agent`` and
+    ``llmops.role`` (``worker``) say which part of the process made it. ``OTEL_RESOURCE_ATTRIBUTES``
+    wins over our own resource attributes; ``OTEL_TRACES_SAMPLER(_ARG)`` are read by the SDK's
+    tracer provider. ``LLMOPS_TRACING=off`` and ``OTEL_SDK_DISABLED=true`` record nothing, but
+    headers still pass an upstream context through, so a trace resumes past a stage that does not trace.
+    :func:`model_call` opens a span around a model call with the GenAI attributes
+    (:mod:`streams.telemetry.genai`); :func:`record_usage` adds token counts to it from inside the model.
     Span attributes follow the messaging semantic conventions (``messaging.system=kafka``,
     destination, partition, offset, consumer group) plus ``llmops.doc_id``, ``llmops.chunk_id``
     and ``llmops.request_id``, which ``llmops trace --doc/--request`` look up.
@@ -32,6 +37,7 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Iterator, Mapping, Sequence
+from contextvars import ContextVar
 from dataclasses import dataclass
 from types import TracebackType
 from typing import Any
@@ -44,6 +50,7 @@ from opentelemetry.trace import Link, Span, SpanKind, Status, StatusCode
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 
 from streams.settings import Settings
+from streams.telemetry import genai
 
 TRACEPARENT = "traceparent"
 TRACESTATE = "tracestate"
@@ -54,6 +61,10 @@ REQUEST_ID = "llmops.request_id"
 # A batch of 256 members links to each of them; the SDK's default keeps only 128 links.
 MAX_LINKS = 4096
 _PROPAGATOR = TraceContextTextMapPropagator()
+# The tracer of the agent whose record or batch is being handled (model calls deep in the service
+# code open their spans with it), and the model-call span that token counts belong to.
+_TRACER: ContextVar[trace.Tracer | None] = ContextVar("llmops_tracer", default=None)
+_MODEL_CALL: ContextVar[tuple[Span, str] | None] = ContextVar("llmops_model_call", default=None)
 
 
 @dataclass(frozen=True)
@@ -89,9 +100,59 @@ def trace_headers(span: Span) -> list[tuple[str, bytes]]:
 
 
 def service_name(agent: str) -> str:
-    """``llmops-<agent>``, or ``<OTEL_SERVICE_NAME>-<agent>`` when that variable is set."""
-    prefix = OTELResourceDetector().detect().attributes.get("service.name") or "llmops"
-    return f"{prefix}-{agent}"
+    """``OTEL_SERVICE_NAME`` (or ``service.name`` of ``OTEL_RESOURCE_ATTRIBUTES``) as given, else ``llmops-<agent>``."""
+    return str(OTELResourceDetector().detect().attributes.get("service.name") or f"llmops-{agent}")
+
+
+def agent_resource(service: str, **attributes: Any) -> Resource:
+    """The SDK's resource (``OTEL_RESOURCE_ATTRIBUTES``, ``OTEL_SERVICE_NAME``) over our defaults.
+
+    ``Resource.create`` lets explicit attributes win over the environment; merging the
+    environment's resource on top again lets an operator's ``OTEL_RESOURCE_ATTRIBUTES`` win.
+    """
+    ours = Resource.create({**attributes, "service.name": service})
+    return ours.merge(OTELResourceDetector().detect())
+
+
+@contextlib.contextmanager
+def model_call(
+    operation: str,
+    model: str,
+    *,
+    provider: str = genai.LOCAL_PROVIDER,
+    response_model: str | None = None,
+    kind: SpanKind = SpanKind.INTERNAL,
+    **attributes: Any,
+) -> Iterator[Span]:
+    """A span ``<operation> <model>`` with the GenAI attributes, child of the current span.
+
+    It is recorded while an agent handles a record or a batch (and tracing is on); elsewhere it
+    yields a span that records nothing. ``attributes`` are named as in :meth:`BatchTrace.step`.
+    """
+    tracer = _TRACER.get()
+    if tracer is None:
+        yield trace.INVALID_SPAN
+        return
+    common = genai.model_attributes(operation, model, provider=provider, response_model=response_model)
+    with tracer.start_as_current_span(
+        f"{operation} {model}", kind=kind, attributes={**common, **_clean(attributes)}
+    ) as span:
+        token = _MODEL_CALL.set((span, operation))
+        try:
+            yield span
+        finally:
+            _MODEL_CALL.reset(token)
+
+
+def record_usage(operation: str, **usage: Any) -> None:
+    """Token counts (``input_tokens``, ``output_tokens``...) on the current ``operation`` model-call span.
+
+    Called from inside a model, which does not know who called it: an embedding run inside a
+    ``classify`` span (an explanation) leaves that span's counts alone.
+    """
+    current = _MODEL_CALL.get()
+    if current is not None and current[1] == operation and current[0].is_recording():
+        current[0].set_attributes(genai.usage_attributes(**usage))
 
 
 class AgentTracer:
@@ -192,9 +253,11 @@ class BatchTrace:
         )
 
     def __enter__(self) -> BatchTrace:
+        self._tracer_token = _TRACER.set(self._owner.tracer)
         return self
 
     def __exit__(self, kind: type[BaseException] | None, error: BaseException | None, tb: TracebackType | None) -> None:
+        _TRACER.reset(self._tracer_token)
         self.end(error)
 
     def end(self, error: BaseException | None = None) -> None:
@@ -213,14 +276,24 @@ class BatchTrace:
 
     @contextlib.contextmanager
     def step(self, name: str, **attributes: Any) -> Iterator[Span]:
-        """A child span of the batch span (the record's span when alone) around one piece of work."""
+        """A child span of the batch span (the record's span when alone) around one piece of work.
+
+        A step whose attributes name a ``gen_ai.operation.name`` is a model call: token counts
+        recorded inside it (:func:`record_usage`) land on it.
+        """
         if self._owner.tracer is None:
             yield trace.INVALID_SPAN
             return
         with self._owner.tracer.start_as_current_span(
             name, context=trace.set_span_in_context(self.batch_span), attributes=_clean(attributes)
         ) as span:
-            yield span
+            operation = attributes.get(genai.OPERATION_NAME)
+            token = _MODEL_CALL.set((span, operation)) if operation else None
+            try:
+                yield span
+            finally:
+                if token is not None:
+                    _MODEL_CALL.reset(token)
 
     @contextlib.contextmanager
     def current(self, index: int) -> Iterator[Span]:
@@ -264,24 +337,32 @@ def _clean(attributes: Mapping[str, Any]) -> dict[str, Any]:
 class Telemetry:
     """The span pipeline of one process: exporters shared by one tracer provider per agent."""
 
-    def __init__(self, processors: Sequence[SpanProcessor], enabled: bool = True) -> None:
+    def __init__(self, processors: Sequence[SpanProcessor], enabled: bool = True, role: str = "worker") -> None:
+        """``role`` (``worker``, ``cli``) goes into the resource attribute ``llmops.role``."""
         self.processors = list(processors)
         self.enabled = enabled
+        self.role = role
         self._providers: list[TracerProvider] = []
 
     @classmethod
-    def from_settings(cls, settings: Settings) -> Telemetry:
-        """Kafka export to ``telemetry.spans``, plus OTLP/HTTP when an OTLP endpoint is set."""
-        if not settings.tracing:
-            return cls([], enabled=False)
+    def from_settings(cls, settings: Settings, role: str = "worker") -> Telemetry:
+        """Kafka export to ``telemetry.spans``, plus the exporters ``OTEL_TRACES_EXPORTER`` names.
+
+        A command (``role`` other than ``worker``) exports only to the latter: a client's
+        principal may not write ``telemetry.spans`` (docs/security.md), and with none of them
+        configured it records nothing, as before.
+        """
+        if not settings.tracing or settings.otel_sdk_disabled:
+            return cls([], enabled=False, role=role)
         from streams.telemetry.span_export import exporters_from_settings
 
-        return cls(exporters_from_settings(settings))
+        processors = exporters_from_settings(settings, to_topic=role == "worker")
+        return cls(processors, enabled=bool(processors), role=role)
 
     def provider(self, service: str, **resource: Any) -> TracerProvider:
-        """A tracer provider whose resource names ``service`` (sampler from OTEL_TRACES_SAMPLER)."""
+        """A tracer provider for ``service`` (the SDK reads OTEL_TRACES_SAMPLER and _ARG)."""
         provider = TracerProvider(
-            resource=Resource.create({**resource, "service.name": service}),
+            resource=agent_resource(service, **{**resource, "llmops.role": self.role}),
             span_limits=SpanLimits(max_links=MAX_LINKS),
             shutdown_on_exit=False,  # Telemetry.shutdown flushes the shared processors once
         )

@@ -118,13 +118,15 @@ def worker(settings: Settings) -> Iterator[WorkerProcess]:
     process.stop()
 
 
-def run_cli(settings: Settings, *args: str, timeout: float | None = None) -> subprocess.CompletedProcess[str]:
-    """`llmops ARGS` in a subprocess configured by ``settings``, output captured."""
+def run_cli(
+    settings: Settings, *args: str, timeout: float | None = None, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
+    """`llmops ARGS` in a subprocess configured by ``settings`` (and ``env`` over it), output captured."""
     return subprocess.run(
         [sys.executable, "-m", "streams.cli", *args],
         capture_output=True,
         text=True,
-        env=WorkerProcess(settings).env(),
+        env={**WorkerProcess(settings).env(), **(env or {})},
         cwd=ROOT,
         timeout=timeout,
         check=False,

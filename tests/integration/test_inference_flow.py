@@ -305,20 +305,80 @@ def test_models_cli_lists_versions_as_json(served: Settings) -> None:
     assert all("artifact" not in v for v in listed)
 
 
-def test_a_request_is_one_trace_that_the_response_continues(served: Settings) -> None:
+def request_trace(settings: Settings, response: dict[str, Any]) -> dict[str, Any]:
+    """The trace of one answered request, read back from telemetry.spans."""
     from streams.telemetry.traceview import load_trace
 
-    (response,) = run(ask_all(served, [{"text": "read a zip archive", "task": "search"}]))
     assert response["trace_id"], "the response record carries the request's trace context"
     deadline = time.monotonic() + 30  # spans reach telemetry.spans about a second after they end
     trace = None
     while time.monotonic() < deadline and not trace:
-        trace = load_trace(served, request_id=response["request_id"])
+        trace = load_trace(settings, request_id=response["request_id"])
         time.sleep(0.5)
     assert trace is not None and trace["trace_id"] == response["trace_id"]
+    return trace
+
+
+def test_a_request_is_one_trace_that_the_response_continues(served: Settings) -> None:
+    (response,) = run(ask_all(served, [{"text": "read a zip archive", "task": "search"}]))
+    trace = request_trace(served, response)
     names = {span["name"] for span in trace["spans"]}
     assert f"infer {Topics(served.namespace).inference_requests}" in names  # the consumer span of the request
     assert "llmops-infer" in trace["services"]
+
+
+def test_llmops_query_starts_the_request_trace_and_sends_its_span_by_otlp(served: Settings) -> None:
+    from tests.otlp_receiver import OtlpReceiver
+
+    with OtlpReceiver() as receiver:
+        otel = {
+            "OTEL_EXPORTER_OTLP_PROTOCOL": "grpc",
+            "OTEL_EXPORTER_OTLP_ENDPOINT": receiver.grpc_endpoint,
+            "OTEL_SERVICE_NAME": "acme-cli",
+        }
+        done = run_cli(served, "query", "read a zip archive", "--json", timeout=120, env=otel)
+    assert done.returncode == 0, done.stderr
+    response = json.loads(done.stdout)
+    ((_, resource, span),) = receiver.spans()  # the command's one span, sent before it exited
+    assert (resource["service.name"], resource["llmops.role"]) == ("acme-cli", "cli")
+    assert span.kind == span.SPAN_KIND_PRODUCER and span.trace_id.hex() == response["trace_id"]
+    consumer = next(
+        s
+        for s in request_trace(served, response)["spans"]
+        if s["name"] == f"infer {Topics(served.namespace).inference_requests}"
+    )
+    assert consumer["parent_span_id"] == span.span_id.hex(), "the infer agent continues the command's trace"
+
+
+def test_model_calls_of_a_request_are_genai_spans(served: Settings) -> None:
+    from streams.telemetry import genai
+
+    version = production_classifier(served, "trace-topics", classes=3)
+    wait_until_answered_by(served, "trace-topics", version.version)
+    (response,) = run(ask_all(served, [{"text": "parse a json file", "task": "classify", "model": "trace-topics"}]))
+    calls = {
+        span["name"]: span["attributes"]
+        for span in request_trace(served, response)["spans"]
+        if genai.OPERATION_NAME in span["attributes"]
+    }
+    embedder = answered_by(response, "all-MiniLM-L6-v2")
+    assert calls["embeddings all-MiniLM-L6-v2"] == {
+        genai.OPERATION_NAME: "embeddings",
+        genai.PROVIDER_NAME: "onnxruntime",
+        genai.SYSTEM: "onnxruntime",
+        genai.REQUEST_MODEL: "all-MiniLM-L6-v2",
+        genai.RESPONSE_MODEL: f"all-MiniLM-L6-v2@{embedder}",
+        genai.USAGE_INPUT_TOKENS: 8,  # [CLS] par ##se a j ##son file [SEP]
+    }
+    head = calls["classify trace-topics"]
+    assert (head[genai.OPERATION_NAME], head[genai.REQUEST_MODEL], head[genai.RESPONSE_MODEL]) == (
+        "classify",
+        "trace-topics",
+        f"trace-topics@{version.version}",
+    )
+    screen = calls["classify prompt-injection-screen"]
+    assert (screen[genai.REQUEST_MODEL], screen["llmops.texts"]) == ("prompt-injection-screen", 1)
+    assert screen[genai.RESPONSE_MODEL].startswith("prompt-injection-screen@")
 
 
 def test_a_request_for_a_tenant_nobody_provisioned_is_dead_lettered_and_creates_no_topic(served: Settings) -> None:

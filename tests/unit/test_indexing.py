@@ -100,7 +100,7 @@ def test_vectors_of_another_model_version_are_refused() -> None:
 
 def test_filters_quote_user_values_and_names_are_safe() -> None:
     assert quote('x" or tenant != "') == '"x\\" or tenant != \\""'
-    assert collection_name("replay-1", "ab" * 32) == "chunks_replay_1_abababababababab"
+    assert collection_name("replay-1", "ab" * 32) == "chunks_v2_replay_1_abababababababab"
 
 
 def test_the_last_version_of_a_chunk_in_one_batch_wins() -> None:

@@ -130,21 +130,34 @@ def test_a_failed_batch_marks_every_span_as_error(spans: InMemorySpanExporter) -
     assert statuses["index batch"] == (trace.StatusCode.ERROR, "RuntimeError")
 
 
-def test_service_names_follow_otel_service_name_and_resource_attributes(
+def test_otel_service_name_is_used_exactly_and_the_agent_and_role_are_resource_attributes(
     spans: InMemorySpanExporter, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    assert service_name("ingest") == "llmops-ingest"  # the default: one service per agent
     monkeypatch.setenv("OTEL_SERVICE_NAME", "acme-rag")
-    monkeypatch.setenv("OTEL_RESOURCE_ATTRIBUTES", "deployment.environment=staging")
-    assert service_name("ingest") == "acme-rag-ingest"
+    monkeypatch.setenv("OTEL_RESOURCE_ATTRIBUTES", "deployment.environment=staging,llmops.role=batch-worker")
+    assert service_name("ingest") == "acme-rag"
     tracer = telemetry_with(spans).agent_tracer("ingest", group="g", namespace="ns1")
     with tracer.batch([Delivery("ns1.docs.raw", 0, 0, [])]):
         pass
     resource = spans.get_finished_spans()[0].resource.attributes
-    assert (resource["service.name"], resource["deployment.environment"], resource["llmops.namespace"]) == (
-        "acme-rag-ingest",
-        "staging",
-        "ns1",
-    )
+    assert {key: resource[key] for key in ("service.name", "deployment.environment", "llmops.namespace")} == {
+        "service.name": "acme-rag",
+        "deployment.environment": "staging",
+        "llmops.namespace": "ns1",
+    }
+    # The agent is said beside the name; the operator's resource attributes win over our defaults.
+    assert (resource["llmops.agent"], resource["llmops.role"]) == ("ingest", "batch-worker")
+
+
+def test_service_name_in_otel_resource_attributes_is_used_when_otel_service_name_is_not_set(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.delenv("OTEL_SERVICE_NAME", raising=False)
+    monkeypatch.setenv("OTEL_RESOURCE_ATTRIBUTES", "service.name=from-attributes")
+    assert service_name("embed") == "from-attributes"
+    monkeypatch.setenv("OTEL_SERVICE_NAME", "from-name")  # the spec: OTEL_SERVICE_NAME wins
+    assert service_name("embed") == "from-name"
 
 
 def test_sampler_variables_are_honoured(spans: InMemorySpanExporter, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -271,8 +284,14 @@ def test_tracing_settings_come_from_llmops_and_standard_otel_variables(monkeypat
     assert (env["LLMOPS_TRACING"], env["OTEL_EXPORTER_OTLP_ENDPOINT"]) == ("false", "http://collector:4318/")
     monkeypatch.setenv("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", "http://traces:4318/custom")
     assert Settings().otlp_traces_url == "http://traces:4318/custom"
-    monkeypatch.setenv("OTEL_EXPORTER_OTLP_PROTOCOL", "grpc")  # not sent: refused at start, not ignored
-    with pytest.raises(ValidationError, match=r"OTLP_TRACES_PROTOCOL\n  Input should be 'http/protobuf'"):
+    monkeypatch.setenv("OTEL_EXPORTER_OTLP_PROTOCOL", "grpc")
+    assert Settings().otlp_protocol == "grpc"
+    monkeypatch.delenv("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT")
+    assert Settings().otlp_traces_url == "http://collector:4318/", "over gRPC the base endpoint is used as is"
+    monkeypatch.setenv("OTEL_EXPORTER_OTLP_TRACES_PROTOCOL", "http/protobuf")  # the signal's own variable wins
+    assert Settings().otlp_traces_url == "http://collector:4318/v1/traces"
+    monkeypatch.setenv("OTEL_EXPORTER_OTLP_TRACES_PROTOCOL", "http/json")  # refused at start, not ignored
+    with pytest.raises(ValidationError, match=r"OTLP_TRACES_PROTOCOL\n  Input should be 'grpc' or 'http/protobuf'"):
         Settings()
 
 
