@@ -4,20 +4,25 @@ Why this exists:
     Avro on our topics must be readable by standard tools (kcat -s avro, Kafka Connect, ksqlDB,
     any Confluent deserializer): each value is ``0x00`` + 4-byte big-endian schema id + Avro
     binary. The id comes from a Confluent-compatible schema registry when
-    ``LLMOPS_SCHEMA_REGISTRY_URL`` is set, and otherwise from a deterministic embedded registry
-    (the id is derived from the schema's Parsing Canonical Form, so every process agrees on it
-    without coordination).
+    ``LLMOPS_SCHEMA_REGISTRY_URL`` is set (through confluent-kafka's ``SchemaRegistryClient``, so
+    bytes written by its ``AvroSerializer`` read here and ours read with its ``AvroDeserializer``),
+    and otherwise from a deterministic embedded registry (the id is derived from the schema's
+    Parsing Canonical Form, so every process agrees on it without coordination).
 
 Usage:
     >>> codec = AvroCodec(EmbeddedRegistry.from_directory())
     >>> data = codec.encode("RawDocument", {"id": "d1", "text": "hi"}, topic="docs.raw")
     >>> codec.decode(data, "RawDocument")["text"]
     'hi'
+    >>> await codec.prefetch(values, writes=[("CleanChunk", "docs.clean")])   # in an agent, per batch
 
 Notes:
     Decoding uses the writer's schema (looked up by id) and the reader's current schema, so a
     reader with a newer schema reads older records (Avro schema resolution). Every failure is a
-    ``CodecError`` with a reason code that the dead-letter topic records.
+    ``CodecError`` with a reason code that the dead-letter topic records. ``encode``/``decode``
+    are synchronous; with a remote registry a cache miss is an HTTP request, so async code awaits
+    ``prefetch`` first and the request runs in a thread (a miss on the event loop is logged as
+    ``schema_registry_call_on_event_loop``).
 """
 
 from __future__ import annotations
