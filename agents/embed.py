@@ -54,6 +54,10 @@ def register_embed(app: faust.App, settings: Settings, tracer: AgentTracer) -> A
             metrics.batch_seconds.observe(time.perf_counter() - started)
 
     async def embed_batch(events: list[Any]) -> None:
+        await codec.prefetch(
+            (event.message.value for event in events),
+            writes=[("ChunkEmbedding", topics.docs_embeddings), ("DeadLetter", topics.deadletter)],
+        )
         with tracer.batch([delivery_of(event) for event in events]) as batch:
             decoded: list[tuple[int, Any, dict[str, Any]]] = []
             pending = []

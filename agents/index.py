@@ -105,6 +105,7 @@ def register_index(app: faust.App, settings: Settings, tracer: AgentTracer) -> A
 
     async def index_batch(events: list[Any], batch: BatchTrace) -> None:
         records, positions, pending = [], [], []
+        await codec.prefetch((event.message.value for event in events), writes=[("DeadLetter", topics.deadletter)])
         for i, event in enumerate(events):
             try:
                 record = codec.decode(event.message.value or b"", "ChunkEmbedding")

@@ -188,6 +188,14 @@ def register_infer(app: faust.App, settings: Settings, tracer: AgentTracer, agen
         await replies.start([topics.inference_responses, topics.inference_shadow])
         state["replies"] = replies
         show_active_models()
+        await codec.prefetch(  # schema ids of what this agent writes, resolved off the event loop
+            writes=[
+                ("InferenceResponse", topics.inference_responses),
+                ("InferenceResponse", topics.inference_shadow),
+                ("DeadLetter", topics.deadletter),
+                ("Alert", topics.monitor_alerts),
+            ]
+        )
         log.info("infer_ready", embedder=embedder.version[:12], models=[v.short for v in follower.registry.all()])
 
     def reply(topic: str, key: str, response: dict[str, Any], headers: list[tuple[str, bytes]]) -> Any:
@@ -213,6 +221,7 @@ def register_infer(app: faust.App, settings: Settings, tracer: AgentTracer, agen
         if time.monotonic() - missing_since.get(topic, -MISSING_TOPIC_RECHECK_SECONDS) < MISSING_TOPIC_RECHECK_SECONDS:
             return None
         if await topic_partitions(settings, [topic]):
+            await codec.prefetch(writes=[("InferenceResponse", topic)])
             reply_topics.add(topic)
             return topic
         if len(missing_since) > 10_000:  # bounded, whatever tenants requests name
@@ -230,6 +239,7 @@ def register_infer(app: faust.App, settings: Settings, tracer: AgentTracer, agen
         received_ms = record.timestamp or now_ms()
         headers = batch.inject(0, [])  # the response continues the request's trace
         pending = []
+        await codec.prefetch([record.value])
         try:
             request = parse_request(record.value, codec)
         except RequestRejected as error:

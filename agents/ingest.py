@@ -65,6 +65,11 @@ def register_ingest(app: faust.App, settings: Settings, tracer: AgentTracer) -> 
     pipeline = IngestPipeline(IngestConfig.from_settings(settings), codec, default_tokenizer())
     totals: Counter[str] = Counter()
     metrics = stage_metrics("ingest")
+    ingest_writes = [
+        ("CleanChunk", topics.docs_clean),
+        ("DuplicateNotice", topics.docs_duplicates),
+        ("DeadLetter", topics.deadletter),
+    ]
 
     @app.agent(docs_raw, name="ingest")
     async def ingest(stream: Any) -> None:
@@ -86,6 +91,7 @@ def register_ingest(app: faust.App, settings: Settings, tracer: AgentTracer) -> 
         # nothing once the topic is known. (Faust exposes its aiokafka producer only privately.)
         producer: Any = app.producer
         await producer._ensure_producer().partitions_for(changelog)
+        await codec.prefetch((event.message.value for event in events), writes=ingest_writes)
         with tracer.batch([delivery_of(event) for event in events]) as batch:
             records = [record_from_event(event, batch.traceparent(i)) for i, event in enumerate(events)]
             if not lookups:

@@ -103,6 +103,13 @@ def register_monitor(app: faust.App, settings: Settings, agents: Sequence[str] =
                 pending.append(await app.producer.send(topics.monitor_alerts, key, value, None, None, None))
         await asyncio.gather(*pending)
 
+    # What the monitor writes; their schema ids are resolved off the event loop (AvroCodec.prefetch).
+    writes = [
+        ("MetricSnapshot", topics.monitor_metrics),
+        ("Alert", topics.monitor_alerts),
+        ("DeadLetter", topics.deadletter),
+    ]
+
     def timestamp_ms(event: Any) -> int:
         return int((event.message.timestamp or time.time()) * 1000)
 
@@ -140,6 +147,7 @@ def register_monitor(app: faust.App, settings: Settings, agents: Sequence[str] =
             await ready()
             async for event in stream.events():
                 processed.inc()
+                await codec.prefetch([event.message.value], writes=writes)
                 try:
                     record = decode(event.message.value or b"")
                 except (BadFeedback, CodecError) as error:
@@ -171,6 +179,7 @@ def register_monitor(app: faust.App, settings: Settings, agents: Sequence[str] =
             context = [h for h in record.headers if h[0] in TRACE_HEADERS]
             await (await send_dead_letter(app, codec, topics, letter, context))  # acked before the commit
 
+        await codec.prefetch([record.value], writes=writes)
         try:
             response = codec.decode(record.value or b"", "InferenceResponse")
         except CodecError as error:
@@ -211,6 +220,7 @@ def register_monitor(app: faust.App, settings: Settings, agents: Sequence[str] =
         async for event in stream.events():
             if not event.message.value:
                 continue
+            await codec.prefetch([event.message.value])
             try:
                 reference = reference_from_avro(codec.decode(event.message.value, "MonitorReference"))
             except (CodecError, KeyError, ValueError) as error:

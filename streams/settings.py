@@ -266,6 +266,11 @@ class Settings(BaseSettings):
     )
     schema_registry_username: str | None = None
     schema_registry_password: SecretStr | None = None
+    schema_registry_auto_register: bool = Field(
+        True,
+        description="Producers register their schema under <topic>-value; false = only look it up "
+        "(a registry where schemas are registered by a pipeline, not by producers).",
+    )
 
     # --- Milvus ------------------------------------------------------------------------------
     milvus_uri: str | None = Field(None, description="Milvus server URI; unset = Milvus Lite in data_dir.")

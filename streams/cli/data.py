@@ -105,7 +105,7 @@ def profile(
     from streams.ingest.pipeline import IngestConfig
     from streams.ingest.profile import profile_records, write_histogram
     from streams.ingest.publish import encode_document
-    from streams.kafka.avro import AvroCodec, registry_from_settings
+    from streams.kafka.avro import codec_from_settings
 
     if sum(x is not None for x in (file, topic, corpus)) != 1:
         raise click.UsageError("give exactly one of FILE.jsonl, --topic NAME or --corpus stdlib")
@@ -125,13 +125,7 @@ def profile(
             ]
 
         records = asyncio.run(fetch())
-    codec = AvroCodec(
-        registry_from_settings(
-            settings.schema_registry_url,
-            settings.schema_registry_username,
-            settings.schema_registry_password.get_secret_value() if settings.schema_registry_password else None,
-        )
-    )
+    codec = codec_from_settings(settings)
     result = profile_records(records, codec, IngestConfig.from_settings(settings))
     if png is not None:
         write_histogram(result, png)

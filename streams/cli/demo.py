@@ -31,7 +31,7 @@ from streams.cli.support import echo_json, kafka_options, load_settings
 from streams.ingest.corpus import stdlib_documents
 from streams.ingest.publish import encode_document, publish_records
 from streams.kafka.admin import ensure_topics, read_range
-from streams.kafka.avro import AvroCodec, registry_from_settings
+from streams.kafka.avro import AvroCodec, codec_from_settings
 from streams.kafka.broker import EmbeddedKafka
 from streams.kafka.progress import end_offsets, wait_for_stages
 from streams.kafka.topics import Topics
@@ -154,7 +154,7 @@ def run_demo(
         inference = run_inference_demo(settings, log) if ok and worker.poll() is None else None
     finally:
         code = stop_worker(worker)
-    codec = AvroCodec(registry_from_settings(settings.schema_registry_url, settings.schema_registry_username, None))
+    codec = codec_from_settings(settings)
     summary = account(published, messages, codec, topics)
     counts = {name: sum(end - before.get(tp, 0) for tp, end in after.items() if tp.topic == name) for name in outputs}
     counts[topics.docs_raw] = report.records

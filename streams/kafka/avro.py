@@ -4,41 +4,52 @@ Why this exists:
     Avro on our topics must be readable by standard tools (kcat -s avro, Kafka Connect, ksqlDB,
     any Confluent deserializer): each value is ``0x00`` + 4-byte big-endian schema id + Avro
     binary. The id comes from a Confluent-compatible schema registry when
-    ``LLMOPS_SCHEMA_REGISTRY_URL`` is set, and otherwise from a deterministic embedded registry
-    (the id is derived from the schema's Parsing Canonical Form, so every process agrees on it
-    without coordination).
+    ``LLMOPS_SCHEMA_REGISTRY_URL`` is set (through confluent-kafka's ``SchemaRegistryClient``, so
+    bytes written by its ``AvroSerializer`` read here and ours read with its ``AvroDeserializer``),
+    and otherwise from a deterministic embedded registry (the id is derived from the schema's
+    Parsing Canonical Form, so every process agrees on it without coordination).
 
 Usage:
     >>> codec = AvroCodec(EmbeddedRegistry.from_directory())
     >>> data = codec.encode("RawDocument", {"id": "d1", "text": "hi"}, topic="docs.raw")
     >>> codec.decode(data, "RawDocument")["text"]
     'hi'
+    >>> await codec.prefetch(values, writes=[("CleanChunk", "docs.clean")])   # in an agent, per batch
 
 Notes:
     Decoding uses the writer's schema (looked up by id) and the reader's current schema, so a
     reader with a newer schema reads older records (Avro schema resolution). Every failure is a
-    ``CodecError`` with a reason code that the dead-letter topic records.
+    ``CodecError`` with a reason code that the dead-letter topic records. ``encode``/``decode``
+    are synchronous; with a remote registry a cache miss is an HTTP request, so async code awaits
+    ``prefetch`` first and the request runs in a thread (a miss on the event loop is logged as
+    ``schema_registry_call_on_event_loop``).
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import hashlib
 import io
 import json
 import struct
 import threading
-from collections.abc import Mapping
+import time
+from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Any, Protocol
+from urllib.parse import unquote, urlsplit, urlunsplit
 
 import fastavro
 from fastavro.schema import to_parsing_canonical_form
 
-from streams.settings import Settings
+from streams.logs import get_logger
+from streams.settings import Settings, mask_url_credentials
 
 MAGIC_BYTE = 0
 HEADER = struct.Struct(">bI")
 SCHEMA_DIR = Path(__file__).resolve().parents[2] / "schemas"
+log = get_logger(__name__)
 
 Schema = dict[str, Any]
 
@@ -57,6 +68,10 @@ class SchemaRegistry(Protocol):
 
     def id_for(self, subject: str, schema: Schema) -> int:
         """Register ``schema`` under ``subject`` if needed and return its id."""
+        ...
+
+    def cached_schema(self, schema_id: int) -> bool:
+        """Whether ``schema_for(schema_id)`` answers (or raises) without a network request."""
         ...
 
     def schema_for(self, schema_id: int) -> Schema:
@@ -114,49 +129,145 @@ class EmbeddedRegistry:
     def schema_for(self, schema_id: int) -> Schema:
         return self._by_id[schema_id]
 
+    def cached_schema(self, schema_id: int) -> bool:
+        return True
+
+
+class RegistryError(RuntimeError):
+    """The schema registry refused a schema or could not be asked; the message says what to change."""
+
 
 class ConfluentRegistry:
-    """Client of a Confluent-compatible schema registry (REST API), with caches.
+    """A Confluent-compatible schema registry through confluent-kafka's ``SchemaRegistryClient``.
 
     Subjects follow the TopicNameStrategy (``<topic>-value``), what Confluent serializers use.
+    Ids found and ids or subjects missing are both cached: a record that names an unknown id
+    costs one HTTP request per ``miss_ttl`` seconds, not one per record. Calls block; agents
+    reach them through :meth:`AvroCodec.prefetch`, which runs them in a thread.
     """
 
-    def __init__(self, url: str, username: str | None = None, password: str | None = None) -> None:
-        import httpx
+    def __init__(
+        self,
+        url: str,
+        username: str | None = None,
+        password: str | None = None,
+        *,
+        auto_register: bool = True,
+        miss_ttl: float = 300.0,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        from confluent_kafka.schema_registry import SchemaRegistryClient
 
-        base = httpx.URL(url.rstrip("/"))
-        auth = (username, password or "") if username else None
-        if base.userinfo:
-            # Credentials in the URL become basic auth; the URL kept (and shown in every HTTP
-            # error) has none.
-            auth = auth or (base.username, base.password)
-            base = base.copy_with(username=None, password=None)
-        self._client = httpx.Client(base_url=base, auth=auth, timeout=10.0)
+        parts = urlsplit(url)
+        if parts.username:
+            # Credentials in the URL become basic auth; the URL kept (and shown in errors) has none.
+            username, password = username or unquote(parts.username), password or unquote(parts.password or "")
+            url = urlunsplit(parts._replace(netloc=parts.netloc.rsplit("@", 1)[1]))
+        conf: dict[str, Any] = {"url": url.rstrip("/"), "timeout": 10}
+        if username:
+            conf["basic.auth.user.info"] = f"{username}:{password or ''}"
+        self.url = conf["url"]
+        self.client = SchemaRegistryClient(conf)
+        self.auto_register = auto_register
+        self._miss_ttl, self._clock = miss_ttl, clock
         self._ids: dict[tuple[str, str], int] = {}
         self._schemas: dict[int, Schema] = {}
+        self._missing: dict[object, float] = {}  # an id or (subject, form) -> when it was found missing
+        self._lock = threading.Lock()
+
+    def cached_id(self, subject: str, schema: Schema) -> int | None:
+        """The id of ``schema`` under ``subject`` if known without asking the registry."""
+        return self._ids.get((subject, canonical_form(schema)))
+
+    def cached_schema(self, schema_id: int) -> bool:
+        """Whether ``schema_for(schema_id)`` answers without asking the registry."""
+        return schema_id in self._schemas or self._missed(schema_id)
+
+    def _missed(self, key: object) -> bool:
+        found = self._missing.get(key)
+        return found is not None and self._clock() - found < self._miss_ttl
 
     def id_for(self, subject: str, schema: Schema) -> int:
+        from confluent_kafka.schema_registry import Schema as RegistrySchema
+        from confluent_kafka.schema_registry.error import SchemaRegistryError
+
         key = (subject, canonical_form(schema))
-        if key not in self._ids:
-            response = self._client.post(
-                f"/subjects/{subject}/versions",
-                json={"schema": json.dumps(schema)},
-                headers={"Content-Type": "application/vnd.schemaregistry.v1+json"},
-            )
-            response.raise_for_status()
-            schema_id = int(response.json()["id"])
+        known = self._ids.get(key)
+        if known is not None:
+            return known
+        if self._missed(key):
+            raise RegistryError(self._not_registered(subject))
+        wire = RegistrySchema(json.dumps(schema), "AVRO")
+        _note_event_loop_call(f"register {subject}")
+        try:
+            if self.auto_register:
+                schema_id = int(self.client.register_schema(subject, wire))
+            else:
+                schema_id = int(self.client.lookup_schema(subject, wire).schema_id or 0)
+        except SchemaRegistryError as error:
+            if error.http_status_code == 404:
+                with self._lock:
+                    self._missing[key] = self._clock()
+                raise RegistryError(self._not_registered(subject)) from None
+            if error.http_status_code == 409:
+                raise RegistryError(
+                    f"the schema registry at {self.url} refused this version of {schema.get('name')} under subject "
+                    f"{subject} as incompatible with the versions before it ({error.error_message}); make the "
+                    "change compatible (e.g. new fields need a default) or change the subject's compatibility "
+                    "level in the registry"
+                ) from None
+            raise RegistryError(self._failed(f"register {subject}", error)) from None
+        except Exception as error:  # noqa: BLE001 - httpx raises many transport errors
+            raise RegistryError(self._failed(f"register {subject}", error)) from None
+        with self._lock:
             self._ids[key] = schema_id
-            self._schemas[schema_id] = schema
-        return self._ids[key]
+            self._schemas.setdefault(schema_id, schema)
+        return schema_id
 
     def schema_for(self, schema_id: int) -> Schema:
-        if schema_id not in self._schemas:
-            response = self._client.get(f"/schemas/ids/{schema_id}")
-            if response.status_code == 404:
-                raise KeyError(schema_id)
-            response.raise_for_status()
-            self._schemas[schema_id] = json.loads(response.json()["schema"])
-        return self._schemas[schema_id]
+        from confluent_kafka.schema_registry.error import SchemaRegistryError
+
+        known = self._schemas.get(schema_id)
+        if known is not None:
+            return known
+        if self._missed(schema_id):
+            raise KeyError(schema_id)
+        _note_event_loop_call(f"fetch schema id {schema_id}")
+        try:
+            found = self.client.get_schema(schema_id)
+        except SchemaRegistryError as error:
+            if error.http_status_code == 404:
+                with self._lock:
+                    self._missing[schema_id] = self._clock()
+                raise KeyError(schema_id) from None
+            raise RegistryError(self._failed(f"fetch schema id {schema_id}", error)) from None
+        except Exception as error:  # noqa: BLE001 - httpx raises many transport errors
+            raise RegistryError(self._failed(f"fetch schema id {schema_id}", error)) from None
+        schema: Schema = json.loads(found.schema_str or "null")
+        with self._lock:
+            self._schemas[schema_id] = schema
+        return schema
+
+    def _not_registered(self, subject: str) -> str:
+        return (
+            f"no version of this schema is registered under subject {subject} at {self.url}; register it "
+            "there or set LLMOPS_SCHEMA_REGISTRY_AUTO_REGISTER=true"
+        )
+
+    def _failed(self, action: str, error: Exception) -> str:
+        return mask_url_credentials(
+            f"could not {action} at the schema registry {self.url} ({error}); check LLMOPS_SCHEMA_REGISTRY_URL "
+            "and, if it needs them, LLMOPS_SCHEMA_REGISTRY_USERNAME / LLMOPS_SCHEMA_REGISTRY_PASSWORD"
+        )
+
+
+def _note_event_loop_call(action: str) -> None:
+    """Warn when a registry request is about to block a running event loop (a missed prefetch)."""
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return
+    log.warning("schema_registry_call_on_event_loop", action=action, fix="await AvroCodec.prefetch(...) first")
 
 
 class AvroCodec:
@@ -197,6 +308,31 @@ class AvroCodec:
             same = canonical_form(self._registry.schema_for(schema_id)) == canonical_form(self._current[name])
             self._readers[key] = None if same else self._parsed_current(name)
         return self._readers[key]
+
+    async def prefetch(self, values: Iterable[bytes | None] = (), writes: Iterable[tuple[str, str]] = ()) -> None:
+        """Ask the registry, in a thread, for what decoding ``values`` and encoding ``writes`` needs.
+
+        Agents await this once per batch before the synchronous ``decode``/``encode``: with a
+        remote registry a cache miss is an HTTP request, which must not stall the event loop (and
+        with it every agent of the worker). ``writes`` are ``(record name, topic)`` pairs. Once
+        everything is cached (always, with the embedded registry) it returns without a thread.
+
+        Raises:
+            RegistryError: a schema to write was refused or the registry could not be reached
+                (the batch fails and is read again; records are not dead-lettered for it).
+        """
+        ids = {HEADER.unpack_from(v)[1] for v in values if v and len(v) >= HEADER.size and v[0] == MAGIC_BYTE}
+        unknown = [i for i in ids if i not in self._parsed_by_id and not self._registry.cached_schema(i)]
+        unwritten = [(name, topic) for name, topic in dict.fromkeys(writes) if (name, topic) not in self._ids]
+        if unknown or unwritten:
+            await asyncio.to_thread(self._warm, unknown, unwritten)
+
+    def _warm(self, ids: list[int], writes: list[tuple[str, str]]) -> None:
+        for schema_id in ids:
+            with contextlib.suppress(KeyError):  # a missing id is cached as missing; decode says so
+                self._registry.schema_for(schema_id)
+        for name, topic in writes:
+            self.schema_id(name, topic)
 
     def schema_id(self, name: str, topic: str) -> int:
         """The wire id of the current schema ``name`` for values of ``topic``."""
@@ -244,10 +380,12 @@ class AvroCodec:
         return record
 
 
-def registry_from_settings(url: str | None, username: str | None, password: str | None) -> SchemaRegistry:
+def registry_from_settings(
+    url: str | None, username: str | None, password: str | None, *, auto_register: bool = True
+) -> SchemaRegistry:
     """The Confluent registry when a URL is configured, else the embedded one."""
     if url:
-        return ConfluentRegistry(url, username, password)
+        return ConfluentRegistry(url, username, password, auto_register=auto_register)
     return EmbeddedRegistry.from_directory()
 
 
@@ -259,5 +397,6 @@ def codec_from_settings(settings: Settings) -> AvroCodec:
             settings.schema_registry_url,
             settings.schema_registry_username,
             password.get_secret_value() if password else None,
+            auto_register=settings.schema_registry_auto_register,
         )
     )

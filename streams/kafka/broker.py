@@ -95,12 +95,37 @@ def _pid_alive(pid: int) -> bool:
     return state != "Z"
 
 
+def terminate(pid: int, timeout: float) -> None:
+    """SIGTERM ``pid``, then SIGKILL if it still runs after ``timeout`` seconds."""
+    os.kill(pid, signal.SIGTERM)
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and _pid_alive(pid):
+        time.sleep(0.2)
+    if _pid_alive(pid):
+        os.kill(pid, signal.SIGKILL)
+
+
 def require_tool(name: str, hint: str) -> str:
     """Path of an executable, or a BrokerError saying how to get it."""
     path = shutil.which(name)
     if path is None:
         raise BrokerError(f"'{name}' was not found on PATH; {hint}")
     return path
+
+
+def copy_maven_dependencies(pom: Path, output: Path, what: str, goal: str = "dependency:copy-dependencies") -> None:
+    """Copy what ``pom`` names (its runtime dependencies, or ``goal``'s items) from Maven Central into ``output``."""
+    require_tool("java", "install a Java 17 runtime (Debian: apt-get install openjdk-17-jre-headless)")
+    mvn = require_tool("mvn", "install Apache Maven (Debian: apt-get install maven)")
+    if output.exists():
+        shutil.rmtree(output)
+    output.mkdir(parents=True)
+    command = [mvn, "-B", "-q", "-f", str(pom), goal, f"-DoutputDirectory={output}"]
+    result = subprocess.run([*command, "-DincludeScope=runtime"], capture_output=True, text=True, check=False)
+    if result.returncode != 0:
+        raise BrokerError(
+            f"Maven could not resolve {what} (is Maven Central reachable?):\n" + (result.stdout + result.stderr)[-2000:]
+        )
 
 
 def _java_argument(argument: str) -> str:
@@ -196,32 +221,8 @@ class EmbeddedKafka:
         wanted = hashlib.sha256(POM.read_bytes()).hexdigest()
         if stamp.exists() and stamp.read_text() == wanted and any(self.libs_dir.glob("kafka_2.13-*.jar")):
             return self.libs_dir
-        require_tool("java", "install a Java 17 runtime (Debian: apt-get install openjdk-17-jre-headless)")
-        mvn = require_tool("mvn", "install Apache Maven (Debian: apt-get install maven)")
         progress("resolving Apache Kafka jars from Maven Central (first run only)...")
-        if self.libs_dir.exists():
-            shutil.rmtree(self.libs_dir)
-        self.libs_dir.mkdir(parents=True)
-        result = subprocess.run(
-            [
-                mvn,
-                "-B",
-                "-q",
-                "-f",
-                str(POM),
-                "dependency:copy-dependencies",
-                f"-DoutputDirectory={self.libs_dir}",
-                "-DincludeScope=runtime",
-            ],
-            capture_output=True,
-            text=True,
-            check=False,
-        )
-        if result.returncode != 0:
-            raise BrokerError(
-                "Maven could not resolve the Kafka jars (is Maven Central reachable?):\n"
-                + (result.stdout + result.stderr)[-2000:]
-            )
+        copy_maven_dependencies(POM, self.libs_dir, "the Kafka jars")
         stamp.write_text(wanted)
         return self.libs_dir
 
@@ -433,12 +434,7 @@ class EmbeddedKafka:
         if pid is None:
             self.pid_file.unlink(missing_ok=True)
             return False
-        os.kill(pid, signal.SIGTERM)
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline and _pid_alive(pid):
-            time.sleep(0.2)
-        if _pid_alive(pid):
-            os.kill(pid, signal.SIGKILL)
+        terminate(pid, timeout)
         self.pid_file.unlink(missing_ok=True)
         return True
 

@@ -169,6 +169,7 @@ async def load_reference(settings: Settings, codec: AvroCodec | None = None) -> 
     async for message in read_topic(settings, Topics(settings.namespace).monitor_reference):
         if message.key == REFERENCE_KEY:
             latest = message.value
+    await codec.prefetch([latest])
     return reference_from_avro(codec.decode(latest, "MonitorReference")) if latest else None
 
 

@@ -15,7 +15,7 @@ import subprocess
 import sys
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -43,16 +43,20 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
             item.add_marker(pytest.mark.integration)
 
 
+def start_or_fail(start: Callable[[], str], what: str) -> str:
+    """Start a real service for the tests, or fail them (never skip) saying why it did not start."""
+    try:
+        return start()
+    except BrokerError as error:
+        pytest.fail(f"{what} did not start, so integration tests cannot run:\n{error}")
+
+
 @pytest.fixture(scope="session")
 def kafka_bootstrap() -> Iterator[str]:
     broker = EmbeddedKafka(ROOT / ".llmops" / "kafka", port=TEST_PORT, heap="512m")
     broker.stop()
     shutil.rmtree(broker.storage_dir, ignore_errors=True)
-    try:
-        bootstrap = broker.start(timeout=180)
-    except BrokerError as error:
-        pytest.fail(f"the real Kafka broker did not start, so integration tests cannot run:\n{error}")
-    yield bootstrap
+    yield start_or_fail(lambda: broker.start(timeout=180), "the real Kafka broker")
     broker.stop()
 
 

@@ -1,28 +1,25 @@
 """The Avro codec: Confluent framing byte for byte, evolution, errors, registries."""
 
+import asyncio
 import io
 import json
 import struct
 
 import fastavro
-import httpx
 import pytest
+from confluent_kafka.schema_registry.error import SchemaRegistryError
 from hypothesis import given
 from hypothesis import strategies as st
 
-from streams.kafka.avro import AvroCodec, CodecError, ConfluentRegistry, EmbeddedRegistry, embedded_schema_id
-
-RAW_V1 = {  # an older RawDocument: no tenant, metadata or deleted fields
-    "type": "record",
-    "name": "RawDocument",
-    "namespace": "llmops.streams",
-    "fields": [
-        {"name": "id", "type": "string"},
-        {"name": "text", "type": ["null", "string"], "default": None},
-        {"name": "title", "type": ["null", "string"], "default": None},
-        {"name": "source", "type": ["null", "string"], "default": None},
-    ],
-}
+from streams.kafka.avro import (
+    AvroCodec,
+    CodecError,
+    ConfluentRegistry,
+    EmbeddedRegistry,
+    RegistryError,
+    embedded_schema_id,
+)
+from tests.avro_samples import RAW_V1, RAW_V1_AS_CURRENT, RAW_V1_BODY, RAW_V1_RECORD
 
 
 @pytest.fixture(scope="module")
@@ -67,17 +64,9 @@ def test_a_reader_with_the_newer_schema_reads_older_records(codec: AvroCodec) ->
     old_id = registry.register(RAW_V1)
     buffer = io.BytesIO()
     buffer.write(struct.pack(">bI", 0, old_id))
-    fastavro.schemaless_writer(buffer, fastavro.parse_schema(RAW_V1), {"id": "old", "text": "from v1"})
-    decoded = AvroCodec(registry).decode(buffer.getvalue(), "RawDocument")
-    assert decoded == {
-        "id": "old",
-        "text": "from v1",
-        "title": None,
-        "source": None,
-        "tenant": None,
-        "metadata": {},
-        "deleted": False,
-    }
+    fastavro.schemaless_writer(buffer, fastavro.parse_schema(RAW_V1), RAW_V1_RECORD)
+    assert buffer.getvalue()[5:] == RAW_V1_BODY
+    assert AvroCodec(registry).decode(buffer.getvalue(), "RawDocument") == RAW_V1_AS_CURRENT
 
 
 @pytest.mark.parametrize(
@@ -125,30 +114,50 @@ def test_a_record_of_another_schema_does_not_resolve(codec: AvroCodec) -> None:
     assert caught.value.reason == "BAD_AVRO"
 
 
-def test_confluent_registry_registers_by_subject_and_fetches_by_id() -> None:
-    schemas: dict[int, str] = {}
-    calls: list[str] = []
+class CountingClient:
+    """Stands in for confluent-kafka's SchemaRegistryClient: every schema is missing (HTTP 404)."""
 
-    def registry_api(request: httpx.Request) -> httpx.Response:
-        calls.append(f"{request.method} {request.url.path}")
-        if request.method == "POST":
-            schemas[41] = json.loads(request.content)["schema"]
-            return httpx.Response(200, json={"id": 41})
-        schema_id = int(request.url.path.rsplit("/", 1)[1])
-        if schema_id in schemas:
-            return httpx.Response(200, json={"schema": schemas[schema_id]})
-        return httpx.Response(404, json={"error_code": 40403})
+    def __init__(self) -> None:
+        self.calls: list[str] = []
 
-    registry = ConfluentRegistry("http://registry:8081")
-    registry._client = httpx.Client(base_url="http://registry:8081", transport=httpx.MockTransport(registry_api))
+    def get_schema(self, schema_id: int) -> None:
+        self.calls.append(f"get {schema_id}")
+        raise SchemaRegistryError(404, 40403, "Schema not found")
+
+    def lookup_schema(self, subject: str, schema: object) -> None:
+        self.calls.append(f"lookup {subject}")
+        raise SchemaRegistryError(404, 40401, "Subject not found")
+
+
+def test_confluent_registry_keeps_credentials_out_of_its_url() -> None:
+    registry = ConfluentRegistry("http://svc:p%40ss@registry:8081/apis/ccompat/v7/")
+    assert registry.url == "http://registry:8081/apis/ccompat/v7"
+    assert registry.client._rest_client.auth == ("svc", "p@ss")
+
+
+def test_confluent_registry_remembers_misses_until_they_expire() -> None:
+    now = [0.0]
+    registry = ConfluentRegistry("http://registry:8081", auto_register=False, miss_ttl=60.0, clock=lambda: now[0])
+    client = CountingClient()
+    registry.client = client  # type: ignore[assignment]  # a counting stand-in; the real one is tested in integration
     codec = AvroCodec(registry)
-    data = codec.encode("RawDocument", {"id": "d", "text": "t"}, topic="docs.raw")
-    assert data[:5] == struct.pack(">bI", 0, 41)
-    codec.encode("RawDocument", {"id": "e", "text": "u"}, topic="docs.raw")  # cached: no second POST
-    fresh = AvroCodec(registry)
-    registry._schemas.clear()
-    assert fresh.decode(data, "RawDocument")["text"] == "t"
-    assert calls == ["POST /subjects/docs.raw-value/versions", "GET /schemas/ids/41"]
-    with pytest.raises(CodecError) as caught:
-        fresh.decode(struct.pack(">bI", 0, 99) + b"\x02d", "RawDocument")
-    assert caught.value.reason == "UNKNOWN_SCHEMA_ID"
+    framed = struct.pack(">bI", 0, 99) + b"\x02d"
+    for _ in range(3):
+        with pytest.raises(CodecError) as caught:
+            codec.decode(framed, "RawDocument")
+        assert caught.value.reason == "UNKNOWN_SCHEMA_ID"
+        with pytest.raises(RegistryError, match="LLMOPS_SCHEMA_REGISTRY_AUTO_REGISTER"):
+            registry.id_for("docs.raw-value", RAW_V1)
+    assert client.calls == ["get 99", "lookup docs.raw-value"]
+    assert registry.cached_schema(99)
+    now[0] = 61.0
+    assert not registry.cached_schema(99)
+    with pytest.raises(KeyError):
+        registry.schema_for(99)
+    assert client.calls[-1] == "get 99"
+
+
+def test_prefetch_with_the_embedded_registry_needs_no_thread(codec: AvroCodec) -> None:
+    data = codec.encode("RawDocument", {"id": "d1"}, topic="docs.raw")
+    asyncio.run(codec.prefetch([data, None, b"{}"], writes=[("CleanChunk", "docs.clean")]))
+    assert codec.decode(data, "RawDocument")["id"] == "d1"
