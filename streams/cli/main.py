@@ -15,6 +15,7 @@ import click
 
 from streams.cli.data import profile, publish
 from streams.cli.demo import demo
+from streams.cli.generator import generator
 from streams.cli.inference import query, search
 from streams.cli.kafka import kafka
 from streams.cli.models import models
@@ -37,7 +38,20 @@ def cli() -> None:
     """
 
 
-for command in (kafka, worker, publish, profile, search, query, trace_command, models, monitor, replay, demo):
+for command in (
+    kafka,
+    worker,
+    publish,
+    profile,
+    search,
+    query,
+    trace_command,
+    models,
+    monitor,
+    replay,
+    demo,
+    generator,
+):
     cli.add_command(command)
 
 

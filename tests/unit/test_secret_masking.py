@@ -116,6 +116,14 @@ def test_http_errors_of_the_generator_and_the_registry_never_show_url_credential
         asyncio.run(generator.generate("q", "c"))
     assert "500" in str(failed.value) and GENERATOR_PW not in str(failed.value) and API_KEY not in str(failed.value)
 
+    async def streamed() -> list[str]:
+        return [delta async for delta in generator.stream("q", "c")]
+
+    with pytest.raises(GeneratorError) as failed_stream:
+        asyncio.run(streamed())
+    shown = str(failed_stream.value)
+    assert "500" in shown and GENERATOR_PW not in shown and API_KEY not in shown
+
     registry = ConfluentRegistry(f"http://reg:{REGISTRY_PW}@127.0.0.1:{failing_server}")
     with pytest.raises(Exception) as failed_registry:
         registry.schema_for(1)
