@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -17,9 +19,12 @@ from streams.inference.generator import (
 from streams.inference.local_model import (
     LOOPBACK,
     LocalGeneratorError,
+    LocalServer,
     packaged_gguf,
     require_llama_server,
     server_command,
+    stop_local_server,
+    wait_until_ready,
 )
 
 
@@ -126,3 +131,31 @@ def test_a_missing_server_module_names_the_make_target() -> None:
     require_llama_server(("json",))
     with pytest.raises(LocalGeneratorError, match="'llmops_no_such_module' module; run 'make install-generator'"):
         require_llama_server(("json", "llmops_no_such_module"))
+
+
+def test_a_server_that_exits_while_starting_is_reported_with_its_log(tmp_path: Path) -> None:
+    log = tmp_path / "server.log"
+    with open(log, "wb") as out:
+        process = subprocess.Popen(
+            [sys.executable, "-c", "print('error loading model: bad magic'); raise SystemExit(3)"], stdout=out
+        )
+    process.wait(timeout=30)
+    with pytest.raises(LocalGeneratorError, match="exited with code 3") as failed:
+        wait_until_ready(LocalServer(process, 9, log), timeout_s=30)
+    assert "bad magic" in str(failed.value)
+
+
+def test_a_server_that_never_answers_times_out_on_the_given_clock(tmp_path: Path) -> None:
+    process = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    ticks = iter(range(100))
+    try:
+        with pytest.raises(LocalGeneratorError, match="did not answer within 5 s"):
+            # Port 9 (discard) on loopback: nothing listens, every probe is refused at once.
+            wait_until_ready(
+                LocalServer(process, 9, tmp_path / "none.log"),
+                timeout_s=5,
+                clock=lambda: float(next(ticks)),
+                sleep=lambda _: None,
+            )
+    finally:
+        assert stop_local_server(LocalServer(process, 9, tmp_path / "none.log")) != 0, "stopped by SIGTERM"
