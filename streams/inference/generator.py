@@ -158,7 +158,8 @@ def describe_error(error: Any) -> str:
 class GenerationStream:
     """The answer as an async iterator of text deltas; ``result`` once the stream has ended.
 
-    Iterate it once. Errors (HTTP, malformed events, an error event) raise GeneratorError.
+    Iterate it once. Errors (HTTP, malformed events, an error event, a stream that ends without
+    ``data: [DONE]``) raise GeneratorError.
     """
 
     def __init__(self, client: GeneratorClient, question: str, context: str) -> None:
@@ -183,9 +184,11 @@ class GenerationStream:
                 http.stream("POST", client.endpoint, json=body, headers=client.headers()) as response,
             ):
                 response.raise_for_status()
+                done = False
                 async for line in response.aiter_lines():
                     event = parse_sse_line(line)
                     if event is DONE:
+                        done = True
                         break
                     if isinstance(event, dict):
                         delta = accumulator.add(event, client.clock())
@@ -193,6 +196,10 @@ class GenerationStream:
                             yield delta
         except httpx.HTTPError as error:
             raise client.failure(error) from None
+        if not done:
+            # A server that fails after its 200 (llama.cpp: a prompt beyond the context window)
+            # just closes the stream: without [DONE] the answer may be cut anywhere.
+            raise GeneratorError("the generator endpoint's stream ended before [DONE]: the answer is incomplete")
         self.result = accumulator.result(client.clock())
 
 

@@ -1,9 +1,14 @@
-"""The generator client's pure parts: OpenAI event-stream lines, chunk folding, token counts."""
+"""The generator client and the local server launcher without llama.cpp: event-stream lines, chunk folding,
+token counts, streams over a small loopback HTTP server, and the launcher's errors."""
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
+import threading
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
@@ -159,3 +164,48 @@ def test_a_server_that_never_answers_times_out_on_the_given_clock(tmp_path: Path
             )
     finally:
         assert stop_local_server(LocalServer(process, 9, tmp_path / "none.log")) != 0, "stopped by SIGTERM"
+
+
+class EventStream(BaseHTTPRequestHandler):
+    """Answers every POST with the server-sent events in ``EventStream.lines``."""
+
+    lines: list[str] = []  # noqa: RUF012 - set by each test before its request
+
+    def do_POST(self) -> None:
+        self.rfile.read(int(self.headers.get("Content-Length", 0)))
+        self.send_response(200)
+        self.send_header("Content-Type", "text/event-stream")
+        self.end_headers()
+        for line in EventStream.lines:
+            self.wfile.write(line.encode() + b"\n\n")
+            self.wfile.flush()
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+
+@pytest.fixture
+def event_server() -> Iterator[str]:
+    server = ThreadingHTTPServer(("127.0.0.1", 0), EventStream)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{server.server_address[1]}/v1"
+    server.shutdown()
+    server.server_close()
+
+
+async def test_a_stream_over_http_yields_deltas_and_ends_at_done(event_server: str) -> None:
+    chunks = [chunk(), chunk("Use "), chunk("json.loads"), chunk(" [1]."), chunk(finish="stop")]
+    EventStream.lines = [": ping", *(f"data: {json.dumps(c)}" for c in chunks), "data: [DONE]", "data: {ignored"]
+    answer = GeneratorClient(event_server, "m").stream("q", "c")
+    assert [delta async for delta in answer] == ["Use ", "json.loads", " [1]."]
+    assert answer.result is not None and answer.result.text == "Use json.loads [1]."
+    assert answer.result.output_tokens == 3 and answer.result.finish_reason == "stop"
+
+
+async def test_a_stream_cut_before_done_is_an_error_not_a_short_answer(event_server: str) -> None:
+    EventStream.lines = [f"data: {json.dumps(chunk('Use '))}"]
+    answer = GeneratorClient(event_server, "m").stream("q", "c")
+    with pytest.raises(GeneratorError, match=r"ended before \[DONE\]"):
+        _ = [delta async for delta in answer]
+    assert answer.result is None
