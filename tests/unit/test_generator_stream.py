@@ -6,9 +6,8 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-import threading
 from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 
 import pytest
@@ -31,6 +30,7 @@ from streams.inference.local_model import (
     stop_local_server,
     wait_until_ready,
 )
+from tests.unit.loopback_http import loopback_server
 
 
 def chunk(content: str | None = None, finish: str | None = None, usage: dict[str, int] | None = None) -> dict:
@@ -186,12 +186,8 @@ class EventStream(BaseHTTPRequestHandler):
 
 @pytest.fixture
 def event_server() -> Iterator[str]:
-    server = ThreadingHTTPServer(("127.0.0.1", 0), EventStream)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    yield f"http://127.0.0.1:{server.server_address[1]}/v1"
-    server.shutdown()
-    server.server_close()
+    with loopback_server(EventStream) as port:
+        yield f"http://127.0.0.1:{port}/v1"
 
 
 async def test_a_stream_over_http_yields_deltas_and_ends_at_done(event_server: str) -> None:
