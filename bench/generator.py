@@ -8,7 +8,10 @@ stdlib docstrings the way the rag path builds it ([n] title (chunk id), then the
 Per question: prompt tokens (the server's count, from a non-streamed call after the timed one),
 time to first token (request -> first text: prompt processing dominates it), output tokens
 (content chunks, one per token on llama.cpp) and generation tokens/s (tokens after the first over
-the time after the first). The 1-minute load average before and after says how busy the machine
+the time after the first). ``streamed_equals_whole`` compares the streamed answer with the
+non-streamed one sent right after it: that second request finds its prompt in llama.cpp's cache,
+whose logits differ slightly from a fresh evaluation, so greedy answers can diverge. Default 1
+thread: on 2 shared cores, 2 llama.cpp threads wait on each other. The 1-minute load average before and after says how busy the machine
 was: on shared cores the figures move with it.
 
 Prints JSON and writes bench/out/generator.json.
@@ -42,7 +45,7 @@ from streams.inference.local_model import (  # noqa: E402
 from streams.ingest.corpus import stdlib_documents  # noqa: E402
 
 OUT = ROOT / "bench" / "out"
-MODULES = ("json", "pathlib", "functools", "itertools", "collections", "argparse", "logging", "asyncio", "csv", "re")
+MODULES = ("json", "pathlib", "functools", "typing", "collections", "argparse", "logging", "asyncio", "csv", "re")
 
 
 def free_port() -> int:
@@ -108,7 +111,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--questions", type=int, default=10, help="how many questions (at most 10)")
     parser.add_argument("--context-tokens", type=int, default=800, help="target context size in model tokens")
-    parser.add_argument("--threads", type=int, default=2, help="llama.cpp CPU threads")
+    parser.add_argument(
+        "--threads", type=int, default=1, help="llama.cpp CPU threads (2 on 2 shared cores: threads wait on each other)"
+    )
     parser.add_argument("--max-tokens", type=int, default=256, help="cap on each answer")
     args = parser.parse_args()
 
