@@ -11,8 +11,8 @@ time to first token (request -> first text: prompt processing dominates it), out
 the time after the first). ``streamed_equals_whole`` compares the streamed answer with the
 non-streamed one sent right after it: that second request finds its prompt in llama.cpp's cache,
 whose logits differ slightly from a fresh evaluation, so greedy answers can diverge. Default 1
-thread: on 2 shared cores, 2 llama.cpp threads wait on each other. The 1-minute load average before and after says how busy the machine
-was: on shared cores the figures move with it.
+thread: on 2 shared cores, 2 llama.cpp threads wait on each other. The 1-minute load average
+before and after says how busy the machine was: on shared cores the figures move with it.
 
 Prints JSON and writes bench/out/generator.json.
 """
