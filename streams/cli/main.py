@@ -18,6 +18,7 @@ import structlog
 from streams.cli.data import profile, publish
 from streams.cli.demo import demo
 from streams.cli.evaluation import eval_group, train_ranker_command
+from streams.cli.generator import generator
 from streams.cli.inference import query, search
 from streams.cli.kafka import kafka
 from streams.cli.models import models
@@ -89,6 +90,7 @@ for command in (
     replay,
     eval_group,
     demo,
+    generator,
 ):
     cli.add_command(command)
 models.add_command(train_ranker_command)

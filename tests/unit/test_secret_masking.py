@@ -7,9 +7,8 @@ import base64
 import json
 import logging
 import subprocess
-import threading
 from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +23,7 @@ from streams.kafka.broker import EmbeddedKafka
 from streams.kafka.security import BrokerSecurity
 from streams.logs import configure_logging, get_logger
 from streams.settings import Settings
+from tests.unit.loopback_http import loopback_server
 
 MILVUS_PW, REGISTRY_PW, GENERATOR_PW = "milvusPW-81x", "regPW-22y", "genPW-33z"
 SASL_PW, API_KEY = "saslPW-44q", "sk-K55w"
@@ -101,13 +101,9 @@ class Recorder(BaseHTTPRequestHandler):
 
 @pytest.fixture
 def failing_server() -> Iterator[int]:
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Recorder)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
     Recorder.seen.clear()
-    yield server.server_address[1]
-    server.shutdown()
-    server.server_close()
+    with loopback_server(Recorder) as port:
+        yield port
 
 
 def test_http_errors_of_the_generator_and_the_registry_never_show_url_credentials(failing_server: int) -> None:
@@ -115,6 +111,14 @@ def test_http_errors_of_the_generator_and_the_registry_never_show_url_credential
     with pytest.raises(GeneratorError) as failed:
         asyncio.run(generator.generate("q", "c"))
     assert "500" in str(failed.value) and GENERATOR_PW not in str(failed.value) and API_KEY not in str(failed.value)
+
+    async def streamed() -> list[str]:
+        return [delta async for delta in generator.stream("q", "c")]
+
+    with pytest.raises(GeneratorError) as failed_stream:
+        asyncio.run(streamed())
+    shown = str(failed_stream.value)
+    assert "500" in shown and GENERATOR_PW not in shown and API_KEY not in shown
 
     registry = ConfluentRegistry(f"http://reg:{REGISTRY_PW}@127.0.0.1:{failing_server}")
     with pytest.raises(Exception) as failed_registry:
