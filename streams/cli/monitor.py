@@ -58,7 +58,8 @@ def set_reference(
     from streams.kafka.topics import Topics
     from streams.monitor.config import MonitorConfig
     from streams.monitor.reference import (
-        corpus_texts,
+        corpus_blocks,
+        documents_from_blocks,
         documents_from_texts,
         read_texts_file,
         samples_from_topic,
@@ -72,8 +73,8 @@ def set_reference(
     rows = size or settings.monitor_reference_size
     try:
         if corpus is not None:
-            samples = documents_from_texts(settings, corpus_texts(split), rows, seed)
-            description = f"stdlib corpus, {split} half, {rows} chunks, seed {seed}"
+            samples = documents_from_blocks(settings, corpus_blocks(split), rows, seed)
+            description = f"stdlib corpus, {split} half, {rows} chunks of whole modules, seed {seed}"
         elif file is not None:
             samples = documents_from_texts(settings, read_texts_file(file), rows, seed)
             description = f"file {file}, {rows} chunks, seed {seed}"
