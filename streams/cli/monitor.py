@@ -147,7 +147,10 @@ def render_status(status: dict[str, Any]) -> Any:
                 continue
             threshold = "" if metric["threshold"] is None else f"{metric['threshold']:.4g}"
             verdict = "[red]BREACH[/]" if metric["breached"] else ("[green]ok[/]" if threshold else "")
-            table.add_row(metric["name"], metric["slice"] or "", f"{metric['value']:.4g}", threshold, verdict)
+            value = f"{metric['value']:.4g}"
+            if metric.get("p_value") is not None:  # drift: how rare under the reference's null
+                value += f" (p {metric['p_value']:.3g})"
+            table.add_row(metric["name"], metric["slice"] or "", value, threshold, verdict)
         parts.append(table)
     parts.append(Text(f"Open alerts: {len(status['open_alerts'])}", style="bold"))
     for alert in status["open_alerts"]:
