@@ -215,6 +215,7 @@ def main() -> None:
     parser.add_argument("--mix", type=float, nargs="+", default=[0.2, 0.5])
     parser.add_argument("--shift-windows", type=int, default=6, help="windows followed after a shift")
     parser.add_argument("--foreign-rows", type=int, default=1500, help="chunks of package descriptions to mix in")
+    parser.add_argument("--blocks", choices=["top_level", "module"], default="top_level", help="reference blocks")
     parser.add_argument("--resamples", type=int, default=500, help="permutations of the reference test")
     args = parser.parse_args()
     settings = Settings(monitor_window_events=args.window, monitor_window_seconds=3600)
@@ -246,6 +247,7 @@ def main() -> None:
         "drift_quantile": config.drift_quantile,
         "calibration_draws": config.calibration_draws,
         "alert_after": config.alert_after,
+        "reference_blocks": args.blocks,
         "held_out_chunks": len(held_chunks),
         "foreign_chunks": len(foreign_chunks),
         "embed_cpu_ms_per_chunk": round(embed_cpu_per_chunk * 1000, 3),
@@ -256,7 +258,7 @@ def main() -> None:
     def tally(detector: str, key: str, values: list[Any]) -> None:
         totals.setdefault(detector, {}).setdefault(key, []).extend(values)
 
-    reference_half = corpus_blocks("reference")
+    reference_half = corpus_blocks("reference", args.blocks)
     for seed in args.references:
         chunks, groups = whole_blocks(reference_half, settings.monitor_reference_size, seed, chunked)
         sample = documents_sample(chunks, CachedEmbedder(embedder), tokenizer, groups)  # type: ignore[arg-type]  # only embed() is used
@@ -272,9 +274,8 @@ def main() -> None:
         null_windows: list[dict[str, Any]] = []
         null_windows += run_stream(detectors, as_rows(held_vectors, held_chunks, range(len(held_chunks))), "in order")
         for _ in range(args.shuffles):
-            null_windows += run_stream(
-                as_rows(held_vectors, held_chunks, rng.permutation(len(held_chunks))), "shuffled"
-            )
+            shuffled = as_rows(held_vectors, held_chunks, rng.permutation(len(held_chunks)))
+            null_windows += run_stream(detectors, shuffled, "shuffled")
         shift_trials: dict[str, list[dict[str, Any]]] = {}
         for share in args.mix:
             per_window_foreign = round(share * args.window)

@@ -17,7 +17,7 @@ Held-out split of the stdlib corpus:
     so a reference and a stream of held-out documents never share a document.
 
 Whole blocks, in publication order:
-    A documents reference holds whole blocks (a stdlib module, a text of a file, a document of
+    A documents reference holds whole blocks (a stdlib package, a text of a file, a document of
     docs.embeddings) drawn at random until it has ``size`` rows, kept in publication order, with
     the block of each row (``groups``). Its thresholds are then calibrated on windows of
     consecutive rows of shuffled blocks, the way a corpus published in order reaches the monitor
@@ -78,12 +78,16 @@ def corpus_texts(split: str = "reference") -> list[str]:
     return [d["text"] for d in stdlib_documents() if split == "all" or corpus_split(d["id"]) == split]
 
 
-def corpus_blocks(split: str = "reference") -> list[list[str]]:
-    """Texts of one half of the stdlib corpus (or ``all``), one block per module, in publication order."""
+def corpus_blocks(split: str = "reference", by: str = "top_level") -> list[list[str]]:
+    """Texts of one half of the stdlib corpus (or ``all``) in publication order, one block per package.
+
+    ``by`` is ``top_level`` (``email`` holds ``email.mime.text``: a package's modules are published
+    one after another and read alike) or ``module``.
+    """
     blocks: dict[str, list[str]] = {}
     for document in stdlib_documents():
         if split == "all" or corpus_split(document["id"]) == split:
-            blocks.setdefault(document["metadata"]["module"], []).append(document["text"])
+            blocks.setdefault(document["metadata"][by], []).append(document["text"])
     return list(blocks.values())
 
 
@@ -333,7 +337,7 @@ def set_stdlib_reference(settings: Settings, split: str = "reference", seed: int
     import asyncio
 
     samples = documents_from_blocks(settings, corpus_blocks(split), settings.monitor_reference_size, seed)
-    description = f"stdlib corpus ({split}), {settings.monitor_reference_size} chunks of whole modules, seed {seed}"
+    description = f"stdlib corpus ({split}), {settings.monitor_reference_size} chunks of whole packages, seed {seed}"
     return asyncio.run(store_reference(settings, samples, description))
 
 

@@ -166,8 +166,11 @@ def test_held_out_stdlib_raises_no_drift_alert_and_package_descriptions_do_withi
     )
     assert len(false_alarm_windows) <= HELD_OUT_WINDOWS // 20, f"false alarms in windows {sorted(false_alarm_windows)}"
     assert first_detection is not None and first_detection - HELD_OUT_WINDOWS <= DRIFT_WINDOWS
-    mmd = next(m for m in snapshots[-1]["metrics"] if m["name"] == "drift.embedding.mmd")
-    assert mmd["breached"] and "permutations of the reference" in mmd["method"]
+    embedding = [m for m in snapshots[-1]["metrics"] if m["name"].startswith("drift.embedding.")]
+    assert {m["name"] for m in embedding} == {"drift.embedding.mmd", "drift.embedding.centroid_cosine"}
+    assert all("block permutations of the reference" in m["method"] for m in embedding)
+    # The foreign window is rarer than almost every null window for at least one embedding statistic.
+    assert any(m["breached"] and m["p_value"] <= 0.005 for m in embedding), embedding
 
     printed = run_cli(monitored, "monitor", "status", timeout=120)  # not a terminal: prints once, exits
     assert printed.returncode == 0 and "Open alerts" in printed.stdout, printed.stderr[-2000:]
