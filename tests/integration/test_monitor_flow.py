@@ -188,7 +188,7 @@ def test_held_out_stdlib_raises_no_drift_alert_and_package_descriptions_do_withi
     assert any(a["metric"].startswith("drift.") for a in view["open_alerts"])
     report = monitored.data_dir / "report.html"
     assert run_cli(monitored, "monitor", "report", "--out", str(report)).returncode == 0
-    assert "drift.embedding.mmd" in report.read_text()
+    assert all(a["metric"] in report.read_text() for a in drift)  # the alerts that fired are in the report
 
 
 def test_feedback_turning_wrong_for_one_tenant_raises_quality_and_fairness_alerts_for_it_alone(
