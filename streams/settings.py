@@ -401,7 +401,7 @@ class Settings(BaseSettings):
     monitor_min_drift_events: int = Field(
         20, ge=2, description="Windows with fewer events report no drift verdict (too little evidence)."
     )
-    monitor_reference_size: int = Field(500, ge=50, le=2000, description="Rows sampled into a drift reference.")
+    monitor_reference_size: int = Field(2000, ge=50, le=2000, description="Rows sampled into a drift reference.")
     monitor_drift_quantile: float = Field(
         0.995, gt=0.5, lt=1, description="Drift thresholds: this quantile of the statistic under permutation."
     )

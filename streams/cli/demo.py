@@ -26,7 +26,7 @@ import click
 from aiokafka import TopicPartition
 
 from streams.cli.demo_inference import run_inference_demo
-from streams.cli.demo_monitor import monitor_summary, prepare_monitor, print_monitor
+from streams.cli.demo_monitor import monitor_summary, prepare_monitor, print_monitor, publish_shifted_batch
 from streams.cli.support import echo_json, kafka_options, load_settings
 from streams.ingest.corpus import stdlib_documents
 from streams.ingest.publish import encode_document, publish_records
@@ -131,7 +131,7 @@ def run_demo(
     outputs = [topics.docs_clean, topics.docs_duplicates, topics.deadletter]
     before = asyncio.run(end_offsets(settings, [topics.docs_raw, *outputs]))
     before_embeddings = asyncio.run(end_offsets(settings, [topics.docs_embeddings]))
-    prepare_monitor(settings, log)
+    monitor_since = prepare_monitor(settings, log)
     worker_log = settings.data_dir / "logs" / "worker.log"
     worker = start_worker(settings, worker_log)
     log(f"worker started (pid {worker.pid}, log {worker_log})")
@@ -152,6 +152,11 @@ def run_demo(
         after = asyncio.run(end_offsets(settings, outputs))
         messages = asyncio.run(_collect(read_range(settings, before, after)))
         inference = run_inference_demo(settings, log) if ok and worker.poll() is None else None
+        shifted = (
+            publish_shifted_batch(settings, log, timeout, lambda: worker.poll() is None)
+            if ok and worker.poll() is None
+            else None
+        )
     finally:
         code = stop_worker(worker)
     codec = codec_from_settings(settings)
@@ -160,7 +165,7 @@ def run_demo(
     counts[topics.docs_raw] = report.records
     embeddings = asyncio.run(end_offsets(settings, [topics.docs_embeddings]))
     counts[topics.docs_embeddings] = sum(end - before_embeddings.get(tp, 0) for tp, end in embeddings.items())
-    summary.update(index_report(settings), monitor=monitor_summary(settings))
+    summary.update(index_report(settings), monitor=monitor_summary(settings, shifted, monitor_since))
     summary.update(traces(settings, inference))
     summary.update(
         stage_done_after_seconds=stage_seconds,

@@ -59,7 +59,8 @@ def set_reference(
     from streams.kafka.topics import Topics
     from streams.monitor.config import MonitorConfig
     from streams.monitor.reference import (
-        corpus_texts,
+        corpus_blocks,
+        documents_from_blocks,
         documents_from_texts,
         read_texts_file,
         samples_from_topic,
@@ -73,8 +74,8 @@ def set_reference(
     rows = size or settings.monitor_reference_size
     try:
         if corpus is not None:
-            samples = documents_from_texts(settings, corpus_texts(split), rows, seed)
-            description = f"stdlib corpus, {split} half, {rows} chunks, seed {seed}"
+            samples = documents_from_blocks(settings, corpus_blocks(split), rows, seed)
+            description = f"stdlib corpus, {split} half, {rows} chunks of whole packages, seed {seed}"
         elif file is not None:
             samples = documents_from_texts(settings, read_texts_file(file), rows, seed)
             description = f"file {file}, {rows} chunks, seed {seed}"
@@ -147,7 +148,10 @@ def render_status(status: dict[str, Any]) -> Any:
                 continue
             threshold = "" if metric["threshold"] is None else f"{metric['threshold']:.4g}"
             verdict = "[red]BREACH[/]" if metric["breached"] else ("[green]ok[/]" if threshold else "")
-            table.add_row(metric["name"], metric["slice"] or "", f"{metric['value']:.4g}", threshold, verdict)
+            value = f"{metric['value']:.4g}"
+            if metric.get("p_value") is not None:  # drift: how rare under the reference's null
+                value += f" (p {metric['p_value']:.3g})"
+            table.add_row(metric["name"], metric["slice"] or "", value, threshold, verdict)
         parts.append(table)
     parts.append(Text(f"Open alerts: {len(status['open_alerts'])}", style="bold"))
     for alert in status["open_alerts"]:

@@ -83,6 +83,7 @@ class Metric:
     severity: Literal["info", "warning", "critical"] = "warning"
     hint: str = ""
     alert_key: str | None = None  # default: name|slice; a fairness gap keys by name (its worst slice moves)
+    p_value: float | None = None  # drift statistics: share of the reference's null draws at least as large
 
     @property
     def breached(self) -> bool:
@@ -104,4 +105,5 @@ class Metric:
             "breached": self.breached,
             "method": self.method,
             "count": self.count,
+            "p_value": self.p_value,
         }

@@ -87,6 +87,7 @@ def drift_metrics(
             count=window.size,
             severity="warning",
             hint=HINTS.get(stat.name.split(".")[0], HINTS["embedding"]),
+            p_value=stat.p_value,
         )
         for stat in sample.compare(window, thresholds)
     ]
@@ -243,4 +244,6 @@ def with_reference_id(reference: Reference, description: str) -> Reference:
             digest.update(key.encode() + np.asarray(sample.numeric[key], dtype=np.float64).tobytes())
         for key in sorted(sample.categorical):
             digest.update(key.encode() + "\x00".join(sample.categorical[key]).encode())
+        if sample.groups is not None:
+            digest.update(b"groups" + np.asarray(sample.groups, dtype=np.int64).tobytes())
     return replace(reference, reference_id=digest.hexdigest()[:16], description=description)

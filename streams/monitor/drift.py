@@ -14,12 +14,27 @@ Statistics:
     * ``psi``: population stability index on a numeric feature (deciles of the reference) or a
       categorical one (its categories), with counts smoothed by 0.5.
 
-Calibration (permutation on the reference):
-    The reference pool is shuffled ``draws`` times; each time ``n`` rows play the window and the
-    rest play the reference, and every statistic is computed. A statistic's threshold is its
-    ``quantile`` over those draws (KS and PSI thresholds are at least 0.1, see
-    THRESHOLD_FLOORS). For the MMD the pool's kernel matrix is computed once and each draw only
-    sums rows of it, so calibrating 1,000 draws on 500 vectors takes well under a second.
+Calibration (a null distribution drawn from the reference itself):
+    ``draws`` times, ``n`` rows of the reference pool play the window and the rest play the
+    reference, and every statistic is computed; the sorted values are the statistic's null
+    distribution. A statistic's threshold is its ``quantile`` over those draws (KS and PSI
+    thresholds are at least 0.1, see THRESHOLD_FLOORS), and each window's value gets a p-value:
+    the share of null draws at least as large, ``(1 + #{null >= value}) / (draws + 1)``.
+
+    How the window rows are drawn matters. A stream is not a sample of independent rows: a
+    corpus is published in order, so consecutive chunks come from one document and consecutive
+    documents from one module, and a window of 200 consecutive chunks is far less diverse than
+    200 random ones. A null of independent rows is then too narrow and normal windows fire.
+    When the reference knows the block (document or module) of each row, in publication order
+    (``groups``), each draw is a block permutation: the blocks are shuffled, their rows kept in
+    order and concatenated, and the window is ``n`` consecutive rows of that order from a random
+    start; so the null windows are drawn the way the stream is drawn. Without ``groups`` the rows
+    are permuted one by one (windows of independent rows, e.g. requests from many users).
+
+    For the MMD the pool's kernel matrix is computed once and each draw only sums rows of it, so
+    calibrating 1,000 draws on 1,000 vectors takes about a second; it happens once per reference
+    and window size (the worker does it when a reference is loaded), so a window costs only its
+    statistics and a binary search in each null distribution.
 
 Usage:
     >>> ref = ReferenceSample(vectors=v, numeric={"length_chars": lengths})
@@ -39,6 +54,7 @@ import numpy as np
 import numpy.typing as npt
 
 Floats = npt.NDArray[np.floating[Any]]  # float64, or float32 where a kernel row is enough
+Ints = npt.NDArray[np.intp]
 SMOOTHING = 1e-3  # added to every bin's share (then renormalized) so that an empty bin does not make PSI infinite
 PSI_BINS = 10
 # Smallest thresholds for the feature tests: a rare feature (PII, unknown tokens) that the reference
@@ -49,12 +65,13 @@ THRESHOLD_FLOORS = {"ks": 0.1, "psi": 0.1}
 
 @dataclass(frozen=True)
 class DriftStatistic:
-    """One statistic of one window against the reference."""
+    """One statistic of one window against the reference, with its p-value under the null."""
 
     name: str
     value: float
     threshold: float | None
     method: str
+    p_value: float | None = None
 
     @property
     def drifted(self) -> bool:
@@ -164,17 +181,56 @@ class WindowSample:
 
 @dataclass(frozen=True)
 class Thresholds:
-    """Calibrated thresholds for windows of ``n`` rows."""
+    """Calibrated thresholds for windows of ``n`` rows, and the sorted null draws behind them."""
 
     n: int
     quantile: float
     draws: int
     values: Mapping[str, float]
+    null: Mapping[str, Floats] = field(default_factory=dict)
+    blocks: int = 0  # blocks the null windows were drawn from; 0 = rows drawn one by one
+
+    def p_value(self, name: str, value: float) -> float | None:
+        """Share of null draws at least as large as ``value`` (with the +1 that keeps it above 0)."""
+        null = self.null.get(name)
+        if null is None or not len(null):
+            return None
+        at_least = len(null) - int(np.searchsorted(null, value, side="left"))
+        return (1 + at_least) / (len(null) + 1)
+
+
+def null_windows(size: int, n: int, draws: int, groups: Sequence[int] | None, seed: int = 0) -> list[Ints]:
+    """Row indices of ``draws`` null windows of ``n`` rows out of a pool of ``size``.
+
+    Without ``groups``, each window is ``n`` rows drawn without replacement. With ``groups`` (the
+    block of each row, rows in publication order), each window is ``n`` consecutive rows of the
+    pool after its blocks were shuffled (block permutation): the way an ordered stream is drawn.
+    """
+    rng = np.random.default_rng(seed)
+    if groups is None:
+        return [rng.permutation(size)[:n] for _ in range(draws)]
+    labels = np.asarray(groups)
+    if len(labels) != size:
+        raise ValueError(f"{len(labels)} group labels for a reference of {size} rows")
+    _, first = np.unique(labels, return_index=True)
+    blocks = [np.flatnonzero(labels == labels[i]) for i in np.sort(first)]
+    windows = []
+    for _ in range(draws):
+        order = np.concatenate([blocks[i] for i in rng.permutation(len(blocks))])
+        start = int(rng.integers(0, size - n + 1))
+        windows.append(order[start : start + n])
+    return windows
 
 
 @dataclass(frozen=True)
 class ReferenceSample(WindowSample):
-    """A reference pool, with what every comparison needs precomputed once."""
+    """A reference pool, with what every comparison needs precomputed once.
+
+    ``groups`` is the block (document, module) of each row, rows in publication order; with it
+    the null windows are drawn in order (see the module docstring), without it row by row.
+    """
+
+    groups: Sequence[int] | None = None
 
     @cached_property
     def bandwidth(self) -> float:
@@ -214,9 +270,15 @@ class ReferenceSample(WindowSample):
 
     def methods(self, n: int, thresholds: Thresholds | None) -> dict[str, str]:
         """A line per statistic saying how it is computed and how its threshold was set."""
+        drawn = (
+            f"block permutations of the reference ({self.size} rows in {thresholds.blocks} blocks, publication "
+            f"order) into windows of {thresholds.n} consecutive rows"
+            if thresholds and thresholds.blocks
+            else f"permutations of the reference ({self.size} rows) into windows of {thresholds.n if thresholds else n}"
+        )
         how = (
-            f"threshold = {thresholds.quantile:.3f} quantile of {thresholds.draws} permutations of the reference "
-            f"({self.size} rows) into windows of {thresholds.n} (KS and PSI at least 0.1)"
+            f"threshold = {thresholds.quantile:.3f} quantile of {thresholds.draws} {drawn} (KS and PSI at least "
+            f"0.1); p = share of those draws at least as large"
             if thresholds
             else "no threshold (window too small to test)"
         )
@@ -260,7 +322,7 @@ class ReferenceSample(WindowSample):
         return values
 
     def calibrate(self, n: int, draws: int = 1000, quantile: float = 0.995, seed: int = 0) -> Thresholds:
-        """Thresholds for windows of ``n`` rows, by permutation of the reference pool.
+        """Thresholds and null distributions for windows of ``n`` rows, drawn from the reference pool.
 
         Raises:
             ValueError: when the pool is too small to split into a window and a reference.
@@ -268,14 +330,11 @@ class ReferenceSample(WindowSample):
         size = self.size
         if n < 2 or size < n + 10:
             raise ValueError(f"a reference of {size} rows cannot calibrate windows of {n}; set a larger reference")
-        rng = np.random.default_rng(seed)
         samples: dict[str, list[float]] = {}
         gram = self._gram if self.vectors is not None else None
-        row_sums = gram.sum(1) if gram is not None else None
-        for _ in range(draws):
-            order = rng.permutation(size)
-            w, r = order[:n], order[n:]
-            if gram is not None and row_sums is not None and self.vectors is not None:
+        for w in null_windows(size, n, draws, self.groups, seed):
+            r = np.setdiff1d(np.arange(size), w, assume_unique=True)
+            if gram is not None and self.vectors is not None:
                 k_w_all = gram[w]  # n x size
                 k_ww_full = float(k_w_all[:, w].sum())
                 k_ww = k_ww_full - n  # diagonal of an RBF gram is 1
@@ -300,16 +359,17 @@ class ReferenceSample(WindowSample):
                 samples.setdefault(f"{name}.psi", []).append(
                     psi(category_counts(list(labels_array[w]), categories), category_counts(ref_labels, categories))
                 )
+        null = {name: np.sort(np.asarray(v, dtype=np.float64)) for name, v in samples.items()}
         return Thresholds(
             n=n,
             quantile=quantile,
             draws=draws,
             values={
-                name: max(
-                    float(np.quantile(np.asarray(v), quantile)), THRESHOLD_FLOORS.get(name.rsplit(".", 1)[-1], 0.0)
-                )
-                for name, v in samples.items()
+                name: max(float(np.quantile(v, quantile)), THRESHOLD_FLOORS.get(name.rsplit(".", 1)[-1], 0.0))
+                for name, v in null.items()
             },
+            null=null,
+            blocks=len(set(self.groups)) if self.groups is not None else 0,
         )
 
     def compare(self, window: WindowSample, thresholds: Thresholds | None) -> list[DriftStatistic]:
@@ -317,7 +377,11 @@ class ReferenceSample(WindowSample):
         methods = self.methods(window.size, thresholds)
         return [
             DriftStatistic(
-                name, value, thresholds.values.get(name) if thresholds else None, methods.get(name, "unknown")
+                name,
+                value,
+                thresholds.values.get(name) if thresholds else None,
+                methods.get(name, "unknown"),
+                thresholds.p_value(name, value) if thresholds else None,
             )
             for name, value in self.statistics(window).items()
         ]

@@ -15,15 +15,22 @@ Reference streams:
 Held-out split of the stdlib corpus:
     :func:`corpus_split` puts each document in ``reference`` or ``holdout`` by a hash of its id,
     so a reference and a stream of held-out documents never share a document.
+
+Whole blocks, in publication order:
+    A documents reference holds whole blocks (a stdlib package, a text of a file, a document of
+    docs.embeddings) drawn at random until it has ``size`` rows, kept in publication order, with
+    the block of each row (``groups``). Its thresholds are then calibrated on windows of
+    consecutive rows of shuffled blocks, the way a corpus published in order reaches the monitor
+    (see :mod:`streams.monitor.drift`).
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 
@@ -42,6 +49,7 @@ from streams.records import now_ms
 from streams.settings import Settings
 
 REFERENCE_KEY = b"reference"
+T = TypeVar("T")
 
 
 def corpus_split(doc_id: str) -> str:
@@ -70,6 +78,45 @@ def corpus_texts(split: str = "reference") -> list[str]:
     return [d["text"] for d in stdlib_documents() if split == "all" or corpus_split(d["id"]) == split]
 
 
+def corpus_blocks(split: str = "reference", by: str = "top_level") -> list[list[str]]:
+    """Texts of one half of the stdlib corpus (or ``all``) in publication order, one block per package.
+
+    ``by`` is ``top_level`` (``email`` holds ``email.mime.text``: a package's modules are published
+    one after another and read alike) or ``module``.
+    """
+    blocks: dict[str, list[str]] = {}
+    for document in stdlib_documents():
+        if split == "all" or corpus_split(document["id"]) == split:
+            blocks.setdefault(document["metadata"][by], []).append(document["text"])
+    return list(blocks.values())
+
+
+def whole_blocks(
+    blocks: Sequence[Sequence[Any]], size: int, seed: int = 0, expand: Callable[[Sequence[Any]], Sequence[T]] = list
+) -> tuple[list[T], list[int]]:
+    """Rows of whole blocks drawn at random until there are ``size``, in publication order, and each row's block.
+
+    Args:
+        blocks: The blocks in publication order.
+        size: Rows wanted; the last block drawn is cut to fit.
+        seed: Seeds the draw.
+        expand: A block's rows (e.g. its texts chunked); only drawn blocks are expanded.
+    """
+    chosen: list[tuple[int, Sequence[T]]] = []
+    total = 0
+    for index in np.random.default_rng(seed).permutation(len(blocks)):
+        if total >= size:
+            break
+        rows = expand(blocks[int(index)])[: size - total]
+        if len(rows):
+            chosen.append((int(index), rows))
+            total += len(rows)
+    chosen.sort(key=lambda pair: pair[0])
+    rows_out = [row for _, rows in chosen for row in rows]
+    groups = [block for block, (_, rows) in enumerate(chosen) for _ in rows]
+    return rows_out, groups
+
+
 def sample_chunks(
     texts: Sequence[str], size: int, tokenizer: WordPieceTokenizer, settings: Settings, seed: int = 0
 ) -> list[str]:
@@ -78,11 +125,13 @@ def sample_chunks(
     return sample_rows(chunks, size, seed)
 
 
-def documents_sample(chunks: Sequence[str], embedder: Embedder, tokenizer: WordPieceTokenizer) -> ReferenceSample:
-    """Vectors and text features of chunk texts."""
+def documents_sample(
+    chunks: Sequence[str], embedder: Embedder, tokenizer: WordPieceTokenizer, groups: Sequence[int] | None = None
+) -> ReferenceSample:
+    """Vectors and text features of chunk texts (``groups``: each chunk's block, chunks in publication order)."""
     features = text_features(chunks, tokenizer, redacted=True)
     vectors = np.asarray(embedder.embed(list(chunks)), dtype=np.float64)
-    return ReferenceSample(vectors=vectors, numeric={k: features[k] for k in DRIFT_FEATURES})
+    return ReferenceSample(vectors=vectors, numeric={k: features[k] for k in DRIFT_FEATURES}, groups=groups)
 
 
 def requests_sample(texts: Sequence[str], tokenizer: WordPieceTokenizer) -> ReferenceSample:
@@ -115,6 +164,7 @@ def reference_to_avro(reference: Reference) -> dict[str, Any]:
             "vectors_f16": b"" if vectors is None else np.asarray(vectors, dtype="<f2").tobytes(),
             "numeric": {k: [float(x) for x in v] for k, v in sample.numeric.items()},
             "categorical": {k: list(v) for k, v in sample.categorical.items()},
+            "groups": [] if sample.groups is None else [int(g) for g in sample.groups],
         }
     return {
         "reference_id": reference.reference_id,
@@ -135,6 +185,7 @@ def reference_from_avro(record: dict[str, Any]) -> Reference:
             vectors=vectors,
             numeric={k: np.asarray(v, dtype=np.float64) for k, v in raw["numeric"].items()},
             categorical={k: list(v) for k, v in raw["categorical"].items()},
+            groups=list(raw["groups"]) or None,
         )
     return Reference(record["reference_id"], record["description"], samples, record["created_at_ms"])
 
@@ -208,18 +259,25 @@ def read_texts_file(path: Path) -> list[str]:
 # --- building from each kind of source ---------------------------------------------------------
 
 
-def documents_from_texts(
-    settings: Settings, texts: Sequence[str], size: int, seed: int = 0
+def documents_from_blocks(
+    settings: Settings, blocks: Sequence[Sequence[str]], size: int, seed: int = 0
 ) -> dict[str, ReferenceSample]:
-    """The ``documents`` sample of ``size`` chunks of ``texts`` (chunked and embedded as the agents do)."""
+    """The ``documents`` sample: ``size`` chunks of whole blocks of texts, chunked and embedded as the agents do."""
     from streams.index.embed import OnnxEmbedder
     from streams.ingest.chunk import default_tokenizer
 
     tokenizer = default_tokenizer()
-    chunks = sample_chunks(texts, size, tokenizer, settings, seed)
+    chunks, groups = whole_blocks(blocks, size, seed, lambda texts: document_chunks(texts, tokenizer, settings))
     if len(chunks) < 50:
         raise ValueError(f"only {len(chunks)} chunks to sample from; a reference needs at least 50")
-    return {"documents": documents_sample(chunks, OnnxEmbedder.from_settings(settings), tokenizer)}
+    return {"documents": documents_sample(chunks, OnnxEmbedder.from_settings(settings), tokenizer, groups)}
+
+
+def documents_from_texts(
+    settings: Settings, texts: Sequence[str], size: int, seed: int = 0
+) -> dict[str, ReferenceSample]:
+    """The ``documents`` sample of ``size`` chunks of whole ``texts`` (each text one block)."""
+    return documents_from_blocks(settings, [[text] for text in texts], size, seed)
 
 
 async def samples_from_topic(
@@ -239,12 +297,18 @@ async def samples_from_topic(
     stop = {tp: min(e, to_offset) if to_offset is not None else e for tp, e in end.items()}
     values = [m.value async for m in read_range(settings, start, stop) if m.value]
     if topic == topics.docs_embeddings:
-        records = [codec.decode(v, "ChunkEmbedding") for v in values]
-        rows = sample_rows([r for r in records if r["op"] == "UPSERT" and r["vector"]], size, seed)
+        by_document: dict[str, list[dict[str, Any]]] = {}
+        for value in values:
+            record = codec.decode(value, "ChunkEmbedding")
+            if record["op"] == "UPSERT" and record["vector"]:
+                by_document.setdefault(record["doc_id"], []).append(record)
+        rows: list[dict[str, Any]]
+        rows, groups = whole_blocks(list(by_document.values()), size, seed)
         tokenizer = default_tokenizer()
         features = text_features([r["text"] for r in rows], tokenizer, redacted=True)
         vectors = np.asarray([r["vector"] for r in rows], dtype=np.float64)
-        return {"documents": ReferenceSample(vectors=vectors, numeric={k: features[k] for k in DRIFT_FEATURES})}
+        numeric = {k: features[k] for k in DRIFT_FEATURES}
+        return {"documents": ReferenceSample(vectors=vectors, numeric=numeric, groups=groups)}
     if topic == topics.docs_raw:
         texts = []
         for value in values:
@@ -273,8 +337,8 @@ def set_stdlib_reference(settings: Settings, split: str = "reference", seed: int
     """Store a ``documents`` reference of stdlib docstring chunks (what ``make run`` and the tests use)."""
     import asyncio
 
-    samples = documents_from_texts(settings, corpus_texts(split), settings.monitor_reference_size, seed)
-    description = f"stdlib corpus, {split} half, {settings.monitor_reference_size} chunks, seed {seed}"
+    samples = documents_from_blocks(settings, corpus_blocks(split), settings.monitor_reference_size, seed)
+    description = f"stdlib corpus ({split}), {settings.monitor_reference_size} chunks of whole packages, seed {seed}"
     return asyncio.run(store_reference(settings, samples, description))
 
 

@@ -2,16 +2,20 @@
 
 from __future__ import annotations
 
+import itertools
+
 import numpy as np
 import pytest
 
 from streams.monitor.drift import (
     ReferenceSample,
+    Thresholds,
     WindowSample,
     centroid_cosine_distance,
     ks_statistic,
     median_bandwidth,
     mmd2,
+    null_windows,
     psi,
 )
 
@@ -79,3 +83,72 @@ def test_categorical_psi_and_floors_keep_rare_features_quiet() -> None:
 def test_a_reference_too_small_for_the_window_says_so() -> None:
     with pytest.raises(ValueError, match="set a larger reference"):
         ReferenceSample(numeric={"x": np.zeros(20)}).calibrate(40)
+
+
+def blocky_rows(rng: np.random.Generator, blocks: int, rows: int, spread: float = 0.6, dim: int = 16) -> np.ndarray:
+    """Rows in blocks (documents): each block's rows scatter around its own centre, blocks one after another."""
+    centres = rng.normal(size=(blocks, dim))
+    data = np.repeat(centres, rows, axis=0) + spread * rng.normal(size=(blocks * rows, dim))
+    return data / np.linalg.norm(data, axis=1, keepdims=True)
+
+
+def test_null_windows_are_rows_one_by_one_or_consecutive_rows_of_shuffled_blocks() -> None:
+    plain = null_windows(100, 10, 50, None)
+    assert all(len(set(w)) == 10 and max(w) < 100 for w in plain)
+    groups = [i // 10 for i in range(100)]  # ten blocks of ten rows, in order
+    for window in null_windows(100, 25, 200, groups, seed=3):
+        assert len(set(window)) == 25
+        labels = [groups[i] for i in window]
+        runs = [labels[0]] + [b for a, b in itertools.pairwise(labels) if b != a]
+        assert len(runs) == len(set(runs)) <= 4  # each block's rows come together: 25 rows touch 3 or 4 blocks
+        for block in set(labels):  # and in their publication order
+            rows = [i for i in window if groups[i] == block]
+            assert rows == sorted(rows) and rows == list(range(rows[0], rows[0] + len(rows)))
+    with pytest.raises(ValueError, match="group labels"):
+        null_windows(100, 10, 5, groups[:50])
+
+
+def test_p_value_is_the_share_of_null_draws_at_least_as_large() -> None:
+    reference = ReferenceSample(numeric={"x": np.random.default_rng(4).normal(size=300)})
+    thresholds = reference.calibrate(30, draws=199, quantile=0.99)
+    null = thresholds.null["x.ks"]
+    assert len(null) == 199 and np.all(np.diff(null) >= 0)
+    assert thresholds.p_value("x.ks", float(null[-1]) + 1.0) == pytest.approx(1 / 200)
+    assert thresholds.p_value("x.ks", -1.0) == 1.0
+    median = float(null[99])
+    assert thresholds.p_value("x.ks", median) == pytest.approx((1 + np.sum(null >= median)) / 200)
+    assert thresholds.p_value("unknown", 1.0) is None
+    window = WindowSample(numeric={"x": np.full(30, 9.0)})
+    (ks,) = (s for s in reference.compare(window, thresholds) if s.name == "x.ks")
+    assert ks.drifted and ks.p_value == pytest.approx(1 / 200)
+
+
+def test_block_calibration_keeps_an_ordered_stream_quiet_where_row_permutation_cries_wolf() -> None:
+    rng = np.random.default_rng(5)
+    rows_per_block, window = 20, 50  # windows cut across documents, as a stream's windows do
+    pool = blocky_rows(rng, 50, rows_per_block)  # 1,000 reference rows from 50 documents, in order
+    groups = [i // rows_per_block for i in range(len(pool))]
+    by_row = ReferenceSample(vectors=pool)
+    by_block = ReferenceSample(vectors=pool, groups=groups)
+    row_thresholds = by_row.calibrate(window, draws=400, quantile=0.99)
+    block_thresholds = by_block.calibrate(window, draws=400, quantile=0.99)
+    assert (
+        block_thresholds.blocks == 50
+        and "block permutations" in by_block.methods(window, block_thresholds)["embedding.mmd"]
+    )
+    assert block_thresholds.values["embedding.mmd"] > 2 * row_thresholds.values["embedding.mmd"]
+    stream = blocky_rows(rng, 60, rows_per_block)  # new documents of the same kind, published in order
+    windows = [WindowSample(vectors=stream[i : i + window]) for i in range(0, len(stream), window)]
+
+    def flagged(reference: ReferenceSample, thresholds: Thresholds) -> int:
+        return sum(
+            any(s.drifted for s in reference.compare(w, thresholds) if s.name == "embedding.mmd") for w in windows
+        )
+
+    assert flagged(by_row, row_thresholds) >= len(windows) // 2  # the independent-rows null is far too narrow
+    assert flagged(by_block, block_thresholds) <= 2  # 24 windows at 1%
+    other = blocky_rows(rng, 2, rows_per_block)
+    other[:, 0] += 1.5  # documents of another kind
+    other /= np.linalg.norm(other, axis=1, keepdims=True)
+    stats = by_block.compare(WindowSample(vectors=other), block_thresholds)
+    assert {s.name for s in stats if s.drifted} >= {"embedding.mmd"}

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -152,6 +153,12 @@ def test_documents_window_drifts_and_alerts_once_with_named_method_and_threshold
     mmd = next(m for m in first["metrics"] if m["name"] == "drift.embedding.mmd")
     assert mmd["threshold"] > 0 and "median-heuristic" in mmd["method"] and not mmd["breached"]
     assert first["reference_id"] == reference.reference_id
+    codec = AvroCodec(EmbeddedRegistry.from_directory())
+    last = [r for kind, r in outputs if kind == "snapshot"][-1]
+    assert codec.decode(codec.encode("MetricSnapshot", last, "t"), "MetricSnapshot") == last
+    shifted = next(m for m in last["metrics"] if m["name"] == "drift.embedding.mmd")
+    assert shifted["breached"] and shifted["p_value"] == pytest.approx(1 / (config.calibration_draws + 1))
+    assert 0.01 < mmd["p_value"] <= 1.0  # a window like the reference is not improbable under the null
 
 
 def test_snapshots_alerts_feedback_and_references_fit_their_avro_schemas() -> None:
@@ -175,7 +182,9 @@ def test_snapshots_alerts_feedback_and_references_fit_their_avro_schemas() -> No
             assert caught.value.reason == "INVALID_TENANT"
     with pytest.raises(BadFeedback, match="WRONG_TYPE"):
         decode_feedback(b'{"request_id": "r9"}', codec)
-    sample = ReferenceSample(vectors=np.eye(3), numeric={"f": np.arange(3.0)}, categorical={"l": ["a", "b", "a"]})
+    sample = ReferenceSample(
+        vectors=np.eye(3), numeric={"f": np.arange(3.0)}, categorical={"l": ["a", "b", "a"]}, groups=[0, 0, 1]
+    )
     reference = with_reference_id(Reference("", "", {"documents": sample}, 5), "d")
     record = codec.decode(codec.encode("MonitorReference", reference_to_avro(reference), "r"), "MonitorReference")
     back = reference_from_avro(record)
@@ -183,6 +192,9 @@ def test_snapshots_alerts_feedback_and_references_fit_their_avro_schemas() -> No
         "l": ["a", "b", "a"]
     }
     np.testing.assert_allclose(back.samples["documents"].vectors, np.eye(3))
+    assert back.samples["documents"].groups == [0, 0, 1]
+    ungrouped = with_reference_id(Reference("", "", {"documents": replace(sample, groups=None)}, 5), "d")
+    assert ungrouped.reference_id != reference.reference_id  # the blocks change the null, so the id
 
 
 def test_outputs_are_exported_as_opentelemetry_metrics() -> None:
