@@ -127,6 +127,7 @@ def alerts_of(settings: Settings) -> list[dict[str, Any]]:
     return run(read_records(settings, Topics(settings.namespace).monitor_alerts, "Alert"))
 
 
+@pytest.mark.timeout(900)  # a 2,000-row reference is calibrated (~25 s CPU) and embedded on 2 shared cores
 def test_held_out_stdlib_raises_no_drift_alert_and_package_descriptions_do_within_3_windows(
     monitored: Settings,
 ) -> None:
