@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import math
 import socket
 import urllib.error
 import urllib.request
@@ -218,7 +219,9 @@ def test_request_latency_models_and_drift_scores_of_an_infer_and_monitor_worker(
         assert embedder and all(len(version) == 64 for version in embedder)
         mmd = (("detector", "embedding.mmd"), ("stream", "documents"))
         assert samples[("llmops_drift_threshold", mmd)] > 0
-        assert samples[("llmops_drift_score", mmd)] >= 0
+        # The unbiased MMD^2 estimate dips just below 0 when the window is like the reference.
+        assert math.isfinite(samples[("llmops_drift_score", mmd)])
+        assert samples[("llmops_drift_score", mmd)] < samples[("llmops_drift_threshold", mmd)]
     finally:
         assert worker.stop() == 0, worker.log_tail()
 

@@ -17,10 +17,11 @@ from streams.cli.support import (
     load_settings,
 )
 
-# Commands that print no result of their own: `worker` runs until stopped.
-NO_RESULT = {"worker"}
-# Commands that never talk to Kafka: `kafka stop` signals a local process, `search` and `index migrate` read Milvus.
-NO_KAFKA = {"kafka stop", "search", "index migrate"}
+# Commands that print no result of their own: `worker` and `generator serve` run until stopped.
+NO_RESULT = {"worker", "generator serve"}
+# Commands that never talk to Kafka: `kafka stop` signals a local process, `search` and `index migrate`
+# read Milvus, `generator serve` runs a local model server.
+NO_KAFKA = {"kafka stop", "search", "index migrate", "generator serve"}
 
 
 def leaf_commands(group: click.Group = cli, prefix: str = "") -> dict[str, click.Command]:
