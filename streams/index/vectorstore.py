@@ -307,35 +307,40 @@ class MilvusStore:
 
         ``first_chunks_only``: only each document's chunk 0 (the "first chunk per document" baseline).
         """
-        results = self._client.search(
+        where = tenant_filter(tenant) + (" and chunk_index == 0" if first_chunks_only else "")
+        return [_hit(hit, float(hit["distance"])) for hit in self._dense_side(vector, top_k, where)]
+
+    def lexical_search(self, query_terms: str, top_k: int, tenant: str | None) -> list[Hit]:
+        """BM25 search on the lexical field (``query_terms`` from :func:`streams.index.lexical.query_text`)."""
+        if not query_terms:
+            return []
+        return [_hit(hit, -float(hit["distance"])) for hit in self._lexical_side(query_terms, top_k, tenant)]
+
+    def _dense_side(self, vector: Sequence[float], limit: int, where: str) -> Any:
+        return self._client.search(
             self.collection,
             data=[list(vector)],
             anns_field="vector",
-            limit=top_k,
-            filter=tenant_filter(tenant) + (" and chunk_index == 0" if first_chunks_only else ""),
+            limit=limit,
+            filter=where,
             output_fields=_HIT_FIELDS,
             search_params={"params": SEARCH_PARAMS[self.index_type]},
             # Read-your-writes for this client: the index and infer agents of a worker share it,
             # so a search sees every chunk the worker has written without Strong's wait for a
             # cluster-wide timestamp.
             consistency_level="Session",
-        )
-        return [_hit(hit, float(hit["distance"])) for hit in results[0]]
+        )[0]
 
-    def lexical_search(self, query_terms: str, top_k: int, tenant: str | None) -> list[Hit]:
-        """BM25 search on the lexical field (``query_terms`` from :func:`streams.index.lexical.query_text`)."""
-        if not query_terms:
-            return []
-        results = self._client.search(
+    def _lexical_side(self, query_terms: str, limit: int, tenant: str | None, with_vectors: bool = False) -> Any:
+        return self._client.search(
             self.collection,
             data=[query_terms],
             anns_field="sparse",
-            limit=top_k,
+            limit=limit,
             filter=tenant_filter(tenant),
-            output_fields=_HIT_FIELDS,
+            output_fields=[*_HIT_FIELDS, "vector"] if with_vectors else _HIT_FIELDS,
             consistency_level="Session",
-        )
-        return [_hit(hit, -float(hit["distance"])) for hit in results[0]]
+        )[0]
 
     def hybrid(self, vector: Sequence[float], query_terms: str, top_k: int, tenant: str | None) -> list[Hit]:
         """Dense and BM25 fused by Milvus with reciprocal-rank fusion (score = RRF sum)."""
@@ -371,30 +376,10 @@ class MilvusStore:
         # The two sides run at once: each is a gRPC call that waits on the store (32 ms instead of
         # 43 ms for both here), and the BM25 side brings the vectors to score its hits by cosine.
         lexical_future = (
-            _side_searches().submit(
-                self._client.search,
-                self.collection,
-                data=[query_terms],
-                anns_field="sparse",
-                limit=limit,
-                filter=tenant_filter(tenant),
-                output_fields=[*_HIT_FIELDS, "vector"],
-                consistency_level="Session",
-            )
-            if query_terms
-            else None
+            _side_searches().submit(self._lexical_side, query_terms, limit, tenant, True) if query_terms else None
         )
-        dense = self._client.search(
-            self.collection,
-            data=[query],
-            anns_field="vector",
-            limit=limit,
-            filter=tenant_filter(tenant),
-            output_fields=_HIT_FIELDS,
-            search_params={"params": SEARCH_PARAMS[self.index_type]},
-            consistency_level="Session",
-        )[0]
-        lexical = lexical_future.result()[0] if lexical_future is not None else []
+        dense = self._dense_side(query, limit, tenant_filter(tenant))
+        lexical = lexical_future.result() if lexical_future is not None else []
         found: dict[str, Candidate] = {}
         for rank, hit in enumerate(dense):
             # Stored vectors are unit length: squared L2 distances map onto cosines.
