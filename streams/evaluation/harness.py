@@ -177,11 +177,6 @@ def rerank_metrics(
     return rows
 
 
-def top_scores(sets: Sequence[CandidateSet], score: Callable[[npt.NDArray[np.float32]], Any]) -> list[float]:
-    """The best document's score per question (what abstention compares with its threshold)."""
-    return [float(np.max(score(s.features))) if len(s.doc_ids) else float("-inf") for s in sets]
-
-
 # --- rag answers -----------------------------------------------------------------------------
 
 

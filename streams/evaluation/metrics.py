@@ -11,7 +11,7 @@ evaluated on the same questions can be compared by their intervals.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -98,6 +98,3 @@ def threshold_for_false_rate(negatives: Sequence[float], max_rate: float) -> flo
     ordered = sorted(negatives)
     allowed = math.floor(max_rate * len(ordered))
     return ordered[allowed] if allowed < len(ordered) else float("inf")
-
-
-Scorer = Callable[[str], list[str]]

@@ -179,24 +179,7 @@ def classifier_version(
 ) -> ModelVersion:
     """A registrable classifier version whose id is the digest of its graph, labels and embedder."""
     files = {"model.onnx": trained_onnx, "labels.json": "\n".join(labels).encode()}
-    version, digests = files_version(files, config=classifier_config(embedder_version))
-    if len(trained_onnx) > MAX_INLINE_ARTIFACT:
-        raise ValueError(
-            f"the graph is {len(trained_onnx)} bytes; inline artifacts are limited to {MAX_INLINE_ARTIFACT}"
-        )
-    return ModelVersion(
-        name=name,
-        version=version,
-        kind=Kind.CLASSIFIER,
-        stage=Stage.REGISTERED,
-        updated_at_ms=now_ms(),
-        files=digests,
-        labels=tuple(labels),
-        embedder_version=embedder_version,
-        artifact=trained_onnx,
-        actor=actor,
-        note=note,
-    )
+    return _inline_version(name, Kind.CLASSIFIER, files, embedder_version, actor=actor, note=note, labels=tuple(labels))
 
 
 def ranker_version(
@@ -207,27 +190,41 @@ def ranker_version(
     ``metrics`` travel with the version; ``abstain_below`` among them is the answerer's
     abstention threshold, calibrated on this ranker's score scale.
     """
-    version, digests = files_version({"model.onnx": graph}, config=classifier_config(embedder_version))
-    if len(graph) > MAX_INLINE_ARTIFACT:
-        raise ValueError(f"the graph is {len(graph)} bytes; inline artifacts are limited to {MAX_INLINE_ARTIFACT}")
-    return ModelVersion(
-        name=name,
-        version=version,
-        kind=Kind.RANKER,
-        stage=Stage.REGISTERED,
-        updated_at_ms=now_ms(),
-        files=digests,
-        embedder_version=embedder_version,
-        artifact=graph,
-        metrics=dict(metrics),
-        actor=actor,
-        note=note,
+    return _inline_version(
+        name, Kind.RANKER, {"model.onnx": graph}, embedder_version, actor=actor, note=note, metrics=dict(metrics)
     )
 
 
-async def register_version(settings: Settings, candidate: ModelVersion) -> ModelVersion:
-    """Register ``candidate`` on ``models.control`` (signed) and return the event written."""
-    return await _register(settings, candidate)
+def _inline_version(
+    name: str,
+    kind: Kind,
+    files: Mapping[str, bytes],
+    embedder_version: str,
+    *,
+    actor: str,
+    note: str,
+    labels: tuple[str, ...] = (),
+    metrics: Mapping[str, float] | None = None,
+) -> ModelVersion:
+    """A registered version whose ONNX graph (``model.onnx``) travels inline in the control record."""
+    graph = files["model.onnx"]
+    if len(graph) > MAX_INLINE_ARTIFACT:
+        raise ValueError(f"the graph is {len(graph)} bytes; inline artifacts are limited to {MAX_INLINE_ARTIFACT}")
+    version, digests = files_version(dict(files), config=classifier_config(embedder_version))
+    return ModelVersion(
+        name=name,
+        version=version,
+        kind=kind,
+        stage=Stage.REGISTERED,
+        updated_at_ms=now_ms(),
+        files=digests,
+        labels=labels,
+        embedder_version=embedder_version,
+        artifact=graph,
+        metrics=dict(metrics or {}),
+        actor=actor,
+        note=note,
+    )
 
 
 async def train_and_register(
@@ -243,10 +240,11 @@ async def train_and_register(
     embedder = embedder or OnnxEmbedder.from_settings(settings)
     trained = train_classifier(embedder, records)
     candidate = classifier_version(name, trained.onnx, trained.labels, embedder.version, actor=actor, note=note)
-    return await _register(settings, ModelVersion.from_avro({**candidate.to_avro(), "metrics": trained.metrics}))
+    return await register_version(settings, ModelVersion.from_avro({**candidate.to_avro(), "metrics": trained.metrics}))
 
 
-async def _register(settings: Settings, candidate: ModelVersion) -> ModelVersion:
+async def register_version(settings: Settings, candidate: ModelVersion) -> ModelVersion:
+    """Register ``candidate`` on ``models.control`` (signed) and return the event written."""
     registry = await load_registry(settings)
     events = registry.register(candidate)
     return (await write_events(settings, events, registry))[-1]
@@ -266,7 +264,9 @@ async def register_file(
     # Refuse a graph ONNX Runtime cannot load, or one that reads files, before anyone depends on it.
     OnnxClassifier(data, labels, max_bytes=settings.model_max_bytes)
     note = f"registered from {source}"
-    return await _register(settings, classifier_version(name, data, labels, embedder_version, actor=actor, note=note))
+    return await register_version(
+        settings, classifier_version(name, data, labels, embedder_version, actor=actor, note=note)
+    )
 
 
 async def evaluate_version(
