@@ -100,6 +100,8 @@ class SearchStore(Protocol):
 
     def first_chunks(self, doc_ids: Sequence[str]) -> dict[str, str]: ...
 
+    def chunk_vectors(self, chunk_ids: Sequence[str]) -> Mapping[str, Sequence[float]]: ...
+
 
 @dataclass(frozen=True)
 class DocumentHit:

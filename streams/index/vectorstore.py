@@ -404,6 +404,13 @@ class MilvusStore:
         rows = self._client.get(self.collection, ids=[f"{d}#0" for d in doc_ids], output_fields=["doc_id", "text"])
         return {row["doc_id"]: row["text"] for row in rows}
 
+    def chunk_vectors(self, chunk_ids: Sequence[str]) -> dict[str, list[float]]:
+        """The stored vector of each chunk, by chunk id (chunks not stored are left out)."""
+        if not chunk_ids:
+            return {}
+        rows = self._client.get(self.collection, ids=list(chunk_ids), output_fields=["chunk_id", "vector"])
+        return {row["chunk_id"]: row["vector"] for row in rows}
+
     def migrate_from(self, legacy: str, batch: int = 512, progress: Callable[[int], None] | None = None) -> int:
         """Copy every row of collection ``legacy`` (schema v1, dense only) into this one; returns rows copied.
 

@@ -319,15 +319,32 @@ class InjectionClassifier:
         features = np.concatenate([vector, rule_row(hits)])[None, :]
         return self._verdict(float(self.probabilities(features)[0]), hits)
 
-    def screen_many(self, texts: Sequence[str]) -> list[Verdict]:
-        """Verdicts for several texts (retrieved passages), with an LRU cache by folded text."""
+    def screen_many(
+        self, texts: Sequence[str], vectors: Sequence[npt.NDArray[np.float32] | None] | None = None
+    ) -> list[Verdict]:
+        """Verdicts for several texts (retrieved passages), with an LRU cache by folded text.
+
+        ``vectors``: the texts' embeddings where the caller has them (a passage's vector stored in
+        the index), reused as :meth:`screen` reuses a query's; the other texts are embedded here
+        in one batch.
+        """
         normalized = [normalize_text(text) for text in texts]
         with self._lock:
             known = {n: self._cache[n] for n in normalized if n in self._cache}
+        # A stored vector is the embedding of the text as indexed: it stands for the folded text
+        # when folding changed nothing but whitespace, which the tokenizer ignores.
+        given = {
+            n: vector
+            for n, text, vector in zip(normalized, texts, vectors or [None] * len(texts), strict=True)
+            if vector is not None and n not in known and n.split() == text.split()
+        }
         missing = sorted({n for n in normalized if n not in known})
         if missing:
             hits = [rule_hits(n) for n in missing]
-            features = np.hstack([self.embedder.embed(missing), np.stack([rule_row(h) for h in hits])])
+            to_embed = [n for n in missing if n not in given]
+            embedded = dict(zip(to_embed, self.embedder.embed(to_embed), strict=True))
+            matrix = np.stack([np.asarray(given[n] if n in given else embedded[n], np.float32) for n in missing])
+            features = np.hstack([matrix, np.stack([rule_row(h) for h in hits])])
             for text, probability, matched in zip(missing, self.probabilities(features), hits, strict=True):
                 known[text] = self._verdict(float(probability), matched)
             with self._lock:

@@ -325,8 +325,14 @@ class InferenceService:
             genai.CLASSIFY, INJECTION_SCREEN, response_model=f"{INJECTION_SCREEN}@{self.injection.version}", texts=texts
         )
 
-    def screen_passages(self, hits: list[Hit]) -> tuple[list[Hit], list[dict[str, Any]]]:
-        """(passages that may reach a generator, withheld passages with their verdicts)."""
+    def screen_passages(
+        self, hits: list[Hit], store: SearchStore | None = None
+    ) -> tuple[list[Hit], list[dict[str, Any]]]:
+        """(passages that may reach a generator, withheld passages with their verdicts).
+
+        ``store``: where the passages' stored vectors are read, so that the classifier does not
+        embed again what the index embedded.
+        """
         if not hits:
             return hits, []
         texts = [hit.text or hit.snippet for hit in hits]
@@ -339,7 +345,9 @@ class InferenceService:
             new = [text for text, verdict in known.items() if verdict is None]
             if new:
                 with self._screen_call(texts=len(new)):
-                    fresh = dict(zip(new, self.injection.screen_many(new), strict=True))
+                    fresh = dict(
+                        zip(new, self.injection.screen_many(new, passage_vectors(hits, new, store)), strict=True)
+                    )
                 if len(cache) > PASSAGE_VERDICTS_KEPT:
                     cache.clear()
                 cache.update(fresh)
@@ -353,9 +361,11 @@ class InferenceService:
                 kept.append(hit)
         return kept, withheld
 
-    def screen_documents(self, documents: list[DocumentHit]) -> tuple[list[DocumentHit], list[dict[str, Any]]]:
+    def screen_documents(
+        self, documents: list[DocumentHit], store: SearchStore | None = None
+    ) -> tuple[list[DocumentHit], list[dict[str, Any]]]:
         """Documents keeping only evidence that passed screening (and only documents with some left)."""
-        kept_hits, withheld = self.screen_passages([hit for doc in documents for hit in doc.evidence])
+        kept_hits, withheld = self.screen_passages([hit for doc in documents for hit in doc.evidence], store)
         kept_ids = {hit.chunk_id for hit in kept_hits}
         screened = []
         for document in documents:
@@ -517,7 +527,7 @@ class InferenceService:
         documents = found.documents
         if request.task == "rag":
             started = time.perf_counter()
-            documents, response["withheld"] = self.screen_documents(documents)
+            documents, response["withheld"] = self.screen_documents(documents, models.store)
             timer.measure("screen", started)
             response["context"] = assemble_context([hit for doc in documents for hit in doc.evidence])
             if self.generator is None and documents:
@@ -595,6 +605,16 @@ class InferenceService:
             shadow["latency"]["classify_ms"] = (time.perf_counter() - started) * 1000
             answers.append(shadow)
         return answers
+
+
+def passage_vectors(hits: list[Hit], texts: list[str], store: SearchStore | None) -> list[Any] | None:
+    """The index's vector of each of ``texts`` (the full texts of ``hits``), None where it has none."""
+    if store is None:
+        return None
+    wanted = set(texts)
+    ids = {hit.text: hit.chunk_id for hit in hits if hit.text in wanted}
+    found = store.chunk_vectors(list(dict.fromkeys(ids.values())))
+    return [found.get(ids.get(text, "")) for text in texts]
 
 
 def embed_query(embedder: Embedder, text: str) -> Any:

@@ -81,6 +81,11 @@ class MemoryStore:
     def first_chunks(self, doc_ids: Sequence[str]) -> dict[str, str]:
         return {doc_id: text for doc_id, _, text in self.docs if doc_id in doc_ids}
 
+    def chunk_vectors(self, chunk_ids: Sequence[str]) -> dict[str, Sequence[float]]:
+        return {
+            f"{doc_id}#0": self.vectors[i] for i, (doc_id, _, _) in enumerate(self.docs) if f"{doc_id}#0" in chunk_ids
+        }
+
     def upsert(self, rows: object) -> None: ...
     def delete_chunks(self, chunk_ids: object) -> None: ...
     def delete_document(self, doc_id: str, from_index: int = 0) -> None: ...
