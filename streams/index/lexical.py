@@ -64,6 +64,16 @@ def terms(text: str) -> list[str]:
     return [term for token in _WORD.findall(text) for term in _terms_of(token)]
 
 
+@lru_cache(maxsize=16_384)
+def term_set(text: str) -> frozenset[str]:
+    """The distinct terms of ``text``: ``set(terms(text))``, remembered for texts seen again.
+
+    Ranking features and answers compare questions with the same retrieved chunks, titles and
+    sentences request after request; each distinct token is looked up once.
+    """
+    return frozenset().union(*map(_terms_of, set(_WORD.findall(text))))
+
+
 def lexical_text(text: str, title: str = "", max_bytes: int = 65_535) -> str:
     """The text-field value for a chunk: its title's terms, twice (the title counts), then the text's."""
     title_terms = " ".join(terms(title))

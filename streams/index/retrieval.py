@@ -33,7 +33,7 @@ from typing import Protocol
 import numpy as np
 import numpy.typing as npt
 
-from streams.index.lexical import query_text, terms
+from streams.index.lexical import query_text, term_set
 from streams.index.vectorstore import RRF_K, Candidate, Hit
 
 MODES = ("ranked", "hybrid", "dense", "bm25")
@@ -207,7 +207,7 @@ def document_features(
         grouped[candidate.doc_id].append(candidate)
     for found in grouped.values():
         found.sort(key=_chunk_score, reverse=True)
-    query = set(terms(question))
+    query = term_set(question)
     query_size = max(1, len(query))
     identifiers = {match.lower() for match in _IDENTIFIER.findall(question)}
     best_dense = max(c.dense for c in candidates)
@@ -220,17 +220,17 @@ def document_features(
         bm25 = max(c.bm25 for c in found)
         best = max(found, key=lambda c: c.dense)
         title = found[0].title
-        text = " ".join(c.text for c in found)
-        covered = _share(query, [*terms(text), *terms(title)])
+        title_terms = term_set(title)
+        covered = _share(query, title_terms.union(*(term_set(c.text) for c in found)))
         matrix[row] = (
             dense,
             dense - best_dense,
             bm25 / best_bm25 if best_bm25 > 0 else 0.0,
             float(any(c.bm25_rank is not None for c in found)),
             100 * max(_rrf(c) for c in found),
-            _share(query, terms(title)),
-            _share(query, terms(opening_of.get(doc_id, ""))),
-            float(any(name in text.lower() or name in title.lower() for name in identifiers)),
+            _share(query, title_terms),
+            _share(query, term_set(opening_of.get(doc_id, ""))),
+            float(_names_in(identifiers, found, title)),
             math.log1p(best.chunk_index),
             math.log1p(len(found)),
             covered,
@@ -261,5 +261,13 @@ def _chunk_score(candidate: Candidate) -> float:
     return _rrf(candidate) + candidate.dense * 1e-3
 
 
-def _share(query: set[str], found: Sequence[str]) -> float:
-    return len(query & set(found)) / len(query) if query else 0.0
+def _share(query: frozenset[str], found: frozenset[str]) -> float:
+    return len(query & found) / len(query) if query else 0.0
+
+
+def _names_in(names: set[str], found: Sequence[Candidate], title: str) -> bool:
+    """Whether one of the identifiers ``names`` (lower case) is in the chunks' text or the title."""
+    if not names:
+        return False
+    text = " ".join(c.text for c in found).lower()
+    return any(name in text or name in title.lower() for name in names)

@@ -34,10 +34,14 @@ import contextlib
 import json
 import re
 import threading
+import time
+from collections import OrderedDict
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from typing import Any, Protocol
+
+import numpy as np
 
 from streams.index.lexical import lexical_text
 from streams.records import (
@@ -58,6 +62,8 @@ INDEX_TYPES = {
 SEARCH_PARAMS = {"HNSW": {"ef": 64}, "HNSW_SQ": {"ef": 64}, "IVF_FLAT": {"nprobe": 16}, "IVF_SQ8": {"nprobe": 16}}
 BM25_PARAMS = {"bm25_k1": 1.2, "bm25_b": 0.75}
 RRF_K = 60
+OPENINGS_KEPT = 8192  # documents whose chunk 0 is remembered for the ranker's opening feature
+OPENING_MAX_AGE_S = 60.0  # how long a remembered opening may lag a write made by another process
 SCHEMA_VERSION = "v2"  # v2: the lexical text field and its BM25 sparse vector
 _HIT_FIELDS = ["chunk_id", "doc_id", "chunk_index", "text", "title", "tenant"]
 
@@ -223,6 +229,10 @@ class MilvusStore:
         self.uri, self.collection, self.dimension = uri, collection, dimension
         self.index_type, self.metric = index_type, metric
         self.closed = False
+        # doc_id -> (chunk 0's text, when read): this process's writes update it.
+        self._openings: OrderedDict[str, tuple[str, float]] = OrderedDict()
+        self._openings_lock = threading.Lock()
+        self._openings_writes = 0  # this process's writes of openings, so a read racing one is not kept
         self._ensure_collection()
 
     @classmethod
@@ -285,17 +295,19 @@ class MilvusStore:
 
     def upsert(self, rows: Sequence[ChunkRow]) -> None:
         if rows:
-            with _bad_data_rejected():
-                self._client.upsert(self.collection, [_row_dict(row) for row in rows])
+            values = [_row_dict(row) for row in rows]
+            with _bad_data_rejected(), self._writing_openings([row.doc_id for row in rows if row.chunk_index == 0]):
+                self._client.upsert(self.collection, values)
 
     def delete_chunks(self, chunk_ids: Sequence[str]) -> None:
         if chunk_ids:
-            with _bad_data_rejected():
+            first = [chunk_id[:-2] for chunk_id in chunk_ids if chunk_id.endswith("#0")]
+            with _bad_data_rejected(), self._writing_openings(first):
                 self._client.delete(self.collection, ids=list(chunk_ids))
 
     def delete_document(self, doc_id: str, from_index: int = 0) -> None:
         """Delete a document's chunks whose index is ``from_index`` or more (0 = all)."""
-        with _bad_data_rejected():
+        with _bad_data_rejected(), self._writing_openings([doc_id] if from_index <= 0 else []):
             self._client.delete(
                 self.collection, filter=f"doc_id == {quote(doc_id)} and chunk_index >= {int(from_index)}"
             )
@@ -373,6 +385,7 @@ class MilvusStore:
     def candidates(self, vector: Sequence[float], query_terms: str, limit: int, tenant: str | None) -> list[Candidate]:
         """Chunks from both sides (``limit`` each), with both scores, for a ranker to order."""
         query = list(vector)
+        query_array = np.asarray(query, dtype=np.float64)
         # The two sides run at once: each is a gRPC call that waits on the store (32 ms instead of
         # 43 ms for both here), and the BM25 side brings the vectors to score its hits by cosine.
         lexical_future = (
@@ -393,16 +406,54 @@ class MilvusStore:
             if known is not None:
                 found[known.chunk_id] = replace(known, bm25=bm25, bm25_rank=rank)
             else:
-                cosine = sum(q * v for q, v in zip(query, entity["vector"], strict=True))
+                cosine = float(query_array @ np.asarray(entity["vector"], dtype=np.float64))
                 found[entity["chunk_id"]] = _candidate(entity, cosine, bm25, None, rank)
         return list(found.values())
 
     def first_chunks(self, doc_ids: Sequence[str]) -> dict[str, str]:
-        """The text of chunk 0 of each document (its opening), by document id."""
+        """The text of chunk 0 of each document (its opening), by document id.
+
+        Openings read before are remembered (up to :data:`OPENINGS_KEPT` documents): this
+        process's own writes forget them at once, and one read no more than
+        :data:`OPENING_MAX_AGE_S` ago is used, so another writer's change shows within that time.
+        """
+        found: dict[str, str] = {}
+        now = time.monotonic()
+        with self._openings_lock:
+            writes = self._openings_writes
+            for doc_id in doc_ids:
+                known = self._openings.get(doc_id)
+                if known is not None and now - known[1] <= OPENING_MAX_AGE_S:
+                    found[doc_id] = known[0]
+                    self._openings.move_to_end(doc_id)
+        missing = [d for d in doc_ids if d not in found]
+        if not missing:
+            return found
+        rows = self._client.get(self.collection, ids=[f"{d}#0" for d in missing], output_fields=["doc_id", "text"])
+        read = {row["doc_id"]: row["text"] for row in rows}
+        with self._openings_lock:
+            if writes != self._openings_writes:  # an opening changed meanwhile: this read may predate it
+                return found | read
+            for doc_id, text in read.items():
+                self._openings[doc_id] = (text, now)
+                self._openings.move_to_end(doc_id)
+            while len(self._openings) > OPENINGS_KEPT:
+                self._openings.popitem(last=False)
+        return found | read
+
+    @contextlib.contextmanager
+    def _writing_openings(self, doc_ids: Sequence[str]) -> Iterator[None]:
+        """Around a write of these documents' chunk 0: their remembered openings are forgotten."""
         if not doc_ids:
-            return {}
-        rows = self._client.get(self.collection, ids=[f"{d}#0" for d in doc_ids], output_fields=["doc_id", "text"])
-        return {row["doc_id"]: row["text"] for row in rows}
+            yield
+            return
+        try:
+            yield
+        finally:
+            with self._openings_lock:
+                self._openings_writes += 1
+                for doc_id in doc_ids:
+                    self._openings.pop(doc_id, None)
 
     def chunk_vectors(self, chunk_ids: Sequence[str]) -> dict[str, list[float]]:
         """The stored vector of each chunk, by chunk id (chunks not stored are left out)."""

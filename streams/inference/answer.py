@@ -24,7 +24,7 @@ import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-from streams.index.lexical import terms
+from streams.index.lexical import term_set
 from streams.index.retrieval import DocumentHit
 
 NOT_FOUND = "Not found in the indexed documents."
@@ -75,10 +75,10 @@ def split_sentences(text: str) -> list[str]:
 
 def support(sentence: str, passage: str) -> float:
     """Share of the sentence's content terms that the passage holds (1.0 for a sentence with none)."""
-    wanted = set(terms(_CITATION.sub(" ", sentence)))
+    wanted = term_set(_CITATION.sub(" ", sentence))
     if not wanted:
         return 1.0
-    return len(wanted & set(terms(passage))) / len(wanted)
+    return len(wanted & term_set(passage)) / len(wanted)
 
 
 def check_grounding(text: str, passages: Sequence[str]) -> tuple[tuple[CheckedSentence, ...], str]:
@@ -137,15 +137,15 @@ class ExtractiveAnswerer:
             return abstention(confidence)
         top = list(documents[: self.documents])
         citations, passages = citations_for(top)
-        query = set(terms(question))
+        query = term_set(question)
         scored = []
         n = 0
         for rank, document in enumerate(top):
-            title_terms = set(terms(document.title))
+            title_terms = term_set(document.title)
             for hit in document.evidence:
                 n += 1
                 for position, sentence in enumerate(split_sentences(hit.text or hit.snippet)):
-                    words = set(terms(sentence))
+                    words = term_set(sentence)
                     if len(words) < 3:  # too short to answer alone, but it may complete the best sentence
                         scored.append((-1.0, n, position, sentence, rank))
                         continue

@@ -150,3 +150,24 @@ def test_a_v1_collection_migrates_with_its_vectors_and_gains_a_bm25_side(tmp_pat
         assert store.migrate_from(legacy) == 1200 and store.count() == 1200  # a re-run changes nothing
     finally:
         store.close()
+
+
+def test_remembered_openings_follow_this_process_s_upserts_and_deletes(store: MilvusStore) -> None:
+    store.upsert(rows("guide", ["Guide opening, first edition.", "Guide body."]))
+    assert store.first_chunks(["guide", "absent"]) == {"guide": "Guide opening, first edition."}
+    store.upsert(rows("guide", ["Guide opening, second edition."]))
+    assert store.first_chunks(["guide"]) == {"guide": "Guide opening, second edition."}
+    store.delete_chunks(["guide#0"])
+    assert store.first_chunks(["guide"]) == {}
+    store.upsert(rows("guide", ["Guide opening, third edition."]))
+    assert store.first_chunks(["guide"]) == {"guide": "Guide opening, third edition."}
+    store.delete_document("guide")
+    assert store.first_chunks(["guide"]) == {}
+
+
+def test_stored_vectors_come_back_by_chunk_id(store: MilvusStore) -> None:
+    written = rows("doc", ["One chunk about gzip.", "Another about tarfile."])
+    store.upsert(written)
+    found = store.chunk_vectors(["doc#1", "doc#9"])
+    assert list(found) == ["doc#1"]
+    assert np.allclose(found["doc#1"], written[1].vector, atol=1e-6)
