@@ -284,6 +284,12 @@ class Settings(BaseSettings):
     )
     models_dir: Path | None = Field(None, description="Built ONNX graphs (default: <data_dir>/models).")
     embed_workers: int = Field(0, ge=0, le=64, description="Parallel ONNX Runtime runs, one thread each (0 = cores).")
+    embed_niceness: int = Field(
+        10,
+        ge=0,
+        le=19,
+        description="Nice value added to the bulk-embedding threads, so that requests win the CPU (0 = off).",
+    )
     embed_batch_size: int = Field(64, ge=1, le=4096, description="Chunks taken per embedding micro-batch.")
     embed_batch_seconds: float = Field(0.05, gt=0, description="Longest wait to fill an embedding batch.")
     index_batch_size: int = Field(256, ge=1, description="Embeddings taken per Milvus write.")

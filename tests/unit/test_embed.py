@@ -1,4 +1,7 @@
-"""The ONNX embedder: pooling, normalization, batch invariance, versioning."""
+"""The ONNX embedder: pooling, normalization, batch invariance, versioning, thread priority."""
+
+import os
+import threading
 
 import numpy as np
 import pytest
@@ -46,3 +49,18 @@ def test_version_is_the_sha256_of_graph_tokenizer_and_pooling(embedder: OnnxEmbe
 
 def test_no_text_gives_an_empty_matrix(embedder: OnnxEmbedder) -> None:
     assert embedder.embed([]).shape == (0, 384)
+
+
+def test_a_niceness_runs_the_model_in_threads_of_lower_priority_with_the_same_vectors(embedder: OnnxEmbedder) -> None:
+    polite = OnnxEmbedder.default(workers=1, niceness=5)
+    texts = ["bulk chunk one", "bulk chunk two"]
+    seen: list[int] = []
+    real_run = polite._run
+
+    def run(ids: list[int]) -> np.ndarray:
+        seen.append(os.getpriority(os.PRIO_PROCESS, threading.get_native_id()))
+        return real_run(ids)
+
+    polite._run = run  # type: ignore[method-assign]  # observe the thread each run happens in
+    assert np.array_equal(polite.embed(texts), embedder.embed(texts))
+    assert seen == [os.getpriority(os.PRIO_PROCESS, 0) + 5] * 2
