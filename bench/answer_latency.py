@@ -172,11 +172,13 @@ def main() -> None:
     report: dict[str, Any] = {"benchmark": "answer_latency", "docs": len(first), "rate_per_s": args.rate}
     try:
         asyncio.run(ensure_topics(settings))
+        # One document through every stage first: the bulk load's time excludes the worker's start.
+        asyncio.run(publish_records(settings, [encode_document(first[0])]))
+        index_all(settings, 600)
         started = time.perf_counter()
-        asyncio.run(publish_records(settings, [encode_document(d) for d in first]))
+        asyncio.run(publish_records(settings, [encode_document(d) for d in first[1:]]))
         index_all(settings, 1800)
-        bulk_s = time.perf_counter() - started
-        max_rate = len(first) / bulk_s
+        max_rate = (len(first) - 1) / (time.perf_counter() - started)
         report["max_index_rate_docs_per_s"] = round(max_rate, 1)
         ranker = promote_demo_ranker(settings, log=lambda line: print(line, file=sys.stderr))
         asyncio.run(wait_for_ranker(settings, ranker["version"] if ranker else None))
