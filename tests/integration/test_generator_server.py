@@ -65,7 +65,10 @@ def require_generator_extra() -> Path:
 @pytest.fixture(scope="module")
 def local_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalServer]:
     require_generator_extra()
-    server = start_local_server(free_loopback_port(), tmp_path_factory.mktemp("generator") / "server.log", n_ctx=2048)
+    # The workers' CPU priority (niceness 0): on loaded shared cores a niced server's answers are
+    # starved for minutes, and these tests are about answers, not priorities.
+    log = tmp_path_factory.mktemp("generator") / "server.log"
+    server = start_local_server(free_loopback_port(), log, n_ctx=2048, niceness=0)
     try:
         wait_until_ready(server, timeout_s=180)
         yield server
