@@ -79,8 +79,13 @@ def retrieved(split: str, max_wrong: float) -> dict[str, Any]:
 
     import asyncio
 
-    dev = read_questions(packaged_questions("dev"))
-    training = train_with_calibration(asyncio.run(collect_candidates(dev, ask)), max_wrong_abstentions=max_wrong)
+    candidates = OUT / "answer-cache-dev-candidates.pickle"
+    if candidates.exists():
+        dev_sets = pickle.loads(candidates.read_bytes())
+    else:
+        dev_sets = asyncio.run(collect_candidates(read_questions(packaged_questions("dev")), ask))
+        candidates.write_bytes(pickle.dumps(dev_sets))
+    training = train_with_calibration(dev_sets, max_wrong_abstentions=max_wrong)
     version = ranker_version(
         settings.ranker_name, training.trained.onnx, embedder.version, training.metrics, actor="bench", note="bench"
     )
@@ -117,13 +122,20 @@ def main() -> None:
     parser.add_argument(
         "--max-wrong-abstentions", type=float, default=Settings().rag_max_wrong_abstentions, help="calibration"
     )
+    parser.add_argument(
+        "--set", action="append", default=[], metavar="NAME=VALUE", help="an ExtractiveAnswerer parameter (tuning)"
+    )
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
     cached = retrieved(args.split, args.max_wrong_abstentions)
-    judged = judge_all(cached, ExtractiveAnswerer(cached["abstain_below"]))
+    answerer = ExtractiveAnswerer(cached["abstain_below"])
+    for assignment in args.set:
+        name, _, value = assignment.partition("=")
+        answerer = replace(answerer, **{name: type(getattr(answerer, name))(value)})
+    judged = judge_all(cached, answerer)
     summary = rag_summary([result for result, _ in judged])
     summary.pop("latency_ms")
-    report = {"split": args.split, "abstain_below": cached["abstain_below"], "summary": summary}
+    report = {"split": args.split, "answerer": repr(answerer), "summary": summary}
     if not args.json:
         report["dev_training"] = cached["training"]
     print(json.dumps(report, indent=2))

@@ -210,7 +210,7 @@ async def stream_beside_a_search(settings: Settings, question: str) -> tuple[lis
         return replies, await search
 
 
-@pytest.mark.timeout(900)
+@pytest.mark.timeout(1800)  # a worker starting and indexing on 2 shared cores took 5 minutes at load 27
 def test_a_streamed_rag_answer_over_kafka_is_partial_replies_then_one_final_reply(
     local_server: LocalServer, settings: Settings
 ) -> None:
@@ -221,7 +221,7 @@ def test_a_streamed_rag_answer_over_kafka_is_partial_replies_then_one_final_repl
         update={"generator_url": local_server.url, "generator_model": local_server.model_alias}
     )
     agents = ("embed", "index", "infer", "ingest")
-    worker = index_with_worker(settings, [encode_document(d) for d in STREAM_DOCUMENTS], agents, timeout=300.0)
+    worker = index_with_worker(settings, [encode_document(d) for d in STREAM_DOCUMENTS], agents, timeout=900.0)
     try:
         replies, search = run(stream_beside_a_search(settings, QUESTION))
         shown = run_cli(settings, "query", QUESTION, "--task", "rag", "--stream", "--top-k", "2", "--timeout", "180")
@@ -241,8 +241,8 @@ def test_a_streamed_rag_answer_over_kafka_is_partial_replies_then_one_final_repl
     assert final["grounded"] in ("true", "partial", "false")
     assert all(f"[{c['n']}]" in final["answer"] for c in final["citations"])
     assert all(sentence in final["answer"] for sentence in final["unsupported"])
-    assert final["input_tokens"] is not None and final["input_tokens"] > 40, "the server's prompt count"
-    assert final["output_tokens"] is not None and final["output_tokens"] >= 1
+    # llama.cpp's server sends no `usage` in a stream: no prompt count, one output token per content chunk.
+    assert final["input_tokens"] is None and final["output_tokens"] == len(partials)
     assert search["status"] == "OK" and search["final"] and search["sequence"] == 0 and search["hits"], search
 
     assert shown.returncode == 0, shown.stdout + shown.stderr
