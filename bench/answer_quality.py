@@ -22,10 +22,14 @@ Run:  .venv/bin/python bench/answer_quality.py --split dev [--failures 30] [--js
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
+import math
 import pickle
+import re
 import sys
-from dataclasses import replace
+from collections.abc import Sequence
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -43,8 +47,17 @@ from streams.evaluation.harness import (  # noqa: E402
 from streams.evaluation.local_index import local_index  # noqa: E402
 from streams.evaluation.ranker_training import train_with_calibration  # noqa: E402
 from streams.index.embed import OnnxEmbedder  # noqa: E402
-from streams.index.retrieval import retrieve  # noqa: E402
-from streams.inference.answer import ExtractiveAnswerer  # noqa: E402
+from streams.index.lexical import terms  # noqa: E402
+from streams.index.retrieval import DocumentHit, retrieve  # noqa: E402
+from streams.inference.answer import (  # noqa: E402
+    Answer,
+    ExtractiveAnswerer,
+    _strip_end,
+    abstention,
+    check_grounding,
+    citations_for,
+    evidence_sentences,
+)
 from streams.inference.requests import InferenceRequest  # noqa: E402
 from streams.inference.service import (  # noqa: E402
     InferenceService,
@@ -60,6 +73,136 @@ from streams.records import now_ms  # noqa: E402
 from streams.settings import Settings  # noqa: E402
 
 OUT = ROOT / "bench" / "out"
+
+# --- the learned sentence scorer (an experiment: out of fold on dev it did not beat the shipped heuristic) ---
+
+SENTENCE_FEATURES = (
+    "overlap",  # share of the question's terms in the sentence
+    "weighted_overlap",  # the same, each term weighted by its rarity among the candidate sentences
+    "title_overlap",  # share of the question's terms in the document's title
+    "pair_match",  # share of the question's adjacent term pairs that the sentence also holds
+    "identifier",  # 1 when an identifier the user typed (a_b, a.b) is in the sentence
+    "document_rank",  # 1 / (1 + the document's rank)
+    "document_gap",  # the document's ranker score minus the top document's (<= 0)
+    "position",  # 1 / (1 + the sentence's place in its passage)
+    "fragment",  # 1 when the sentence starts mid-sentence (a chunk boundary cut it)
+    "code",  # 1 when the sentence is an interactive example (>>>) or mostly symbols
+    "length",  # log(1 + words)
+)
+_IDENTIFIER = re.compile(r"\b[A-Za-z_][\w]*[_.][\w.]*\w\b")
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """One sentence of the evidence that may answer, with where it comes from and its features."""
+
+    n: int  # the passage number it would be cited as
+    position: int  # its place in the passage
+    rank: int  # its document's rank
+    text: str
+    features: dict[str, float]
+
+
+def candidate_sentences(question: str, documents: Sequence[DocumentHit]) -> list[Candidate]:
+    """Every sentence of the documents' evidence with its :data:`SENTENCE_FEATURES` (pure)."""
+    query = list(dict.fromkeys(terms(question)))
+    wanted = set(query)
+    pairs = set(itertools.pairwise(query))
+    identifiers = {match.lower() for match in _IDENTIFIER.findall(question)}
+    top_score = documents[0].score if documents else 0.0
+    raw = [
+        (n, position, rank, sentence, terms(sentence), title_terms, documents[rank])
+        for n, position, rank, sentence, title_terms in evidence_sentences(documents)
+    ]
+    # Rarity among these sentences: a term every sentence shares (the module name) tells them apart less.
+    frequency: dict[str, int] = {}
+    for item in raw:
+        for term in set(item[4]) & wanted:
+            frequency[term] = frequency.get(term, 0) + 1
+    weight = {term: math.log(1 + len(raw) / (1 + frequency.get(term, 0))) for term in wanted}
+    total = sum(weight.values()) or 1.0
+    candidates = []
+    for n, position, rank, sentence, words, title_terms, document in raw:
+        present = set(words)
+        found = wanted & present
+        sentence_pairs = set(itertools.pairwise(words))
+        stripped = sentence.lstrip()
+        symbols = sum(not (c.isalnum() or c.isspace()) for c in sentence)
+        features = {
+            "overlap": len(found) / max(1, len(wanted)),
+            "weighted_overlap": sum(weight[t] for t in found) / total,
+            "title_overlap": len(wanted & title_terms) / max(1, len(wanted)),
+            "pair_match": len(pairs & sentence_pairs) / len(pairs) if pairs else 0.0,
+            "identifier": float(any(i in sentence.lower() for i in identifiers)),
+            "document_rank": 1.0 / (1 + rank),
+            "document_gap": document.score - top_score,
+            "position": 1.0 / (1 + position),
+            "fragment": float(bool(stripped) and (stripped[0].islower() or stripped[0] in ",;:)]}")),
+            "code": float(">>>" in sentence or symbols > 0.25 * max(1, len(sentence))),
+            "length": math.log1p(len(sentence.split())),
+        }
+        candidates.append(Candidate(n, position, rank, sentence, features))
+    return candidates
+
+
+# A logistic model of "this sentence states the answer" over SENTENCE_FEATURES, fitted on the dev
+# split's answerable questions (label: the sentence matches the question's answer pattern) by
+# `bench/answer_quality.py --train-sentences`, which prints these weights and its out-of-fold figures.
+SENTENCE_WEIGHTS: dict[str, float] = {}  # set by --train-sentences per fold
+SENTENCE_BIAS = 0.0
+
+
+@dataclass(frozen=True)
+class LearnedAnswerer:
+    """Answers from the evidence's own sentences; abstains below ``abstain_below`` confidence.
+
+    ``confidence`` is the answerability logit of the top document (see
+    :class:`streams.models.ranker.Answerability`), the scale the threshold was calibrated on.
+    Each sentence of the top documents' evidence is scored by a linear model over
+    :data:`SENTENCE_FEATURES`; the answer is the best sentence with the ``following`` ones of its
+    passage (the fact often follows the topic), and the best sentence of another document when it
+    scores at least ``second_at`` (a logit).
+    """
+
+    abstain_below: float
+    documents: int = 3
+    following: int = 1
+    second_at: float = 0.0
+    weights: dict[str, float] = field(default_factory=lambda: dict(SENTENCE_WEIGHTS), compare=False)
+    bias: float = SENTENCE_BIAS
+    name: str = "extractive"
+    version: str = "learned-experiment"
+
+    def score(self, candidate: Candidate) -> float:
+        return self.bias + sum(w * candidate.features.get(name, 0.0) for name, w in self.weights.items())
+
+    def answer(self, question: str, documents: Sequence[DocumentHit], confidence: float = float("inf")) -> Answer:
+        if not documents or confidence < self.abstain_below:
+            return abstention(confidence)
+        top = list(documents[: self.documents])
+        citations, passages = citations_for(top)
+        every = candidate_sentences(question, top)
+        candidates = [c for c in every if len(terms(c.text)) >= 3]  # shorter ones only complete another
+        if not candidates:
+            return abstention(confidence)
+        ranked = sorted(candidates, key=lambda c: -self.score(c))
+        best = ranked[0]
+        chosen = [best, *self._following(best, every)]
+        second = next((c for c in ranked[1:] if c.rank != best.rank), None)
+        if second is not None and self.score(second) >= self.second_at:
+            chosen += [second, *self._following(second, every)]
+        chosen.sort(key=lambda c: (c.rank, c.n, c.position))
+        text = " ".join(f"{_strip_end(c.text)} [{c.n}]." for c in chosen)
+        sentences, grounded = check_grounding(text, passages)
+        used = {c.n for c in chosen}
+        return Answer(text, tuple(c for c in citations if c.n in used), grounded, False, confidence, sentences)
+
+    def _following(self, sentence: Candidate, candidates: Sequence[Candidate]) -> list[Candidate]:
+        return [
+            c
+            for c in candidates
+            if c.n == sentence.n and sentence.position < c.position <= sentence.position + self.following
+        ]
 
 
 def retrieved(split: str, max_wrong: float) -> dict[str, Any]:
@@ -103,7 +246,7 @@ def retrieved(split: str, max_wrong: float) -> dict[str, Any]:
     return result
 
 
-def judge_all(cached: dict[str, Any], answerer: ExtractiveAnswerer) -> list[tuple[Any, dict[str, Any]]]:
+def judge_all(cached: dict[str, Any], answerer: Any) -> list[tuple[Any, dict[str, Any]]]:
     judged = []
     for question, documents, confidence in cached["rows"]:
         answer = answerer.answer(question.question, documents, confidence)
@@ -113,6 +256,52 @@ def judge_all(cached: dict[str, Any], answerer: ExtractiveAnswerer) -> list[tupl
         }
         judged.append((judge_rag(question, response, 0.0), response))
     return judged
+
+
+def fit_sentences(rows: list[tuple[Any, Any]]) -> tuple[dict[str, float], float]:
+    """A logistic model over SENTENCE_FEATURES in raw feature units: (weights, bias)."""
+    import numpy as np
+    from sklearn.linear_model import LogisticRegression
+
+    x = np.asarray([[c.features[name] for name in SENTENCE_FEATURES] for c, _ in rows], dtype=np.float64)
+    y = np.asarray([label for _, label in rows], dtype=np.int64)
+    mean, scale = x.mean(axis=0), x.std(axis=0)
+    scale[scale < 1e-6] = 1.0
+    model = LogisticRegression(C=1.0, max_iter=5000).fit((x - mean) / scale, y)
+    weights = model.coef_[0] / scale
+    bias = float(model.intercept_[0] - np.sum(model.coef_[0] * mean / scale))
+    return {name: round(float(w), 4) for name, w in zip(SENTENCE_FEATURES, weights, strict=True)}, round(bias, 4)
+
+
+def labelled_sentences(cached: dict[str, Any], answerer: LearnedAnswerer) -> dict[str, list[tuple[Any, bool]]]:
+    """Per answerable question: its candidate sentences, each labelled by the question's answer pattern."""
+    rows = {}
+    for question, documents, _ in cached["rows"]:
+        if question.unanswerable or not question.answer_pattern:
+            continue
+        pattern = re.compile(question.answer_pattern, re.IGNORECASE)
+        candidates = candidate_sentences(question.question, documents[: answerer.documents])
+        rows[question.id] = [(c, bool(pattern.search(c.text))) for c in candidates]
+    return rows
+
+
+def train_sentences(cached: dict[str, Any], answerer: LearnedAnswerer, folds: int = 5) -> dict[str, Any]:
+    """Out-of-fold answers on ``cached`` (each fold scored by weights fitted on the others), then all-dev weights."""
+    labelled = labelled_sentences(cached, answerer)
+
+    def fold(question_id: str) -> int:
+        return sum(question_id.encode()) % folds
+
+    judged = []
+    for k in range(folds):
+        train = [row for qid, rows in labelled.items() if fold(qid) != k for row in rows]
+        weights, bias = fit_sentences(train)
+        held = {**cached, "rows": [row for row in cached["rows"] if fold(row[0].id) == k]}
+        judged += judge_all(held, replace(answerer, weights=weights, bias=bias))
+    summary = rag_summary([result for result, _ in judged])
+    summary.pop("latency_ms")
+    weights, bias = fit_sentences([row for rows in labelled.values() for row in rows])
+    return {"out_of_fold": summary, "weights": weights, "bias": bias}
 
 
 def main() -> None:
@@ -125,6 +314,9 @@ def main() -> None:
     parser.add_argument(
         "--set", action="append", default=[], metavar="NAME=VALUE", help="an ExtractiveAnswerer parameter (tuning)"
     )
+    parser.add_argument(
+        "--train-sentences", action="store_true", help="fit the sentence scorer on dev: out-of-fold figures, weights"
+    )
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
     cached = retrieved(args.split, args.max_wrong_abstentions)
@@ -132,6 +324,13 @@ def main() -> None:
     for assignment in args.set:
         name, _, value = assignment.partition("=")
         answerer = replace(answerer, **{name: type(getattr(answerer, name))(value)})
+    if args.train_sentences:
+        learned = LearnedAnswerer(cached["abstain_below"])
+        for assignment in args.set:
+            name, _, value = assignment.partition("=")
+            learned = replace(learned, **{name: type(getattr(learned, name))(value)})
+        print(json.dumps(train_sentences(cached, learned), indent=2))
+        return
     judged = judge_all(cached, answerer)
     summary = rag_summary([result for result, _ in judged])
     summary.pop("latency_ms")
