@@ -267,8 +267,14 @@ def register_infer(app: faust.App, settings: Settings, tracer: AgentTracer, agen
             service.swap(replace(service.models, store=await run_blocking(open_store)))  # in a thread: slow
         light_request.set(not request.explain)
         started = time.perf_counter()
+
+        answer_topic = topic
+
+        def send_partial(partial: dict[str, Any]) -> None:  # a streamed answer's tokens, sent as they come
+            pending.append(reply(answer_topic, request.reply_key, partial, headers))
+
         with batch.step("infer.answer", task=request.task):
-            response, verdict = await service.answer(request, received_ms)
+            response, verdict = await service.answer(request, received_ms, send_partial)
         request_seconds(request.task).observe(time.perf_counter() - started)
         batch.annotate(0, status=response["status"], models=[m["version"][:12] for m in response["models"]])
         service.finish(response, received_ms)

@@ -36,7 +36,15 @@ def generator() -> None:
 @click.option(
     "--threads", type=click.IntRange(1, 256), default=None, help="CPU threads (llama.cpp's default: half the cores)."
 )
-def generator_serve(port: int, model_path: Path | None, n_ctx: int, threads: int | None) -> None:
+@click.option(
+    "--nice",
+    "niceness",
+    type=click.IntRange(0, 19),
+    default=10,
+    show_default=True,
+    help="Lower CPU priority than the workers (0 = the same): search requests get the CPU before generation.",
+)
+def generator_serve(port: int, model_path: Path | None, n_ctx: int, threads: int | None, niceness: int) -> None:
     """Serve the generator at http://127.0.0.1:PORT/v1 until Ctrl-C.
 
     Point the workers at it with LLMOPS_GENERATOR_URL=http://127.0.0.1:PORT/v1 and
@@ -62,6 +70,7 @@ def generator_serve(port: int, model_path: Path | None, n_ctx: int, threads: int
         err=True,
     )
     command = server_command(model, port, n_ctx, threads)
+    os.nice(niceness)  # inherited by the server and every thread it starts
     # The server replaces this process, so a supervisor's SIGTERM or Ctrl-C reaches it directly
     # (a child would outlive a killed parent).
     os.execv(command[0], command)  # noqa: S606 - a fixed argument list, no shell

@@ -8,6 +8,7 @@ Why this exists:
 from __future__ import annotations
 
 import asyncio
+import json
 import sys
 from typing import Any
 
@@ -16,8 +17,11 @@ import click
 from streams.cli.support import EXIT_FAILURE, NotReady, echo_json, kafka_options, load_settings
 
 
-def print_response(response: dict[str, Any]) -> None:
-    """A response as people read it: status, answer, evidence, models, latency."""
+def print_response(response: dict[str, Any], answer_shown: bool = False) -> None:
+    """A response as people read it: status, answer, evidence, models, latency.
+
+    ``answer_shown``: the answer was already printed as it streamed; only its citations follow.
+    """
     from rich.console import Console
 
     console = Console()
@@ -50,7 +54,8 @@ def print_response(response: dict[str, Any]) -> None:
             top = sorted(hit["attributions"].items(), key=lambda kv: -abs(kv[1]))[:4]
             console.print("      [dim]why: " + ", ".join(f"{name} {value:+.2f}" for name, value in top) + "[/]")
     if response.get("answer"):
-        console.print(f"  [bold]answer:[/] {response['answer']}")
+        if not answer_shown:
+            console.print(f"  [bold]answer:[/] {response['answer']}")
         for citation in response.get("citations", []):
             console.print(f"    [{citation['n']}] {citation['doc_id']} ({citation['chunk_id']})")
         if response.get("grounded"):
@@ -99,7 +104,19 @@ def print_response(response: dict[str, Any]) -> None:
     help="classify: the words that moved the prediction most; search: each document's ranking features "
     "and attributions.",
 )
-@click.option("--timeout", type=float, default=30.0, show_default=True, help="Seconds to wait for the answer.")
+@click.option(
+    "--stream",
+    is_flag=True,
+    help="rag with a generator: print the answer's tokens as they are generated "
+    "(with --json: each partial reply as one JSON line, then the final reply).",
+)
+@click.option(
+    "--timeout",
+    type=float,
+    default=30.0,
+    show_default=True,
+    help="Seconds to wait for the answer (with --stream: for each next reply).",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print the whole response as JSON.")
 def query(
     text: str,
@@ -110,6 +127,7 @@ def query(
     chunks: bool,
     model: str | None,
     explain: bool,
+    stream: bool,
     timeout: float,
     as_json: bool,
 ) -> None:
@@ -127,18 +145,39 @@ def query(
     configure_logging(settings)  # log lines (span export's too) to stderr: stdout holds the answer
     telemetry = Telemetry.from_settings(settings, role="cli")  # the request's trace starts here
 
+    options: dict[str, Any] = {
+        "tenant": tenant,
+        "top_k": top_k,
+        "model": model,
+        "explain": explain,
+        "retrieval": retrieval,
+        "chunks": chunks,
+    }
+
     async def ask() -> dict[str, Any]:
         async with InferenceClient(settings, tracer=telemetry.agent_tracer("query", group="")) as client:
-            request = client.request(
-                text, task, tenant=tenant, top_k=top_k, model=model, explain=explain, retrieval=retrieval, chunks=chunks
-            )
+            request = client.request(text, task, **options)
             future = await client.send(request)
             response = await asyncio.wait_for(future, timeout)
             response["sent_at_ms"] = request.sent_at_ms
             return response
 
+    async def ask_streaming() -> dict[str, Any]:
+        """Print each partial reply's text as it arrives; the final reply is returned."""
+        async with InferenceClient(settings, tracer=telemetry.agent_tracer("query", group="")) as client:
+            last: dict[str, Any] = {}
+            async for reply in client.stream(text, task, timeout=timeout, **options):
+                if as_json and not reply["final"]:
+                    click.echo(json.dumps(reply, default=str))
+                elif not reply["final"]:
+                    click.echo(("answer: " if reply["sequence"] == 0 else "") + (reply["delta"] or ""), nl=False)
+                elif reply["sequence"] and not as_json:
+                    click.echo()  # end the streamed answer's line
+                last = reply
+            return last
+
     try:
-        response = asyncio.run(ask())
+        response = asyncio.run(ask_streaming() if stream else ask())
     except (InferenceTimeout, KafkaUnreachable) as error:
         raise NotReady(str(error)) from None
     except TimeoutError:
@@ -152,7 +191,7 @@ def query(
     if as_json:
         echo_json(response)
     else:
-        print_response(response)
+        print_response(response, answer_shown=stream and response["sequence"] > 0)
     if response["status"] != "OK":
         sys.exit(EXIT_FAILURE)
 

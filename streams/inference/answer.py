@@ -21,7 +21,7 @@ Usage:
 from __future__ import annotations
 
 import re
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 
 from streams.index.lexical import term_set
@@ -101,6 +101,17 @@ def check_grounding(text: str, passages: Sequence[str]) -> tuple[tuple[CheckedSe
     return tuple(checked), grounded
 
 
+def evidence_sentences(documents: Sequence[DocumentHit]) -> Iterator[tuple[int, int, int, str, frozenset[str]]]:
+    """(passage number [n], place in the passage, document rank, sentence, title terms) of every evidence sentence."""
+    n = 0
+    for rank, document in enumerate(documents):
+        title_terms = term_set(document.title)
+        for hit in document.evidence:
+            n += 1
+            for position, sentence in enumerate(split_sentences(hit.text or hit.snippet)):
+                yield n, position, rank, sentence, title_terms
+
+
 def citations_for(documents: Sequence[DocumentHit]) -> tuple[list[Citation], list[str]]:
     """Numbered passages of the documents' evidence: (citations, their full texts), [1] first."""
     citations: list[Citation] = []
@@ -129,8 +140,10 @@ class ExtractiveAnswerer:
     following: int = 1  # sentences after the best one that complete it (the fact often follows the topic)
     sources: int = 2  # documents the answer may quote (each document's best sentence, if close to the best)
     close: float = 0.8  # another document's best sentence joins when it scores at least this share of the best
+    fragment_penalty: float = 0.3  # taken from a sentence that starts mid-sentence (a chunk boundary cut it)
+    code_penalty: float = 0.3  # taken from an interactive example (>>>) or a line of mostly symbols
     name: str = "extractive"
-    version: str = "2"
+    version: str = "3"
 
     def answer(self, question: str, documents: Sequence[DocumentHit], confidence: float = float("inf")) -> Answer:
         if not documents or confidence < self.abstain_below:
@@ -139,20 +152,16 @@ class ExtractiveAnswerer:
         citations, passages = citations_for(top)
         query = term_set(question)
         scored = []
-        n = 0
-        for rank, document in enumerate(top):
-            title_terms = term_set(document.title)
-            for hit in document.evidence:
-                n += 1
-                for position, sentence in enumerate(split_sentences(hit.text or hit.snippet)):
-                    words = term_set(sentence)
-                    if len(words) < 3:  # too short to answer alone, but it may complete the best sentence
-                        scored.append((-1.0, n, position, sentence, rank))
-                        continue
-                    overlap = len(query & (words | title_terms)) / max(1, len(query))
-                    in_sentence = len(query & words) / max(1, len(query))
-                    score = overlap + 0.5 * in_sentence + 0.6 / (1 + rank) + (0.1 if position == 0 else 0.0)
-                    scored.append((score, n, position, sentence, rank))
+        for n, position, rank, sentence, title_terms in evidence_sentences(top):
+            words = term_set(sentence)
+            if len(words) < 3:  # too short to answer alone, but it may complete the best sentence
+                scored.append((-1.0, n, position, sentence, rank))
+                continue
+            overlap = len(query & (words | title_terms)) / max(1, len(query))
+            in_sentence = len(query & words) / max(1, len(query))
+            score = overlap + 0.5 * in_sentence + 0.6 / (1 + rank) + (0.1 if position == 0 else 0.0)
+            score -= self.fragment_penalty * _cut(sentence) + self.code_penalty * _code(sentence)
+            scored.append((score, n, position, sentence, rank))
         if not scored:
             return abstention(confidence)
         scored.sort(key=lambda item: -item[0])
@@ -172,6 +181,18 @@ class ExtractiveAnswerer:
         sentences, grounded = check_grounding(text, passages)
         used = {n for _, n, _, _, _ in chosen}
         return Answer(text, tuple(c for c in citations if c.n in used), grounded, False, confidence, sentences)
+
+
+def _cut(sentence: str) -> float:
+    """1.0 when ``sentence`` starts mid-sentence: a chunk boundary cut it (lower case or punctuation first)."""
+    first = sentence.lstrip()[:1]
+    return float(bool(first) and (first.islower() or first in ",;:)]}"))
+
+
+def _code(sentence: str) -> float:
+    """1.0 for an interactive example or a line that is mostly symbols."""
+    symbols = sum(not (c.isalnum() or c.isspace()) for c in sentence)
+    return float(">>>" in sentence or symbols > 0.25 * max(1, len(sentence)))
 
 
 def _strip_end(sentence: str) -> str:

@@ -14,6 +14,8 @@ Usage:
     ...     answers = await asyncio.gather(*(client.ask(q) for q in questions))
     >>> async with InferenceClient(settings, tenant="acme") as acme:   # acme's documents, acme's topic
     ...     answer = await acme.ask("our gzip policy?")
+    >>> async for reply in client.stream("how do I read a zip file?"):   # rag, tokens as generated
+    ...     print(reply["delta"] if not reply["final"] else reply["citations"])
 
 Notes:
     Requests and responses travel through librdkafka (``streams.kafka.rdkafka``): its C threads send
@@ -26,6 +28,7 @@ from __future__ import annotations
 import asyncio
 import threading
 import uuid
+from collections.abc import AsyncIterator
 from functools import partial
 from typing import Any
 
@@ -76,6 +79,7 @@ def make_request(
     deadline_s: float | None = None,
     retrieval: str = "ranked",
     chunks: bool = False,
+    stream: bool = False,
 ) -> InferenceRequest:
     """A new request with a fresh id, stamped with the time it was made."""
     now = now_ms()
@@ -92,6 +96,7 @@ def make_request(
         sent_at_ms=now,
         retrieval=retrieval,
         chunks=chunks,
+        stream=stream,
     )
 
 
@@ -128,6 +133,7 @@ class InferenceClient:
         self._producer: AsyncProducer | None = None
         self._consumer: Consumer | None = None
         self._waiting: dict[str, asyncio.Future[dict[str, Any]]] = {}
+        self._streams: dict[str, asyncio.Queue[dict[str, Any] | BaseException]] = {}  # streamed requests
         self._reader: threading.Thread | None = None
         self._stopping = threading.Event()
 
@@ -202,6 +208,15 @@ class InferenceClient:
     def _deliver(self, answers: list[dict[str, Any]]) -> None:
         received = now_ms()
         for response in answers:
+            queue = self._streams.get(response["request_id"])
+            if queue is not None:  # a streamed request: every reply, partial or final, in order of arrival
+                response["received_at_ms"] = received
+                queue.put_nowait(response)
+                if response["final"]:
+                    self._streams.pop(response["request_id"], None)
+                continue
+            if not response["final"]:  # a partial reply nobody streams: only the final answers ask()
+                continue
             future = self._waiting.pop(response["request_id"], None)
             if future is not None and not future.done():
                 response["received_at_ms"] = received
@@ -210,6 +225,10 @@ class InferenceClient:
     def _on_delivery(self, request_id: str, delivered: asyncio.Future[None]) -> None:
         """A request the broker did not take fails at once instead of timing out."""
         error = delivered.exception()
+        queue = self._streams.get(request_id)
+        if error is not None and queue is not None:
+            self._streams.pop(request_id, None)
+            queue.put_nowait(error)
         future = self._waiting.get(request_id)
         if error is not None and future is not None and not future.done():
             self._waiting.pop(request_id, None)
@@ -225,9 +244,46 @@ class InferenceClient:
         return future
 
     async def send(self, request: InferenceRequest) -> asyncio.Future[dict[str, Any]]:
-        """Send ``request``; the future resolves with its response."""
-        assert self._producer is not None, "start the client first (`async with InferenceClient(...)`)"
+        """Send ``request``; the future resolves with its (final) response."""
         future = self.expect(request.request_id)
+        self._produce(request)
+        return future
+
+    async def stream(
+        self, text: str, task: str = "rag", *, timeout: float = 30.0, **options: Any
+    ) -> AsyncIterator[dict[str, Any]]:
+        """Ask with ``stream``: yield each partial reply as it arrives, then the final reply, then stop.
+
+        Partial replies (``final`` false) carry ``delta`` (the new text), ``answer`` (the text so
+        far) and ``sequence`` (0, 1, ...); the final one is a whole response with citations, the
+        grounded verdict and token counts. Answers that are not generated (search, classify, an
+        extractive rag answer, an abstention) come as the final reply alone. ``timeout`` bounds the
+        wait for each next reply, not the whole answer.
+
+        Raises:
+            InferenceTimeout: no next reply within ``timeout`` seconds.
+        """
+        request = self.request(text, task, stream=True, **options)
+        queue: asyncio.Queue[dict[str, Any] | BaseException] = asyncio.Queue()
+        self._streams[request.request_id] = queue
+        try:
+            self._produce(request)
+            while True:
+                try:
+                    reply = await asyncio.wait_for(queue.get(), timeout)
+                except TimeoutError:
+                    raise self._timeout(request, timeout) from None
+                if isinstance(reply, BaseException):
+                    raise reply
+                yield reply
+                if reply["final"]:
+                    return
+        finally:
+            self._streams.pop(request.request_id, None)
+
+    def _produce(self, request: InferenceRequest) -> None:
+        """Queue ``request`` on the requests topic; a delivery failure reaches its waiter."""
+        assert self._producer is not None, "start the client first (`async with InferenceClient(...)`)"
         value = self.codec.encode("InferenceRequest", request.to_avro(), self.topics.inference_requests)
         topic, key = self.topics.inference_requests, self.client_id.encode()
         if self.tracer is None:
@@ -236,10 +292,9 @@ class InferenceClient:
             with self.tracer.send(topic, request_id=request.request_id, task=request.task) as headers:
                 delivered = self._producer.send(topic, value, key=key, headers=headers)
         delivered.add_done_callback(partial(self._on_delivery, request.request_id))
-        return future
 
     def request(self, text: str, task: str = "search", **options: Any) -> InferenceRequest:
-        """A request from this client (``options``: top_k, model, explain, deadline_s, retrieval, chunks; tenant).
+        """A request of this client (options: top_k, model, explain, deadline_s, retrieval, chunks, stream, tenant).
 
         A client answers for one tenant (or none): its replies come on that tenant's topic, so a
         request for another tenant would never be answered where this client reads.
@@ -263,7 +318,10 @@ class InferenceClient:
             return await asyncio.wait_for(future, timeout)
         except TimeoutError:
             self._waiting.pop(request.request_id, None)
-            raise InferenceTimeout(
-                f"no response to {request.request_id} on {self.responses_topic} within {timeout:.0f}s: "
-                "is a worker running the infer agent (`llmops worker --agents ...,infer`)?"
-            ) from None
+            raise self._timeout(request, timeout) from None
+
+    def _timeout(self, request: InferenceRequest, timeout: float) -> InferenceTimeout:
+        return InferenceTimeout(
+            f"no response to {request.request_id} on {self.responses_topic} within {timeout:.0f}s: "
+            "is a worker running the infer agent (`llmops worker --agents ...,infer`)?"
+        )

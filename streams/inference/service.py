@@ -35,7 +35,7 @@ from streams.index.embed import Embedder
 from streams.index.retrieval import DocumentHit, RrfRanker, SearchStore, retrieve
 from streams.index.vectorstore import Hit
 from streams.inference.answer import Answer, ExtractiveAnswerer, check_grounding, citations_for
-from streams.inference.generator import GeneratorClient
+from streams.inference.generator import GenerationResult, GeneratorClient
 from streams.inference.injection import InjectionClassifier
 from streams.inference.requests import InferenceRequest, RequestRejected
 from streams.inference.safety import Verdict, screen
@@ -45,7 +45,7 @@ from streams.models.ranker import Answerability, OnnxRanker
 from streams.models.registry import Kind, ModelVersion, Registry, RegistryError
 from streams.records import now_ms
 from streams.telemetry import genai
-from streams.telemetry.tracing import model_call
+from streams.telemetry.tracing import model_call, record_usage
 
 DEFAULT_CLASSIFIER = "stdlib-topic"
 DEFAULT_RANKER = "retrieval-ranker"
@@ -55,6 +55,7 @@ UNCALIBRATED_NOTE = (
     "(ask with retrieval=ranked once a ranker is in production: `llmops models train-ranker`)"
 )
 INJECTION_SCREEN = "prompt-injection-screen"  # gen_ai.request.model of the injection classifier
+PartialSink = Callable[[dict[str, Any]], None]  # takes each partial reply of a streamed answer (sends it)
 
 
 # --- models ------------------------------------------------------------------------------------
@@ -231,7 +232,25 @@ def base_response(
         "shadow_of": None,
         "agrees": None,
         "created_at_ms": now_ms(),
+        "final": True,
+        "sequence": 0,
+        "delta": None,
+        "input_tokens": None,
+        "output_tokens": None,
     }
+
+
+def partial_response(request: InferenceRequest, sequence: int, delta: str, so_far: str, model: str) -> dict[str, Any]:
+    """A partial reply of a streamed rag answer: the new text and the text so far (no context, no hits)."""
+    partial = base_response(request.request_id, request.client_id, request.task, "OK", tenant=request.tenant)
+    partial.update(
+        final=False,
+        sequence=sequence,
+        delta=delta,
+        answer=so_far,
+        models=[{"name": "generator", "version": model, "stage": "external"}],
+    )
+    return partial
 
 
 def rejection_response(error: RequestRejected) -> dict[str, Any] | None:
@@ -374,8 +393,14 @@ class InferenceService:
                 screened.append(replace(document, evidence=evidence))
         return screened, withheld
 
-    async def answer(self, request: InferenceRequest, received_ms: int) -> tuple[dict[str, Any], Verdict]:
-        """The response to ``request`` (read from Kafka at ``received_ms``) and its safety verdict."""
+    async def answer(
+        self, request: InferenceRequest, received_ms: int, on_partial: PartialSink | None = None
+    ) -> tuple[dict[str, Any], Verdict]:
+        """The response to ``request`` (read from Kafka at ``received_ms``) and its safety verdict.
+
+        A ``rag`` request with ``stream`` answered by a generator hands each partial reply to
+        ``on_partial`` as its tokens arrive (the agent sends them); the returned response is the final one.
+        """
         models = self.models  # this request's snapshot
         started_ms = now_ms()
         response = base_response(request.request_id, request.client_id, request.task, "OK", tenant=request.tenant)
@@ -411,7 +436,7 @@ class InferenceService:
             response["status"] = "UNAVAILABLE" if rejected.reason == "UNKNOWN_MODEL" else "INVALID"
             response["error"] = f"{rejected.reason}: {rejected.detail}"
         elif request.task == "rag":
-            await self._generate(request, response, timer, documents)
+            await self._generate(request, response, timer, documents, on_partial)
         latency = response["latency"]
         latency["queue_ms"] = float(max(0, started_ms - received_ms))
         for stage, ms in timer.stages.items():
@@ -424,11 +449,19 @@ class InferenceService:
         response["latency"]["total_ms"] = float(max(0, response["created_at_ms"] - received_ms))
 
     async def _generate(
-        self, request: InferenceRequest, response: dict[str, Any], timer: Timer, documents: list[DocumentHit]
+        self,
+        request: InferenceRequest,
+        response: dict[str, Any],
+        timer: Timer,
+        documents: list[DocumentHit],
+        on_partial: PartialSink | None = None,
     ) -> None:
         """rag after retrieval: the generator's answer, checked for groundedness; notes on what was withheld.
 
-        Without a generator the extractive answer was already made beside the search.
+        Without a generator the extractive answer was already made beside the search. The generator
+        is awaited, never run here: its tokens come from another process (the local server or a
+        hosted endpoint) over async HTTP, and the groundedness check runs on the worker threads, so
+        the event loop keeps answering search and classify requests meanwhile.
         """
         withheld = response["withheld"]
         notes = []
@@ -449,10 +482,15 @@ class InferenceService:
             )
         if self.generator is not None and documents:
             started = time.perf_counter()
-            text = await self.generator.generate(request.text, response["context"])
+            if request.stream and on_partial is not None:
+                result, response["sequence"] = await self._stream(request, response["context"], on_partial)
+            else:
+                result = await self.generator.complete(request.text, response["context"])
             timer.measure("generate", started)
+            text = result.text
+            response["input_tokens"], response["output_tokens"] = result.input_tokens, result.output_tokens
             citations, passages = citations_for(documents)
-            sentences, grounded = check_grounding(text, passages)
+            sentences, grounded = await self._run_blocking(check_grounding, text, passages)
             cited = {n for sentence in sentences for n in sentence.cited}
             answer = Answer(
                 text,
@@ -470,6 +508,29 @@ class InferenceService:
         if response["note"]:
             notes.append(response["note"])
         response["note"] = "; ".join(notes) or None
+
+    async def _stream(
+        self, request: InferenceRequest, context: str, on_partial: PartialSink
+    ) -> tuple[GenerationResult, int]:
+        """The generator's answer streamed: one partial reply per delta; (result, partial replies sent)."""
+        assert self.generator is not None
+        answer = self.generator.stream(request.text, context)
+        so_far, sequence = "", 0
+        with self.generator.chat_span():
+            async for delta in answer:
+                so_far += delta
+                on_partial(partial_response(request, sequence, delta, so_far, self.generator.model))
+                sequence += 1
+            assert answer.result is not None, "set when the stream ends"
+            result = answer.result
+            reasons = [result.finish_reason] if result.finish_reason else None
+            record_usage(
+                genai.CHAT,
+                input_tokens=result.input_tokens,
+                output_tokens=result.output_tokens,
+                finish_reasons=reasons,
+            )
+        return result, sequence
 
     def _compute(
         self,

@@ -178,17 +178,30 @@ def wait_for(predicate, timeout: float = 60.0, interval: float = 0.5) -> bool:  
     return False
 
 
+def index_with_worker(
+    settings: Settings, records: list, agents: tuple[str, ...] = PIPELINE_AGENTS, timeout: float = 240.0
+) -> WorkerProcess:
+    """Start a worker running ``agents``, publish ``records`` and wait until every stage committed them.
+
+    Returns the running worker (stop it when done); a worker that does not finish is stopped and fails the test.
+    """
+    worker = WorkerProcess(settings, agents=",".join(agents)).start()
+    try:
+        run(ensure_topics(settings))
+        run(publish_records(settings, records))
+        _, raw_end = run(offsets(settings, [Topics(settings.namespace).docs_raw]))
+        ok, _ = wait_for_stages(settings, [agents], raw_end, timeout, alive=worker.alive)
+        assert ok, f"the worker did not finish; log:\n{worker.log_tail()}"
+    except BaseException:
+        worker.stop()
+        raise
+    return worker
+
+
 def run_pipeline(settings: Settings, records: list) -> None:
     """Publish, run a full worker until every stage committed, stop it (Milvus Lite has one owner).
 
     Records already on docs.raw count too: a test may publish its own way first and pass [].
     """
-    worker = WorkerProcess(settings, agents=",".join(PIPELINE_AGENTS)).start()
-    try:
-        run(ensure_topics(settings))
-        run(publish_records(settings, records))
-        _, raw_end = run(offsets(settings, [Topics(settings.namespace).docs_raw]))
-        ok, _ = wait_for_stages(settings, [PIPELINE_AGENTS], raw_end, 240.0, alive=worker.alive)
-        assert ok, f"the worker did not finish; log:\n{worker.log_tail()}"
-    finally:
-        assert worker.stop() == 0, worker.log_tail()
+    worker = index_with_worker(settings, records)
+    assert worker.stop() == 0, worker.log_tail()

@@ -18,13 +18,10 @@ import pytest
 
 from streams.evaluation.harness import Question, packaged_questions, read_questions
 from streams.ingest.corpus import stdlib_documents
-from streams.ingest.publish import encode_document, publish_records
-from streams.kafka.admin import ensure_topics, offsets
-from streams.kafka.progress import wait_for_stages
-from streams.kafka.topics import Topics
+from streams.ingest.publish import encode_document
 from streams.settings import Settings
 
-from .conftest import ROOT, WorkerProcess, run, run_cli
+from .conftest import ROOT, index_with_worker, run, run_cli
 from .test_inference_flow import ask_all
 
 AGENTS = ("embed", "index", "infer", "ingest")
@@ -64,13 +61,8 @@ def served(kafka_bootstrap: str, tmp_path_factory: pytest.TempPathFactory) -> It
             for q in training
         )
     )
-    worker = WorkerProcess(settings, agents=",".join(AGENTS)).start()
+    worker = index_with_worker(settings, [encode_document(d) for d in documents], AGENTS, timeout=300.0)
     try:
-        run(ensure_topics(settings))
-        run(publish_records(settings, [encode_document(d) for d in documents]))
-        _, raw_end = run(offsets(settings, [Topics(settings.namespace).docs_raw]))
-        ok, _ = wait_for_stages(settings, [AGENTS], raw_end, 300.0, alive=worker.alive)
-        assert ok, f"the worker did not index the documents; log:\n{worker.log_tail()}"
         yield settings, questions_file
     finally:
         code = worker.stop()

@@ -22,7 +22,9 @@ from streams.inference.service import (
     UNCALIBRATED_NOTE,
     InferenceService,
     ModelSet,
+    base_response,
     load_classifiers,
+    partial_response,
     rejection_response,
 )
 from streams.kafka.avro import AvroCodec, EmbeddedRegistry
@@ -144,6 +146,18 @@ def test_json_and_avro_requests_parse_to_the_same_request() -> None:
     assert parse_request(b'{"request_id": "r2", "task": "search", "text": "x"}', CODEC).reply_key == "r2"
 
 
+def test_a_streamed_request_and_its_partial_replies_survive_avro() -> None:
+    request = InferenceRequest("r1", "rag", "how to gzip", stream=True)
+    as_avro = CODEC.encode("InferenceRequest", request.to_avro(), "inference.requests")
+    assert parse_request(as_avro, CODEC).stream is True
+    assert parse_request(b'{"request_id": "r2", "task": "rag", "text": "x"}', CODEC).stream is False
+    partial = avro_round_trip(partial_response(request, 3, " bytes", "gzip.compress returns bytes", "smol"))
+    assert (partial["final"], partial["sequence"], partial["delta"]) == (False, 3, " bytes")
+    assert partial["answer"] == "gzip.compress returns bytes" and partial["models"][0]["stage"] == "external"
+    final = avro_round_trip(base_response("r1", None, "rag", "OK"))
+    assert (final["final"], final["sequence"], final["delta"], final["output_tokens"]) == (True, 0, None, None)
+
+
 @pytest.mark.parametrize(
     ("value", "reason", "answerable"),
     [
@@ -154,6 +168,7 @@ def test_json_and_avro_requests_parse_to_the_same_request() -> None:
         (b'{"request_id": "r", "task": "translate", "text": "x"}', "UNKNOWN_TASK", True),
         (b'{"request_id": "r", "task": "search", "text": "x", "top_k": "5"}', "WRONG_TYPE", True),
         (b'{"request_id": "r", "task": "search", "text": "x", "top_k": true}', "WRONG_TYPE", True),
+        (b'{"request_id": "r", "task": "rag", "text": "x", "stream": "yes"}', "WRONG_TYPE", True),
         (b'{"request_id": "r", "task": "search", "text": "x", "top_k": 500}', "BAD_TOP_K", True),
         (b'{"request_id": "r", "task": "search", "text": "   "}', "EMPTY_TEXT", True),
         (b'{"request_id": "", "task": "search", "text": "x"}', "INVALID_ID", False),
