@@ -51,8 +51,13 @@ def worker(agents: str) -> None:
         click.echo(f"Error: {error}", err=True)
         sys.exit(EXIT_BROKER_UNREACHABLE)
     telemetry = Telemetry.from_settings(settings)
+    groups = [a.strip() for a in agents.split(",") if a.strip()]
+    if "index" in groups:
+        from agents.index import open_store_early
+
+        open_store_early(settings)  # beside the model's loading and Faust's start (a shorter cold start)
     try:
-        app = create_app(settings, [a.strip() for a in agents.split(",") if a.strip()], telemetry)
+        app = create_app(settings, groups, telemetry)
     except ValueError as error:
         raise click.ClickException(str(error)) from None
     asyncio.run(ensure_topics(settings, internal_topic_specs(app, settings)))
