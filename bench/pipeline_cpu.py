@@ -101,7 +101,7 @@ def wait_ready(port: int, process: object, timeout: float = 180.0) -> float:
         if process.poll() is not None:  # type: ignore[attr-defined]
             raise RuntimeError("the worker exited before it was ready; see its log")
         try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{port}/readyz", timeout=1) as reply:  # noqa: S310
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/readyz", timeout=1) as reply:
                 if reply.status == 200:
                     return time.monotonic()
         except OSError:
