@@ -32,7 +32,7 @@ def worker(agents: str) -> None:
     """
     import faust
 
-    from agents.app import create_app, internal_topic_specs
+    from agents.app import create_app, internal_topic_specs, start_opening_stores
     from agents.sre import serve_endpoints
     from streams.heap import freeze_startup_objects, watch_collections
     from streams.kafka.admin import ensure_topics
@@ -52,10 +52,7 @@ def worker(agents: str) -> None:
         sys.exit(EXIT_BROKER_UNREACHABLE)
     telemetry = Telemetry.from_settings(settings)
     groups = [a.strip() for a in agents.split(",") if a.strip()]
-    if "index" in groups:
-        from agents.index import open_store_early
-
-        open_store_early(settings)  # beside the model's loading and Faust's start (a shorter cold start)
+    start_opening_stores(settings, groups)  # beside the model's loading and Faust's start: a shorter cold start
     try:
         app = create_app(settings, groups, telemetry)
     except ValueError as error:
