@@ -45,17 +45,6 @@ def broker_credentials(settings: Settings) -> Any:
     return None
 
 
-def start_opening_stores(settings: Settings, agents: Sequence[str]) -> None:
-    """Open the stores the named agent groups write, in threads, before the app starts (``llmops worker``).
-
-    Not part of :func:`create_app`: building an app (to read its subscriptions, say) opens nothing.
-    """
-    if "index" in agents:
-        from agents.index import open_store_early
-
-        open_store_early(settings)
-
-
 def create_app(
     settings: Settings, agents: Sequence[str] = AGENT_GROUPS, telemetry: Telemetry | None = None
 ) -> faust.App:

@@ -36,7 +36,7 @@ def register_embed(app: faust.App, settings: Settings, tracer: AgentTracer) -> A
     topics = Topics(settings.namespace)
     codec = codec_from_settings(settings)
     embedder = OnnxEmbedder.from_settings(settings)
-    embedder.warm_up()
+    embedder.embed(["warm-up: the first run of a session is several times slower than the rest"] * embedder.workers)
     log.info("embedder_loaded", model=embedder.name, version=embedder.version, workers=embedder.workers)
     set_active_models("embed", [(embedder.name, embedder.version)])
     metrics = stage_metrics("embed")

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import asyncio
 import math
-import threading
 import time
 from typing import Any
 
@@ -36,26 +35,6 @@ from streams.telemetry.tracing import AgentTracer, BatchTrace
 log = get_logger(__name__)
 MAX_BACKOFF_SECONDS = 30.0
 SEAL_POLICY = SealPolicy()
-
-
-def open_store_early(settings: Settings) -> threading.Thread:
-    """Open this worker's store in a background thread while the model loads and Faust starts.
-
-    Faust starts the index agent only once the worker is ready, so the agent's own open (seconds
-    for Milvus Lite: its server, faiss, the collection) used to come after everything else in
-    the cold start. The agent's ``shared_store`` call then finds the open store (or waits for
-    this one to finish). A failure here is only logged: the agent opens with retries as before.
-    """
-
-    def run() -> None:
-        try:
-            shared_store(settings, version_for(settings))
-        except Exception as error:  # noqa: BLE001 - the agent retries with backoff and reports it
-            log.warning("vector_store_unavailable", error=repr(error), retry_in_s=0)
-
-    thread = threading.Thread(target=run, name="open-store", daemon=True)
-    thread.start()
-    return thread
 
 
 def register_index(app: faust.App, settings: Settings, tracer: AgentTracer) -> Any:

@@ -32,7 +32,7 @@ def worker(agents: str) -> None:
     """
     import faust
 
-    from agents.app import create_app, internal_topic_specs, start_opening_stores
+    from agents.app import create_app, internal_topic_specs
     from agents.sre import serve_endpoints
     from streams.heap import freeze_startup_objects, watch_collections
     from streams.kafka.admin import ensure_topics
@@ -51,10 +51,8 @@ def worker(agents: str) -> None:
         click.echo(f"Error: {error}", err=True)
         sys.exit(EXIT_BROKER_UNREACHABLE)
     telemetry = Telemetry.from_settings(settings)
-    groups = [a.strip() for a in agents.split(",") if a.strip()]
-    start_opening_stores(settings, groups)  # beside the model's loading and Faust's start: a shorter cold start
     try:
-        app = create_app(settings, groups, telemetry)
+        app = create_app(settings, [a.strip() for a in agents.split(",") if a.strip()], telemetry)
     except ValueError as error:
         raise click.ClickException(str(error)) from None
     asyncio.run(ensure_topics(settings, internal_topic_specs(app, settings)))

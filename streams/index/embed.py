@@ -141,16 +141,6 @@ class OnnxEmbedder:
     def version(self) -> str:
         return model_version(self._graph, self._tokenizer_path)
 
-    def warm_up(self) -> None:
-        """Run every worker at the longest and a short input before the first real batch.
-
-        A session's first runs are several times slower than the rest, and each longer input
-        grows its memory arena again: warmed with one short text, the first minute of real
-        traffic paid for both (freshness p99 1.1-1.6 s then, 0.3-0.5 s after).
-        """
-        longest = " ".join(["warm-up"] * 256)  # truncated to max_tokens
-        self.embed([longest] * self.workers + ["warm-up"] * self.workers)
-
     @property
     def graph(self) -> Path:
         return self._graph
