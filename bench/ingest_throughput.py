@@ -127,7 +127,8 @@ def run_faust(base: Settings, records: list) -> dict:
     settings, before = prepare(base, "faust", records)
     topics = Topics(settings.namespace)
     _, raw_end = asyncio.run(offsets(settings, [topics.docs_raw]))
-    worker = start_worker(settings, settings.data_dir / "logs" / f"bench-{settings.namespace}.log")
+    # Only the ingest agent, as the plain loop does (all agents: another group, never "consumed").
+    worker = start_worker(settings, settings.data_dir / "logs" / f"bench-{settings.namespace}.log", ("ingest",))
     try:
         ok = asyncio.run(
             wait_until_consumed(settings, topics.app_id("ingest"), raw_end, 900, alive=lambda: worker.poll() is None)
