@@ -51,7 +51,7 @@ from streams.kafka.avro import codec_from_settings
 from streams.kafka.rdkafka import AsyncProducer
 from streams.kafka.topics import Topics
 from streams.logs import get_logger
-from streams.models.lifecycle import control_check_from_settings, embedder_version_record, write_events
+from streams.models.lifecycle import bootstrap_records, control_check_from_settings, write_events
 from streams.models.registry import ModelVersion, RegistryFollower, Stage
 from streams.models.rejections import ControlRejected, rejection_alert
 from streams.models.signing import can_sign
@@ -164,12 +164,15 @@ def register_infer(app: faust.App, settings: Settings, tracer: AgentTracer, agen
     state: dict[str, Any] = {}
 
     async def register_own_embedder() -> None:
-        """Record the embedder this worker runs, when it may sign (else a model manager does it)."""
+        """Record the embedder this worker runs and its live index, when it may sign (else a model manager does it)."""
+        events = bootstrap_records(settings, embedder, follower.registry)
+        if not events:
+            return
         if not can_sign(settings):
             log.info("embedder_not_registered", embedder=embedder.version[:12], fix="llmops models register-embedder")
             return
         try:
-            await write_events(settings, [embedder_version_record(settings, embedder)], follower.registry.copy())
+            await write_events(settings, events, follower.registry.copy())
         except Exception as error:  # noqa: BLE001 - e.g. no WRITE on models.control under ACLs; answering goes on
             log.warning("embedder_not_registered", error=repr(error), fix="llmops models register-embedder")
 
@@ -180,8 +183,7 @@ def register_infer(app: faust.App, settings: Settings, tracer: AgentTracer, agen
             await asyncio.wait_for(follower.ready.wait(), REGISTRY_WAIT_SECONDS)
         except TimeoutError:
             log.warning("registry_not_ready", waited_s=REGISTRY_WAIT_SECONDS, topic=follower.topic)
-        if not any(v.version == embedder.version for v in follower.registry.all(embedder.name)):
-            await register_own_embedder()
+        await register_own_embedder()
         store = await run_blocking(open_store)
         service.swap(replace(service.models, store=store))
         replies = AsyncProducer(settings)
