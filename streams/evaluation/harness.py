@@ -283,3 +283,26 @@ def retrieval_table(results: dict[str, SystemResult]) -> list[dict[str, Any]]:
             }
         )
     return table
+
+
+def index_gate_metrics(
+    candidate: SystemResult, production: SystemResult, metric: str
+) -> tuple[dict[str, float], dict[str, float]]:
+    """(candidate's means with the paired interval of candidate - production on ``metric``, production's means).
+
+    Both were asked the same questions in the same order, so the difference is paired per question
+    (what :class:`streams.models.indexes.IndexGate` judges).
+    """
+    from streams.evaluation.metrics import paired_difference
+
+    ours = {name: estimate.mean for name, estimate in candidate.summary().items()}
+    theirs = {name: estimate.mean for name, estimate in production.summary().items()}
+    difference = paired_difference(candidate.rows, production.rows, metric)
+    ours.update(
+        {
+            f"{metric}_diff": difference.mean,
+            f"{metric}_diff_low": difference.low,
+            f"{metric}_diff_high": difference.high,
+        }
+    )
+    return ours, theirs

@@ -103,6 +103,17 @@ def build_batch(
     return apply_isolating(embed_chunks(chunks, embedder), store, embedder.version)
 
 
+async def committed_progress(settings: Settings, version: str) -> tuple[int, int]:
+    """(records of ``docs.raw`` the build of ``version`` has committed, records retained): from Kafka alone."""
+    from streams.kafka.admin import committed_offsets, offsets
+
+    topics = Topics(settings.namespace)
+    beginnings, ends = await offsets(settings, [topics.docs_raw])
+    committed = await committed_offsets(settings, build_group(topics, version))
+    done = sum(max(0, committed.get(tp, beginnings[tp]) - beginnings[tp]) for tp in beginnings)
+    return done, sum(ends[tp] - beginnings[tp] for tp in beginnings)
+
+
 class IndexBuild:
     """The background build of one index version (see the module docstring)."""
 
