@@ -142,9 +142,14 @@ def models_show(spec: str, as_json: bool) -> None:
 @click.option("--embedder", type=click.Choice(["int8", "fp32", "shipped"]), required=True, help="The embedder graph.")
 @click.option("--chunk-tokens", type=int, default=128, show_default=True, help="Max tokens per chunk.")
 @click.option("--chunk-overlap", type=int, default=16, show_default=True, help="Tokens shared by neighbours.")
+@click.option(
+    "--max-chunks", type=int, default=0, show_default=True, help="Index each document's first N chunks (0: all)."
+)
 @click.option("--index-type", type=click.Choice(INDEX_TYPE_NAMES), default="HNSW", help="Milvus dense index.")
 @click.option("--json", "as_json", is_flag=True, help="Print the registered version as JSON.")
-def models_register_index(embedder: str, chunk_tokens: int, chunk_overlap: int, index_type: str, as_json: bool) -> None:
+def models_register_index(
+    embedder: str, chunk_tokens: int, chunk_overlap: int, max_chunks: int, index_type: str, as_json: bool
+) -> None:
     """Register a candidate index version; the worker that owns Milvus builds it from docs.raw.
 
     Follow the build with `llmops index status`, then `llmops eval retrieval --index VERSION`,
@@ -162,6 +167,7 @@ def models_register_index(embedder: str, chunk_tokens: int, chunk_overlap: int, 
             chunk_tokens=chunk_tokens,
             chunk_overlap=chunk_overlap,
             index_type=index_type,
+            max_chunks=max_chunks,
         )
     except ValueError as error:
         raise click.BadParameter(str(error)) from None

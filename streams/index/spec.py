@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from streams.index.vectorstore import INDEX_TYPES, collection_name
 from streams.ingest.pipeline import IngestConfig
@@ -44,12 +44,15 @@ class IndexSpec:
     chunk_overlap: int = 16
     index_type: str = "HNSW"
     live: bool = False
+    max_chunks: int = 0  # index only each document's first chunks (0 = all)
 
     def __post_init__(self) -> None:
         if self.embedder not in EMBEDDERS:
             raise ValueError(f"embedder {self.embedder!r} is not one of {', '.join(EMBEDDERS)} (--embedder)")
         if self.index_type not in INDEX_TYPES:
             raise ValueError(f"index type {self.index_type!r} is not one of {', '.join(INDEX_TYPES)} (--index-type)")
+        if self.max_chunks < 0:
+            raise ValueError(f"max_chunks {self.max_chunks} must be 0 (all) or more (--max-chunks)")
         if not 16 <= self.chunk_tokens <= 512 or not 0 <= self.chunk_overlap < self.chunk_tokens - 2:
             raise ValueError(
                 f"chunker {self.chunk_tokens} tokens with {self.chunk_overlap} overlap: tokens must be 16..512 and "
@@ -75,6 +78,7 @@ class IndexSpec:
             "quantization": QUANTIZATION[self.embedder],
             "chunk_tokens": str(self.chunk_tokens),
             "chunk_overlap": str(self.chunk_overlap),
+            "max_chunks": str(self.max_chunks),
             "index_type": self.index_type,
             "index_params": json.dumps(INDEX_TYPES[self.index_type], sort_keys=True),
             "live": "true" if self.live else "false",
@@ -96,6 +100,7 @@ class IndexSpec:
                 chunk_overlap=int(fields["chunk_overlap"]),
                 index_type=fields["index_type"],
                 live=fields.get("live") == "true",
+                max_chunks=int(fields.get("max_chunks", "0")),
             )
         except (KeyError, ValueError) as error:
             raise ValueError(f"not an index spec: {sorted(labels)} ({error})") from None
@@ -110,7 +115,7 @@ class IndexSpec:
 
     def ingest_config(self, settings: Settings) -> IngestConfig:
         """The ingest stage's settings with this spec's chunker (what a re-index runs)."""
-        return IngestConfig.from_settings(self.settings_for(settings))
+        return replace(IngestConfig.from_settings(self.settings_for(settings)), max_chunks=self.max_chunks)
 
     def settings_for(self, settings: Settings) -> Settings:
         """``settings`` with this spec's embedder and chunker (what ``graph_for`` and the chunker read)."""
