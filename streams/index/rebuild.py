@@ -10,9 +10,11 @@ Why this exists:
 
 Resuming:
     Offsets are committed only after a batch is in Milvus, and upserts are keyed by chunk id, so
-    a builder killed mid-batch re-reads at most that batch and ends with the same rows. (The
-    dedup state lives in memory: a near-duplicate whose twin was read before a crash is indexed
-    as its own document after the restart.)
+    a builder killed mid-batch re-reads at most that batch. The ingest stage's dedup state lives
+    in memory, so a restarted build first replays ``docs.raw`` up to its committed offsets
+    through the ingest stage alone (no embedding, nothing written): a near-duplicate of a
+    document read before the crash is then recognised as one, and the build ends with the same
+    rows as an uninterrupted one (tests/integration/test_index_versions.py).
 
 Usage:
     >>> build = IndexBuild(settings, version, spec, embedder, store)
@@ -155,6 +157,8 @@ class IndexBuild:
 
         from streams.kafka.admin import client_kwargs
 
+        if not self.dedup:
+            await self._recover_dedup()
         consumer = AIOKafkaConsumer(
             self.topics.docs_raw,
             **client_kwargs(self.settings),
@@ -168,15 +172,7 @@ class IndexBuild:
         try:
             while True:
                 batch = await consumer.getmany(timeout_ms=500, max_records=BATCH_RECORDS)
-                records = [
-                    IngestRecord(
-                        message.key,
-                        message.value,
-                        SourceCoordinates(message.topic, message.partition, message.offset, message.timestamp or 0),
-                    )
-                    for messages in batch.values()
-                    for message in messages
-                ]
+                records = [_ingest_record(message) for messages in batch.values() for message in messages]
                 if records:
                     report = await loop.run_in_executor(
                         None, build_batch, records, self.pipeline, self.dedup, self.embedder, self.store
@@ -189,6 +185,20 @@ class IndexBuild:
         finally:
             await consumer.stop()
 
+    async def _recover_dedup(self) -> None:
+        """Rebuild the dedup state from what the build committed before this process started."""
+        from streams.kafka.admin import committed_offsets, offsets, read_range
+
+        committed = await committed_offsets(self.settings, self.group)
+        if not committed:
+            return
+        beginnings, _ = await offsets(self.settings, [self.topics.docs_raw])
+        records = [_ingest_record(message) async for message in read_range(self.settings, beginnings, committed)]
+        loop = asyncio.get_running_loop()
+        for start in range(0, len(records), 512):
+            await loop.run_in_executor(None, self.pipeline.process_batch, records[start : start + 512], self.dedup)
+        log.info("index_build_dedup_recovered", version=self.version[:12], records=len(records), docs=len(self.dedup))
+
     async def _measure(self, consumer: Any) -> None:
         partitions = consumer.assignment()
         if not partitions:
@@ -199,3 +209,8 @@ class IndexBuild:
         done = sum(max(0, positions[tp] - beginnings[tp]) for tp in partitions)
         total = sum(ends[tp] - beginnings[tp] for tp in partitions)
         self.progress.update(done, total)
+
+
+def _ingest_record(message: Any) -> IngestRecord:
+    source = SourceCoordinates(message.topic, message.partition, message.offset, message.timestamp or 0)
+    return IngestRecord(message.key, message.value, source)
