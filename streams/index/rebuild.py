@@ -37,7 +37,7 @@ from streams.index.vectorstore import VectorStore
 from streams.ingest.chunk import default_tokenizer
 from streams.ingest.pipeline import IngestPipeline, IngestRecord
 from streams.kafka.avro import AvroCodec
-from streams.kafka.topics import Topics
+from streams.kafka.topics import INDEX_BUILD_GROUP, Topics
 from streams.logs import get_logger
 from streams.records import SourceCoordinates
 from streams.settings import Settings
@@ -48,7 +48,7 @@ BATCH_RECORDS = 64
 
 def build_group(topics: Topics, version: str) -> str:
     """The consumer group of one index version's build."""
-    return topics.group(f"index-build-{version[:16]}")
+    return topics.group(f"{INDEX_BUILD_GROUP}{version[:16]}")
 
 
 @dataclass
