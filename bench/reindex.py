@@ -1,12 +1,14 @@
 """Re-index throughput of a candidate index while production serves search at 10 requests/s.
 
-One worker (ingest, embed, index, infer) indexes N stdlib documents with the live pipeline
-(int8). Then, in the same run: production search at an open-loop 10 requests/s for
+One worker (ingest, embed, index, infer) indexes, with the live pipeline (int8), every stdlib
+document of the modules that hold the relevant documents of the first ``--questions`` answerable
+questions of the packaged TEST split. Then, in the same run: production search at an open-loop 10 requests/s for
 ``--idle-seconds`` (the idle baseline), then a candidate index version (fp32 embedder) is
 registered and searches continue at 10 requests/s until its build has committed every docs.raw
 record. Reported: the build's records/s and chunks/s, search p50/p99 idle vs during the build,
-and the worker's CPU seconds in each phase (robust to a shared machine). Prints JSON and writes
-bench/out/reindex.json.
+and the worker's CPU seconds in each phase (robust to a shared machine); then
+``llmops eval retrieval --index`` on those questions: production (int8) and the candidate
+(fp32) side by side, and the gate's verdict. Prints JSON and writes bench/out/reindex.json.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ import argparse
 import asyncio
 import json
 import os
+import subprocess
 import sys
 import time
 import uuid
@@ -26,18 +29,19 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from streams.evaluation.harness import module_subset  # noqa: E402
 from streams.index.embed import version_for  # noqa: E402
 from streams.index.rebuild import committed_progress  # noqa: E402
 from streams.index.spec import INDEX_MODEL, IndexSpec  # noqa: E402
 from streams.index.vectorstore import MilvusStore  # noqa: E402
 from streams.inference.client import InferenceClient  # noqa: E402
-from streams.ingest.corpus import stdlib_documents  # noqa: E402
 from streams.ingest.publish import encode_document, publish_records  # noqa: E402
 from streams.kafka.admin import ensure_topics, offsets  # noqa: E402
 from streams.kafka.broker import EmbeddedKafka  # noqa: E402
 from streams.kafka.progress import wait_for_stages  # noqa: E402
 from streams.kafka.topics import Topics  # noqa: E402
-from streams.models.lifecycle import load_registry, register_index  # noqa: E402
+from streams.models.lifecycle import load_registry, promote, register_index  # noqa: E402
+from streams.models.registry import Stage  # noqa: E402
 from streams.settings import Settings  # noqa: E402
 from streams.worker_process import start_worker, stop_worker  # noqa: E402
 
@@ -90,7 +94,7 @@ async def search_load(settings: Settings, until: Any, rate: float = 10.0) -> tup
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--docs", type=int, default=600)
+    parser.add_argument("--questions", type=int, default=60)
     parser.add_argument("--idle-seconds", type=float, default=30.0)
     args = parser.parse_args()
     base = Settings()
@@ -100,7 +104,10 @@ def main() -> None:
     asyncio.run(ensure_topics(settings))
     worker = start_worker(settings, settings.data_dir / "worker.log", AGENTS)
     try:
-        asyncio.run(publish_records(settings, [encode_document(d) for d in stdlib_documents(limit=args.docs)]))
+        documents, questions = module_subset("test", args.questions)
+        questions_file = settings.data_dir / "questions.jsonl"
+        questions_file.write_text("".join(json.dumps(q) + "\n" for q in questions))
+        asyncio.run(publish_records(settings, [encode_document(d) for d in documents]))
         _, raw_end = asyncio.run(offsets(settings, [Topics(settings.namespace).docs_raw]))
         ok, _ = wait_for_stages(settings, [AGENTS], raw_end, 1800.0, alive=lambda: worker.poll() is None)
         assert ok, "the live pipeline did not index the documents"
@@ -133,6 +140,15 @@ def main() -> None:
         building, build_failures = asyncio.run(build_phase())
         cpu2, wall2 = cpu_seconds(worker.pid), time.monotonic()
         records = asyncio.run(committed_progress(settings, candidate.version))[1]
+        asyncio.run(promote(settings, INDEX_MODEL, candidate.version, Stage.QA, actor="bench"))
+        command = ["eval", "retrieval", str(questions_file), "--index", candidate.version, "--modes", "hybrid"]
+        evaluation = subprocess.run(
+            [sys.executable, "-m", "streams.cli", *command, "--json"],
+            capture_output=True,
+            text=True,
+            env={**os.environ, **settings.to_env()},
+            check=False,
+        )
     finally:
         stop_worker(worker)
     store = MilvusStore.from_settings(spec.settings_for(settings), candidate.version)
@@ -144,7 +160,8 @@ def main() -> None:
     build_seconds = wall2 - wall1
     report = {
         "benchmark": "reindex",
-        "docs": args.docs,
+        "docs": len(documents),
+        "questions": len(questions),
         "candidate": candidate.short,
         "build": {
             "docs_raw_records": records,
@@ -164,9 +181,9 @@ def main() -> None:
             "failed": build_failures,
             "worker_cpu_s_per_s": round((cpu2 - cpu1) / build_seconds, 3),
         },
-        "load_average": os.getloadavg(),
-        "cpu_count": os.cpu_count(),
+        "evaluation": json.loads(evaluation.stdout) if evaluation.stdout else evaluation.stderr[-2000:],
     }
+    report["machine"] = {"load_average": os.getloadavg(), "cpu_count": os.cpu_count()}
     OUT.mkdir(parents=True, exist_ok=True)
     (OUT / "reindex.json").write_text(json.dumps(report, indent=2))
     print(json.dumps(report, indent=2))

@@ -78,6 +78,23 @@ def read_questions(path: Path) -> list[Question]:
     return questions
 
 
+def module_subset(split: str, questions: int) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """(documents, question rows): the first ``questions`` answerable questions of a packaged split and
+    every stdlib document of the top-level modules their relevant documents are in.
+
+    A small labelled set whose distractors are hard (the same modules), for tests and benches that
+    cannot index the whole corpus on a shared machine.
+    """
+    from streams.ingest.corpus import stdlib_documents
+
+    rows = [json.loads(line) for line in packaged_questions(split).read_text().splitlines() if line.strip()]
+    chosen = [row for row in rows if row.get("relevant")][:questions]
+    documents = list(stdlib_documents())
+    by_id = {d["id"]: d for d in documents}
+    modules = {by_id[r]["metadata"]["top_level"] for row in chosen for r in row["relevant"] if r in by_id}
+    return [d for d in documents if d["metadata"]["top_level"] in modules], chosen
+
+
 def packaged_questions(split: str) -> Path:
     """The labelled set shipped with the project: ``dev`` (tune on it) or ``test`` (only report it)."""
     return PACKAGED / f"questions_{split}.jsonl"

@@ -21,14 +21,13 @@ from typing import Any
 import numpy as np
 import pytest
 
-from streams.evaluation.harness import packaged_questions
+from streams.evaluation.harness import module_subset
 from streams.index.embed import OnnxEmbedder, graph_for, version_for
 from streams.index.rebuild import committed_progress
 from streams.index.spec import INDEX_MODEL, IndexSpec
 from streams.index.vectorstore import MilvusStore
 from streams.inference.client import InferenceClient
 from streams.ingest.chunk import default_tokenizer, default_tokenizer_path
-from streams.ingest.corpus import stdlib_documents
 from streams.ingest.pipeline import IngestPipeline, IngestRecord
 from streams.ingest.publish import encode_document, publish_records
 from streams.kafka.admin import ensure_topics, offsets, read_topic
@@ -49,13 +48,7 @@ QUESTIONS = 40
 
 def corpus() -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
     """(documents, questions): the first answerable TEST questions and every document of their modules."""
-    questions = [q for q in map(json.loads, packaged_questions("test").read_text().splitlines()) if q.get("relevant")][
-        :QUESTIONS
-    ]
-    documents = list(stdlib_documents())
-    by_id = {d["id"]: d for d in documents}
-    modules = {by_id[r]["metadata"]["top_level"] for q in questions for r in q["relevant"] if r in by_id}
-    return [d for d in documents if d["metadata"]["top_level"] in modules], questions
+    return module_subset("test", QUESTIONS)
 
 
 def fresh_settings(kafka_bootstrap: str, data_dir: Path) -> Settings:
