@@ -31,7 +31,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from streams.index.embed import Embedder
-from streams.index.indexing import IndexReport, apply_isolating, embed_chunks
+from streams.index.indexing import IndexReport, SealPolicy, apply_isolating, embed_chunks
 from streams.index.spec import IndexSpec
 from streams.index.vectorstore import VectorStore
 from streams.ingest.chunk import default_tokenizer
@@ -44,6 +44,7 @@ from streams.settings import Settings
 
 log = get_logger(__name__)
 BATCH_RECORDS = 64
+SEAL_POLICY = SealPolicy()  # the index agent's: seal after a pause, or once many rows piled up
 
 
 def build_group(topics: Topics, version: str) -> str:
@@ -169,6 +170,7 @@ class IndexBuild:
         )
         await consumer.start()
         loop = asyncio.get_running_loop()
+        unsealed, last_write = 0, time.monotonic()
         try:
             while True:
                 batch = await consumer.getmany(timeout_ms=500, max_records=BATCH_RECORDS)
@@ -178,10 +180,17 @@ class IndexBuild:
                         None, build_batch, records, self.pipeline, self.dedup, self.embedder, self.store
                     )
                     await consumer.commit()  # only after the rows are in the store
+                    unsealed, last_write = unsealed + report.upserted + report.deleted_chunks, time.monotonic()
                     log.debug(
                         "index_build_batch", version=self.version[:12], records=len(records), rows=report.upserted
                     )
                 await self._measure(consumer)
+                if SEAL_POLICY.should_seal(unsealed, time.monotonic() - last_write):
+                    # Sealed segments get their index: an evaluation of the candidate searches what production would.
+                    flush = getattr(self.store, "flush", None)
+                    if flush is not None:
+                        await loop.run_in_executor(None, flush)
+                    unsealed = 0
         finally:
             await consumer.stop()
 
