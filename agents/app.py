@@ -102,6 +102,9 @@ def create_app(
         from agents.index import register_index
 
         register_index(app, settings, tracer("index"))
+        from agents.index_build import register_index_builds
+
+        register_index_builds(app, settings)  # candidate index versions are built where Milvus is owned
     if "infer" in agents:
         from agents.infer import register_infer
 

@@ -40,8 +40,10 @@ from streams.inference.injection import InjectionClassifier
 from streams.inference.requests import InferenceRequest, RequestRejected, parse_request
 from streams.inference.service import (
     InferenceService,
+    LoadedIndex,
     ModelSet,
     load_classifiers,
+    load_indexes,
     load_ranker,
     rejection_response,
 )
@@ -51,9 +53,10 @@ from streams.kafka.avro import codec_from_settings
 from streams.kafka.rdkafka import AsyncProducer
 from streams.kafka.topics import Topics
 from streams.logs import get_logger
-from streams.models.lifecycle import control_check_from_settings, embedder_version_record, write_events
+from streams.models.indexes import spec_of
+from streams.models.lifecycle import bootstrap_records, control_check_from_settings, write_events
 from streams.models.registry import ModelVersion, RegistryFollower, Stage
-from streams.models.rejections import ControlRejected, rejection_alert
+from streams.models.rejections import ControlRejected, Reason, rejection_alert
 from streams.models.signing import can_sign
 from streams.records import now_ms
 from streams.replay.runner import ORIGINAL_TIMESTAMP_HEADER
@@ -133,13 +136,42 @@ def register_infer(app: faust.App, settings: Settings, tracer: AgentTracer, agen
         chunk_at=settings.injection_chunk_score,
     )
 
+    embedders: dict[str, Any] = {embedder.version: embedder}  # index embedders by version, loaded once
+
+    def open_index(version: ModelVersion) -> LoadedIndex:
+        """An index version with the embedder its spec names (refused when the files here differ)."""
+        spec = spec_of(version)
+        spec_settings = spec.settings_for(settings)
+        index_embedder = embedders.get(spec.embedder_version)
+        if index_embedder is None:
+            index_embedder = OnnxEmbedder(graph_for(spec_settings), default_tokenizer_path(), workers=1)
+            if index_embedder.version != spec.embedder_version:
+                raise ControlRejected(
+                    Reason.LOAD_FAILED,
+                    f"{version.short} needs embedder {spec.embedder_version[:12]}; LLMOPS_EMBED_MODEL={spec.embedder} "
+                    f"here is {index_embedder.version[:12]}: install the same model files",
+                )
+            embedders[spec.embedder_version] = index_embedder
+        store = shared_store(spec_settings, spec.store_key(version.version), index_embedder.dimension)
+        return LoadedIndex(version, index_embedder, store)
+
     def on_registry_change(version: ModelVersion | None, key: str) -> None:
         current = service.models
         classifiers = load_classifiers(follower.registry, current.classifiers, settings.model_max_bytes)
         ranker = load_ranker(
             follower.registry, current.ranker, embedder.version, settings.ranker_name, settings.model_max_bytes
         )
-        service.swap(replace(current, registry=follower.registry.copy(), classifiers=classifiers, ranker=ranker))
+        index, indexes = load_indexes(follower.registry, current.indexes, open_index)
+        service.swap(
+            replace(
+                current,
+                registry=follower.registry.copy(),
+                classifiers=classifiers,
+                ranker=ranker,
+                index=index,
+                indexes=indexes,
+            )
+        )
         show_active_models()
 
     def show_active_models() -> None:
@@ -164,12 +196,15 @@ def register_infer(app: faust.App, settings: Settings, tracer: AgentTracer, agen
     state: dict[str, Any] = {}
 
     async def register_own_embedder() -> None:
-        """Record the embedder this worker runs, when it may sign (else a model manager does it)."""
+        """Record the embedder this worker runs and its live index, when it may sign (else a model manager does it)."""
+        events = bootstrap_records(settings, embedder, follower.registry)
+        if not events:
+            return
         if not can_sign(settings):
             log.info("embedder_not_registered", embedder=embedder.version[:12], fix="llmops models register-embedder")
             return
         try:
-            await write_events(settings, [embedder_version_record(settings, embedder)], follower.registry.copy())
+            await write_events(settings, events, follower.registry.copy())
         except Exception as error:  # noqa: BLE001 - e.g. no WRITE on models.control under ACLs; answering goes on
             log.warning("embedder_not_registered", error=repr(error), fix="llmops models register-embedder")
 
@@ -180,8 +215,7 @@ def register_infer(app: faust.App, settings: Settings, tracer: AgentTracer, agen
             await asyncio.wait_for(follower.ready.wait(), REGISTRY_WAIT_SECONDS)
         except TimeoutError:
             log.warning("registry_not_ready", waited_s=REGISTRY_WAIT_SECONDS, topic=follower.topic)
-        if not any(v.version == embedder.version for v in follower.registry.all(embedder.name)):
-            await register_own_embedder()
+        await register_own_embedder()
         store = await run_blocking(open_store)
         service.swap(replace(service.models, store=store))
         replies = AsyncProducer(settings)

@@ -36,10 +36,10 @@ def _questions(file: Path | None, split: str) -> Any:
         raise click.ClickException(str(error)) from None
 
 
-def _kafka_asker(client: Any, timeout: float) -> Any:
+def _kafka_asker(client: Any, timeout: float, model: str | None = None) -> Any:
     async def ask(question: Any, mode: str, top_k: int, explain: bool, task: str) -> dict[str, Any]:
         response: dict[str, Any] = await client.ask(
-            question.question, task, timeout=timeout, top_k=top_k, explain=explain, retrieval=mode
+            question.question, task, timeout=timeout, top_k=top_k, explain=explain, retrieval=mode, model=model
         )
         return response
 
@@ -99,11 +99,30 @@ def eval_group() -> None:
 )
 @click.option("--tenant", default=None, help="Ask as this tenant (the questions' tenant field is not used).")
 @click.option("--timeout", type=float, default=30.0, show_default=True, help="Seconds to wait for each answer.")
+@click.option(
+    "--index",
+    "index_version",
+    default=None,
+    help="An index version (chunks@VERSION or VERSION): production and it side by side, its QA gate recorded.",
+)
+@click.option("--gate-metric", default="recall@5", show_default=True, help="--index: the metric the gate compares.")
+@click.option("--max-drop", type=float, default=0.0, show_default=True, help="--index: allowed drop below production.")
 @click.option("--json", "as_json", is_flag=True, help="Print the table as JSON.")
-def eval_retrieval(file: Path | None, modes: str, tenant: str | None, timeout: float, as_json: bool) -> None:
+def eval_retrieval(
+    file: Path | None,
+    modes: str,
+    tenant: str | None,
+    timeout: float,
+    index_version: str | None,
+    gate_metric: str,
+    max_drop: float,
+    as_json: bool,
+) -> None:
     """Recall@1/5/10, MRR and nDCG@10 with 95% bootstrap intervals, one row per retrieval system.
 
-    Latency is the client's send -> reply over Kafka.
+    With --index, one row for the production index and one for the candidate (the first of
+    --modes, on the same questions), and the candidate's QA gate against production is recorded
+    on models.control (exit 1 when it fails). Latency is the client's send -> reply over Kafka.
     """
     from streams.evaluation.harness import evaluate_retrieval, retrieval_table
 
@@ -114,6 +133,9 @@ def eval_retrieval(file: Path | None, modes: str, tenant: str | None, timeout: f
         raise click.BadParameter(
             f"unknown mode(s) {unknown}; choose from bm25, dense, hybrid, ranked", param_hint="--modes"
         )
+    if index_version is not None:
+        _eval_index(questions, wanted[0], index_version, tenant, timeout, gate_metric, max_drop, as_json)
+        return
     progress, update = _progress("asking")
 
     async def work(client: Any) -> Any:
@@ -133,6 +155,74 @@ def eval_retrieval(file: Path | None, modes: str, tenant: str | None, timeout: f
             f"{row['recall@10']['mean']:>9.3f} {_interval(row['mrr@5']):>21} {row['ndcg@10']['mean']:>8.3f} "
             f"{row['latency_ms']['p50']:>7.1f} {row['latency_ms']['p99']:>7.1f}"
         )
+
+
+def _eval_index(
+    questions: Any,
+    mode: str,
+    index_version: str,
+    tenant: str | None,
+    timeout: float,
+    gate_metric: str,
+    max_drop: float,
+    as_json: bool,
+) -> None:
+    """Production and a candidate index on the same questions; the gate's verdict recorded."""
+    from streams.evaluation.harness import evaluate_retrieval, index_gate_metrics, retrieval_table
+    from streams.index.spec import INDEX_MODEL
+    from streams.models.indexes import IndexGate
+    from streams.models.lifecycle import default_actor, load_registry, record_index_evaluation
+    from streams.models.registry import RegistryError
+
+    settings = load_settings()
+    version = index_version.removeprefix(f"{INDEX_MODEL}@")
+    try:
+        registry = asyncio.run(load_registry(settings))
+        candidate = registry.get(INDEX_MODEL, version)
+    except RegistryError as error:
+        raise click.ClickException(str(error)) from None
+    production = registry.production(INDEX_MODEL)
+    progress, update = _progress("asking")
+
+    async def work(client: Any) -> Any:
+        with progress:
+            theirs = await evaluate_retrieval(questions, _kafka_asker(client, timeout), [mode], progress=update)
+            ours = await evaluate_retrieval(
+                questions, _kafka_asker(client, timeout, candidate.key), [mode], progress=update
+            )
+        return theirs[mode], ours[mode]
+
+    theirs, ours = _run_with_client(tenant, work)
+    names = {
+        f"production {production.short if production else 'live'}": theirs,
+        f"candidate {candidate.short}": ours,
+    }
+    table = retrieval_table(names)
+    if gate_metric not in table[0]:
+        raise click.BadParameter(f"{gate_metric!r} is not a reported metric", param_hint="--gate-metric")
+    metrics, against = index_gate_metrics(ours, theirs, gate_metric)
+    comparable = production is not None and production.key != candidate.key
+    gate = IndexGate(metric=gate_metric, max_drop=max_drop)
+    try:
+        recorded = asyncio.run(
+            record_index_evaluation(
+                settings, candidate.version, metrics, against if comparable else None, gate, actor=default_actor()
+            )
+        )
+    except (RegistryError, ValueError) as error:
+        raise click.ClickException(str(error)) from None
+    if as_json:
+        echo_json({"table": table, "qa_passed": recorded.qa_passed, "qa_report": recorded.qa_report})
+    else:
+        click.echo(f"{len(theirs.rows)} answerable questions, mode {mode}; mean [95% interval]")
+        for row in table:
+            click.echo(
+                f"{row['system']:<36} recall@5 {_interval(row['recall@5'])}  MRR {_interval(row['mrr'])}  "
+                f"nDCG@10 {_interval(row['ndcg@10'])}  p99 {row['latency_ms']['p99']:.1f} ms"
+            )
+        click.echo(f"gate: {'passed' if recorded.qa_passed else 'FAILED'}: {recorded.qa_report}")
+    if not recorded.qa_passed:
+        sys.exit(1)
 
 
 def _interval(estimate: dict[str, float]) -> str:

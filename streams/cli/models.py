@@ -16,8 +16,14 @@ from typing import Any
 import click
 
 from streams.cli.support import EXIT_FAILURE, echo_json, kafka_options, load_settings
-from streams.models.registry import RegistryError, Stage
+from streams.models.registry import Kind, RegistryError, Stage
 
+INDEX_TYPE_NAMES = [
+    "HNSW",
+    "HNSW_SQ",
+    "IVF_FLAT",
+    "IVF_SQ8",
+]  # streams.index.vectorstore.INDEX_TYPES (not imported: slow)
 STAGE_COLOURS = {"production": "green", "qa": "yellow", "registered": "cyan", "archived": "dim"}
 
 
@@ -100,12 +106,72 @@ def models_list(name: str | None, as_json: bool) -> None:
         table.add_column(column)
     for v in versions:
         metrics = ", ".join(f"{k} {val:.3f}" for k, val in v.metrics.items() if "accuracy" in k or "f1" in k)
+        if v.kind is Kind.INDEX:  # an index version: its spec and collection instead of training metrics
+            metrics = ", ".join(label for label in v.labels if not label.startswith("index_params")) + f" -> {v.uri}"
         qa = "-" if v.qa_passed is None else ("passed " if v.qa_passed else "FAILED ") + (v.qa_report or "")
         colour = STAGE_COLOURS.get(v.stage.value, "white")
         table.add_row(
             v.short, v.kind.value, f"[{colour}]{v.stage.value}[/]", metrics, qa, v.approved_by or "", v.note or ""
         )
     Console().print(table)
+
+
+@models.command("show")
+@kafka_options
+@click.argument("spec", metavar="NAME@VERSION")
+@click.option("--json", "as_json", is_flag=True, help="Print the record as JSON.")
+def models_show(spec: str, as_json: bool) -> None:
+    """One version's whole record (an index version: its spec in labels, its collection in uri)."""
+    from streams.models.lifecycle import load_registry
+
+    name, version = _spec(spec)
+    registry = _run(load_registry(load_settings()))
+    try:
+        summary = registry.get(name, version).summary()
+    except RegistryError as error:
+        raise click.ClickException(str(error)) from None
+    if as_json:
+        echo_json(summary)
+        return
+    for key, value in summary.items():
+        click.echo(f"{key}: {value}")
+
+
+@models.command("register-index")
+@kafka_options
+@click.option("--embedder", type=click.Choice(["int8", "fp32", "shipped"]), required=True, help="The embedder graph.")
+@click.option("--chunk-tokens", type=int, default=128, show_default=True, help="Max tokens per chunk.")
+@click.option("--chunk-overlap", type=int, default=16, show_default=True, help="Tokens shared by neighbours.")
+@click.option(
+    "--max-chunks", type=int, default=0, show_default=True, help="Index each document's first N chunks (0: all)."
+)
+@click.option("--index-type", type=click.Choice(INDEX_TYPE_NAMES), default="HNSW", help="Milvus dense index.")
+@click.option("--json", "as_json", is_flag=True, help="Print the registered version as JSON.")
+def models_register_index(
+    embedder: str, chunk_tokens: int, chunk_overlap: int, max_chunks: int, index_type: str, as_json: bool
+) -> None:
+    """Register a candidate index version; the worker that owns Milvus builds it from docs.raw.
+
+    Follow the build with `llmops index status`, then `llmops eval retrieval --index VERSION`,
+    `llmops models promote chunks@VERSION --to production --approved-by NAME`.
+    """
+    from streams.index.embed import version_for
+    from streams.index.spec import IndexSpec
+    from streams.models.lifecycle import default_actor, register_index
+
+    settings = load_settings()
+    try:
+        spec = IndexSpec(
+            embedder=embedder,
+            embedder_version=version_for(settings.model_copy(update={"embed_model": embedder})),
+            chunk_tokens=chunk_tokens,
+            chunk_overlap=chunk_overlap,
+            index_type=index_type,
+            max_chunks=max_chunks,
+        )
+    except ValueError as error:
+        raise click.BadParameter(str(error)) from None
+    _echo_events([_run(register_index(settings, spec, actor=default_actor()))], as_json)
 
 
 def _echo_events(events: Any, as_json: bool) -> None:
@@ -171,16 +237,16 @@ def models_register(name: str, graph: Path, labels: str, as_json: bool) -> None:
 @kafka_options
 @click.option("--json", "as_json", is_flag=True, help="Print the registered version as JSON.")
 def models_register_embedder(as_json: bool) -> None:
-    """Record the embedder this deployment runs (workers do it themselves when they may sign events)."""
+    """Record the embedder this deployment runs and its live index (workers do it when they may sign events)."""
     from streams.index.embed import OnnxEmbedder
     from streams.models.lifecycle import register_embedder
 
     settings = load_settings()
-    version = _run(register_embedder(settings, OnnxEmbedder.from_settings(settings)))
-    if version is None:
-        click.echo("the embedder is registered already")
+    events = _run(register_embedder(settings, OnnxEmbedder.from_settings(settings)))
+    if not events:
+        click.echo("the embedder and its live index are registered already")
         return
-    _echo_events([version], as_json)
+    _echo_events(events, as_json)
 
 
 @models.command("evaluate")

@@ -78,6 +78,23 @@ def read_questions(path: Path) -> list[Question]:
     return questions
 
 
+def module_subset(split: str, questions: int) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """(documents, question rows): the first ``questions`` answerable questions of a packaged split and
+    every stdlib document of the top-level modules their relevant documents are in.
+
+    A small labelled set whose distractors are hard (the same modules), for tests and benches that
+    cannot index the whole corpus on a shared machine.
+    """
+    from streams.ingest.corpus import stdlib_documents
+
+    rows = [json.loads(line) for line in packaged_questions(split).read_text().splitlines() if line.strip()]
+    chosen = [row for row in rows if row.get("relevant")][:questions]
+    documents = list(stdlib_documents())
+    by_id = {d["id"]: d for d in documents}
+    modules = {by_id[r]["metadata"]["top_level"] for row in chosen for r in row["relevant"] if r in by_id}
+    return [d for d in documents if d["metadata"]["top_level"] in modules], chosen
+
+
 def packaged_questions(split: str) -> Path:
     """The labelled set shipped with the project: ``dev`` (tune on it) or ``test`` (only report it)."""
     return PACKAGED / f"questions_{split}.jsonl"
@@ -283,3 +300,26 @@ def retrieval_table(results: dict[str, SystemResult]) -> list[dict[str, Any]]:
             }
         )
     return table
+
+
+def index_gate_metrics(
+    candidate: SystemResult, production: SystemResult, metric: str
+) -> tuple[dict[str, float], dict[str, float]]:
+    """(candidate's means with the paired interval of candidate - production on ``metric``, production's means).
+
+    Both were asked the same questions in the same order, so the difference is paired per question
+    (what :class:`streams.models.indexes.IndexGate` judges).
+    """
+    from streams.evaluation.metrics import paired_difference
+
+    ours = {name: estimate.mean for name, estimate in candidate.summary().items()}
+    theirs = {name: estimate.mean for name, estimate in production.summary().items()}
+    difference = paired_difference(candidate.rows, production.rows, metric)
+    ours.update(
+        {
+            f"{metric}_diff": difference.mean,
+            f"{metric}_diff_low": difference.low,
+            f"{metric}_diff_high": difference.high,
+        }
+    )
+    return ours, theirs

@@ -188,6 +188,11 @@ def collection_name(namespace: str, model_version: str) -> str:
     return f"chunks_{SCHEMA_VERSION}_{_safe(namespace)}_{model_version[:16]}"
 
 
+def production_alias(namespace: str) -> str:
+    """The Milvus alias that names the production index's collection of ``namespace`` (flipped on a switch)."""
+    return f"chunks_{_safe(namespace)}_production"
+
+
 def legacy_collection_name(namespace: str, model_version: str) -> str:
     """The collection of schema v1 (dense only), which ``llmops index migrate`` copies from."""
     return f"chunks_{_safe(namespace)}_{model_version[:16]}"
@@ -488,6 +493,20 @@ class MilvusStore:
         self.flush()
         return copied
 
+    def point_alias(self, alias: str) -> str | None:
+        """Make ``alias`` name this collection in one Milvus call; returns the collection it named before."""
+        from pymilvus.exceptions import MilvusException
+
+        try:
+            before: str | None = self._client.describe_alias(alias)["collection_name"]
+        except MilvusException:
+            before = None
+        if before is None:
+            self._client.create_alias(self.collection, alias)
+        elif before != self.collection:
+            self._client.alter_alias(self.collection, alias)
+        return before
+
     def drop_collection(self, name: str) -> None:
         self._client.drop_collection(name)
 
@@ -556,6 +575,9 @@ _shared_lock = threading.Lock()
 
 def shared_store(settings: Settings, model_version: str, dimension: int = 384) -> MilvusStore:
     """The open store of this process for ``settings`` and ``model_version``, opened on first use.
+
+    ``model_version`` names the collection: the embedder version for the live pipeline's index,
+    the index version for one built by the re-index builder (``streams.index.spec``).
 
     Milvus Lite lets one process open its file, and closing a client stops its in-process
     server, so the agents of one worker (index and infer) share one store; a closed one (after a

@@ -33,6 +33,7 @@ from typing import Any
 
 from streams.index.embed import Embedder
 from streams.index.retrieval import DocumentHit, RrfRanker, SearchStore, retrieve
+from streams.index.spec import INDEX_MODEL
 from streams.index.vectorstore import Hit
 from streams.inference.answer import Answer, ExtractiveAnswerer, check_grounding, citations_for
 from streams.inference.generator import GenerationResult, GeneratorClient
@@ -42,7 +43,7 @@ from streams.inference.safety import Verdict, screen
 from streams.models.artifacts import DEFAULT_MAX_BYTES, verify_digest
 from streams.models.classifier import OnnxClassifier, explain
 from streams.models.ranker import Answerability, OnnxRanker
-from streams.models.registry import Kind, ModelVersion, Registry, RegistryError
+from streams.models.registry import Kind, ModelVersion, Registry, RegistryError, Stage
 from streams.records import now_ms
 from streams.telemetry import genai
 from streams.telemetry.tracing import model_call, record_usage
@@ -86,6 +87,24 @@ class LoadedRanker:
 
 
 @dataclass(frozen=True)
+class LoadedIndex:
+    """An index version with the embedder that built it and its open collection.
+
+    A search embeds its query with ``embedder`` and searches ``store``, both from one snapshot: a
+    query never meets vectors of another embedder, whatever switches meanwhile.
+    """
+
+    version: ModelVersion | None  # None: the live collection, before any index version was registered
+    embedder: Embedder
+    store: SearchStore | None
+
+    def ref(self) -> dict[str, str] | None:
+        if self.version is None:
+            return None
+        return {"name": self.version.name, "version": self.version.version, "stage": self.version.stage.value}
+
+
+@dataclass(frozen=True)
 class ModelSet:
     """What answers right now: an immutable snapshot, swapped whole on registry changes."""
 
@@ -95,9 +114,37 @@ class ModelSet:
     classifiers: Mapping[str, LoadedClassifier] = field(default_factory=dict)  # by version key
     default_classifier: str = DEFAULT_CLASSIFIER
     ranker: LoadedRanker | None = None
+    index: LoadedIndex | None = None  # the production index version (None: ``embedder`` and ``store``)
+    indexes: Mapping[str, LoadedIndex] = field(default_factory=dict)  # every loaded index version, by key
 
-    def embedder_ref(self) -> dict[str, str]:
-        return {"name": self.embedder.name, "version": self.embedder.version, "stage": "production"}
+    def embedder_ref(self, embedder: Embedder | None = None) -> dict[str, str]:
+        embedder = embedder or self.embedder
+        return {"name": embedder.name, "version": embedder.version, "stage": "production"}
+
+    def index_for(self, request: InferenceRequest) -> LoadedIndex:
+        """The index a search or rag request reads: the one it pins (``model``: ``chunks@VERSION``) or production.
+
+        Raises:
+            RequestRejected: UNKNOWN_MODEL for a pinned version that is not loaded, NO_INDEX without one.
+        """
+        if request.model and request.model.partition("@")[0] == INDEX_MODEL:
+            try:
+                version = self.registry.resolve(request.model)
+            except RegistryError as error:
+                raise RequestRejected("UNKNOWN_MODEL", str(error), request.request_id, request.client_id) from None
+            pinned = self.indexes.get(version.key)
+            if pinned is None or pinned.store is None:
+                raise RequestRejected(
+                    "UNKNOWN_MODEL",
+                    f"{version.short} is {version.stage} and not open in this worker",
+                    request.request_id,
+                    request.client_id,
+                )
+            return pinned
+        index = self.index or LoadedIndex(None, self.embedder, self.store)
+        if index.store is None:
+            raise RequestRejected("NO_INDEX", "the vector index is not open in this worker", request.request_id)
+        return index
 
     def classifier_for(self, request: InferenceRequest) -> LoadedClassifier:
         spec = request.model or self.default_classifier
@@ -169,6 +216,19 @@ def load_ranker(
     head = OnnxRanker(version.artifact, name=version.name, version=version.version, max_bytes=max_bytes)
     threshold = float(version.metrics.get("abstain_below", float("-inf")))
     return LoadedRanker(version, head, threshold, Answerability.from_metrics(version.metrics))
+
+
+def load_indexes(
+    registry: Registry, previous: Mapping[str, LoadedIndex], open_index: Callable[[ModelVersion], LoadedIndex]
+) -> tuple[LoadedIndex | None, dict[str, LoadedIndex]]:
+    """(the production index, every index version not archived), reusing what ``previous`` has open."""
+    loaded = {}
+    for version in registry.all(INDEX_MODEL):
+        if version.kind is Kind.INDEX and version.stage is not Stage.ARCHIVED:
+            old = previous.get(version.key)
+            loaded[version.key] = replace(old, version=version) if old is not None else open_index(version)
+    production = registry.production(INDEX_MODEL)
+    return (loaded.get(production.key) if production is not None else None), loaded
 
 
 # --- answering ---------------------------------------------------------------------------------
@@ -407,12 +467,13 @@ class InferenceService:
         timer = Timer()
         late = request.deadline_ms is not None and started_ms > request.deadline_ms
         loaded: LoadedClassifier | None = None
+        index: LoadedIndex | None = None
         rejected: RequestRejected | None = None
         try:
             if request.task == "classify":
                 loaded = models.classifier_for(request)
-            elif models.store is None:
-                raise RequestRejected("NO_INDEX", "the vector index is not open in this worker", request.request_id)
+            else:
+                index = models.index_for(request)
         except RequestRejected as error:
             rejected = error
         documents: list[DocumentHit] = []
@@ -422,7 +483,7 @@ class InferenceService:
             # One hop to a worker thread for all the CPU work of a request (embed, screen, then
             # search or classify): every extra hand-off between the event loop and a thread costs latency.
             verdict, documents = await self._run_blocking(
-                self._compute, models, loaded, request, response, timer, rejected is None
+                self._compute, models, loaded, index, request, response, timer, rejected is None
             )
         response["safety"] = verdict.to_avro()
         if late:
@@ -536,6 +597,7 @@ class InferenceService:
         self,
         models: ModelSet,
         loaded: LoadedClassifier | None,
+        index: LoadedIndex | None,
         request: InferenceRequest,
         response: dict[str, Any],
         timer: Timer,
@@ -553,18 +615,28 @@ class InferenceService:
         timer.measure("screen", started)
         if not work or verdict.blocked:
             return verdict, []
-        response["models"].append(models.embedder_ref())
         if loaded is not None:
+            response["models"].append(models.embedder_ref())
             self._classify(models, loaded, request, response, timer, vectors)
             return verdict, []
-        assert models.store is not None
+        assert index is not None and index.store is not None
+        # The query is embedded by the embedder of the index it searches (the screen's vector when the same).
+        if index.embedder.version != models.embedder.version:
+            started = time.perf_counter()
+            vectors = embed_query(index.embedder, request.text)
+            timer.measure("embed", started)
+        response["models"].append(models.embedder_ref(index.embedder))
+        if (index_ref := index.ref()) is not None:
+            response["models"].append(index_ref)
         started = time.perf_counter()
         ranker = models.ranker
+        if ranker is not None and ranker.version.embedder_version not in (None, index.embedder.version):
+            ranker = None  # its features are cosines of another embedder: RRF orders this index's candidates
         ranker_name = ranker.version.name if ranker else RrfRanker.name
         ranker_ref = f"{ranker.version.name}@{ranker.version.version}" if ranker else "rrf@builtin"
         with model_call(genai.RERANK, ranker_name, response_model=ranker_ref, retrieval=request.retrieval):
             found = retrieve(
-                models.store,
+                index.store,
                 vectors[0].tolist(),
                 request.text,
                 top_k=request.top_k,

@@ -75,6 +75,7 @@ class IngestConfig:
     redact_pii: tuple[str, ...] = ("email", "phone", "card", "ip", "secret")
     near_dup_max_hamming: int = 3
     near_dup_enabled: bool = True
+    max_chunks: int = 0  # keep only a document's first chunks (0 = all); an index version's chunker may cap them
 
     @classmethod
     def from_settings(cls, settings: Settings) -> IngestConfig:
@@ -191,7 +192,8 @@ class IngestPipeline:
         )
 
     def _chunk(self, prepared: _Prepared, spans: Sequence[TokenSpan]) -> list[TextChunk]:
-        return chunk_spans(prepared.text, spans, self.config.chunk_tokens, self.config.chunk_overlap)
+        chunks = chunk_spans(prepared.text, spans, self.config.chunk_tokens, self.config.chunk_overlap)
+        return chunks[: self.config.max_chunks] if self.config.max_chunks > 0 else chunks
 
     # --- stateful step ------------------------------------------------------------------
     def process(

@@ -33,6 +33,7 @@ from streams.kafka.topics import (
     DOCS_EMBEDDINGS,
     DOCS_RAW,
     FEEDBACK,
+    INDEX_BUILD_GROUP,
     INFERENCE_CLIENTS,
     INFERENCE_REQUESTS,
     INFERENCE_RESPONSES,
@@ -69,7 +70,9 @@ class Access:
 AGENT_ACCESS: dict[str, Access] = {
     "ingest": Access((DOCS_RAW,), (DOCS_CLEAN, DOCS_DUPLICATES, DEADLETTER, TELEMETRY_SPANS)),
     "embed": Access((DOCS_CLEAN,), (DOCS_EMBEDDINGS, DEADLETTER, TELEMETRY_SPANS)),
-    "index": Access((DOCS_EMBEDDINGS,), (DEADLETTER, TELEMETRY_SPANS)),
+    # index also builds candidate index versions: it follows models.control and re-reads docs.raw,
+    # each build in a consumer group of its own (``llmops-<ns>-index-build-<version>``).
+    "index": Access((DOCS_EMBEDDINGS, DOCS_RAW, MODELS_CONTROL), (DEADLETTER, TELEMETRY_SPANS)),
     # infer follows (only reads) the registry on models.control; a control event it refuses raises
     # an alert on monitor.alerts. Only the model-manager role writes models.control. It answers a
     # tenant on that tenant's own reply topic, which an operator creates (never the worker).
@@ -141,6 +144,8 @@ def worker_grants(namespace: str, agents: Sequence[str], username: str) -> list[
     grants.append(AclGrant(principal, "READ", "GROUP", group))
     if "infer" in agents:  # the infer agent reads inference.requests in a group of its own
         grants.append(AclGrant(principal, "READ", "GROUP", topics.requests_group(*agents)))
+    if "index" in agents:  # each index version's build reads docs.raw in a group of its own
+        grants.append(AclGrant(principal, "READ", "GROUP", topics.group(INDEX_BUILD_GROUP), "PREFIXED"))
     if "monitor" in agents:  # and the monitor reads the tenants' reply topics in one of its own
         grants.append(AclGrant(principal, "READ", "GROUP", topics.tenant_responses_group(*agents)))
     # Faust's own topics: <group>-<table>-changelog and <group>-__assignor-__leader, which it creates.

@@ -48,6 +48,8 @@ MODELS_CONTROL = "models.control"
 TELEMETRY_SPANS = "telemetry.spans"
 # Consumer group (base name) of inference clients' response readers: looked up, never joined.
 INFERENCE_CLIENTS = "inference-clients"
+# Consumer groups (base-name prefix) of index builds: ``index-build-<first 16 hex of the version>``.
+INDEX_BUILD_GROUP = "index-build-"
 
 ALL_BASE_NAMES = (
     DOCS_RAW,

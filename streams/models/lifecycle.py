@@ -19,6 +19,7 @@ import getpass
 from collections.abc import Mapping, Sequence
 
 from streams.index.embed import Embedder, OnnxEmbedder, graph_for
+from streams.index.spec import INDEX_MODEL, IndexSpec
 from streams.ingest.chunk import default_tokenizer_path
 from streams.kafka.admin import producer, read_topic
 from streams.kafka.avro import AvroCodec, codec_from_settings
@@ -26,6 +27,7 @@ from streams.kafka.topics import Topics
 from streams.logs import get_logger
 from streams.models.artifacts import check_onnx_bytes, verify_digest
 from streams.models.classifier import LabelledText, OnnxClassifier, evaluate, split, train_classifier
+from streams.models.indexes import IndexGate, check_index_version, index_record, live_index_record
 from streams.models.registry import (
     ControlCheck,
     Kind,
@@ -62,7 +64,8 @@ def check_version(
 
     The signature (a trusted key signed exactly this record), then the artifact (no larger than
     ``max_bytes``, its sha256 the record's ``model.onnx`` digest, the digests the version id, a
-    self-contained ONNX graph), then the lifecycle rules against the registry built so far.
+    self-contained ONNX graph; for an index version, the digest of its embedder files and spec),
+    then the lifecycle rules against the registry built so far.
 
     Raises:
         ControlRejected: with the reason code of the first check that failed.
@@ -87,6 +90,8 @@ def check_version(
             )
         if version.artifact is not None:
             check_onnx_bytes(version.artifact, max_bytes)
+    if version.kind is Kind.INDEX:
+        check_index_version(version, namespace)
     check_event(registry.find(version.key), version)
     check_production(registry.production(version.name), version)
 
@@ -342,12 +347,51 @@ def embedder_version_record(settings: Settings, embedder: Embedder) -> ModelVers
     )
 
 
-async def register_embedder(settings: Settings, embedder: Embedder) -> ModelVersion | None:
-    """Record the embedder this deployment runs (None when it is registered already)."""
+def bootstrap_records(settings: Settings, embedder: Embedder, registry: Registry) -> list[ModelVersion]:
+    """What a worker registers about itself when missing: its embedder, and the live index as production.
+
+    The live index goes in only while no index version is in production (a fresh registry, or one
+    written before index versions existed), so a worker never takes production back from a promoted one.
+    """
+    events = []
+    if not any(v.version == embedder.version for v in registry.all(embedder.name)):
+        events.append(embedder_version_record(settings, embedder))
+    if registry.production(INDEX_MODEL) is None:
+        live = live_index_record(settings, embedder.version)
+        if registry.find(live.key) is None:
+            events.append(live)
+    return events
+
+
+async def register_embedder(settings: Settings, embedder: Embedder) -> list[ModelVersion]:
+    """Record the embedder this deployment runs and its live index (nothing when both are registered)."""
     registry = await load_registry(settings)
-    if any(v.version == embedder.version for v in registry.all(embedder.name)):
-        return None
-    return (await write_events(settings, [embedder_version_record(settings, embedder)], registry))[-1]
+    events = bootstrap_records(settings, embedder, registry)
+    return await write_events(settings, events, registry) if events else []
+
+
+async def register_index(
+    settings: Settings, spec: IndexSpec, *, actor: str, note: str = "registered by llmops models register-index"
+) -> ModelVersion:
+    """Register a candidate index version: the worker that owns Milvus starts building it."""
+    return await register_version(settings, index_record(settings, spec, actor=actor, note=note))
+
+
+async def record_index_evaluation(
+    settings: Settings,
+    version: str,
+    metrics: Mapping[str, float],
+    against: Mapping[str, float] | None,
+    gate: IndexGate,
+    *,
+    actor: str,
+) -> ModelVersion:
+    """Record a candidate index's retrieval evaluation against production's on the same questions."""
+    registry = await load_registry(settings)
+    events = registry.record_evaluation(
+        INDEX_MODEL, version, metrics, gate, actor=actor, now_ms=now_ms(), against=against
+    )
+    return (await write_events(settings, events, registry))[-1]
 
 
 async def shadow_report(settings: Settings, name: str) -> dict[str, dict[str, float]]:

@@ -29,6 +29,7 @@ from dataclasses import dataclass, replace
 from typing import Any
 
 from streams.logs import get_logger
+from streams.models.indexes import IndexGate
 from streams.models.rejections import ControlRejected, Reason, RegistryError
 from streams.models.rules import check_event, check_production
 from streams.models.version import Kind, ModelVersion, Stage, classifier_config, digests_version, files_version
@@ -36,6 +37,7 @@ from streams.models.version import Kind, ModelVersion, Stage, classifier_config,
 __all__ = [
     "ControlCheck",
     "ControlReject",
+    "IndexGate",
     "Kind",
     "ModelVersion",
     "QaGate",
@@ -180,15 +182,15 @@ class Registry:
         name: str,
         version: str,
         metrics: Mapping[str, float],
-        gate: QaGate | RetrievalGate,
+        gate: QaGate | RetrievalGate | IndexGate,
         *,
         actor: str,
         now_ms: int,
         against: Mapping[str, float] | None = None,
     ) -> list[ModelVersion]:
-        """The QA result of a version: ``gate`` applied to ``metrics`` (``against``: production's, for rankers)."""
+        """The QA result of a version: ``gate`` applied to ``metrics`` (``against``: production's, rankers, indexes)."""
         candidate = self.get(name, version)
-        if isinstance(gate, RetrievalGate):
+        if isinstance(gate, RetrievalGate | IndexGate):
             passed, report = gate.judge(metrics, against)
         else:
             current = self.production(name)

@@ -11,8 +11,8 @@ Why this exists:
 The rules:
     - stages: registered -> qa -> production -> archived; qa -> registered (demote);
       archived -> production (rollback); a stage may also repeat (an evaluation, a re-signature);
-    - a production version needs an explicit approver and a promotion time, and a classifier
-      also a passed QA evaluation; only a qa version shadows production traffic;
+    - a production version needs an explicit approver and a promotion time, and a classifier,
+      ranker or index version also a passed QA evaluation; only a qa version shadows production traffic;
     - what identifies a version never changes: its kind, files, labels, embedder, artifact, uri;
     - events of one version never go back in time (an old, validly signed event replayed later
       is refused);
@@ -30,7 +30,7 @@ Usage:
 from __future__ import annotations
 
 from streams.models.rejections import RuleViolation
-from streams.models.version import INLINE_KINDS, ModelVersion, Stage
+from streams.models.version import GATED_KINDS, ModelVersion, Stage
 
 ALLOWED_STAGES: dict[Stage, frozenset[Stage]] = {
     Stage.REGISTERED: frozenset({Stage.REGISTERED, Stage.QA}),
@@ -44,7 +44,7 @@ IDENTITY_FIELDS = ("kind", "files", "labels", "embedder_version", "artifact", "u
 def check_state(event: ModelVersion) -> None:
     """The rules an event must meet on its own (whatever came before it)."""
     if event.stage is Stage.PRODUCTION:
-        if event.kind in INLINE_KINDS:
+        if event.kind in GATED_KINDS:
             if event.qa_passed is None:
                 raise RuleViolation(f"{event.short} has no QA evaluation; run `llmops models evaluate {event.short}`")
             if not event.qa_passed:

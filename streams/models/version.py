@@ -25,10 +25,13 @@ class Kind(StrEnum):
     EMBEDDER = "embedder"
     CLASSIFIER = "classifier"
     RANKER = "ranker"
+    INDEX = "index"
 
 
 # Kinds whose versions carry a small ONNX graph inline, checked and QA-gated the same way.
 INLINE_KINDS = frozenset({Kind.CLASSIFIER, Kind.RANKER})
+# Kinds whose production versions need a passed QA evaluation (an index: its retrieval gate).
+GATED_KINDS = INLINE_KINDS | {Kind.INDEX}
 
 
 @dataclass(frozen=True)

@@ -83,6 +83,18 @@ DRIFT_THRESHOLD = Gauge(
     ["stream", "detector"],
     registry=REGISTRY,
 )
+INDEX_BUILD_RECORDS = Gauge(
+    "llmops_index_build_records",
+    "Records of docs.raw a candidate index's build has read (of=done) and the topic holds (of=total).",
+    ["version", "of"],
+    registry=REGISTRY,
+)
+INDEX_BUILD_ETA = Gauge(
+    "llmops_index_build_eta_seconds",
+    "Estimated seconds until a candidate index's build reaches the end of docs.raw (0 when caught up).",
+    ["version"],
+    registry=REGISTRY,
+)
 LAG_FAMILY = "llmops_consumer_lag"
 READY_FAMILY = "llmops_ready"
 WORKER_READY_FAMILY = "llmops_worker_ready"
@@ -96,6 +108,8 @@ METRIC_FAMILIES: dict[str, str] = {
     "llmops_model_active": "gauge",
     "llmops_drift_score": "gauge",
     "llmops_drift_threshold": "gauge",
+    "llmops_index_build_records": "gauge",
+    "llmops_index_build_eta_seconds": "gauge",
     LAG_FAMILY: "gauge",
     READY_FAMILY: "gauge",
     WORKER_READY_FAMILY: "gauge",
@@ -152,6 +166,25 @@ def set_active_models(agent: str, models: Iterable[tuple[str, str]]) -> None:
         for name, version in current:
             MODEL_ACTIVE.labels(agent=agent, model=name, version=version).set(1)
         _models[agent] = current
+
+
+_builds: set[str] = set()
+
+
+def set_index_builds(progress: Iterable[Mapping[str, Any]]) -> None:
+    """Progress of the index builds this worker runs (``BuildProgress.as_dict()``); finished ones leave the scrape."""
+    current = {str(p["version"])[:16]: p for p in progress}
+    with _models_lock:
+        for version in _builds - set(current):
+            for of in ("done", "total"):
+                INDEX_BUILD_RECORDS.remove(version, of)
+            INDEX_BUILD_ETA.remove(version)
+        for version, p in current.items():
+            INDEX_BUILD_RECORDS.labels(version=version, of="done").set(p["done"])
+            INDEX_BUILD_RECORDS.labels(version=version, of="total").set(p["total"])
+            INDEX_BUILD_ETA.labels(version=version).set(-1 if p["eta_s"] is None else p["eta_s"])
+        _builds.clear()
+        _builds.update(current)
 
 
 def observe_monitor_outputs(outputs: Sequence[tuple[str, Mapping[str, Any]]]) -> None:

@@ -16,6 +16,7 @@ ROOT = Path(__file__).resolve().parents[2]
 # <worker group>-requests, and the monitor's reader of every tenant's reply topic (a prefix).
 NOT_A_FAUST_AGENT = {
     "infer": {"acl1.models.control", "acl1.inference.requests"},
+    "index": {"acl1.models.control", "acl1.docs.raw"},  # the index builds' own consumers
     "monitor": {"acl1.inference.responses.tenant."},
 }
 

@@ -27,8 +27,9 @@ def test_an_ingest_worker_reads_docs_raw_writes_its_outputs_and_owns_its_group_a
 def test_a_worker_of_several_agents_gets_the_union_and_one_group_named_after_the_set() -> None:
     grants = worker_grants("", ["index", "embed"], "svc")
     reads = {g.resource for g in grants if g.operation == "READ" and g.resource_type == "TOPIC"}
-    assert reads == {"docs.clean", "docs.embeddings"}
-    assert [g.resource for g in grants if g.resource_type == "GROUP"] == ["llmops-live-embed_index"]
+    assert reads == {"docs.clean", "docs.embeddings", "docs.raw", "models.control"}  # index builds read the last two
+    groups = [(g.resource, g.pattern) for g in grants if g.resource_type == "GROUP"]
+    assert groups == [("llmops-live-embed_index", "LITERAL"), ("llmops-live-index-build-", "PREFIXED")]
     assert len(grants) == len(set(grants)), "no grant twice"
 
 
