@@ -243,7 +243,7 @@ def ratio(runs: list[dict[str, Any]], section: str, key: str) -> float:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--docs", type=int, default=1500)
+    parser.add_argument("--docs", type=int, default=1500, help="documents of the CPU runs (0: rebalance pauses only)")
     parser.add_argument(
         "--kafka-port", type=int, default=19392, help="its own broker (and the port after, its controller)"
     )
@@ -278,7 +278,7 @@ def main() -> None:
         others = {"broker": int(broker.pid_file.read_text().strip()), "milvus_server": milvus.pid}
         records = unique_records(args.docs, 0, "bench")
         load_before = os.getloadavg()
-        runs = [cpu_per_unit(base, n, records, others, args.requests) for n in (1, 2)]
+        runs = [cpu_per_unit(base, n, records, others, args.requests) for n in (1, 2)] if args.docs else []
         report: dict[str, Any] = {
             "benchmark": "scale_out",
             "docs": args.docs,
@@ -287,9 +287,11 @@ def main() -> None:
             "session_timeout_s": args.session_timeout,
             "heartbeat_s": round(args.session_timeout / 3, 2),
             "runs": runs,
-            "cpu_per_chunk_2_over_1": ratio(runs, "per_chunk", "cpu_ms_per_unit"),
-            "worker_cpu_per_chunk_2_over_1": ratio(runs, "per_chunk", "worker_cpu_ms_per_unit"),
-            "cpu_per_request_2_over_1": ratio(runs, "per_request", "cpu_ms_per_unit") if args.requests else None,
+            "cpu_per_chunk_2_over_1": ratio(runs, "per_chunk", "cpu_ms_per_unit") if runs else None,
+            "worker_cpu_per_chunk_2_over_1": ratio(runs, "per_chunk", "worker_cpu_ms_per_unit") if runs else None,
+            "cpu_per_request_2_over_1": ratio(runs, "per_request", "cpu_ms_per_unit")
+            if runs and args.requests
+            else None,
             "load_average_before": load_before,
             "load_average_after_cpu_runs": os.getloadavg(),
         }
