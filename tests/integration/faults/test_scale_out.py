@@ -280,8 +280,11 @@ def test_one_to_three_to_two_workers_and_a_kill_9_leave_the_result_of_one_worker
     stored = {chunk_id: (doc_id, text) for chunk_id, (doc_id, text, _) in after.rows.items()}
     per_chunk = Counter((doc_id, chunk_id.split("#")[-1]) for chunk_id, (doc_id, _, _) in after.rows.items())
     got = decisions(settings)
-    missed_copies = expected["duplicates"] - got["duplicates"]  # copies one worker skipped, several kept
-    kept_copies = {doc_id for doc_id, _, _ in missed_copies}
+    # Skipped as a copy (doc, kind); within a group of three or more equal texts the copy it names
+    # may differ when the smallest id was not visible yet (it steps the other down later).
+    skipped = {(doc, kind) for doc, _, kind in got["duplicates"]}
+    skipped_by_one = {(doc, kind) for doc, _, kind in expected["duplicates"]}
+    kept_copies = {doc for doc, _ in skipped_by_one - skipped}  # one worker skipped them, several kept both
     extra = {k: v for k, v in stored.items() if k not in expected["chunks"]}
     assert {doc_id for doc_id, _ in extra.values()} <= kept_copies, sorted(extra)[:10]
     assert not set(expected["chunks"]) - set(stored), sorted(set(expected["chunks"]) - set(stored))[:10]
@@ -290,7 +293,7 @@ def test_one_to_three_to_two_workers_and_a_kill_9_leave_the_result_of_one_worker
     # Ingest's decisions: the same duplicates (exact and near, with their canonical copies) and deletes,
     # but for those copies.
     assert got["deleted"] == expected["deleted"]
-    assert got["duplicates"] <= expected["duplicates"], sorted(got["duplicates"] - expected["duplicates"])[:10]
+    assert skipped <= skipped_by_one, sorted(skipped - skipped_by_one)[:10]
     # Requests: every one answered; an answer given twice (at-least-once) is counted, not an error.
     responses = Counter(r["request_id"] for r in decoded(settings, topics.inference_responses, "InferenceResponse"))
     unanswered = set(requests.sent) - set(responses)
@@ -313,7 +316,8 @@ def test_one_to_three_to_two_workers_and_a_kill_9_leave_the_result_of_one_worker
         rows_expected_from_one_worker=len(expected["chunks"]),
         duplicate_notices=len(got["duplicates"]),
         duplicate_notices_of_one_worker=len(expected["duplicates"]),
-        copies_kept_by_concurrent_workers=sorted(missed_copies),
+        copies_kept_by_concurrent_workers=sorted(kept_copies),
+        copies_naming_another_copy=len(got["duplicates"] - expected["duplicates"]),
         deletes=len(got["deleted"]),
         requests_sent=len(requests.sent),
         requests_answered=len(set(requests.sent) & set(responses)),
