@@ -10,7 +10,8 @@ compacted ``monitor.reference`` at start and followed while running.
 The join of feedback with responses is in this process's memory: run one monitor worker per
 namespace (its topics are small next to the documents the embed agent handles). Open windows are
 reported when the worker stops and when it gives up partitions at a rebalance, so the windows of
-all monitor workers add up to the records that flowed (``tests/integration/faults/test_scale_out.py``).
+all monitor workers cover every record that flowed; a record redelivered after a rebalance (counted,
+not yet committed) is counted again (``tests/integration/faults/test_scale_out.py``).
 """
 
 from __future__ import annotations

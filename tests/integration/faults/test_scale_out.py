@@ -6,7 +6,8 @@ search requests flow, the pipeline scales 1 -> 3 -> 2 workers (a SIGTERM), one w
 with SIGKILL mid-batch and restarted, and a second monitor joins and leaves. Afterwards the store
 holds what one undisturbed worker leaves from the same input (every chunk once, the same
 duplicate and delete decisions), every request has an answer (duplicates from at-least-once
-delivery counted), and the monitor's windows add up to the records that flowed.
+delivery counted), and the monitor's windows cover every record that flowed (a record redelivered
+at a rebalance is counted again, and counted here).
 """
 
 from __future__ import annotations
@@ -299,12 +300,13 @@ def test_one_to_three_to_two_workers_and_a_kill_9_leave_the_result_of_one_worker
     unanswered = set(requests.sent) - set(responses)
     assert requests.sent and not unanswered, f"{len(unanswered)} of {len(requests.sent)} requests never answered"
     assert set(requests.sent) <= requests.answered | set(responses)
-    # The monitor: windows add up to the records that flowed (none dropped at a rebalance or a stop).
+    # The monitor: windows cover the records that flowed (none dropped at a rebalance or a stop).
     windows = window_totals(settings)
     records = flowed(settings)
-    assert windows["events"].get("documents", 0) == records["documents"], (windows, records)
-    assert windows["events"].get("requests", 0) == records["requests"], (windows, records)
-    assert windows["events"].get("responses", 0) == records["responses"], (windows, records)
+    # A record the old owner counted but had not committed when its partition moved is counted
+    # again by the new owner (at-least-once): windows may exceed the records, never fall short.
+    recounted = {stream: windows["events"].get(stream, 0) - n for stream, n in records.items()}
+    assert all(extra >= 0 for extra in recounted.values()), (windows, records)
 
     report(
         "1 -> 3 -> 2 workers, kill -9 one mid-batch, restart it; one Milvus server; 3-broker cluster",
@@ -326,6 +328,7 @@ def test_one_to_three_to_two_workers_and_a_kill_9_leave_the_result_of_one_worker
         chunks_of_one_worker_run=end_total(one_worker, Topics(one_worker.namespace).docs_clean),
         windows=windows,
         records_flowed=records,
+        records_counted_twice_by_the_monitor=recounted,
         exit_codes=codes,
         **figures,
     )
