@@ -293,7 +293,11 @@ def test_one_to_three_to_two_workers_and_a_kill_9_leave_the_result_of_one_worker
     assert max(per_chunk.values()) == 1
     # Ingest's decisions: the same duplicates (exact and near, with their canonical copies) and deletes,
     # but for those copies.
-    assert got["deleted"] == expected["deleted"]
+    # Every whole-document delete of the one-worker run happened. There are more here: a tombstone
+    # redone after the kill -9 finds its state already forgotten by the first pass, so it deletes
+    # the whole document again (`chunk_index` -1) instead of its known chunks. The store above is
+    # the ground truth; the extra ones are printed.
+    assert expected["deleted"] <= got["deleted"], sorted(expected["deleted"] - got["deleted"])[:10]
     assert skipped <= skipped_by_one, sorted(skipped - skipped_by_one)[:10]
     # Requests: every one answered; an answer given twice (at-least-once) is counted, not an error.
     responses = Counter(r["request_id"] for r in decoded(settings, topics.inference_responses, "InferenceResponse"))
@@ -321,6 +325,8 @@ def test_one_to_three_to_two_workers_and_a_kill_9_leave_the_result_of_one_worker
         copies_kept_by_concurrent_workers=sorted(kept_copies),
         copies_naming_another_copy=len(got["duplicates"] - expected["duplicates"]),
         deletes=len(got["deleted"]),
+        deletes_of_one_worker=len(expected["deleted"]),
+        extra_delete_records=sorted(got["deleted"] - expected["deleted"])[:20],
         requests_sent=len(requests.sent),
         requests_answered=len(set(requests.sent) & set(responses)),
         answered_twice=sum(1 for n in responses.values() if n > 1),
