@@ -8,7 +8,10 @@ metrics. A one-second timer closes windows by time. The drift reference is read 
 compacted ``monitor.reference`` at start and followed while running.
 
 The join of feedback with responses is in this process's memory: run one monitor worker per
-namespace (its topics are small next to the documents the embed agent handles).
+namespace (its topics are small next to the documents the embed agent handles). Open windows are
+reported when the worker stops and when it gives up partitions at a rebalance, so the windows of
+all monitor workers cover every record that flowed; a record redelivered after a rebalance (counted,
+not yet committed) is counted again (``tests/integration/faults/test_scale_out.py``).
 """
 
 from __future__ import annotations
@@ -236,7 +239,16 @@ def register_monitor(app: faust.App, settings: Settings, agents: Sequence[str] =
 
     async def flush(*_: Any, **__: Any) -> None:
         if "started" in state and state["started"].done():
-            await publish(monitor.flush())
+            await publish(monitor.flush("stop"))
+
+    async def flush_on_revocation(*_: Any, **__: Any) -> None:
+        # Faust sends this after the agents finished their events and the consumer committed
+        # them: the open windows hold exactly the records this worker counted, so they are
+        # reported now, before the partitions' next owner counts from the committed offsets.
+        # (Windows span partitions: every revocation closes them all.)
+        if "started" in state and state["started"].done():
+            await publish(monitor.flush("rebalance"))
 
     app.on_before_shutdown.connect(cast(Any, flush))
+    app.on_partitions_revoked.connect(cast(Any, flush_on_revocation))
     return monitor

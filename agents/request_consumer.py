@@ -53,7 +53,6 @@ from streams.settings import Settings
 
 log = get_logger(__name__)
 COMMIT_INTERVAL_S = 0.5
-SESSION_TIMEOUT_MS = 10_000
 FETCH_TIMEOUT_S = 0.2  # how long the reader waits for records (or a free slot) before checking for stop
 COMMITTED_S = 30.0  # how long an assignment waits to learn the group's committed offsets
 
@@ -120,9 +119,10 @@ class RequestConsumer:
                 "enable.auto.commit": False,
                 "enable.auto.offset.store": False,
                 "auto.offset.reset": "earliest",
-                # aiokafka's and Faust's 10 s, not librdkafka's 45 s: a crashed worker's requests
-                # move to another worker within 10 s.
-                "session.timeout.ms": SESSION_TIMEOUT_MS,
+                # The Faust agents' session (LLMOPS_KAFKA_SESSION_TIMEOUT_S), not librdkafka's 45 s:
+                # a crashed worker's requests move to another worker as soon as its partitions do.
+                "session.timeout.ms": int(self._settings.kafka_session_timeout_s * 1000),
+                "heartbeat.interval.ms": int(self._settings.kafka_session_timeout_s * 1000 / 3),
                 "on_commit": self._on_commit,
                 **self._consumer_options,
             }

@@ -247,6 +247,13 @@ class Settings(BaseSettings):
     broker_wait_seconds: float = Field(
         300.0, ge=0, description="How long a starting worker retries an unreachable broker before exiting (69)."
     )
+    kafka_session_timeout_s: float = Field(
+        10.0,
+        ge=6.0,
+        le=300.0,
+        description="Consumer group session timeout of every worker consumer: a worker that dies (kill -9, "
+        "lost host) gives up its partitions after this long; heartbeats go at a third of it.",
+    )
 
     # --- Embedded broker (`llmops kafka start`) -------------------------------------------------
     data_dir: Path = Field(Path(".llmops"), description="Runtime state: broker jars, data, logs, Milvus Lite.")

@@ -67,6 +67,17 @@ def partition_for(key: str, partitions: int) -> int:
     return int(murmur2(key.encode("utf-8")) & 0x7FFFFFFF) % partitions
 
 
+def client_ids_per_partition(prefix: str, partitions: int) -> list[str]:
+    """One client id per partition of ``inference.requests`` (``<prefix>-<n>``), so that clients
+    that each key their requests by their id spread them over every partition."""
+    ids: dict[int, str] = {}
+    n = 0
+    while len(ids) < partitions:
+        ids.setdefault(partition_for(f"{prefix}-{n}", partitions), f"{prefix}-{n}")
+        n += 1
+    return [ids[p] for p in sorted(ids)]
+
+
 def make_request(
     client_id: str,
     text: str,

@@ -31,7 +31,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 
@@ -118,11 +118,15 @@ class Monitor:
             return []
         return self._judge(record, answer, timestamp_ms)
 
-    def flush(self) -> list[Output]:
-        """Close every window that has events (the worker is stopping): nothing seen goes unreported."""
+    def flush(self, how: Literal["stop", "rebalance"] = "stop") -> list[Output]:
+        """Close every window that has events: nothing seen goes unreported.
+
+        ``how`` says why: the worker is stopping, or it is giving up partitions at a rebalance (the
+        records it counted are committed; the next owner counts from there).
+        """
         outputs: list[Output] = []
         for window in self.windows.values():
-            closed = window.close_now()
+            closed = window.close_now(how)
             if closed is not None:
                 outputs += self._snapshot(closed)
         return outputs

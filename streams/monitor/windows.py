@@ -13,6 +13,9 @@ from typing import Generic, Literal, TypeVar
 
 T = TypeVar("T")
 V = TypeVar("V")
+# Why a window closed: its count or time was reached, its worker stopped, or its worker gave up
+# partitions at a rebalance (what it held is reported before the new owner starts counting).
+ClosedBy = Literal["count", "time", "stop", "rebalance"]
 
 
 @dataclass(frozen=True)
@@ -24,7 +27,7 @@ class Window(Generic[T]):
     start_ms: int
     end_ms: int
     items: list[T]
-    closed_by: Literal["count", "time", "stop"]
+    closed_by: ClosedBy
 
     @property
     def window_id(self) -> str:
@@ -62,11 +65,11 @@ class TumblingWindow(Generic[T]):
             return self._close("time")
         return None
 
-    def close_now(self) -> Window[T] | None:
-        """Close the window early (at shutdown), if it has events."""
-        return self._close("stop") if self._items else None
+    def close_now(self, how: Literal["stop", "rebalance"] = "stop") -> Window[T] | None:
+        """Close the window early (at shutdown or partition revocation), if it has events."""
+        return self._close(how) if self._items else None
 
-    def _close(self, how: Literal["count", "time", "stop"]) -> Window[T]:
+    def _close(self, how: ClosedBy) -> Window[T]:
         self.seq += 1
         window = Window(self.stream, self.seq, self._first_ms, self._last_ms, self._items, how)
         self._items = []

@@ -129,6 +129,25 @@ def test_feedback_joins_responses_in_either_order_and_expires() -> None:
     assert latency["cost.compute_ms_per_request"]["value"] == pytest.approx(6.0)
 
 
+def test_rebalance_and_stop_report_every_open_window_so_windows_add_up_to_the_records() -> None:
+    monitor = Monitor(MonitorConfig(window_events=4), WordCounter(), clock=FakeClock())
+    outputs = [out for i in range(6) for out in monitor.on_response(response(f"r{i}", "x"), i)]
+    outputs += monitor.on_request({"text": "a question"}, 7)
+    outputs += monitor.flush("rebalance")  # partitions revoked: what was counted is reported now
+    assert monitor.flush("rebalance") == []  # nothing is reported twice
+    outputs += monitor.on_response(response("r9", "x"), 9)
+    outputs += monitor.flush()  # the worker stops
+    snapshots = [record for kind, record in outputs if kind == "snapshot"]
+    closed = [(s["stream"], s["events"], s["closed_by"], s["seq"]) for s in snapshots]
+    assert closed == [
+        ("responses", 4, "count", 1),
+        ("requests", 1, "rebalance", 1),
+        ("responses", 2, "rebalance", 2),
+        ("responses", 1, "stop", 3),
+    ]
+    assert sum(s["events"] for s in snapshots if s["stream"] == "responses") == 7
+
+
 def test_documents_window_drifts_and_alerts_once_with_named_method_and_threshold() -> None:
     rng = np.random.default_rng(0)
 
