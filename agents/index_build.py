@@ -61,6 +61,8 @@ def register_index_builds(app: faust.App, settings: Settings) -> None:
                 "index_alias_switched", alias=production_alias(settings.namespace), to=store.collection, before=before
             )
 
+    pointed: dict[str, str] = {}  # the production version the alias was last pointed at
+
     async def reconcile() -> None:
         loop = asyncio.get_running_loop()
         wanted = {
@@ -88,9 +90,10 @@ def register_index_builds(app: faust.App, settings: Settings) -> None:
                 group=build.group,
             )
         production = follower.registry.production(INDEX_MODEL)
-        if production is not None:
+        if production is not None and production.version != pointed.get("version"):
             try:
                 await loop.run_in_executor(None, point_production_alias, production)
+                pointed["version"] = production.version  # once per switch, not every tick
             except Exception as error:  # noqa: BLE001 - the alias is for outside readers; retried next tick
                 log.warning("index_alias_not_switched", error=repr(error))
 

@@ -19,8 +19,8 @@ from __future__ import annotations
 import asyncio
 import re
 import time
-from collections.abc import Callable, Sequence
-from typing import Any, cast
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Any, Literal, cast
 
 import faust
 
@@ -237,18 +237,17 @@ def register_monitor(app: faust.App, settings: Settings, agents: Sequence[str] =
         if "started" in state and state["started"].done():
             await publish(monitor.tick())
 
-    async def flush(*_: Any, **__: Any) -> None:
-        if "started" in state and state["started"].done():
-            await publish(monitor.flush("stop"))
+    def flush(how: Literal["stop", "rebalance"]) -> Callable[..., Awaitable[None]]:
+        async def report_open_windows(*_: Any, **__: Any) -> None:
+            if "started" in state and state["started"].done():
+                await publish(monitor.flush(how))
 
-    async def flush_on_revocation(*_: Any, **__: Any) -> None:
-        # Faust sends this after the agents finished their events and the consumer committed
-        # them: the open windows hold exactly the records this worker counted, so they are
-        # reported now, before the partitions' next owner counts from the committed offsets.
-        # (Windows span partitions: every revocation closes them all.)
-        if "started" in state and state["started"].done():
-            await publish(monitor.flush("rebalance"))
+        return report_open_windows
 
-    app.on_before_shutdown.connect(cast(Any, flush))
-    app.on_partitions_revoked.connect(cast(Any, flush_on_revocation))
+    app.on_before_shutdown.connect(cast(Any, flush("stop")))
+    # Faust sends on_partitions_revoked after the agents finished their events and the consumer
+    # committed them: the open windows hold exactly the records this worker counted, so they are
+    # reported now, before the partitions' next owner counts from the committed offsets.
+    # (Windows span partitions: every revocation closes them all.)
+    app.on_partitions_revoked.connect(cast(Any, flush("rebalance")))
     return monitor

@@ -52,6 +52,8 @@ from streams.index.retrieval import DocumentHit, retrieve  # noqa: E402
 from streams.inference.answer import (  # noqa: E402
     Answer,
     ExtractiveAnswerer,
+    _code,
+    _cut,
     _strip_end,
     abstention,
     check_grounding,
@@ -126,8 +128,6 @@ def candidate_sentences(question: str, documents: Sequence[DocumentHit]) -> list
         present = set(words)
         found = wanted & present
         sentence_pairs = set(itertools.pairwise(words))
-        stripped = sentence.lstrip()
-        symbols = sum(not (c.isalnum() or c.isspace()) for c in sentence)
         features = {
             "overlap": len(found) / max(1, len(wanted)),
             "weighted_overlap": sum(weight[t] for t in found) / total,
@@ -137,8 +137,8 @@ def candidate_sentences(question: str, documents: Sequence[DocumentHit]) -> list
             "document_rank": 1.0 / (1 + rank),
             "document_gap": document.score - top_score,
             "position": 1.0 / (1 + position),
-            "fragment": float(bool(stripped) and (stripped[0].islower() or stripped[0] in ",;:)]}")),
-            "code": float(">>>" in sentence or symbols > 0.25 * max(1, len(sentence))),
+            "fragment": _cut(sentence),
+            "code": _code(sentence),
             "length": math.log1p(len(sentence.split())),
         }
         candidates.append(Candidate(n, position, rank, sentence, features))

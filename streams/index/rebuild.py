@@ -44,6 +44,7 @@ from streams.settings import Settings
 
 log = get_logger(__name__)
 BATCH_RECORDS = 64
+IDLE_MEASURE_SECONDS = 2.0  # a caught-up build asks the broker for offsets this often, not every poll
 SEAL_POLICY = SealPolicy()  # the index agent's: seal after a pause, or once many rows piled up
 
 
@@ -171,6 +172,7 @@ class IndexBuild:
         await consumer.start()
         loop = asyncio.get_running_loop()
         unsealed, last_write = 0, time.monotonic()
+        measured = 0.0
         try:
             while True:
                 batch = await consumer.getmany(timeout_ms=500, max_records=BATCH_RECORDS)
@@ -184,7 +186,9 @@ class IndexBuild:
                     log.debug(
                         "index_build_batch", version=self.version[:12], records=len(records), rows=report.upserted
                     )
-                await self._measure(consumer)
+                if records or time.monotonic() - measured >= IDLE_MEASURE_SECONDS:
+                    await self._measure(consumer)
+                    measured = time.monotonic()
                 if SEAL_POLICY.should_seal(unsealed, time.monotonic() - last_write):
                     # Sealed segments get their index: an evaluation of the candidate searches what production would.
                     flush = getattr(self.store, "flush", None)

@@ -660,7 +660,9 @@ class InferenceService:
         documents = found.documents
         if request.task == "rag":
             started = time.perf_counter()
-            documents, response["withheld"] = self.screen_documents(documents, models.store)
+            # Stored vectors of the index searched, when its embedder is the one the classifier reads.
+            same_embedder = index.embedder.version == models.embedder.version
+            documents, response["withheld"] = self.screen_documents(documents, index.store if same_embedder else None)
             timer.measure("screen", started)
             response["context"] = assemble_context([hit for doc in documents for hit in doc.evidence])
             if self.generator is None and documents:

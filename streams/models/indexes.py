@@ -17,7 +17,7 @@ Usage:
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from streams.index.embed import graph_for
 from streams.index.spec import INDEX_MODEL, IndexSpec
@@ -95,14 +95,12 @@ def live_index_record(settings: Settings, embedder_version: str) -> ModelVersion
         note="the live pipeline's index (registered by the worker that runs it)",
         stage=Stage.PRODUCTION,
     )
-    return ModelVersion.from_avro(
-        {
-            **record.to_avro(),
-            "qa_passed": True,
-            "qa_report": "the baseline: the index the live pipeline was writing when index versions began",
-            "approved_by": "bootstrap",
-            "promoted_at_ms": record.updated_at_ms,
-        }
+    return replace(
+        record,
+        qa_passed=True,
+        qa_report="the baseline: the index the live pipeline was writing when index versions began",
+        approved_by="bootstrap",
+        promoted_at_ms=record.updated_at_ms,
     )
 
 

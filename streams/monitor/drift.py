@@ -332,6 +332,7 @@ class ReferenceSample(WindowSample):
             raise ValueError(f"a reference of {size} rows cannot calibrate windows of {n}; set a larger reference")
         samples: dict[str, list[float]] = {}
         gram = self._gram if self.vectors is not None else None
+        label_arrays = {name: np.asarray(labels, dtype=object) for name, labels in self.categorical.items()}
         for w in null_windows(size, n, draws, self.groups, seed):
             r = np.setdiff1d(np.arange(size), w, assume_unique=True)
             if gram is not None and self.vectors is not None:
@@ -352,8 +353,7 @@ class ReferenceSample(WindowSample):
                 samples.setdefault(f"{name}.psi", []).append(
                     psi(histogram(window_values, edges), histogram(ref_values, edges))
                 )
-            for name, labels in self.categorical.items():
-                labels_array = np.asarray(labels, dtype=object)
+            for name, labels_array in label_arrays.items():
                 ref_labels = list(labels_array[r])
                 categories = sorted(set(ref_labels))
                 samples.setdefault(f"{name}.psi", []).append(

@@ -60,16 +60,21 @@ def kafka_bootstrap() -> Iterator[str]:
     broker.stop()
 
 
-@pytest.fixture
-def settings(kafka_bootstrap: str, tmp_path: Path) -> Settings:
+def isolated_settings(kafka_bootstrap: str, data_dir: Path, prefix: str = "t") -> Settings:
+    """Settings of a namespace of its own (``prefix`` + random hex) on the test broker."""
     return Settings(
         bootstrap_servers=kafka_bootstrap,
-        namespace="t" + uuid.uuid4().hex[:12],
-        data_dir=tmp_path,
+        namespace=prefix + uuid.uuid4().hex[:12],
+        data_dir=data_dir,
         models_dir=ROOT / ".llmops" / "models",  # built graphs are shared by every test
         partitions=3,
         ingest_batch_seconds=0.02,
     )
+
+
+@pytest.fixture
+def settings(kafka_bootstrap: str, tmp_path: Path) -> Settings:
+    return isolated_settings(kafka_bootstrap, tmp_path)
 
 
 class WorkerProcess:

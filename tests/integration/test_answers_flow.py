@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import re
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -21,7 +20,7 @@ from streams.ingest.corpus import stdlib_documents
 from streams.ingest.publish import encode_document
 from streams.settings import Settings
 
-from .conftest import ROOT, index_with_worker, run, run_cli
+from .conftest import index_with_worker, isolated_settings, run, run_cli
 from .test_inference_flow import ask_all
 
 AGENTS = ("embed", "index", "infer", "ingest")
@@ -40,14 +39,7 @@ def labelled() -> tuple[list[Question], list[Question]]:
 @pytest.fixture(scope="module")
 def served(kafka_bootstrap: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Settings, Path]]:
     data_dir = tmp_path_factory.mktemp("answers")
-    settings = Settings(
-        bootstrap_servers=kafka_bootstrap,
-        namespace="ans" + uuid.uuid4().hex[:10],
-        data_dir=data_dir,
-        models_dir=ROOT / ".llmops" / "models",
-        partitions=3,
-        ingest_batch_seconds=0.02,
-    )
+    settings = isolated_settings(kafka_bootstrap, data_dir, prefix="ans")
     training, held_out = labelled()
     wanted = {doc_id for q in [*training, *held_out] for doc_id in q.relevant}
     documents = [d for d in stdlib_documents() if d["id"] in wanted]

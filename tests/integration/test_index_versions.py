@@ -13,7 +13,6 @@ import asyncio
 import json
 import signal
 import threading
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -40,7 +39,7 @@ from streams.models.registry import ModelVersion, RegistryError, Stage
 from streams.records import SourceCoordinates
 from streams.settings import Settings
 
-from .conftest import ROOT, WorkerProcess, final_chunks, run, run_cli, wait_for
+from .conftest import WorkerProcess, final_chunks, isolated_settings, run, run_cli, wait_for
 
 AGENTS = ("embed", "index", "infer", "ingest")
 QUESTIONS = 40
@@ -52,14 +51,7 @@ def corpus() -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
 
 
 def fresh_settings(kafka_bootstrap: str, data_dir: Path) -> Settings:
-    return Settings(
-        bootstrap_servers=kafka_bootstrap,
-        namespace="ix" + uuid.uuid4().hex[:10],
-        data_dir=data_dir,
-        models_dir=ROOT / ".llmops" / "models",
-        partitions=3,
-        ingest_batch_seconds=0.02,
-    )
+    return isolated_settings(kafka_bootstrap, data_dir, prefix="ix")
 
 
 @pytest.fixture(scope="module")
