@@ -67,7 +67,7 @@ RECIPE = (
 )
 DOC_STEP = 50  # every 50th stdlib docstring is a benign documentation row
 DOC_CHARS = 1200  # the embedder reads 128 tokens; the rules read this much
-CACHE_SIZE = 4096
+CACHE_SIZE = 20_000  # passages whose verdicts are remembered (about 3 MB)
 
 DATA = resources.files("streams.inference") / "data"
 TRAIN_ROWS = "injection_train.jsonl"
@@ -319,40 +319,42 @@ class InjectionClassifier:
         features = np.concatenate([vector, rule_row(hits)])[None, :]
         return self._verdict(float(self.probabilities(features)[0]), hits)
 
+    def unscreened(self, texts: Sequence[str]) -> list[str]:
+        """The distinct ``texts`` without a remembered verdict (what :meth:`screen_many` would compute)."""
+        with self._lock:
+            return [text for text in dict.fromkeys(texts) if text not in self._cache]
+
     def screen_many(
         self, texts: Sequence[str], vectors: Sequence[npt.NDArray[np.float32] | None] | None = None
     ) -> list[Verdict]:
-        """Verdicts for several texts (retrieved passages), with an LRU cache by folded text.
+        """Verdicts for several texts (retrieved passages); the last ``CACHE_SIZE`` are remembered.
 
-        ``vectors``: the texts' embeddings where the caller has them (a passage's vector stored in
-        the index), reused as :meth:`screen` reuses a query's; the other texts are embedded here
-        in one batch.
+        A stored passage always gets the same verdict from the same classifier, so each is screened
+        once. ``vectors``: the texts' embeddings where the caller has them (a passage's vector
+        stored in the index), reused as :meth:`screen` reuses a query's; the other texts are
+        embedded here in one batch.
         """
-        normalized = [normalize_text(text) for text in texts]
         with self._lock:
-            known = {n: self._cache[n] for n in normalized if n in self._cache}
-        # A stored vector is the embedding of the text as indexed: it stands for the folded text
-        # when folding changed nothing but whitespace, which the tokenizer ignores.
-        given = {
-            n: vector
-            for n, text, vector in zip(normalized, texts, vectors or [None] * len(texts), strict=True)
-            if vector is not None and n not in known and n.split() == text.split()
-        }
-        missing = sorted({n for n in normalized if n not in known})
+            known = {text: self._cache[text] for text in texts if text in self._cache}
+        given = dict(zip(texts, vectors or [None] * len(texts), strict=True))
+        missing = [text for text in dict.fromkeys(texts) if text not in known]
         if missing:
-            hits = [rule_hits(n) for n in missing]
-            to_embed = [n for n in missing if n not in given]
-            embedded = dict(zip(to_embed, self.embedder.embed(to_embed), strict=True))
-            matrix = np.stack([np.asarray(given[n] if n in given else embedded[n], np.float32) for n in missing])
+            normalized = [normalize_text(text) for text in missing]
+            # A stored vector is the embedding of the text as indexed: it stands for the folded
+            # text when folding changed nothing but whitespace, which the tokenizer ignores.
+            reusable = [given[t] if n.split() == t.split() else None for t, n in zip(missing, normalized, strict=True)]
+            to_embed = [n for n, vector in zip(normalized, reusable, strict=True) if vector is None]
+            embedded = iter(self.embedder.embed(to_embed)) if to_embed else iter(())
+            matrix = np.stack([np.asarray(v if v is not None else next(embedded), np.float32) for v in reusable])
+            hits = [rule_hits(n) for n in normalized]
             features = np.hstack([matrix, np.stack([rule_row(h) for h in hits])])
-            for text, probability, matched in zip(missing, self.probabilities(features), hits, strict=True):
-                known[text] = self._verdict(float(probability), matched)
+            fresh = [self._verdict(float(p), h) for p, h in zip(self.probabilities(features), hits, strict=True)]
+            known.update(zip(missing, fresh, strict=True))
             with self._lock:
-                for text in missing:
-                    self._cache[text] = known[text]
+                self._cache.update(zip(missing, fresh, strict=True))
                 while len(self._cache) > CACHE_SIZE:
                     self._cache.popitem(last=False)
-        return [known[n] for n in normalized]
+        return [known[text] for text in texts]
 
 
 def rule_weights(model: Any) -> dict[str, float]:

@@ -50,7 +50,6 @@ from streams.telemetry.tracing import model_call, record_usage
 
 DEFAULT_CLASSIFIER = "stdlib-topic"
 DEFAULT_RANKER = "retrieval-ranker"
-PASSAGE_VERDICTS_KEPT = 20_000  # passages whose injection verdicts are remembered (about 3 MB)
 UNCALIBRATED_NOTE = (
     "no abstention: the threshold is calibrated for the learned ranker's scores "
     "(ask with retrieval=ranked once a ranker is in production: `llmops models train-ranker`)"
@@ -382,7 +381,6 @@ class InferenceService:
         self.block_at, self.flag_at = block_at, flag_at
         self.generator = generator
         self.injection = injection
-        self._passage_verdicts: dict[str, Verdict] = {}  # passage text -> the classifier's verdict
         self.chunk_at = chunk_at
         self._run_blocking = run_blocking or _inline
 
@@ -418,20 +416,11 @@ class InferenceService:
         if self.injection is None:
             verdicts = [screen(text, self.block_at, self.flag_at) for text in texts]
         else:
-            # A stored passage always gets the same verdict from the same classifier: screen each once.
-            cache = self._passage_verdicts  # shared by the worker threads: only get, update and clear
-            known = {text: cache.get(text) for text in dict.fromkeys(texts)}
-            new = [text for text, verdict in known.items() if verdict is None]
+            new = self.injection.unscreened(texts)  # the classifier remembers the verdicts of the others
             if new:
                 with self._screen_call(texts=len(new)):
-                    fresh = dict(
-                        zip(new, self.injection.screen_many(new, passage_vectors(hits, new, store)), strict=True)
-                    )
-                if len(cache) > PASSAGE_VERDICTS_KEPT:
-                    cache.clear()
-                cache.update(fresh)
-                known.update(fresh)
-            verdicts = [verdict for text in texts if (verdict := known[text]) is not None]
+                    self.injection.screen_many(new, passage_vectors(hits, new, store))
+            verdicts = self.injection.screen_many(texts)
         kept, withheld = [], []
         for hit, verdict in zip(hits, verdicts, strict=True):
             if verdict.score >= self.chunk_at:

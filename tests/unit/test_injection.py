@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import unicodedata
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -100,6 +101,18 @@ def test_passages_are_screened_in_one_batch_with_a_cache(classifier: InjectionCl
     first = classifier.screen_many(passages)
     assert [v.blocked for v in first] == [False, True]
     assert classifier.screen_many(list(reversed(passages))) == list(reversed(first))
+
+
+def test_a_remembered_passage_is_not_embedded_again(classifier: InjectionClassifier, monkeypatch: Any) -> None:
+    passages = ["Return a new deque object initialized left-to-right.", "Rotate the deque n steps to the right."]
+    classifier.screen_many(passages[:1])
+    assert classifier.unscreened(passages + passages) == passages[1:]
+    embedded: list[list[str]] = []
+    real = classifier.embedder.embed
+    monkeypatch.setattr(classifier.embedder, "embed", lambda texts: embedded.append(list(texts)) or real(texts))
+    classifier.screen_many(passages)
+    assert embedded == [passages[1:]]  # only the new passage, once
+    assert classifier.unscreened(passages) == []
 
 
 def test_stored_passage_vectors_give_the_verdicts_of_embedding_the_passages(
