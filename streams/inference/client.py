@@ -265,8 +265,8 @@ class InferenceClient:
     ) -> AsyncIterator[dict[str, Any]]:
         """Ask with ``stream``: yield each partial reply as it arrives, then the final reply, then stop.
 
-        Partial replies (``final`` false) carry ``delta`` (the new text), ``answer`` (the text so
-        far) and ``sequence`` (0, 1, ...); the final one is a whole response with citations, the
+        Partial replies (``final`` false) carry ``delta`` (the new text; join them in ``sequence``
+        order, 0, 1, ..., for the text so far) and no ``answer``; the final one is a whole response with citations, the
         grounded verdict and token counts. Answers that are not generated (search, classify, an
         extractive rag answer, an abstention) come as the final reply alone. ``timeout`` bounds the
         wait for each next reply, not the whole answer.

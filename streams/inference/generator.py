@@ -185,29 +185,37 @@ class GenerationStream:
         body = {**client.request_body(self._question, self._context), "stream": True}
         body["stream_options"] = {"include_usage": True}
         accumulator = StreamAccumulator(started=client.clock())
-        try:
-            async with (
-                httpx.AsyncClient(timeout=client.timeout_s) as http,
-                http.stream("POST", client.endpoint, json=body, headers=client.headers()) as response,
-            ):
-                response.raise_for_status()
-                done = False
-                async for line in response.aiter_lines():
-                    event = parse_sse_line(line)
-                    if event is DONE:
-                        done = True
-                        break
-                    if isinstance(event, dict):
-                        delta = accumulator.add(event, client.clock())
-                        if delta:
-                            yield delta
-        except httpx.HTTPError as error:
-            raise client.failure(error) from None
-        if not done:
-            # A server that fails after its 200 (llama.cpp: a prompt beyond the context window)
-            # just closes the stream: without [DONE] the answer may be cut anywhere.
-            raise GeneratorError("the generator endpoint's stream ended before [DONE]: the answer is incomplete")
-        self.result = accumulator.result(client.clock())
+        with client.chat_span():  # one span for the whole stream, like complete()'s
+            try:
+                async with (
+                    httpx.AsyncClient(timeout=client.timeout_s) as http,
+                    http.stream("POST", client.endpoint, json=body, headers=client.headers()) as response,
+                ):
+                    response.raise_for_status()
+                    done = False
+                    async for line in response.aiter_lines():
+                        event = parse_sse_line(line)
+                        if event is DONE:
+                            done = True
+                            break
+                        if isinstance(event, dict):
+                            delta = accumulator.add(event, client.clock())
+                            if delta:
+                                yield delta
+            except httpx.HTTPError as error:
+                raise client.failure(error) from None
+            if not done:
+                # A server that fails after its 200 (llama.cpp: a prompt beyond the context window)
+                # just closes the stream: without [DONE] the answer may be cut anywhere.
+                raise GeneratorError("the generator endpoint's stream ended before [DONE]: the answer is incomplete")
+            self.result = accumulator.result(client.clock())
+            reasons = [self.result.finish_reason] if self.result.finish_reason else None
+            record_usage(
+                genai.CHAT,
+                input_tokens=self.result.input_tokens,
+                output_tokens=self.result.output_tokens,
+                finish_reasons=reasons,
+            )
 
 
 @dataclass(frozen=True)

@@ -46,7 +46,7 @@ from streams.models.ranker import Answerability, OnnxRanker
 from streams.models.registry import Kind, ModelVersion, Registry, RegistryError, Stage
 from streams.records import now_ms
 from streams.telemetry import genai
-from streams.telemetry.tracing import model_call, record_usage
+from streams.telemetry.tracing import model_call
 
 DEFAULT_CLASSIFIER = "stdlib-topic"
 DEFAULT_RANKER = "retrieval-ranker"
@@ -299,14 +299,17 @@ def base_response(
     }
 
 
-def partial_response(request: InferenceRequest, sequence: int, delta: str, so_far: str, model: str) -> dict[str, Any]:
-    """A partial reply of a streamed rag answer: the new text and the text so far (no context, no hits)."""
+def partial_response(request: InferenceRequest, sequence: int, delta: str, model: str) -> dict[str, Any]:
+    """A partial reply of a streamed rag answer: only the new text (no answer so far, no context, no hits).
+
+    Each reply carries its delta alone, so a streamed answer costs its length once on the topic,
+    not once per token; the final reply holds the whole answer.
+    """
     partial = base_response(request.request_id, request.client_id, request.task, "OK", tenant=request.tenant)
     partial.update(
         final=False,
         sequence=sequence,
         delta=delta,
-        answer=so_far,
         models=[{"name": "generator", "version": model, "stage": "external"}],
     )
     return partial
@@ -565,22 +568,12 @@ class InferenceService:
         """The generator's answer streamed: one partial reply per delta; (result, partial replies sent)."""
         assert self.generator is not None
         answer = self.generator.stream(request.text, context)
-        so_far, sequence = "", 0
-        with self.generator.chat_span():
-            async for delta in answer:
-                so_far += delta
-                on_partial(partial_response(request, sequence, delta, so_far, self.generator.model))
-                sequence += 1
-            assert answer.result is not None, "set when the stream ends"
-            result = answer.result
-            reasons = [result.finish_reason] if result.finish_reason else None
-            record_usage(
-                genai.CHAT,
-                input_tokens=result.input_tokens,
-                output_tokens=result.output_tokens,
-                finish_reasons=reasons,
-            )
-        return result, sequence
+        sequence = 0
+        async for delta in answer:
+            on_partial(partial_response(request, sequence, delta, self.generator.model))
+            sequence += 1
+        assert answer.result is not None, "set when the stream ends"
+        return answer.result, sequence
 
     def _compute(
         self,
