@@ -180,18 +180,49 @@ def longest_gaps(stamps: dict[int, list[int]], start_ms: int, end_ms: int) -> di
     return gaps
 
 
-def embedding_stamps(settings: Settings) -> dict[int, list[int]]:
-    """Kafka timestamps of every docs.embeddings record, per partition, in order."""
-    topics = Topics(settings.namespace)
+def topic_stamps(settings: Settings, topic: str) -> list[tuple[int, bytes, int]]:
+    """(partition, key, Kafka timestamp) of every record of ``topic``."""
 
-    async def read() -> dict[int, list[int]]:
-        _, end = await offsets(settings, [topics.docs_embeddings])
-        stamps: dict[int, list[int]] = {}
-        async for message in read_range(settings, {}, end):
-            stamps.setdefault(message.partition, []).append(message.timestamp)
-        return {p: sorted(t) for p, t in stamps.items()}
+    async def read() -> list[tuple[int, bytes, int]]:
+        _, end = await offsets(settings, [topic])
+        return [(m.partition, m.key or b"", m.timestamp) async for m in read_range(settings, {}, end)]
 
     return asyncio.run(read())
+
+
+def embedding_stamps(settings: Settings) -> dict[int, list[int]]:
+    """Kafka timestamps of every docs.embeddings record, per partition, in order."""
+    stamps: dict[int, list[int]] = {}
+    for partition, _, stamp in topic_stamps(settings, Topics(settings.namespace).docs_embeddings):
+        stamps.setdefault(partition, []).append(stamp)
+    return {p: sorted(t) for p, t in stamps.items()}
+
+
+def document_delays(settings: Settings, since_ms: int) -> list[tuple[int, float]]:
+    """(publish ms, seconds to its first embedding) of every document published after ``since_ms``.
+
+    A document published while its partition has no consumer waits out the pause: the delays of
+    documents published around an event say how long records stood still, whatever the rate.
+    """
+    topics = Topics(settings.namespace)
+    embedded: dict[bytes, int] = {}
+    for _, key, stamp in topic_stamps(settings, topics.docs_embeddings):
+        embedded[key] = min(stamp, embedded.get(key, stamp))
+    published = [(stamp, key) for _, key, stamp in topic_stamps(settings, topics.docs_raw) if stamp >= since_ms]
+    return sorted((stamp, (embedded[key] - stamp) / 1000) for stamp, key in published if key in embedded)
+
+
+def delay_after(delays: list[tuple[int, float]], start_ms: int, end_ms: int) -> dict[str, Any]:
+    """The delays of documents published in [start, end): median, p99 and max (s)."""
+    values = sorted(d for stamp, d in delays if start_ms <= stamp < end_ms)
+    if not values:
+        return {"documents": 0}
+    return {
+        "documents": len(values),
+        "p50_s": round(values[len(values) // 2], 2),
+        "p99_s": round(values[min(len(values) - 1, int(len(values) * 0.99))], 2),
+        "max_s": round(values[-1], 2),
+    }
 
 
 def rebalance_pauses(base: Settings, rate: float, seconds: float, join_at: float, kill_at: float) -> dict[str, Any]:
@@ -227,9 +258,17 @@ def rebalance_pauses(base: Settings, rate: float, seconds: float, join_at: float
         "kill": (events["kill"], events["published"]),  # records that resume in the drain count too
     }
     gaps = {name: longest_gaps(stamps, *window) for name, window in windows.items()}
+    delays = document_delays(run.settings, int(began * 1000))
+    delay = {name: delay_after(delays, *window) for name, window in windows.items()}
+    quiet = delay["quiet"].get("p50_s", 0.0)
     return {
         "docs_per_s": rate,
         "seconds": seconds,
+        # A document published just after an event waits the whole pause (plus the usual delay).
+        "pause_s": {
+            name: round(delay[name]["max_s"] - quiet, 2) for name in ("join", "kill") if delay[name].get("max_s")
+        },
+        "document_delay_s": delay,
         "longest_gap_s": {name: max(g.values()) for name, g in gaps.items()},
         "longest_gap_s_per_partition": gaps,
         "exit_codes_after_kill": codes,
@@ -255,6 +294,7 @@ def main() -> None:
     )
     parser.add_argument("--pause-rate", type=float, default=0.0, help="docs/s of the paced stream (0: skip)")
     parser.add_argument("--pause-seconds", type=float, default=90.0)
+    parser.add_argument("--keep-logs", type=Path, help="copy the workers' logs here before the run's data is removed")
     args = parser.parse_args()
     data = Path(tempfile.mkdtemp(prefix="bench-scale-"))
     broker = EmbeddedKafka(ROOT / ".llmops" / "kafka", port=args.kafka_port, heap="512m")
@@ -304,6 +344,8 @@ def main() -> None:
         milvus.stop()
         broker.stop()
         shutil.rmtree(broker.storage_dir, ignore_errors=True)
+        if args.keep_logs and (data / "logs").is_dir():
+            shutil.copytree(data / "logs", args.keep_logs, dirs_exist_ok=True)
         shutil.rmtree(data, ignore_errors=True)
     OUT.mkdir(parents=True, exist_ok=True)
     (OUT / "scale_out.json").write_text(json.dumps(report, indent=2))
