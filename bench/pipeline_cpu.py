@@ -198,6 +198,11 @@ def run_worker(base: Settings, broker_pid: int, documents: list[dict], rate: flo
     }
 
 
+def median(values: list[float]) -> float | None:
+    """The median, or None with no values (``--rounds 0``: the freshness run alone)."""
+    return statistics.median(values) if values else None
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--docs", type=int, default=2000)
@@ -206,6 +211,7 @@ def main() -> None:
     parser.add_argument("--skip-freshness", action="store_true")
     args = parser.parse_args()
     base = Settings()
+    load_at_start = os.getloadavg()
     EmbeddedKafka.from_settings(base).start(progress=lambda line: print(line, file=sys.stderr))
     broker_pid = EmbeddedKafka.from_settings(base).status().pid
     if broker_pid is None:
@@ -232,9 +238,11 @@ def main() -> None:
         "docs": args.docs,
         "chunk_texts": len(texts),
         "rounds": rounds,
-        "pipeline_vs_bare_median": statistics.median(r["pipeline_vs_bare"] for r in rounds),
-        "pipeline_above_idle_vs_bare_median": statistics.median(r["pipeline_above_idle_vs_bare"] for r in rounds),
-        "cold_start_s_median": statistics.median(r["pipeline"]["cold_start_s"] for r in rounds),
+        "pipeline_vs_bare_median": median([r["pipeline_vs_bare"] for r in rounds]),
+        "pipeline_above_idle_vs_bare_median": median([r["pipeline_above_idle_vs_bare"] for r in rounds]),
+        "cold_start_s_median": median([r["pipeline"]["cold_start_s"] for r in rounds]),
+        "batch_seconds": {stage: getattr(base, f"{stage}_batch_seconds") for stage in ("ingest", "embed", "index")},
+        "load_average_at_start": load_at_start,
         "load_average": os.getloadavg(),
         "cpu_count": os.cpu_count(),
         "targets": {"pipeline_vs_bare": "<= 1.15", "cold_start_s": "<= 10", "freshness_p99_ms": "<= 1000"},

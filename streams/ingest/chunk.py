@@ -18,7 +18,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
-from typing import Protocol
+from typing import Protocol, overload
 
 from streams.packages import packaged
 
@@ -53,6 +53,34 @@ class Tokenizer(Protocol):
         ...
 
 
+class EncodedSpans(Sequence[TokenSpan]):
+    """The tokens of one encoding as :class:`TokenSpan` s, each made when it is read.
+
+    The chunker reads a few tokens per chunk (its boundaries), so building a span for every
+    token of a document was a fifth of the ingest stage's CPU for nothing.
+    """
+
+    def __init__(self, tokens: list[str], offsets: list[tuple[int, int]]) -> None:
+        if len(tokens) != len(offsets):
+            raise ValueError(f"{len(tokens)} tokens but {len(offsets)} offsets")
+        self._tokens, self._offsets = tokens, offsets
+
+    def __len__(self) -> int:
+        return len(self._tokens)
+
+    @overload
+    def __getitem__(self, index: int) -> TokenSpan: ...
+
+    @overload
+    def __getitem__(self, index: slice) -> list[TokenSpan]: ...
+
+    def __getitem__(self, index: int | slice) -> TokenSpan | list[TokenSpan]:
+        if isinstance(index, slice):
+            return [self[i] for i in range(*index.indices(len(self)))]
+        start, end = self._offsets[index]
+        return TokenSpan(start, end, not self._tokens[index].startswith("##"))
+
+
 class WordPieceTokenizer:
     """The all-MiniLM-L6-v2 tokenizer (``tokenizer.json`` from the model package), via ``tokenizers``."""
 
@@ -63,23 +91,14 @@ class WordPieceTokenizer:
         self._tokenizer.no_truncation()
         self._tokenizer.no_padding()
 
-    def spans(self, text: str) -> list[TokenSpan]:
+    def spans(self, text: str) -> Sequence[TokenSpan]:
         encoding = self._tokenizer.encode(text, add_special_tokens=False)
-        return [
-            TokenSpan(start, end, not token.startswith("##"))
-            for token, (start, end) in zip(encoding.tokens, encoding.offsets, strict=True)
-        ]
+        return EncodedSpans(encoding.tokens, encoding.offsets)
 
-    def spans_batch(self, texts: Sequence[str]) -> list[list[TokenSpan]]:
+    def spans_batch(self, texts: Sequence[str]) -> list[Sequence[TokenSpan]]:
         """Tokens of many texts at once (the Rust tokenizer parallelizes a batch)."""
         encodings = self._tokenizer.encode_batch(list(texts), add_special_tokens=False)
-        return [
-            [
-                TokenSpan(start, end, not token.startswith("##"))
-                for token, (start, end) in zip(encoding.tokens, encoding.offsets, strict=True)
-            ]
-            for encoding in encodings
-        ]
+        return [EncodedSpans(encoding.tokens, encoding.offsets) for encoding in encodings]
 
     def count_unknown_batch(self, texts: Sequence[str]) -> list[tuple[int, int]]:
         """(tokens, ``[UNK]`` tokens) of each text: words the vocabulary cannot spell."""

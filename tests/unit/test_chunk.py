@@ -6,7 +6,14 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from streams.ingest.chunk import SPECIAL_TOKENS, RegexTokenizer, chunk_spans, chunk_text, default_tokenizer
+from streams.ingest.chunk import (
+    SPECIAL_TOKENS,
+    RegexTokenizer,
+    TokenSpan,
+    chunk_spans,
+    chunk_text,
+    default_tokenizer,
+)
 
 WORDS = st.lists(st.text(alphabet="abcdefghijklmnopqrstuvwxyz", min_size=1, max_size=12), min_size=1, max_size=400)
 
@@ -52,3 +59,19 @@ def test_wordpiece_does_not_split_words_between_chunks() -> None:
     text = "internationalization " * 60
     chunks = chunk_text(text.strip(), default_tokenizer(), max_tokens=20, overlap=3)
     assert all(set(c.text.split()) == {"internationalization"} for c in chunks)
+
+
+def test_wordpiece_spans_are_read_from_the_encoding_as_built_before() -> None:
+    tokenizer = default_tokenizer()
+    text = "Tokenization of unbelievably long words, e.g. JSONDecoder.raw_decode, and 42 numbers."
+    encoding = tokenizer._tokenizer.encode(text, add_special_tokens=False)
+    eager = [
+        TokenSpan(start, end, not token.startswith("##"))
+        for token, (start, end) in zip(encoding.tokens, encoding.offsets, strict=True)
+    ]
+    spans = tokenizer.spans(text)
+    assert any(not span.word_start for span in eager), "the text has word pieces"
+    assert list(spans) == eager
+    assert [spans[i] for i in range(-len(eager), 0)] == eager
+    assert spans[2:5] == eager[2:5]
+    assert [list(s) for s in tokenizer.spans_batch([text, "short"])] == [eager, list(tokenizer.spans("short"))]

@@ -5,7 +5,7 @@ import unicodedata
 from hypothesis import given
 from hypothesis import strategies as st
 
-from streams.ingest.clean import clean_text, html_to_text, looks_like_html, normalize_text
+from streams.ingest.clean import clean_text, drop_control_chars, html_to_text, looks_like_html, normalize_text
 
 
 def test_html_becomes_visible_text_without_scripts() -> None:
@@ -28,6 +28,13 @@ def test_nfkc_folds_ligatures_and_full_width_and_drops_invisible_characters() ->
 
 def test_whitespace_is_collapsed_and_paragraphs_kept() -> None:
     assert normalize_text("  a \t b  \r\n\r\n\r\n\r\n c\u2028d  ") == "a b\n\nc\nd"
+
+
+@given(st.text(st.characters(exclude_categories=[])))
+def test_dropping_controls_matches_a_test_of_every_character(text: str) -> None:
+    dropped = {"Cc", "Cf", "Cs", "Co", "Cn"}
+    expected = "".join(c for c in text if c in "\n\t" or unicodedata.category(c) not in dropped)
+    assert drop_control_chars(text) == expected
 
 
 @given(st.text())
