@@ -73,7 +73,7 @@ def create_app(
         # Faust's own default is 60 s: a worker killed without leaving the group would hold its
         # partitions that long. The consumer thread heartbeats even while the event loop is busy.
         broker_session_timeout=settings.kafka_session_timeout_s,
-        broker_heartbeat_interval=settings.kafka_session_timeout_s / 3,
+        broker_heartbeat_interval=settings.kafka_heartbeat_s,
         producer_acks=-1,
         # Same batching as every other producer of the project (streams.kafka.admin.producer): a few
         # milliseconds of linger turn thousands of tiny produce requests into a few large ones.

@@ -122,7 +122,7 @@ class RequestConsumer:
                 # The Faust agents' session (LLMOPS_KAFKA_SESSION_TIMEOUT_S), not librdkafka's 45 s:
                 # a crashed worker's requests move to another worker as soon as its partitions do.
                 "session.timeout.ms": int(self._settings.kafka_session_timeout_s * 1000),
-                "heartbeat.interval.ms": int(self._settings.kafka_session_timeout_s * 1000 / 3),
+                "heartbeat.interval.ms": int(self._settings.kafka_heartbeat_s * 1000),
                 "on_commit": self._on_commit,
                 **self._consumer_options,
             }

@@ -287,7 +287,7 @@ def main() -> None:
         "--kafka-port", type=int, default=19392, help="its own broker (and the port after, its controller)"
     )
     parser.add_argument("--milvus-port", type=int, default=19531)
-    parser.add_argument("--session-timeout", type=float, default=10.0, help="LLMOPS_KAFKA_SESSION_TIMEOUT_S")
+    parser.add_argument("--session-timeout", type=float, default=6.0, help="LLMOPS_KAFKA_SESSION_TIMEOUT_S")
     parser.add_argument("--embed-workers", type=int, default=1, help="ONNX threads per worker (both runs)")
     parser.add_argument(
         "--requests", type=int, default=300, help="hybrid searches at 10/s after the documents (0: none)"
@@ -325,7 +325,7 @@ def main() -> None:
             "partitions": 6,
             "embed_workers_per_worker": args.embed_workers,
             "session_timeout_s": args.session_timeout,
-            "heartbeat_s": round(args.session_timeout / 3, 2),
+            "heartbeat_s": base.kafka_heartbeat_s,
             "runs": runs,
             "cpu_per_chunk_2_over_1": ratio(runs, "per_chunk", "cpu_ms_per_unit") if runs else None,
             "worker_cpu_per_chunk_2_over_1": ratio(runs, "per_chunk", "worker_cpu_ms_per_unit") if runs else None,

@@ -248,11 +248,12 @@ class Settings(BaseSettings):
         300.0, ge=0, description="How long a starting worker retries an unreachable broker before exiting (69)."
     )
     kafka_session_timeout_s: float = Field(
-        10.0,
+        6.0,
         ge=6.0,
         le=300.0,
         description="Consumer group session timeout of every worker consumer: a worker that dies (kill -9, "
-        "lost host) gives up its partitions after this long; heartbeats go at a third of it.",
+        "lost host) gives up its partitions after this long. Heartbeats go every second (at most a third "
+        "of it), so the others learn of a rebalance within a second.",
     )
 
     # --- Embedded broker (`llmops kafka start`) -------------------------------------------------
@@ -593,6 +594,15 @@ class Settings(BaseSettings):
                 value = "true" if value else "false"
             env[env_name(name)] = str(value)
         return env
+
+    @property
+    def kafka_heartbeat_s(self) -> float:
+        """Consumer heartbeat interval: 1 s, or a third of the session timeout if that is shorter.
+
+        A member learns that its group is rebalancing from its next heartbeat's answer: the
+        interval is how long every partition waits, at most, before a join or a death is acted on.
+        """
+        return min(1.0, self.kafka_session_timeout_s / 3)
 
     @property
     def kafka_dir(self) -> Path:
