@@ -64,6 +64,7 @@ from streams.monitor.reference import (  # noqa: E402
     document_chunks,
     documents_sample,
     package_description_texts,
+    stratified_blocks,
     whole_blocks,
 )
 from streams.settings import Settings  # noqa: E402
@@ -260,8 +261,10 @@ def main() -> None:
 
     reference_half = corpus_blocks("reference", args.blocks)
     for seed in args.references:
-        chunks, groups = whole_blocks(reference_half, settings.monitor_reference_size, seed, chunked)
-        sample = documents_sample(chunks, CachedEmbedder(embedder), tokenizer, groups)  # type: ignore[arg-type]  # only embed() is used
+        chunks, groups, drawn_from = stratified_blocks(
+            reference_half, settings.monitor_reference_size, seed, lambda text: chunked([text])
+        )
+        sample = documents_sample(chunks, CachedEmbedder(embedder), tokenizer, groups, drawn_from)  # type: ignore[arg-type]  # only embed() is used
         reference = with_reference_id(Reference("", "", {"documents": sample}), f"bench seed {seed}")
         cpu = time.process_time()
         reference.calibrate_all(config)
