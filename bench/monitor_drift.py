@@ -64,6 +64,7 @@ from streams.monitor.reference import (  # noqa: E402
     document_chunks,
     documents_sample,
     package_description_texts,
+    stratified_blocks,
     whole_blocks,
 )
 from streams.settings import Settings  # noqa: E402
@@ -192,7 +193,7 @@ def run_stream(detectors: Detectors, rows: list[Row], label: str) -> list[dict[s
     window = detectors.window
     ours = monitor_windows(Monitor(detectors.config, detectors.tokenizer, detectors.reference), rows, window)
     flags = [
-        detectors.alibi.flagged(np.asarray([v for v, _ in rows[i : i + window]]))
+        detectors.alibi.resamples > 0 and detectors.alibi.flagged(np.asarray([v for v, _ in rows[i : i + window]]))
         for i in range(0, len(ours) * window, window)
     ]
     alarms = set(consecutive_alarm(flags, detectors.config.alert_after))
@@ -216,7 +217,9 @@ def main() -> None:
     parser.add_argument("--shift-windows", type=int, default=6, help="windows followed after a shift")
     parser.add_argument("--foreign-rows", type=int, default=1500, help="chunks of package descriptions to mix in")
     parser.add_argument("--blocks", choices=["top_level", "module"], default="top_level", help="reference blocks")
-    parser.add_argument("--resamples", type=int, default=500, help="permutations of the reference test")
+    parser.add_argument(
+        "--resamples", type=int, default=500, help="permutations of the reference test (0: not run, its column empty)"
+    )
     args = parser.parse_args()
     settings = Settings(monitor_window_events=args.window, monitor_window_seconds=3600)
     if args.reference_rows:
@@ -260,8 +263,10 @@ def main() -> None:
 
     reference_half = corpus_blocks("reference", args.blocks)
     for seed in args.references:
-        chunks, groups = whole_blocks(reference_half, settings.monitor_reference_size, seed, chunked)
-        sample = documents_sample(chunks, CachedEmbedder(embedder), tokenizer, groups)  # type: ignore[arg-type]  # only embed() is used
+        chunks, groups, drawn_from = stratified_blocks(
+            reference_half, settings.monitor_reference_size, seed, lambda text: chunked([text])
+        )
+        sample = documents_sample(chunks, CachedEmbedder(embedder), tokenizer, groups, drawn_from)  # type: ignore[arg-type]  # only embed() is used
         reference = with_reference_id(Reference("", "", {"documents": sample}), f"bench seed {seed}")
         cpu = time.process_time()
         reference.calibrate_all(config)
@@ -299,7 +304,12 @@ def main() -> None:
                 ours_alarm = next((i for i, w in enumerate(shifted, start=1) if w["alarm"]), None)
                 ref_alarm = next((i for i, w in enumerate(shifted, start=1) if w["ref_alarm"]), None)
                 shift_trials.setdefault(f"{share:.0%}", []).append(
-                    {"ours": ours_alarm, "reference": ref_alarm, "pre_shift_alarm": windows[0]["alarm"]}
+                    {
+                        "ours": ours_alarm,
+                        "reference": ref_alarm,
+                        "pre_shift_alarm": windows[0]["alarm"],
+                        "ours_metrics": shifted[ours_alarm - 1]["alarm_metrics"] if ours_alarm else [],
+                    }
                 )
         cpu_per_window = [w["cpu_seconds"] for w in null_windows]
         entry = {
@@ -314,14 +324,18 @@ def main() -> None:
             tally("ours", f"alarm {label}", [w["alarm"] for w in part])
             tally("ours", f"flag {label}", [w["any_breach"] for w in part])
             tally("ours mmd", f"flag {label}", [w["mmd_breach"] for w in part])
-            tally("reference mmd", f"alarm {label}", [w["ref_alarm"] for w in part])
-            tally("reference mmd", f"flag {label}", [w["ref_flag"] for w in part])
+            if args.resamples:
+                tally("reference mmd", f"alarm {label}", [w["ref_alarm"] for w in part])
+                tally("reference mmd", f"flag {label}", [w["ref_flag"] for w in part])
             entry[f"{label} windows"] = len(part)
             entry[f"ours alarm windows {label}"] = [i for i, w in enumerate(part, 1) if w["alarm"]]
             entry[f"ours alarm metrics {label}"] = sorted({m for w in part for m in w["alarm_metrics"]})
         for share, trials in shift_trials.items():
+            raised = [m for t in trials for m in t["ours_metrics"]]
+            entry[f"ours first alarm metrics {share}"] = {m: raised.count(m) for m in sorted(set(raised))}
             tally("ours", f"delay {share}", [t["ours"] for t in trials])
-            tally("reference mmd", f"delay {share}", [t["reference"] for t in trials])
+            if args.resamples:
+                tally("reference mmd", f"delay {share}", [t["reference"] for t in trials])
         tally("ours", "cpu per window", cpu_per_window)
         report["references"].append(entry)
 

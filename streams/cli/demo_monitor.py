@@ -31,9 +31,17 @@ def prepare_monitor(settings: Settings, log: Callable[[str], None]) -> int:
     since_ms = now_ms()
     reference = asyncio.run(load_reference(settings))
     documents = reference.samples.get("documents") if reference is not None else None
-    if reference is None or documents is None or documents.groups is None:
+    stale_stdlib = (
+        reference is not None
+        and documents is not None
+        and documents.drawn_from == 0
+        and "stdlib corpus" in reference.description
+    )
+    if reference is None or documents is None or documents.groups is None or stale_stdlib:
         # A reference stored before thresholds were calibrated by blocks has no blocks: its
-        # row-by-row thresholds fire on a corpus published in order, so it is replaced.
+        # row-by-row thresholds fire on a corpus published in order, so it is replaced. So is a
+        # stdlib reference of whole packages drawn at random: it missed packages (tkinter, turtle)
+        # whose windows then alarmed; the current one holds a share of every package.
         log("setting the monitor's drift reference from the stdlib corpus...")
         reference = set_stdlib_reference(settings, split="all")
     log(f"monitor reference {reference.reference_id} ({reference.description})")

@@ -75,7 +75,7 @@ def set_reference(
     try:
         if corpus is not None:
             samples = documents_from_blocks(settings, corpus_blocks(split), rows, seed)
-            description = f"stdlib corpus, {split} half, {rows} chunks of whole packages, seed {seed}"
+            description = f"stdlib corpus, {split} half, {rows} chunks of whole documents of every package, seed {seed}"
         elif file is not None:
             samples = documents_from_texts(settings, read_texts_file(file), rows, seed)
             description = f"file {file}, {rows} chunks, seed {seed}"

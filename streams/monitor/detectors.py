@@ -246,4 +246,6 @@ def with_reference_id(reference: Reference, description: str) -> Reference:
             digest.update(key.encode() + "\x00".join(sample.categorical[key]).encode())
         if sample.groups is not None:
             digest.update(b"groups" + np.asarray(sample.groups, dtype=np.int64).tobytes())
+        if sample.drawn_from:
+            digest.update(b"drawn_from%d" % sample.drawn_from)
     return replace(reference, reference_id=digest.hexdigest()[:16], description=description)

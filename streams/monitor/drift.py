@@ -10,6 +10,11 @@ Statistics:
     * ``mmd``: squared maximum mean discrepancy (unbiased) with an RBF kernel whose bandwidth is
       the median pairwise distance of the reference (median heuristic), on embedding vectors.
     * ``centroid``: cosine distance between the window's mean vector and the reference's.
+    * ``novel_share``: share of the window's rows whose nearest reference row (cosine) is farther
+      than the 0.95 quantile of the reference rows' distances to their nearest other row. A window
+      of one known package has near neighbours in a reference that holds every package, while
+      text of another kind does not: it finds a 20% mix that the MMD and the centroid, whose null
+      must span the differences between whole packages, miss.
     * ``ks``: two-sample Kolmogorov-Smirnov statistic on a numeric feature.
     * ``psi``: population stability index on a numeric feature (deciles of the reference) or a
       categorical one (its categories), with counts smoothed by 0.5.
@@ -28,8 +33,11 @@ Calibration (a null distribution drawn from the reference itself):
     When the reference knows the block (document or module) of each row, in publication order
     (``groups``), each draw is a block permutation: the blocks are shuffled, their rows kept in
     order and concatenated, and the window is ``n`` consecutive rows of that order from a random
-    start; so the null windows are drawn the way the stream is drawn. Without ``groups`` the rows
-    are permuted one by one (windows of independent rows, e.g. requests from many users).
+    start; so the null windows are drawn the way the stream is drawn. When the reference holds
+    only a share of each block (``drawn_from`` corpus rows, see :meth:`ReferenceSample.span`), a
+    null window is ``n * size / drawn_from`` consecutive rows: as few blocks as ``n`` stream rows.
+    Without ``groups`` the rows are permuted one by one (windows of independent rows, e.g.
+    requests from many users).
 
     For the MMD the pool's kernel matrix is computed once and each draw only sums rows of it, so
     calibrating 1,000 draws on 1,000 vectors takes about a second; it happens once per reference
@@ -61,6 +69,12 @@ PSI_BINS = 10
 # sample happens not to show would otherwise calibrate to 0 and alert on one row. 0.1 is a shift of
 # a tenth of the distribution (KS) and the conventional "moderate shift" line (PSI).
 THRESHOLD_FLOORS = {"ks": 0.1, "psi": 0.1}
+# The novelty statistic: a window row is "novel" when its nearest reference row is farther (cosine)
+# than NOVEL_QUANTILE of the reference rows' own nearest other rows. In that null a reference row is
+# matched with any other row (NEIGHBOUR_ROWS = 0): leaving out its block's neighbours too (1) made the
+# null wider than held-out documents in order are, and a 20% shift was missed (docs/benchmarks.md).
+NOVEL_QUANTILE = 0.95
+NEIGHBOUR_ROWS = 0
 
 
 @dataclass(frozen=True)
@@ -83,9 +97,41 @@ class DriftStatistic:
 
 def rbf_gram(x: Floats, y: Floats, bandwidth: float) -> Floats:
     """exp(-||x - y||^2 / (2 bandwidth^2)) for every pair of rows."""
-    sq = (x * x).sum(1)[:, None] + (y * y).sum(1)[None, :] - 2.0 * (x @ y.T)
+    return rbf_from_dots(x @ y.T, (x * x).sum(1), (y * y).sum(1), bandwidth)
+
+
+def rbf_from_dots(dots: Floats, x_sq: Floats, y_sq: Floats, bandwidth: float) -> Floats:
+    """The RBF kernel of every pair of rows from their dot products and the rows' squared norms."""
+    sq = x_sq[:, None] + y_sq[None, :] - 2.0 * dots
     gram: Floats = np.exp(-np.maximum(sq, 0.0) / (2.0 * bandwidth * bandwidth))
     return gram
+
+
+def nearest_cosine(dots: Floats, x_norms: Floats, y_norms: Floats) -> Floats:
+    """Each x row's cosine distance to its nearest y row, from the dot products and the rows' norms."""
+    cosine = dots / np.maximum(x_norms[:, None] * y_norms[None, :], 1e-12)
+    distances: Floats = 1.0 - cosine.max(1)
+    return distances
+
+
+def nearest_outside_neighbours(vectors: Floats, groups: Sequence[int] | None, reach: int = NEIGHBOUR_ROWS) -> Floats:
+    """Each row's cosine distance to its nearest other row, not counting its neighbours of the same block.
+
+    A row's neighbours are the rows of its own block (package) within ``reach`` positions of it
+    in publication order: mostly its own document (a chunk and its overlapping next one). So each
+    reference row is matched as a new document of a known package would be, not with itself.
+    Without ``groups`` (rows independent) only the row itself is left out.
+    """
+    norms = np.linalg.norm(vectors, axis=1)
+    cosine = (vectors @ vectors.T) / np.maximum(norms[:, None] * norms[None, :], 1e-12)
+    size = len(vectors)
+    labels = np.asarray(groups) if groups is not None else np.arange(size)
+    for offset in range(-reach, reach + 1):
+        rows = np.arange(max(0, -offset), min(size, size - offset))
+        same = rows[labels[rows] == labels[rows + offset]]
+        cosine[same, same + offset] = -np.inf
+    distances: Floats = 1.0 - cosine.max(1)
+    return distances
 
 
 def median_bandwidth(x: Floats, max_rows: int = 1000) -> float:
@@ -189,6 +235,7 @@ class Thresholds:
     values: Mapping[str, float]
     null: Mapping[str, Floats] = field(default_factory=dict)
     blocks: int = 0  # blocks the null windows were drawn from; 0 = rows drawn one by one
+    span: int = 0  # reference rows in each null window (fewer than n when the reference is a share of each block)
 
     def p_value(self, name: str, value: float) -> float | None:
         """Share of null draws at least as large as ``value`` (with the +1 that keeps it above 0)."""
@@ -199,12 +246,16 @@ class Thresholds:
         return (1 + at_least) / (len(null) + 1)
 
 
-def null_windows(size: int, n: int, draws: int, groups: Sequence[int] | None, seed: int = 0) -> list[Ints]:
+def null_windows(
+    size: int, n: int, draws: int, groups: Sequence[int] | None, seed: int = 0, span: int | None = None
+) -> list[Ints]:
     """Row indices of ``draws`` null windows of ``n`` rows out of a pool of ``size``.
 
     Without ``groups``, each window is ``n`` rows drawn without replacement. With ``groups`` (the
     block of each row, rows in publication order), each window is ``n`` consecutive rows of the
     pool after its blocks were shuffled (block permutation): the way an ordered stream is drawn.
+    ``span`` (default ``n``) is the number of consecutive rows a window covers when the pool holds
+    only a share of each block (see :attr:`ReferenceSample.drawn_from`).
     """
     rng = np.random.default_rng(seed)
     if groups is None:
@@ -217,8 +268,9 @@ def null_windows(size: int, n: int, draws: int, groups: Sequence[int] | None, se
     windows = []
     for _ in range(draws):
         order = np.concatenate([blocks[i] for i in rng.permutation(len(blocks))])
-        start = int(rng.integers(0, size - n + 1))
-        windows.append(order[start : start + n])
+        length = n if span is None else span
+        start = int(rng.integers(0, size - length + 1))
+        windows.append(order[start : start + length])
     return windows
 
 
@@ -231,6 +283,20 @@ class ReferenceSample(WindowSample):
     """
 
     groups: Sequence[int] | None = None
+    drawn_from: int = 0
+
+    def span(self, n: int) -> int:
+        """Reference rows that hold the blocks of a stream window of ``n`` rows.
+
+        A reference drawn as a share of every block (``drawn_from`` rows in the corpus, ``size`` in
+        the reference, each block in proportion) holds ``size / drawn_from`` of each block, so a
+        stream window of ``n`` consecutive rows covers as many blocks as ``n * size / drawn_from``
+        consecutive reference rows do: its null windows are that long (at least 2 rows), so that
+        they hold as few blocks (packages) as the stream's windows. 0 = blocks whole (``n``).
+        """
+        if self.groups is None or self.drawn_from <= self.size:
+            return n
+        return max(2, min(n, round(n * self.size / self.drawn_from)))
 
     @cached_property
     def bandwidth(self) -> float:
@@ -245,6 +311,22 @@ class ReferenceSample(WindowSample):
     def centroid(self) -> Floats:
         assert self.vectors is not None
         return np.asarray(self.vectors.mean(0))
+
+    @cached_property
+    def _norms32(self) -> Floats:
+        norms: Floats = np.linalg.norm(self._vectors32, axis=1)
+        return norms
+
+    @cached_property
+    def _nearest_null(self) -> Floats:
+        """Each row's nearest-neighbour cosine distance within the pool (itself left out)."""
+        assert self.vectors is not None
+        return nearest_outside_neighbours(self.vectors, self.groups)
+
+    @cached_property
+    def novel_distance(self) -> float:
+        """The cosine distance beyond which a row is novel: NOVEL_QUANTILE of the pool's own nearest distances."""
+        return float(np.quantile(self._nearest_null, NOVEL_QUANTILE))
 
     @cached_property
     def _gram(self) -> Floats:
@@ -272,7 +354,13 @@ class ReferenceSample(WindowSample):
         """A line per statistic saying how it is computed and how its threshold was set."""
         drawn = (
             f"block permutations of the reference ({self.size} rows in {thresholds.blocks} blocks, publication "
-            f"order) into windows of {thresholds.n} consecutive rows"
+            f"order) into windows of {thresholds.span or thresholds.n} consecutive rows"
+            + (
+                f" (the blocks {thresholds.n} stream rows cover: the reference is {self.size} of {self.drawn_from} "
+                "rows, a share of every block)"
+                if thresholds.span and thresholds.span < thresholds.n
+                else ""
+            )
             if thresholds and thresholds.blocks
             else f"permutations of the reference ({self.size} rows) into windows of {thresholds.n if thresholds else n}"
         )
@@ -288,6 +376,11 @@ class ReferenceSample(WindowSample):
                 f"unbiased MMD^2, RBF kernel, median-heuristic bandwidth {self.bandwidth:.3f}; {how}"
             )
             methods["embedding.centroid_cosine"] = f"cosine distance of mean vectors; {how}"
+            methods["embedding.novel_share"] = (
+                f"share of the window's rows whose nearest reference row is farther (cosine) than "
+                f"{self.novel_distance:.3f}, the {NOVEL_QUANTILE:.2f} quantile of the reference rows' distances to "
+                f"their nearest other row; {how}"
+            )
         for name in self.numeric:
             methods[f"{name}.ks"] = f"two-sample Kolmogorov-Smirnov D; {how}"
             methods[f"{name}.psi"] = f"PSI over reference deciles, shares +0.001; {how}"
@@ -300,13 +393,18 @@ class ReferenceSample(WindowSample):
         values: dict[str, float] = {}
         if self.vectors is not None and window.vectors is not None and len(window.vectors) > 1:
             # float32 halves the cost of the window's kernel rows; sums are taken in float64.
+            # One product of the window with the reference serves the MMD and the nearest neighbours.
             w = np.asarray(window.vectors, dtype=np.float32)
+            w_norms = np.linalg.norm(w, axis=1)
+            dots = w @ self._vectors32.T
             k_ww = rbf_gram(w, w, self.bandwidth).astype(np.float64)
-            k_wr = float(rbf_gram(w, self._vectors32, self.bandwidth).sum(dtype=np.float64))
+            k_wr = rbf_from_dots(dots, w_norms**2, self._norms32**2, self.bandwidth)
             values["embedding.mmd"] = mmd2_from_sums(
-                float(k_ww.sum() - np.trace(k_ww)), self._k_rr, k_wr, len(w), self.size
+                float(k_ww.sum() - np.trace(k_ww)), self._k_rr, float(k_wr.sum(dtype=np.float64)), len(w), self.size
             )
             values["embedding.centroid_cosine"] = centroid_cosine_distance(w.astype(np.float64), self.centroid)
+            nearest = nearest_cosine(dots, w_norms, self._norms32)
+            values["embedding.novel_share"] = float(np.mean(nearest > self.novel_distance))
         for name, sorted_ref in self._sorted.items():
             if name in window.numeric and len(window.numeric[name]):
                 data = np.asarray(window.numeric[name], dtype=np.float64)
@@ -333,19 +431,22 @@ class ReferenceSample(WindowSample):
         samples: dict[str, list[float]] = {}
         gram = self._gram if self.vectors is not None else None
         label_arrays = {name: np.asarray(labels, dtype=object) for name, labels in self.categorical.items()}
-        for w in null_windows(size, n, draws, self.groups, seed):
+        span = self.span(n)
+        for w in null_windows(size, n, draws, self.groups, seed, span):
             r = np.setdiff1d(np.arange(size), w, assume_unique=True)
             if gram is not None and self.vectors is not None:
                 k_w_all = gram[w]  # n x size
                 k_ww_full = float(k_w_all[:, w].sum())
-                k_ww = k_ww_full - n  # diagonal of an RBF gram is 1
+                k_ww = k_ww_full - span  # diagonal of an RBF gram is 1
                 k_wr = float(k_w_all.sum()) - k_ww_full
                 k_rr = self._k_rr - 2.0 * k_wr - k_ww  # pool minus window rows and columns
-                samples.setdefault("embedding.mmd", []).append(mmd2_from_sums(k_ww, k_rr, k_wr, n, size - n))
+                samples.setdefault("embedding.mmd", []).append(mmd2_from_sums(k_ww, k_rr, k_wr, span, size - span))
                 ref_centroid = self.vectors[r].mean(0)
                 samples.setdefault("embedding.centroid_cosine", []).append(
                     centroid_cosine_distance(self.vectors[w], ref_centroid)
                 )
+                novel = self._nearest_null[w] > self.novel_distance
+                samples.setdefault("embedding.novel_share", []).append(float(novel.mean()))
             for name, values in self.numeric.items():
                 window_values, ref_values = values[w], values[r]
                 samples.setdefault(f"{name}.ks", []).append(ks_statistic(window_values, np.sort(ref_values)))
@@ -370,6 +471,7 @@ class ReferenceSample(WindowSample):
             },
             null=null,
             blocks=len(set(self.groups)) if self.groups is not None else 0,
+            span=span,
         )
 
     def compare(self, window: WindowSample, thresholds: Thresholds | None) -> list[DriftStatistic]:

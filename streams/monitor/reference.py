@@ -16,12 +16,15 @@ Held-out split of the stdlib corpus:
     :func:`corpus_split` puts each document in ``reference`` or ``holdout`` by a hash of its id,
     so a reference and a stream of held-out documents never share a document.
 
-Whole blocks, in publication order:
-    A documents reference holds whole blocks (a stdlib package, a text of a file, a document of
-    docs.embeddings) drawn at random until it has ``size`` rows, kept in publication order, with
-    the block of each row (``groups``). Its thresholds are then calibrated on windows of
-    consecutive rows of shuffled blocks, the way a corpus published in order reaches the monitor
-    (see :mod:`streams.monitor.drift`).
+Every block, in publication order:
+    A documents reference from a corpus (``set-reference --corpus``, the demo) holds a share of
+    every block (package) in proportion to its size, whole documents at a time, kept in publication
+    order, with the block of each row (``groups``) and the corpus size (``drawn_from``); see
+    :func:`stratified_blocks`. A reference of whole packages drawn at random missed some (the
+    demo's tkinter and turtle windows then alarmed). From a file or docs.embeddings, where there
+    are no packages, it holds whole texts or documents drawn at random. Thresholds are calibrated
+    on windows of consecutive rows of shuffled blocks, as many blocks as a stream window holds:
+    the way a corpus published in order reaches the monitor (see :mod:`streams.monitor.drift`).
 """
 
 from __future__ import annotations
@@ -117,6 +120,55 @@ def whole_blocks(
     return rows_out, groups
 
 
+def stratified_blocks(
+    blocks: Sequence[Sequence[Any]], size: int, seed: int = 0, expand: Callable[[Any], Sequence[T]] = list
+) -> tuple[list[T], list[int], int]:
+    """Rows of whole items (documents) drawn from every block (package), in publication order, and each row's block.
+
+    Each block gets a share of ``size`` proportional to its rows (largest remainders, so the
+    shares add up to ``size``); within a block, whole items are drawn at random until its share
+    is filled (the last one cut to fit) and kept in publication order. Every block large enough
+    for one row is in the reference, so no package of the corpus is new to the monitor, and a
+    block's rows still come whole items at a time, as the stream brings them.
+
+    Args:
+        blocks: The blocks in publication order, each a sequence of items (e.g. texts).
+        size: Rows wanted (all rows when the blocks hold fewer).
+        seed: Seeds the draw.
+        expand: An item's rows (e.g. a text chunked).
+
+    Returns:
+        The rows, each row's block, and the rows of all blocks (what the share was taken of).
+    """
+    expanded = [[expand(item) for item in block] for block in blocks]
+    counts = np.array([sum(len(rows) for rows in block) for block in expanded], dtype=np.float64)
+    total = counts.sum()
+    if total <= size:
+        quotas = counts.astype(int)
+    else:
+        exact = counts * size / total
+        quotas = np.floor(exact).astype(int)
+        for index in np.argsort(-(exact - quotas), kind="stable")[: size - int(quotas.sum())]:
+            quotas[index] += 1
+    rng = np.random.default_rng(seed)
+    rows_out: list[T] = []
+    groups: list[int] = []
+    for block, quota in zip(expanded, quotas, strict=True):
+        if quota <= 0:
+            continue
+        taken, chosen = 0, []
+        for item in rng.permutation(len(block)):
+            if taken >= quota:
+                break
+            if len(block[int(item)]):
+                chosen.append(int(item))
+                taken += len(block[int(item)])
+        block_rows = [row for item in sorted(chosen) for row in block[item]][:quota]
+        groups += [groups[-1] + 1 if groups else 0] * len(block_rows)
+        rows_out += block_rows
+    return rows_out, groups, int(total)
+
+
 def sample_chunks(
     texts: Sequence[str], size: int, tokenizer: WordPieceTokenizer, settings: Settings, seed: int = 0
 ) -> list[str]:
@@ -126,12 +178,20 @@ def sample_chunks(
 
 
 def documents_sample(
-    chunks: Sequence[str], embedder: Embedder, tokenizer: WordPieceTokenizer, groups: Sequence[int] | None = None
+    chunks: Sequence[str],
+    embedder: Embedder,
+    tokenizer: WordPieceTokenizer,
+    groups: Sequence[int] | None = None,
+    drawn_from: int = 0,
 ) -> ReferenceSample:
-    """Vectors and text features of chunk texts (``groups``: each chunk's block, chunks in publication order)."""
+    """Vectors and text features of chunk texts (``groups``: each chunk's block, chunks in publication order).
+
+    ``drawn_from``: rows of the corpus the chunks are a share of, block by block (0 = whole blocks).
+    """
     features = text_features(chunks, tokenizer, redacted=True)
     vectors = np.asarray(embedder.embed(list(chunks)), dtype=np.float64)
-    return ReferenceSample(vectors=vectors, numeric={k: features[k] for k in DRIFT_FEATURES}, groups=groups)
+    numeric = {k: features[k] for k in DRIFT_FEATURES}
+    return ReferenceSample(vectors=vectors, numeric=numeric, groups=groups, drawn_from=drawn_from)
 
 
 def requests_sample(texts: Sequence[str], tokenizer: WordPieceTokenizer) -> ReferenceSample:
@@ -165,6 +225,7 @@ def reference_to_avro(reference: Reference) -> dict[str, Any]:
             "numeric": {k: [float(x) for x in v] for k, v in sample.numeric.items()},
             "categorical": {k: list(v) for k, v in sample.categorical.items()},
             "groups": [] if sample.groups is None else [int(g) for g in sample.groups],
+            "drawn_from_rows": sample.drawn_from,
         }
     return {
         "reference_id": reference.reference_id,
@@ -186,6 +247,7 @@ def reference_from_avro(record: dict[str, Any]) -> Reference:
             numeric={k: np.asarray(v, dtype=np.float64) for k, v in raw["numeric"].items()},
             categorical={k: list(v) for k, v in raw["categorical"].items()},
             groups=list(raw["groups"]) or None,
+            drawn_from=raw.get("drawn_from_rows", 0),
         )
     return Reference(record["reference_id"], record["description"], samples, record["created_at_ms"])
 
@@ -262,22 +324,45 @@ def read_texts_file(path: Path) -> list[str]:
 def documents_from_blocks(
     settings: Settings, blocks: Sequence[Sequence[str]], size: int, seed: int = 0
 ) -> dict[str, ReferenceSample]:
-    """The ``documents`` sample: ``size`` chunks of whole blocks of texts, chunked and embedded as the agents do."""
-    from streams.index.embed import OnnxEmbedder
+    """The ``documents`` sample: ``size`` chunks of whole texts from every block, chunked and embedded as the agents do.
+
+    See :func:`stratified_blocks`: each block (package) gives rows in proportion to its size.
+    """
     from streams.ingest.chunk import default_tokenizer
 
     tokenizer = default_tokenizer()
-    chunks, groups = whole_blocks(blocks, size, seed, lambda texts: document_chunks(texts, tokenizer, settings))
-    if len(chunks) < 50:
-        raise ValueError(f"only {len(chunks)} chunks to sample from; a reference needs at least 50")
-    return {"documents": documents_sample(chunks, OnnxEmbedder.from_settings(settings), tokenizer, groups)}
+    chunks, groups, total = stratified_blocks(
+        blocks, size, seed, lambda text: document_chunks([text], tokenizer, settings)
+    )
+    return _embedded_documents(settings, chunks, groups, tokenizer, total)
 
 
 def documents_from_texts(
     settings: Settings, texts: Sequence[str], size: int, seed: int = 0
 ) -> dict[str, ReferenceSample]:
-    """The ``documents`` sample of ``size`` chunks of whole ``texts`` (each text one block)."""
-    return documents_from_blocks(settings, [[text] for text in texts], size, seed)
+    """The ``documents`` sample of ``size`` chunks of whole ``texts`` drawn at random (each text one block)."""
+    from streams.ingest.chunk import default_tokenizer
+
+    tokenizer = default_tokenizer()
+    chunks, groups = whole_blocks(
+        [[text] for text in texts], size, seed, lambda t: document_chunks(t, tokenizer, settings)
+    )
+    return _embedded_documents(settings, chunks, groups, tokenizer)
+
+
+def _embedded_documents(
+    settings: Settings,
+    chunks: Sequence[str],
+    groups: Sequence[int],
+    tokenizer: WordPieceTokenizer,
+    drawn_from: int = 0,
+) -> dict[str, ReferenceSample]:
+    from streams.index.embed import OnnxEmbedder
+
+    if len(chunks) < 50:
+        raise ValueError(f"only {len(chunks)} chunks to sample from; a reference needs at least 50")
+    embedder = OnnxEmbedder.from_settings(settings)
+    return {"documents": documents_sample(chunks, embedder, tokenizer, groups, drawn_from)}
 
 
 async def samples_from_topic(
@@ -338,7 +423,10 @@ def set_stdlib_reference(settings: Settings, split: str = "reference", seed: int
     import asyncio
 
     samples = documents_from_blocks(settings, corpus_blocks(split), settings.monitor_reference_size, seed)
-    description = f"stdlib corpus ({split}), {settings.monitor_reference_size} chunks of whole packages, seed {seed}"
+    description = (
+        f"stdlib corpus ({split}), {settings.monitor_reference_size} chunks of whole documents from every package "
+        f"in proportion to its size, seed {seed}"
+    )
     return asyncio.run(store_reference(settings, samples, description))
 
 

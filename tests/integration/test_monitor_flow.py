@@ -168,8 +168,20 @@ def test_held_out_stdlib_raises_no_drift_alert_and_package_descriptions_do_withi
     assert len(false_alarm_windows) <= HELD_OUT_WINDOWS // 20, f"false alarms in windows {sorted(false_alarm_windows)}"
     assert first_detection is not None and first_detection - HELD_OUT_WINDOWS <= DRIFT_WINDOWS
     embedding = [m for m in snapshots[-1]["metrics"] if m["name"].startswith("drift.embedding.")]
-    assert {m["name"] for m in embedding} == {"drift.embedding.mmd", "drift.embedding.centroid_cosine"}
+    assert {m["name"] for m in embedding} == {
+        "drift.embedding.mmd",
+        "drift.embedding.centroid_cosine",
+        "drift.embedding.novel_share",
+    }
     assert all("block permutations of the reference" in m["method"] for m in embedding)
+
+    # The reference holds a share of every stdlib package: held-out chunks have near neighbours
+    # in it, package descriptions do not, so every foreign window breaches the novelty statistic.
+    def novel(snapshot: dict[str, Any]) -> dict[str, Any]:
+        return next(m for m in snapshot["metrics"] if m["name"] == "drift.embedding.novel_share")
+
+    print(json.dumps({"novel_share": [(novel(s)["value"], novel(s)["threshold"]) for s in snapshots]}))
+    assert all(novel(s)["breached"] and novel(s)["p_value"] <= 0.005 for s in snapshots[HELD_OUT_WINDOWS:])
 
     # Calibrated on windows of whole stdlib packages, the embedding thresholds are as wide as the
     # differences between packages (docs/benchmarks.md): the foreign windows may stay under them, but

@@ -15,6 +15,8 @@ from streams.monitor.drift import (
     ks_statistic,
     median_bandwidth,
     mmd2,
+    nearest_cosine,
+    nearest_outside_neighbours,
     null_windows,
     psi,
 )
@@ -55,6 +57,7 @@ def test_calibrated_thresholds_hold_the_false_alarm_rate_and_catch_a_shift() -> 
     assert set(thresholds.values) == {
         "embedding.mmd",
         "embedding.centroid_cosine",
+        "embedding.novel_share",
         "length_chars.ks",
         "length_chars.psi",
     }
@@ -152,3 +155,61 @@ def test_block_calibration_keeps_an_ordered_stream_quiet_where_row_permutation_c
     other /= np.linalg.norm(other, axis=1, keepdims=True)
     stats = by_block.compare(WindowSample(vectors=other), block_thresholds)
     assert {s.name for s in stats if s.drifted} >= {"embedding.mmd"}
+
+
+def test_nearest_neighbour_null_leaves_out_each_rows_own_neighbourhood() -> None:
+    rows = np.array([[1.0, 0.0], [1.0, 0.01], [0.0, 1.0], [0.6, 0.8], [1.0, 0.0]])
+    groups = [0, 0, 0, 1, 1]
+    distances = nearest_outside_neighbours(rows, groups, reach=1)
+    # row 0's neighbour of its own block (row 1) is left out; its twin in another block (row 4) is not
+    assert distances[0] == pytest.approx(0.0, abs=1e-9)
+    # row 1 is matched with row 4 (row 0 is its own neighbour), row 2 with row 3 (another block)
+    assert distances[1] == pytest.approx(1 - 1 / np.hypot(1.0, 0.01), abs=1e-9)
+    assert distances[2] == pytest.approx(0.2, abs=1e-9)
+    # rows 3 and 4 are neighbours of one block: each is matched outside it
+    assert distances[3] == pytest.approx(0.2, abs=1e-9) and distances[4] == pytest.approx(0.0, abs=1e-9)
+    # without blocks only the row itself is left out
+    assert nearest_outside_neighbours(rows, None)[1] == pytest.approx(1 - 1 / np.hypot(1.0, 0.01), abs=1e-9)
+
+
+def test_nearest_cosine_is_each_rows_distance_to_its_closest_reference_row() -> None:
+    window = np.array([[1.0, 0.0], [0.0, 2.0]])
+    reference = np.array([[0.0, 1.0], [0.6, 0.8]])
+    distances = nearest_cosine(window @ reference.T, np.linalg.norm(window, axis=1), np.linalg.norm(reference, axis=1))
+    assert distances == pytest.approx([0.4, 0.0])
+
+
+def test_nearest_neighbours_catch_a_fifth_of_foreign_rows_among_known_blocks() -> None:
+    """Windows of one known block at a time stay quiet; a fifth of rows of an unseen kind fire.
+
+    The reference holds rows of every block (as a stratified reference of every package does), so
+    a window of new documents of one block has near neighbours, while the MMD and centroid see a
+    window of one block as far from the whole reference: their block null is wide and a 20% mix
+    hides in it.
+    """
+    rng = np.random.default_rng(7)
+    dim, blocks = 16, 40
+    centres = rng.normal(size=(blocks, dim))
+    centres *= 4.0 / np.linalg.norm(centres, axis=1, keepdims=True)  # blocks equally tight
+
+    def rows_of(block: int, n: int) -> np.ndarray:
+        data = centres[block] + 0.3 * rng.normal(size=(n, dim))
+        return data / np.linalg.norm(data, axis=1, keepdims=True)
+
+    # the corpus has 100 rows per block, the reference half of each: a stream window of 100 rows
+    # covers the blocks of 50 consecutive reference rows
+    pool = np.concatenate([rows_of(b, 50) for b in range(blocks)])
+    reference = ReferenceSample(vectors=pool, groups=[i // 50 for i in range(len(pool))], drawn_from=100 * blocks)
+    thresholds = reference.calibrate(100, draws=400, quantile=0.99)
+    assert reference.span(100) == thresholds.span == 50
+    assert "the blocks 100 stream rows cover" in reference.methods(100, thresholds)["embedding.novel_share"]
+    quiet = [WindowSample(vectors=rows_of(b, 100)) for b in range(0, blocks, 2)]
+    fired = [
+        any(s.drifted for s in reference.compare(w, thresholds) if s.name == "embedding.novel_share") for w in quiet
+    ]
+    assert sum(fired) <= 1
+    foreign = rng.normal(size=(20, dim))
+    foreign /= np.linalg.norm(foreign, axis=1, keepdims=True)
+    mixed = WindowSample(vectors=np.concatenate([rows_of(3, 80), foreign]))
+    stats = {s.name: s for s in reference.compare(mixed, thresholds)}
+    assert stats["embedding.novel_share"].drifted and stats["embedding.novel_share"].p_value == pytest.approx(1 / 401)

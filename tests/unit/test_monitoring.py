@@ -22,7 +22,7 @@ from streams.monitor.detectors import Reference, accuracy_metrics, with_referenc
 from streams.monitor.drift import ReferenceSample
 from streams.monitor.monitor import Monitor
 from streams.monitor.otel import OtelMonitorExporter
-from streams.monitor.reference import reference_from_avro, reference_to_avro
+from streams.monitor.reference import reference_from_avro, reference_to_avro, stratified_blocks
 from streams.monitor.report import write_report
 from streams.monitor.status import open_alerts
 from streams.monitor.windows import TtlTable, TumblingWindow, Window
@@ -202,7 +202,11 @@ def test_snapshots_alerts_feedback_and_references_fit_their_avro_schemas() -> No
     with pytest.raises(BadFeedback, match="WRONG_TYPE"):
         decode_feedback(b'{"request_id": "r9"}', codec)
     sample = ReferenceSample(
-        vectors=np.eye(3), numeric={"f": np.arange(3.0)}, categorical={"l": ["a", "b", "a"]}, groups=[0, 0, 1]
+        vectors=np.eye(3),
+        numeric={"f": np.arange(3.0)},
+        categorical={"l": ["a", "b", "a"]},
+        groups=[0, 0, 1],
+        drawn_from=9,
     )
     reference = with_reference_id(Reference("", "", {"documents": sample}, 5), "d")
     record = codec.decode(codec.encode("MonitorReference", reference_to_avro(reference), "r"), "MonitorReference")
@@ -211,9 +215,32 @@ def test_snapshots_alerts_feedback_and_references_fit_their_avro_schemas() -> No
         "l": ["a", "b", "a"]
     }
     np.testing.assert_allclose(back.samples["documents"].vectors, np.eye(3))
-    assert back.samples["documents"].groups == [0, 0, 1]
+    assert back.samples["documents"].groups == [0, 0, 1] and back.samples["documents"].drawn_from == 9
     ungrouped = with_reference_id(Reference("", "", {"documents": replace(sample, groups=None)}, 5), "d")
     assert ungrouped.reference_id != reference.reference_id  # the blocks change the null, so the id
+    whole = with_reference_id(Reference("", "", {"documents": replace(sample, drawn_from=0)}, 5), "d")
+    assert whole.reference_id != reference.reference_id  # and so does the share of each block
+
+
+def test_a_stratified_reference_takes_whole_items_from_every_block_in_proportion() -> None:
+    # blocks (packages) of items (documents) with 1-3 rows (chunks) each, in publication order
+    blocks = [[[f"b{b}d{d}c{c}" for c in range(1 + (b + d) % 3)] for d in range(4 * (b + 1))] for b in range(5)]
+    total = sum(len(item) for block in blocks for item in block)
+    rows, groups, drawn_from = stratified_blocks(blocks, 30, seed=1, expand=lambda item: item)
+    assert drawn_from == total and len(rows) == len(groups) == 30
+    assert sorted(set(groups)) == [0, 1, 2, 3, 4] and groups == sorted(groups)  # every block, in order
+    for block, rows_of_block in enumerate([[r for r, g in zip(rows, groups, strict=True) if g == b] for b in range(5)]):
+        in_block = sum(len(item) for item in blocks[block])
+        assert abs(len(rows_of_block) - 30 * in_block / total) < 1  # its share of the 30 rows
+        assert all(row.startswith(f"b{block}d") for row in rows_of_block)
+        flat = [row for item in blocks[block] for row in item]
+        positions = [flat.index(row) for row in rows_of_block]
+        assert positions == sorted(positions)  # publication order
+        items = [row.split("c")[0] for row in rows_of_block]
+        for item in set(items[:-1]) - {items[-1]}:  # whole documents, but for the last one cut to fit
+            assert items.count(item) == len(next(i for i in blocks[block] if i[0].startswith(item + "c")))
+    everything, _, _ = stratified_blocks(blocks, 10_000, expand=lambda item: item)
+    assert len(everything) == total
 
 
 def test_outputs_are_exported_as_opentelemetry_metrics() -> None:
