@@ -2,8 +2,9 @@
 
 Why this exists:
     A metric that breaches once is noise; an alert is raised after ``alert_after`` breaching
-    windows in a row, resolved after ``clear_after`` healthy ones, then held back for
-    ``cooldown_windows`` windows, so a flapping metric does not page people over and over.
+    windows in a row (a metric may ask for fewer: ``Metric.alert_after``), resolved after
+    ``clear_after`` healthy ones, then held back for ``cooldown_windows`` windows, so a flapping
+    metric does not page people over and over.
 """
 
 from __future__ import annotations
@@ -48,7 +49,8 @@ class AlertManager:
             state = self._states.setdefault(metric.key, _AlertState())
             if metric.breached:
                 state.breaches, state.healthy = state.breaches + 1, 0
-                if state.firing is None and state.breaches >= self.alert_after and state.cooldown == 0:
+                needed = metric.alert_after or self.alert_after
+                if state.firing is None and state.breaches >= needed and state.cooldown == 0:
                     state.firing = hashlib.sha256(f"{metric.key}|{window.window_id}".encode()).hexdigest()[:16]
                     events.append(self._event(metric, window, state, "FIRING"))
             else:

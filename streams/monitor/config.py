@@ -84,6 +84,7 @@ class Metric:
     hint: str = ""
     alert_key: str | None = None  # default: name|slice; a fairness gap keys by name (its worst slice moves)
     p_value: float | None = None  # drift statistics: share of the reference's null draws at least as large
+    alert_after: int | None = None  # breaching windows in a row that raise its alert (None: the monitor's)
 
     @property
     def breached(self) -> bool:

@@ -81,6 +81,14 @@ def test_one_incident_is_one_alert_with_hysteresis_and_cooldown() -> None:
     assert events == [(5, "FIRING"), (11, "RESOLVED"), (15, "FIRING")]
 
 
+def test_a_metric_may_alert_on_one_breaching_window() -> None:
+    manager = AlertManager(alert_after=2, clear_after=2, cooldown_windows=0, now_ms=lambda: 7)
+    novel = [Metric("drift.embedding.novel_share", v, "m", 0.2, alert_after=1) for v in (0.1, 0.5)]
+    other = [Metric("drift.embedding.mmd", v, "m", 0.2) for v in (0.1, 0.5)]
+    fired = [e["metric"] for i in range(2) for e in manager.observe([novel[i], other[i]], window(i + 1))]
+    assert fired == ["drift.embedding.novel_share"]  # mmd waits for its second breaching window
+
+
 def test_accuracy_per_slice_and_fairness_gap_name_the_worst_slice() -> None:
     config = MonitorConfig(min_slice_events=5)
     items = [{"correct": True, "tenant": "a", "source": "app", "language": "en"}] * 20
@@ -178,6 +186,28 @@ def test_documents_window_drifts_and_alerts_once_with_named_method_and_threshold
     shifted = next(m for m in last["metrics"] if m["name"] == "drift.embedding.mmd")
     assert shifted["breached"] and shifted["p_value"] == pytest.approx(1 / (config.calibration_draws + 1))
     assert 0.01 < mmd["p_value"] <= 1.0  # a window like the reference is not improbable under the null
+
+
+def test_novel_chunks_alert_on_their_first_window_and_the_mmd_on_its_second() -> None:
+    rng = np.random.default_rng(1)
+
+    def rows(n: int, novel: float) -> np.ndarray:
+        x = rng.normal(size=(n, 8))
+        x[: int(n * (1 - novel)), 4:] = 0.0  # the reference's rows live in the first four dimensions
+        x[int(n * (1 - novel)) :, :4] = 0.0  # novel rows in the last four, where it has none
+        return x / np.linalg.norm(x, axis=1, keepdims=True)
+
+    reference = with_reference_id(Reference("", "", {"documents": ReferenceSample(vectors=rows(300, 0.0))}), "test")
+    config = MonitorConfig(window_events=30, min_drift_events=10, calibration_draws=300, alert_after=2)
+    monitor = Monitor(config, WordCounter(), reference, cpu_clock=lambda: 1.0)
+    outputs = []
+    for novel in (0.0, 0.0, 0.5, 0.5):
+        for vector in rows(30, novel):
+            outputs += monitor.on_embedding({"op": "UPSERT", "vector": vector.tolist(), "text": "plain words"}, 1)
+    fired = [(a["metric"], a["window_id"]) for kind, a in outputs if kind == "alert" and a["state"] == "FIRING"]
+    assert ("drift.embedding.novel_share", "documents:3") in fired
+    assert ("drift.embedding.mmd", "documents:3") not in fired  # the monitor's alert_after (2) for the others
+    assert not [f for f in fired if f[1] in ("documents:1", "documents:2")]
 
 
 def test_snapshots_alerts_feedback_and_references_fit_their_avro_schemas() -> None:
