@@ -41,7 +41,7 @@ from .test_index_versions import wait_built
 
 PIPELINE = ("embed", "index", "infer", "ingest")
 WINDOW = 20
-BATCH = 120  # in-domain searches before and after the switch: 6 windows each
+BATCH = 100  # in-domain searches before and after the switch: 5 windows each
 OFF_TOPIC = [
     "how long should banana bread bake at 180 degrees",
     "who won the football world cup in 1998",
