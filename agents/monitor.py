@@ -6,8 +6,8 @@ subscribe to a pattern) that decodes a record and hands it to one shared
 key = stream) and alerts (``monitor.alerts``, key = metric|slice), also recorded as OpenTelemetry
 metrics. A one-second timer closes windows by time. The drift reference is read from the
 compacted ``monitor.reference`` at start and followed while running; when the production index
-version switches, the monitor gives the reference a scores sample of the new version
-(:func:`streams.monitor.index_switch.follow_switch`).
+version switches, or a built candidate enters QA, the monitor gives the reference a scores sample
+of that version (:func:`streams.monitor.index_switch.follow_switch`).
 
 The join of feedback with responses is in this process's memory: run one monitor worker per
 namespace (its topics are small next to the documents the embed agent handles). Open windows are
@@ -30,6 +30,7 @@ import faust
 from agents.common import dead_letter_for, raw_topic, record_dead_letter, send_dead_letter
 from agents.request_consumer import RequestConsumer
 from agents.sre import sre_of
+from streams.index.rebuild import committed_progress
 from streams.index.spec import INDEX_MODEL
 from streams.inference.feedback import BadFeedback, decode_feedback
 from streams.inference.requests import RequestRejected, parse_request
@@ -38,8 +39,9 @@ from streams.kafka.avro import CodecError, codec_from_settings
 from streams.kafka.rdkafka import FetchedRecord
 from streams.kafka.topics import Topics
 from streams.logs import get_logger
+from streams.models.indexes import spec_of
 from streams.models.lifecycle import control_check_from_settings
-from streams.models.registry import RegistryFollower
+from streams.models.registry import ModelVersion, RegistryFollower, Stage
 from streams.monitor.config import MonitorConfig, Output
 from streams.monitor.detectors import Reference
 from streams.monitor.index_switch import follow_switch
@@ -248,31 +250,50 @@ def register_monitor(app: faust.App, settings: Settings, agents: Sequence[str] =
 
     @app.task  # type: ignore[untyped-decorator]  # faust's decorators are untyped
     async def follow_index_switches() -> None:
+        """Give the reference a scores sample of each index version in QA (built) and of production when it switches."""
         await index_registry.start()
         await index_registry.ready.wait()
         await ready()
         followed: str | None = None  # the production index version the reference was last made to follow
+        sampled: set[str] = set()  # QA versions given a sample (or found with one)
         while True:
             production = index_registry.registry.production(INDEX_MODEL)
+            steps = [] if production is None or production.version == followed else [(followed, production)]
+            steps += [
+                (production.version if production else None, version)
+                for version in index_registry.registry.all(INDEX_MODEL)
+                if version.stage is Stage.QA and version.version not in sampled and await built(version)
+            ]
             wait = SWITCH_CHECK_SECONDS
-            if production is not None and production.version != followed:
+            for previous, version in steps:
                 try:
-                    written = await follow_switch(settings, followed, production.version)
+                    written = await follow_switch(settings, previous, version.version)
                 except Exception as error:  # noqa: BLE001 - no infer worker, broker hiccup: tried again
-                    log.warning("monitor_reference_not_moved", index=production.short, error=repr(error))
+                    log.warning("monitor_reference_not_moved", index=version.short, error=repr(error))
                     wait = SWITCH_RETRY_SECONDS
+                    break
+                log.info(
+                    "monitor_reference_follows_index",
+                    index=version.short,
+                    stage=version.stage.value,
+                    previous=previous[:12] if previous else None,
+                    reference_id=written.reference_id if written else None,
+                    samples=sorted(written.samples) if written else None,
+                )
+                if version.stage is Stage.PRODUCTION:
+                    followed = version.version
                 else:
-                    log.info(
-                        "monitor_reference_follows_index",
-                        index=production.short,
-                        previous=followed[:12] if followed else None,
-                        reference_id=written.reference_id if written else None,
-                        samples=sorted(written.samples) if written else None,
-                    )
-                    followed = production.version
+                    sampled.add(version.version)
             switched.clear()
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(switched.wait(), wait)
+
+    async def built(version: ModelVersion) -> bool:
+        """Whether a candidate index has read all of docs.raw (a half-built index would make a wrong sample)."""
+        if spec_of(version).live:
+            return True
+        done, total = await committed_progress(settings, version.version)
+        return total > 0 and done >= total
 
     async def stop_index_registry(*_: Any, **__: Any) -> None:
         await index_registry.stop()
