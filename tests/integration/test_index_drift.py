@@ -39,7 +39,7 @@ from streams.settings import Settings
 from .conftest import WorkerProcess, isolated_settings, run, run_cli, wait_for
 from .test_index_versions import wait_built
 
-PIPELINE = ("embed", "index", "infer", "ingest")
+AGENTS = ("embed", "index", "infer", "ingest", "monitor")
 WINDOW = 20
 BATCH = 100  # in-domain searches before and after the switch: 5 windows each
 OFF_TOPIC = [
@@ -108,11 +108,11 @@ def test_a_switch_moves_the_scores_reference_raises_no_alarm_and_a_real_shift_st
     in_domain = dev_questions()
     assert len(in_domain) >= 2 * BATCH + WINDOW * 2
     run(ensure_topics(settings))
-    worker = WorkerProcess(settings, agents=",".join((*PIPELINE, "monitor"))).start()
+    worker = WorkerProcess(settings, agents=",".join(AGENTS)).start()
     try:
         run(publish_records(settings, [encode_document(d) for d in documents]))
         _, raw_end = run(offsets(settings, [Topics(settings.namespace).docs_raw]))
-        ok, _ = wait_for_stages(settings, [PIPELINE], raw_end, 900.0, alive=worker.alive)
+        ok, _ = wait_for_stages(settings, [AGENTS], raw_end, 900.0, alive=worker.alive)
         assert ok, f"the worker did not index the documents; log:\n{worker.log_tail()}"
         assert wait_for(lambda: run(load_registry(settings)).production(INDEX_MODEL) is not None, 60.0)
         live = run(load_registry(settings)).production(INDEX_MODEL)
