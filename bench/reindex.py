@@ -161,6 +161,7 @@ def main() -> None:
         records = asyncio.run(committed_progress(settings, candidate.version))[1]
         asyncio.run(promote(settings, INDEX_MODEL, candidate.version, Stage.QA, actor="bench"))
         command = ["eval", "retrieval", str(questions_file), "--index", candidate.version, "--modes", "hybrid"]
+        command += ["--timeout", "180"]  # per answer: a saturated machine answered some after more than 30 s
         evaluation = subprocess.run(
             [sys.executable, "-m", "streams.cli", *command, "--json"],
             capture_output=True,
@@ -202,7 +203,7 @@ def main() -> None:
             "requests_per_s": round((len(building) + build_failures) / build_seconds, 2),
             "worker_cpu_s_per_s": round((cpu2 - cpu1) / build_seconds, 3),
         },
-        "evaluation": json.loads(evaluation.stdout) if evaluation.stdout else evaluation.stderr[-2000:],
+        "evaluation": json.loads(evaluation.stdout) if evaluation.stdout.strip() else evaluation.stderr[-2000:],
     }
     # CPU-seconds, robust to a shared machine: the build's own CPU per chunk is the worker's CPU
     # during the build less what serving the same search rate cost it per second when idle.

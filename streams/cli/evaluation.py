@@ -9,6 +9,7 @@ Why this exists:
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import sys
 from pathlib import Path
 from typing import Any
@@ -169,10 +170,9 @@ def _eval_index(
 ) -> None:
     """Production and a candidate index on the same questions; the gate's verdict recorded."""
     progress, update = _progress("asking")
-    with progress:
-        result = index_evaluation(
-            load_settings(), questions, mode, index_version, timeout, gate_metric, max_drop, tenant, update
-        )
+    result = index_evaluation(
+        load_settings(), questions, mode, index_version, timeout, gate_metric, max_drop, tenant, update, progress
+    )
     if as_json:
         echo_json({k: result[k] for k in ("table", "qa_passed", "qa_report")})
     else:
@@ -197,6 +197,7 @@ def index_evaluation(
     max_drop: float = 0.0,
     tenant: str | None = None,
     update: Any = None,
+    progress: Any = None,
 ) -> dict[str, Any]:
     """Ask production and candidate index ``index_version`` the same questions; record the gate's verdict.
 
@@ -221,10 +222,12 @@ def index_evaluation(
     production = registry.production(INDEX_MODEL)
 
     async def work(client: Any) -> Any:
-        theirs = await evaluate_retrieval(questions, _kafka_asker(client, timeout), [mode], progress=update)
-        ours = await evaluate_retrieval(
-            questions, _kafka_asker(client, timeout, candidate.key), [mode], progress=update
-        )
+        # The progress bar only while asking: a failure before or after prints nothing on stdout.
+        with progress or contextlib.nullcontext():
+            theirs = await evaluate_retrieval(questions, _kafka_asker(client, timeout), [mode], progress=update)
+            ours = await evaluate_retrieval(
+                questions, _kafka_asker(client, timeout, candidate.key), [mode], progress=update
+            )
         return theirs[mode], ours[mode]
 
     theirs, ours = _run_with_client(tenant, work, settings)
