@@ -20,6 +20,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 
 from streams.evaluation.harness import module_subset, packaged_questions, read_questions
@@ -32,6 +33,7 @@ from streams.kafka.progress import wait_for_stages
 from streams.kafka.topics import Topics
 from streams.models.lifecycle import load_registry, promote, register_index, rollback
 from streams.models.registry import Stage
+from streams.monitor.drift import ks_statistic
 from streams.monitor.reference import load_reference
 from streams.monitor.status import read_records
 from streams.settings import Settings
@@ -162,7 +164,23 @@ def test_a_switch_moves_the_scores_reference_raises_no_alarm_and_a_real_shift_st
         )
         switch_alerts = score_alerts(settings)
         judged = compared(score_snapshots(settings), candidate.version)
-        print(json.dumps({"candidate_windows": [(round(m["value"], 3), m["threshold"]) for m in judged]}))
+        # For the record, not asserted: the same windows against the live index's sample (what the
+        # monitor compared them with before scores references followed the index).
+        live_sample = reference.samples[f"responses.scores@{live.version}"]
+        old_threshold = live_sample.calibrate(WINDOW, draws=300).values["top1_score.ks"]
+        scores = [float(r["hits"][0]["score"]) for r in after if r["hits"]]
+        windows = [scores[i : i + WINDOW] for i in range(0, len(scores) - WINDOW + 1, WINDOW)]
+        old_ks = [ks_statistic(np.asarray(w), np.sort(live_sample.numeric["top1_score"])) for w in windows]
+        print(
+            json.dumps(
+                {
+                    "candidate_windows_vs_own_sample": [
+                        (round(m["value"], 3), round(m["threshold"], 3)) for m in judged
+                    ],
+                    "same_windows_vs_live_sample": [(round(v, 3), round(old_threshold, 3)) for v in old_ks],
+                }
+            )
+        )
         assert switch_alerts == [], switch_alerts
 
         shifted = asyncio.run(ask_all(settings, [OFF_TOPIC[i % len(OFF_TOPIC)] for i in range(3 * WINDOW)]))
