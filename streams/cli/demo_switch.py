@@ -155,5 +155,5 @@ def print_switch(summary: dict[str, Any], alias: dict[str, Any] | None) -> None:
                 f"\n> search {what}: {SWITCH_QUESTION}  [bold]answered by {INDEX_MODEL}@{index_of(response)}[/]"
             )
             print_response(response)
-    if alias is not None:
-        console.print(f"Milvus alias {alias['alias']} -> {alias['collection']} (production's collection again)")
+    if alias is not None and "rolled_back" in summary:
+        console.print(f"Milvus alias {alias['alias']} -> {alias['collection']} (the live index's collection again)")
