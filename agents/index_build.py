@@ -16,14 +16,12 @@ from typing import Any, cast
 
 import faust
 
-from streams.index.embed import OnnxEmbedder, graph_for
 from streams.index.rebuild import IndexBuild
 from streams.index.spec import INDEX_MODEL
-from streams.index.vectorstore import production_alias, shared_store
-from streams.ingest.chunk import default_tokenizer_path
+from streams.index.vectorstore import production_alias
 from streams.kafka.avro import codec_from_settings
 from streams.logs import get_logger
-from streams.models.indexes import spec_of
+from streams.models.indexes import index_embedder, index_store, spec_of
 from streams.models.lifecycle import control_check_from_settings
 from streams.models.registry import Kind, ModelVersion, RegistryFollower, Stage
 from streams.settings import Settings
@@ -45,16 +43,12 @@ def register_index_builds(app: faust.App, settings: Settings) -> None:
     follower = RegistryFollower(settings, control_check_from_settings(settings, codec), on_change)
 
     def open_build(version: ModelVersion) -> IndexBuild:
-        spec = spec_of(version)
-        spec_settings = spec.settings_for(settings)
         # One embedding thread: the build runs in the background, production search keeps the cores.
-        embedder = OnnxEmbedder(graph_for(spec_settings), default_tokenizer_path(), workers=1)
-        store = shared_store(spec_settings, spec.store_key(version.version))
-        return IndexBuild(settings, version.version, spec, embedder, store, codec)
+        embedder = index_embedder(settings, version)
+        return IndexBuild(settings, version.version, spec_of(version), embedder, index_store(settings, version), codec)
 
     def point_production_alias(version: ModelVersion) -> None:
-        spec = spec_of(version)
-        store = shared_store(spec.settings_for(settings), spec.store_key(version.version))
+        store = index_store(settings, version)
         before = store.point_alias(production_alias(settings.namespace))
         if before != store.collection:
             log.info(

@@ -53,10 +53,10 @@ from streams.kafka.avro import codec_from_settings
 from streams.kafka.rdkafka import AsyncProducer
 from streams.kafka.topics import Topics
 from streams.logs import get_logger
-from streams.models.indexes import spec_of
+from streams.models.indexes import index_embedder, index_store
 from streams.models.lifecycle import bootstrap_records, control_check_from_settings, write_events
 from streams.models.registry import ModelVersion, RegistryFollower, Stage
-from streams.models.rejections import ControlRejected, Reason, rejection_alert
+from streams.models.rejections import ControlRejected, rejection_alert
 from streams.models.signing import can_sign
 from streams.records import now_ms
 from streams.replay.runner import ORIGINAL_TIMESTAMP_HEADER
@@ -140,20 +140,8 @@ def register_infer(app: faust.App, settings: Settings, tracer: AgentTracer, agen
 
     def open_index(version: ModelVersion) -> LoadedIndex:
         """An index version with the embedder its spec names (refused when the files here differ)."""
-        spec = spec_of(version)
-        spec_settings = spec.settings_for(settings)
-        index_embedder = embedders.get(spec.embedder_version)
-        if index_embedder is None:
-            index_embedder = OnnxEmbedder(graph_for(spec_settings), default_tokenizer_path(), workers=1)
-            if index_embedder.version != spec.embedder_version:
-                raise ControlRejected(
-                    Reason.LOAD_FAILED,
-                    f"{version.short} needs embedder {spec.embedder_version[:12]}; LLMOPS_EMBED_MODEL={spec.embedder} "
-                    f"here is {index_embedder.version[:12]}: install the same model files",
-                )
-            embedders[spec.embedder_version] = index_embedder
-        store = shared_store(spec_settings, spec.store_key(version.version), index_embedder.dimension)
-        return LoadedIndex(version, index_embedder, store)
+        loaded = index_embedder(settings, version, embedders)
+        return LoadedIndex(version, loaded, index_store(settings, version, loaded.dimension))
 
     def on_registry_change(version: ModelVersion | None, key: str) -> None:
         current = service.models

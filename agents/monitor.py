@@ -5,7 +5,9 @@ subscribe to a pattern) that decodes a record and hands it to one shared
 :class:`streams.monitor.monitor.Monitor`; closed windows come back as snapshots (``monitor.metrics``,
 key = stream) and alerts (``monitor.alerts``, key = metric|slice), also recorded as OpenTelemetry
 metrics. A one-second timer closes windows by time. The drift reference is read from the
-compacted ``monitor.reference`` at start and followed while running.
+compacted ``monitor.reference`` at start and followed while running; when the production index
+version switches, or a built candidate enters QA, the monitor gives the reference a scores sample
+of that version (:func:`streams.monitor.index_switch.follow_switch`).
 
 The join of feedback with responses is in this process's memory: run one monitor worker per
 namespace (its topics are small next to the documents the embed agent handles). Open windows are
@@ -17,6 +19,7 @@ not yet committed) is counted again (``tests/integration/faults/test_scale_out.p
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import re
 import time
 from collections.abc import Awaitable, Callable, Sequence
@@ -27,6 +30,8 @@ import faust
 from agents.common import dead_letter_for, raw_topic, record_dead_letter, send_dead_letter
 from agents.request_consumer import RequestConsumer
 from agents.sre import sre_of
+from streams.index.rebuild import committed_progress
+from streams.index.spec import INDEX_MODEL
 from streams.inference.feedback import BadFeedback, decode_feedback
 from streams.inference.requests import RequestRejected, parse_request
 from streams.ingest.chunk import default_tokenizer
@@ -34,8 +39,12 @@ from streams.kafka.avro import CodecError, codec_from_settings
 from streams.kafka.rdkafka import FetchedRecord
 from streams.kafka.topics import Topics
 from streams.logs import get_logger
+from streams.models.indexes import spec_of
+from streams.models.lifecycle import control_check_from_settings
+from streams.models.registry import ModelVersion, RegistryFollower, Stage
 from streams.monitor.config import MonitorConfig, Output
 from streams.monitor.detectors import Reference
+from streams.monitor.index_switch import follow_switch
 from streams.monitor.monitor import Monitor
 from streams.monitor.otel import OtelMonitorExporter
 from streams.monitor.reference import load_reference, reference_from_avro
@@ -47,6 +56,8 @@ log = get_logger(__name__)
 Handler = Callable[[dict[str, Any], int], list[Output]]
 # New tenants' reply topics are found at each metadata refresh (librdkafka's default is 5 min).
 TENANT_TOPICS_REFRESH_MS = 10_000
+SWITCH_CHECK_SECONDS = 5.0  # the registry wakes the switch follower; this is its idle check
+SWITCH_RETRY_SECONDS = 30.0  # after a failed move (no infer worker answering, broker error)
 
 
 def register_monitor(app: faust.App, settings: Settings, agents: Sequence[str] = ("monitor",)) -> Any:
@@ -231,6 +242,63 @@ def register_monitor(app: faust.App, settings: Settings, agents: Sequence[str] =
                 continue
             if monitor.reference is None or reference.reference_id != monitor.reference.reference_id:
                 await use_reference(reference)
+
+    # A switch of the production index (promotion or rollback) gives the reference a scores sample
+    # of the new version (streams.monitor.index_versions); follow_reference then loads it.
+    switched = asyncio.Event()
+    index_registry = RegistryFollower(settings, control_check_from_settings(settings, codec), lambda *_: switched.set())
+
+    @app.task  # type: ignore[untyped-decorator]  # faust's decorators are untyped
+    async def follow_index_switches() -> None:
+        """Give the reference a scores sample of each index version in QA (built) and of production when it switches."""
+        await index_registry.start()
+        await index_registry.ready.wait()
+        await ready()
+        followed: str | None = None  # the production index version the reference was last made to follow
+        sampled: set[str] = set()  # QA versions given a sample (or found with one)
+        while True:
+            production = index_registry.registry.production(INDEX_MODEL)
+            steps = [] if production is None or production.version == followed else [(followed, production)]
+            steps += [
+                (production.version if production else None, version)
+                for version in index_registry.registry.all(INDEX_MODEL)
+                if version.stage is Stage.QA and version.version not in sampled and await built(version)
+            ]
+            wait = SWITCH_CHECK_SECONDS
+            for previous, version in steps:
+                try:
+                    written = await follow_switch(settings, previous, version.version)
+                except Exception as error:  # noqa: BLE001 - no infer worker, broker hiccup: tried again
+                    log.warning("monitor_reference_not_moved", index=version.short, error=repr(error))
+                    wait = SWITCH_RETRY_SECONDS
+                    break
+                log.info(
+                    "monitor_reference_follows_index",
+                    index=version.short,
+                    stage=version.stage.value,
+                    previous=previous[:12] if previous else None,
+                    reference_id=written.reference_id if written else None,
+                    samples=sorted(written.samples) if written else None,
+                )
+                if version.stage is Stage.PRODUCTION:
+                    followed = version.version
+                else:
+                    sampled.add(version.version)
+            switched.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(switched.wait(), wait)
+
+    async def built(version: ModelVersion) -> bool:
+        """Whether a candidate index has read all of docs.raw (a half-built index would make a wrong sample)."""
+        if spec_of(version).live:
+            return True
+        done, total = await committed_progress(settings, version.version)
+        return total > 0 and done >= total
+
+    async def stop_index_registry(*_: Any, **__: Any) -> None:
+        await index_registry.stop()
+
+    app.on_before_shutdown.connect(cast(Any, stop_index_registry))
 
     @app.timer(1.0)  # type: ignore[untyped-decorator]  # faust ships no type hints
     async def close_windows_by_time() -> None:

@@ -27,6 +27,7 @@ from aiokafka import TopicPartition
 
 from streams.cli.demo_inference import run_inference_demo
 from streams.cli.demo_monitor import monitor_summary, prepare_monitor, print_monitor, publish_shifted_batch
+from streams.cli.demo_switch import print_switch, run_switch_demo
 from streams.cli.support import echo_json, kafka_options, load_settings
 from streams.ingest.corpus import stdlib_documents
 from streams.ingest.publish import encode_document, publish_records
@@ -120,9 +121,13 @@ def account(
 
 
 def run_demo(
-    settings: Settings, limit: int | None = None, log: Callable[[str], None] = print, timeout: float = 600.0
+    settings: Settings,
+    limit: int | None = None,
+    log: Callable[[str], None] = print,
+    timeout: float = 600.0,
+    switch_timeout: float | None = 900.0,
 ) -> dict[str, Any]:
-    """Broker, worker, publish, wait, account; returns the summary."""
+    """Broker, worker, publish, wait, account, then an index switch (None: skipped); returns the summary."""
     started = time.monotonic()
     broker = EmbeddedKafka.from_settings(settings)
     log(f"Kafka: {broker.start(progress=log)}")
@@ -157,6 +162,11 @@ def run_demo(
             if ok and worker.poll() is None
             else None
         )
+        switch = (
+            run_switch_demo(settings, log, switch_timeout, lambda: worker.poll() is None)
+            if switch_timeout is not None and ok and worker.poll() is None
+            else None
+        )
     finally:
         code = stop_worker(worker)
     codec = codec_from_settings(settings)
@@ -173,25 +183,30 @@ def run_demo(
         publish_seconds=round(report.seconds, 2),
         pipeline_seconds=round(processed_at - started, 2),
         inference=inference,
+        switch=switch,
         worker_exit_code=code,
         worker_log=str(worker_log),
         caught_up=ok,
     )
     summary["accounted"] = summary["accounted"] and ok
     summary["answered"] = inference is not None and inference["as_expected"]
+    # A build that did not finish in time is reported, not failed; a switch that answered wrong is.
+    summary["switched"] = switch is None or "promoted" not in switch or switch["as_expected"]
     return summary
 
 
 def index_report(settings: Settings) -> dict[str, Any]:
     """After the worker stopped (Milvus Lite has one owner): index size and freshness."""
     from streams.index.embed import OnnxEmbedder
-    from streams.index.vectorstore import MilvusStore
+    from streams.index.vectorstore import MilvusStore, production_alias
 
     embedder = OnnxEmbedder.from_settings(settings)
     store = MilvusStore.from_settings(settings, embedder.version, embedder.dimension)
+    alias = production_alias(settings.namespace)
     try:
         freshness = sorted(store.freshness_ms())
         return {
+            "production_alias": {"alias": alias, "collection": store.alias_target(alias)},
             "index_collection": store.collection,
             "index_chunks": store.count(),
             "model_version": embedder.version,
@@ -255,6 +270,8 @@ def print_summary(summary: dict[str, Any]) -> None:
     if summary.get("inference"):
         print_inference(summary["inference"])
     print_monitor(summary["monitor"])
+    if summary.get("switch") is not None:
+        print_switch(summary["switch"], summary.get("production_alias"))
     from streams.telemetry.traceview import print_trace
 
     for key in TRACE_KEYS:
@@ -289,20 +306,33 @@ def print_inference(inference: dict[str, Any]) -> None:
 @click.command()
 @kafka_options
 @click.option("--limit", type=int, default=None, help="Publish at most this many stdlib documents.")
+@click.option(
+    "--skip-switch", is_flag=True, help="Leave out the index switch (fp32 build, evaluation, promote, rollback)."
+)
+@click.option(
+    "--switch-timeout", type=float, default=900.0, show_default=True, help="Seconds the fp32 index build may take."
+)
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
-def demo(limit: int | None, as_json: bool) -> None:
+def demo(limit: int | None, skip_switch: bool, switch_timeout: float, as_json: bool) -> None:
     """Start the broker and a worker, publish the stdlib corpus with some bad records, report.
 
     This is what `make run` does. Every published record is accounted for: indexed,
     skipped as a duplicate, deleted, or dead-lettered with a reason. Then a classifier is
     trained, evaluated in QA, approved and promoted, and questions go to the infer agent over
-    Kafka; each answer shows which model versions answered. Exits 1 if anything is unaccounted
-    for or an answer is not what was expected.
+    Kafka; each answer shows which model versions answered. Last, an index switch: the fp32
+    MiniLM index version is built in the background, evaluated against production on the
+    held-out questions, promoted (approved), asked, and rolled back (--skip-switch leaves it
+    out). Exits 1 if anything is unaccounted for or an answer is not what was expected.
     """
-    summary = run_demo(load_settings(), limit=limit, log=lambda line: click.echo(line, err=True))
+    summary = run_demo(
+        load_settings(),
+        limit=limit,
+        log=lambda line: click.echo(line, err=True),
+        switch_timeout=None if skip_switch else switch_timeout,
+    )
     if as_json:
         echo_json(summary)
     else:
         print_summary(summary)
-    if not (summary["accounted"] and summary["answered"]):
+    if not (summary["accounted"] and summary["answered"] and summary["switched"]):
         sys.exit(1)

@@ -9,6 +9,7 @@ Why this exists:
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import sys
 from pathlib import Path
 from typing import Any
@@ -64,10 +65,10 @@ def _progress(label: str) -> Any:
     return progress, update
 
 
-def _run_with_client(tenant: str | None, work: Any) -> Any:
+def _run_with_client(tenant: str | None, work: Any, settings: Any = None) -> Any:
     from streams.inference.client import InferenceClient, InferenceTimeout
 
-    settings = load_settings()
+    settings = settings or load_settings()
 
     async def run() -> Any:
         async with InferenceClient(settings, tenant=tenant) as client:
@@ -168,13 +169,50 @@ def _eval_index(
     as_json: bool,
 ) -> None:
     """Production and a candidate index on the same questions; the gate's verdict recorded."""
+    progress, update = _progress("asking")
+    result = index_evaluation(
+        load_settings(), questions, mode, index_version, timeout, gate_metric, max_drop, tenant, update, progress
+    )
+    if as_json:
+        echo_json({k: result[k] for k in ("table", "qa_passed", "qa_report")})
+    else:
+        click.echo(f"{result['questions']} answerable questions, mode {mode}; mean [95% interval]")
+        for row in result["table"]:
+            click.echo(
+                f"{row['system']:<36} recall@5 {_interval(row['recall@5'])}  MRR {_interval(row['mrr'])}  "
+                f"nDCG@10 {_interval(row['ndcg@10'])}  p99 {row['latency_ms']['p99']:.1f} ms"
+            )
+        click.echo(f"gate: {'passed' if result['qa_passed'] else 'FAILED'}: {result['qa_report']}")
+    if not result["qa_passed"]:
+        sys.exit(1)
+
+
+def index_evaluation(
+    settings: Any,
+    questions: Any,
+    mode: str,
+    index_version: str,
+    timeout: float = 30.0,
+    gate_metric: str = "recall@5",
+    max_drop: float = 0.0,
+    tenant: str | None = None,
+    update: Any = None,
+    progress: Any = None,
+) -> dict[str, Any]:
+    """Ask production and candidate index ``index_version`` the same questions; record the gate's verdict.
+
+    Returns the table (one row each), ``qa_passed``, ``qa_report`` and the number of questions
+    (also what ``llmops demo`` shows).
+
+    Raises:
+        click.ClickException: an unknown version or metric, or a verdict the registry refused.
+    """
     from streams.evaluation.harness import evaluate_retrieval, index_gate_metrics, retrieval_table
     from streams.index.spec import INDEX_MODEL
     from streams.models.indexes import IndexGate
     from streams.models.lifecycle import default_actor, load_registry, record_index_evaluation
     from streams.models.registry import RegistryError
 
-    settings = load_settings()
     version = index_version.removeprefix(f"{INDEX_MODEL}@")
     try:
         registry = asyncio.run(load_registry(settings))
@@ -182,17 +220,17 @@ def _eval_index(
     except RegistryError as error:
         raise click.ClickException(str(error)) from None
     production = registry.production(INDEX_MODEL)
-    progress, update = _progress("asking")
 
     async def work(client: Any) -> Any:
-        with progress:
+        # The progress bar only while asking: a failure before or after prints nothing on stdout.
+        with progress or contextlib.nullcontext():
             theirs = await evaluate_retrieval(questions, _kafka_asker(client, timeout), [mode], progress=update)
             ours = await evaluate_retrieval(
                 questions, _kafka_asker(client, timeout, candidate.key), [mode], progress=update
             )
         return theirs[mode], ours[mode]
 
-    theirs, ours = _run_with_client(tenant, work)
+    theirs, ours = _run_with_client(tenant, work, settings)
     names = {
         f"production {production.short if production else 'live'}": theirs,
         f"candidate {candidate.short}": ours,
@@ -211,18 +249,12 @@ def _eval_index(
         )
     except (RegistryError, ValueError) as error:
         raise click.ClickException(str(error)) from None
-    if as_json:
-        echo_json({"table": table, "qa_passed": recorded.qa_passed, "qa_report": recorded.qa_report})
-    else:
-        click.echo(f"{len(theirs.rows)} answerable questions, mode {mode}; mean [95% interval]")
-        for row in table:
-            click.echo(
-                f"{row['system']:<36} recall@5 {_interval(row['recall@5'])}  MRR {_interval(row['mrr'])}  "
-                f"nDCG@10 {_interval(row['ndcg@10'])}  p99 {row['latency_ms']['p99']:.1f} ms"
-            )
-        click.echo(f"gate: {'passed' if recorded.qa_passed else 'FAILED'}: {recorded.qa_report}")
-    if not recorded.qa_passed:
-        sys.exit(1)
+    return {
+        "table": table,
+        "qa_passed": recorded.qa_passed,
+        "qa_report": recorded.qa_report,
+        "questions": len(theirs.rows),
+    }
 
 
 def _interval(estimate: dict[str, float]) -> str:

@@ -33,7 +33,7 @@ def index() -> None:
 @click.option("--json", "as_json", is_flag=True, help="Print the status as JSON.")
 def status(sample_seconds: float, as_json: bool) -> None:
     """Index versions, their collections, and their builds' progress (records done / total, ETA)."""
-    from streams.index.rebuild import committed_progress
+    from streams.index.rebuild import BuildProgress, committed_progress
     from streams.index.spec import INDEX_MODEL, IndexSpec
     from streams.models.lifecycle import load_registry
 
@@ -55,13 +55,11 @@ def status(sample_seconds: float, as_json: bool) -> None:
                 "qa_passed": version.qa_passed,
             }
             if not spec.live:
-                first = await committed_progress(settings, version.version)
+                progress = BuildProgress(version.version)  # the rate and ETA the worker's /metrics report
+                progress.update(*await committed_progress(settings, version.version))
                 await asyncio.sleep(sample_seconds)
-                done, total = await committed_progress(settings, version.version)
-                rate = (done - first[0]) / sample_seconds if sample_seconds > 0 else 0.0
-                left = total - done
-                eta = 0.0 if left <= 0 else (round(left / rate, 1) if rate > 0 else None)
-                row.update(done=done, total=total, caught_up=left <= 0, rate_per_s=round(rate, 2), eta_s=eta)
+                progress.update(*await committed_progress(settings, version.version))
+                row.update({k: v for k, v in progress.as_dict().items() if k != "version"})
             rows.append(row)
         return rows
 

@@ -496,17 +496,22 @@ class MilvusStore:
 
     def point_alias(self, alias: str) -> str | None:
         """Make ``alias`` name this collection in one Milvus call; returns the collection it named before."""
-        from pymilvus.exceptions import MilvusException
 
-        try:
-            before: str | None = self._client.describe_alias(alias)["collection_name"]
-        except MilvusException:
-            before = None
+        before = self.alias_target(alias)
         if before is None:
             self._client.create_alias(self.collection, alias)
         elif before != self.collection:
             self._client.alter_alias(self.collection, alias)
         return before
+
+    def alias_target(self, alias: str) -> str | None:
+        """The collection ``alias`` names, or None when there is no such alias."""
+        from pymilvus.exceptions import MilvusException
+
+        try:
+            return str(self._client.describe_alias(alias)["collection_name"])
+        except MilvusException:
+            return None
 
     def drop_collection(self, name: str) -> None:
         self._client.drop_collection(name)

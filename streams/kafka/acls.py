@@ -81,9 +81,11 @@ AGENT_ACCESS: dict[str, Access] = {
         (INFERENCE_RESPONSES, INFERENCE_SHADOW, MONITOR_ALERTS, DEADLETTER, TELEMETRY_SPANS),
         prefix_writes=(TENANT_RESPONSES_PREFIX,),
     ),
+    # monitor also follows index switches on models.control: it asks recent questions again, pinned
+    # to the new index (as an inference client), and stores the scores sample on monitor.reference.
     "monitor": Access(
-        (DOCS_EMBEDDINGS, INFERENCE_REQUESTS, INFERENCE_RESPONSES, FEEDBACK, MONITOR_REFERENCE),
-        (MONITOR_METRICS, MONITOR_ALERTS, DEADLETTER, TELEMETRY_SPANS),
+        (DOCS_EMBEDDINGS, INFERENCE_REQUESTS, INFERENCE_RESPONSES, FEEDBACK, MONITOR_REFERENCE, MODELS_CONTROL),
+        (MONITOR_METRICS, MONITOR_ALERTS, MONITOR_REFERENCE, INFERENCE_REQUESTS, DEADLETTER, TELEMETRY_SPANS),
         prefix_reads=(TENANT_RESPONSES_PREFIX,),
     ),
 }
@@ -148,6 +150,9 @@ def worker_grants(namespace: str, agents: Sequence[str], username: str) -> list[
         grants.append(AclGrant(principal, "READ", "GROUP", topics.group(INDEX_BUILD_GROUP), "PREFIXED"))
     if "monitor" in agents:  # and the monitor reads the tenants' reply topics in one of its own
         grants.append(AclGrant(principal, "READ", "GROUP", topics.tenant_responses_group(*agents)))
+        # At an index switch it is an inference client, and reads how far a candidate's build got.
+        grants.append(AclGrant(principal, "READ", "GROUP", topics.group(INFERENCE_CLIENTS)))
+        grants.append(AclGrant(principal, "READ", "GROUP", topics.group(INDEX_BUILD_GROUP), "PREFIXED"))
     # Faust's own topics: <group>-<table>-changelog and <group>-__assignor-__leader, which it creates.
     grants.append(AclGrant(principal, "ALL", "TOPIC", f"{group}-", "PREFIXED"))
     return sorted(grants)
@@ -204,9 +209,17 @@ def markdown_table() -> str:
         "| --- | --- | --- | --- | --- |",
     ]
     own_groups = {"infer": ("requests",), "monitor": ("tenant-responses",)}
+    builds = f"`llmops-<ns>-{INDEX_BUILD_GROUP}` (prefix)"
+    other_groups = {"index": (builds,), "monitor": (f"`llmops-<ns>-{INFERENCE_CLIENTS}` (looked up)", builds)}
     for agent, access in AGENT_ACCESS.items():
         group = f"llmops-<ns>-{agent}"
-        groups = ", ".join([f"`{group}`", *(f"`{group}-{suffix}`" for suffix in own_groups.get(agent, ()))])
+        groups = ", ".join(
+            [
+                f"`{group}`",
+                *(f"`{group}-{suffix}`" for suffix in own_groups.get(agent, ())),
+                *other_groups.get(agent, ()),
+            ]
+        )
         by_prefix = ", ".join([f"`{group}-` (All)", *prefixes(access)])
         rows.append(
             f"| `llmops-{agent}` ({agent} worker) | {names(access.reads)} | {names(access.writes)} "

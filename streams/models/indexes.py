@@ -16,11 +16,12 @@ Usage:
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, MutableMapping
 from dataclasses import dataclass, replace
 
-from streams.index.embed import graph_for
+from streams.index.embed import OnnxEmbedder, graph_for
 from streams.index.spec import INDEX_MODEL, IndexSpec
+from streams.index.vectorstore import MilvusStore, shared_store
 from streams.ingest.chunk import default_tokenizer_path
 from streams.models.rejections import ControlRejected, Reason
 from streams.models.version import Kind, ModelVersion, Stage, digests_version, files_version
@@ -134,3 +135,34 @@ def check_index_version(version: ModelVersion, namespace: str) -> None:
         raise ControlRejected(
             Reason.MALFORMED, f"{version.short}: collection {version.uri!r} is not the one its spec names"
         )
+
+
+def index_embedder(
+    settings: Settings, version: ModelVersion, loaded: MutableMapping[str, OnnxEmbedder] | None = None
+) -> OnnxEmbedder:
+    """The embedder index ``version`` names (one thread), refused when the files here are another version.
+
+    ``loaded`` (by embedder version) is reused and filled, so each embedder loads once per process.
+
+    Raises:
+        ControlRejected: LOAD_FAILED when this machine's model files are not the ones the index was built with.
+    """
+    spec = spec_of(version)
+    embedder = loaded.get(spec.embedder_version) if loaded is not None else None
+    if embedder is None:
+        embedder = OnnxEmbedder(graph_for(spec.settings_for(settings)), default_tokenizer_path(), workers=1)
+        if embedder.version != spec.embedder_version:
+            raise ControlRejected(
+                Reason.LOAD_FAILED,
+                f"{version.short} needs embedder {spec.embedder_version[:12]}; LLMOPS_EMBED_MODEL={spec.embedder} "
+                f"here is {embedder.version[:12]}: install the same model files",
+            )
+        if loaded is not None:
+            loaded[spec.embedder_version] = embedder
+    return embedder
+
+
+def index_store(settings: Settings, version: ModelVersion, dimension: int = 384) -> MilvusStore:
+    """The open store (this process's shared one) of index ``version``'s collection."""
+    spec = spec_of(version)
+    return shared_store(spec.settings_for(settings), spec.store_key(version.version), dimension)

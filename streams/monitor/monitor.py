@@ -30,11 +30,12 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Literal
 
 import numpy as np
 
+from streams.index.spec import INDEX_MODEL
 from streams.monitor.alerts import AlertManager
 from streams.monitor.answers import rag_metrics
 from streams.monitor.config import STREAMS, Metric, MonitorConfig, Output
@@ -47,6 +48,7 @@ from streams.monitor.detectors import (
     response_metrics,
 )
 from streams.monitor.drift import WindowSample
+from streams.monitor.index_versions import REFERENCE_CLIENT, sample_name_for, top1_scores_by_index
 from streams.monitor.text_features import DRIFT_FEATURES, UnknownTokenCounter, text_features
 from streams.monitor.windows import TtlTable, TumblingWindow, Window
 from streams.records import now_ms as epoch_ms
@@ -96,11 +98,15 @@ class Monitor:
         return self._add("documents", (record["vector"], record["text"]), timestamp_ms)
 
     def on_request(self, record: Mapping[str, Any], timestamp_ms: int) -> list[Output]:
-        """An ``InferenceRequest`` (as decoded from Avro or JSON)."""
+        """An ``InferenceRequest`` (as decoded from Avro or JSON); the monitor's own questions are not counted."""
+        if record.get("client_id") == REFERENCE_CLIENT:
+            return []
         return self._add("requests", str(record.get("text") or ""), timestamp_ms)
 
     def on_response(self, record: Mapping[str, Any], timestamp_ms: int) -> list[Output]:
-        """An ``InferenceResponse``: windowed, and kept for the feedback join."""
+        """An ``InferenceResponse``: windowed, and kept for the feedback join (not the monitor's own questions)."""
+        if record.get("client_id") == REFERENCE_CLIENT:
+            return []
         outputs: list[Output] = []
         answer = _Answer(record.get("label"), record.get("tenant"))
         pending = self.pending_feedback.pop(record["request_id"])
@@ -223,11 +229,15 @@ class Monitor:
     def _responses(self, window: Window[Any]) -> list[Metric]:
         items = window.items
         metrics = response_metrics(items, self.config) + rag_metrics(items, self.config)
-        scores = [r["hits"][0]["score"] for r in items if r["status"] == "OK" and r["hits"]]
         labels = [r["label"] for r in items if r["status"] == "OK" and r.get("label")]
-        if scores:
+        # Scores are compared only with the reference of the index version that answered them.
+        for version, scores in sorted(top1_scores_by_index(items).items(), key=lambda pair: pair[0] or ""):
+            name = sample_name_for(self.reference, "responses.scores", version)
+            if name is None:
+                continue  # no reference of this index version (yet): not compared
             sample = WindowSample(numeric={"top1_score": np.asarray(scores, dtype=np.float64)})
-            metrics += drift_metrics(self.reference, "responses.scores", sample, self.config)
+            found = drift_metrics(self.reference, name, sample, self.config)
+            metrics += [replace(m, slice=f"{INDEX_MODEL}@{version[:12]}") for m in found] if version else found
         if labels:
             sample = WindowSample(categorical={"predicted_label": labels})
             metrics += drift_metrics(self.reference, "responses.labels", sample, self.config)

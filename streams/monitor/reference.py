@@ -47,6 +47,7 @@ from streams.kafka.avro import AvroCodec, codec_from_settings
 from streams.kafka.topics import Topics, TopicSpec
 from streams.monitor.detectors import Reference, with_reference_id
 from streams.monitor.drift import ReferenceSample
+from streams.monitor.index_versions import sample_name, top1_scores_by_index
 from streams.monitor.text_features import DRIFT_FEATURES, text_features
 from streams.records import now_ms
 from streams.settings import Settings
@@ -200,12 +201,17 @@ def requests_sample(texts: Sequence[str], tokenizer: WordPieceTokenizer) -> Refe
 
 
 def responses_samples(responses: Sequence[dict[str, Any]]) -> dict[str, ReferenceSample]:
-    """Top-1 retrieval scores and predicted labels of OK responses (each only when present)."""
-    scores = [r["hits"][0]["score"] for r in responses if r["status"] == "OK" and r["hits"]]
+    """Top-1 retrieval scores per index version that answered, and predicted labels of OK responses.
+
+    Scores are kept per index version (``responses.scores@VERSION``, see
+    :mod:`streams.monitor.index_versions`); only labels and scores are taken, each when present.
+    """
     labels = [r["label"] for r in responses if r["status"] == "OK" and r.get("label")]
     samples = {}
-    if scores:
-        samples["responses.scores"] = ReferenceSample(numeric={"top1_score": np.asarray(scores, dtype=np.float64)})
+    for version, scores in top1_scores_by_index(responses).items():
+        samples[sample_name("responses.scores", version)] = ReferenceSample(
+            numeric={"top1_score": np.asarray(scores, dtype=np.float64)}
+        )
     if labels:
         samples["responses.labels"] = ReferenceSample(categorical={"predicted_label": list(labels)})
     return samples
@@ -287,14 +293,24 @@ async def load_reference(settings: Settings, codec: AvroCodec | None = None) -> 
 
 
 async def store_reference(
-    settings: Settings, samples: dict[str, ReferenceSample], description: str, codec: AvroCodec | None = None
+    settings: Settings,
+    samples: dict[str, ReferenceSample],
+    description: str,
+    codec: AvroCodec | None = None,
 ) -> Reference:
-    """Write a reference with ``samples`` (replacing those streams, keeping the others); returns it."""
+    """Write a reference with ``samples`` (replacing those streams, keeping the others); returns it.
+
+    A sample of one index version (``responses.scores@VERSION``) replaces an unversioned sample of
+    its stream (see :mod:`streams.monitor.index_versions`).
+    """
     codec = codec or codec_from_settings(settings)
     await ensure_topics(settings, [reference_topic_spec(settings)])
     previous = await load_reference(settings, codec)
-    merged = {**(previous.samples if previous else {}), **samples}
+    dropped = {name.split("@", 1)[0] for name in samples if "@" in name}
+    merged = {name: s for name, s in (previous.samples if previous else {}).items() if name not in dropped}
+    merged.update(samples)
     notes = json.loads(previous.description) if previous and previous.description.startswith("{") else {}
+    notes = {name: note for name, note in notes.items() if name not in dropped}
     notes.update(dict.fromkeys(samples, description))
     reference = with_reference_id(Reference("", "", merged, now_ms()), json.dumps(notes, sort_keys=True))
     topic = Topics(settings.namespace).monitor_reference

@@ -17,7 +17,8 @@ ROOT = Path(__file__).resolve().parents[2]
 NOT_A_FAUST_AGENT = {
     "infer": {"acl1.models.control", "acl1.inference.requests"},
     "index": {"acl1.models.control", "acl1.docs.raw"},  # the index builds' own consumers
-    "monitor": {"acl1.inference.responses.tenant."},
+    # the monitor's registry follower (index switches) and its reader of every tenant's reply topic
+    "monitor": {"acl1.models.control", "acl1.inference.responses.tenant."},
 }
 
 

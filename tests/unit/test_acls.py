@@ -33,9 +33,14 @@ def test_a_worker_of_several_agents_gets_the_union_and_one_group_named_after_the
     assert len(grants) == len(set(grants)), "no grant twice"
 
 
+# Written and read by the monitor without a loop: the questions it asks again at an index switch
+# carry its own client id, which its windows skip, and a reference it writes is only loaded back.
+READ_BACK_SAFELY = {"monitor": {"inference.requests", "monitor.reference"}}
+
+
 def test_no_agent_may_write_what_it_reads() -> None:
     for agent, access in AGENT_ACCESS.items():
-        assert set(access.reads) & set(access.writes) == set(), agent
+        assert set(access.reads) & set(access.writes) == READ_BACK_SAFELY.get(agent, set()), agent
 
 
 def test_only_the_model_manager_may_write_the_registry() -> None:
