@@ -303,9 +303,9 @@ class Settings(BaseSettings):
     # fixed work: a Milvus Lite upsert costs ~3.8 ms of CPU for 1 row, ~0.7 ms a row for 16,
     # ~0.5 ms a row for 64 or more; each batch is also one span, one produce request and one
     # fetch for the broker. Together the two windows add at most 0.35 s to publish -> searchable.
-    embed_batch_seconds: float = Field(0.1, gt=0, description="Longest wait to fill an embedding batch.")
+    embed_batch_seconds: float = Field(0.05, gt=0, description="Longest wait to fill an embedding batch.")
     index_batch_size: int = Field(256, ge=1, description="Embeddings taken per Milvus write.")
-    index_batch_seconds: float = Field(0.25, gt=0, description="Longest wait to fill a Milvus write.")
+    index_batch_seconds: float = Field(0.05, gt=0, description="Longest wait to fill a Milvus write.")
 
     # --- Ingestion ---------------------------------------------------------------------------
     chunk_tokens: int = Field(128, ge=16, le=512, description="Max tokens per chunk, [CLS]/[SEP] included.")
