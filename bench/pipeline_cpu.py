@@ -212,8 +212,18 @@ def main() -> None:
     args = parser.parse_args()
     base = Settings()
     load_at_start = os.getloadavg()
-    EmbeddedKafka.from_settings(base).start(progress=lambda line: print(line, file=sys.stderr))
-    broker_pid = EmbeddedKafka.from_settings(base).status().pid
+    broker = EmbeddedKafka.from_settings(base)
+    started_here = broker.status().pid is None  # a broker this bench starts, it stops
+    broker.start(progress=lambda line: print(line, file=sys.stderr))
+    try:
+        measure(args, base, broker.status().pid, load_at_start)
+    finally:
+        if started_here:
+            broker.stop()
+
+
+def measure(args: argparse.Namespace, base: Settings, broker_pid: int | None, load_at_start: tuple[float, ...]) -> None:
+    """The rounds and the freshness run against the broker ``broker_pid``; prints and writes the report."""
     if broker_pid is None:
         raise SystemExit("the broker at LLMOPS_BOOTSTRAP_SERVERS was not started by llmops: its CPU cannot be read")
     documents = list(stdlib_documents(limit=args.docs))
