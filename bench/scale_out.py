@@ -190,25 +190,26 @@ def topic_stamps(settings: Settings, topic: str) -> list[tuple[int, bytes, int]]
     return asyncio.run(read())
 
 
-def embedding_stamps(settings: Settings) -> dict[int, list[int]]:
-    """Kafka timestamps of every docs.embeddings record, per partition, in order."""
+def embedding_stamps(embeddings: list[tuple[int, bytes, int]]) -> dict[int, list[int]]:
+    """Kafka timestamps of the docs.embeddings records ``embeddings``, per partition, in order."""
     stamps: dict[int, list[int]] = {}
-    for partition, _, stamp in topic_stamps(settings, Topics(settings.namespace).docs_embeddings):
+    for partition, _, stamp in embeddings:
         stamps.setdefault(partition, []).append(stamp)
     return {p: sorted(t) for p, t in stamps.items()}
 
 
-def document_delays(settings: Settings, since_ms: int) -> list[tuple[int, float]]:
+def document_delays(
+    embeddings: list[tuple[int, bytes, int]], raw: list[tuple[int, bytes, int]], since_ms: int
+) -> list[tuple[int, float]]:
     """(publish ms, seconds to its first embedding) of every document published after ``since_ms``.
 
     A document published while its partition has no consumer waits out the pause: the delays of
     documents published around an event say how long records stood still, whatever the rate.
     """
-    topics = Topics(settings.namespace)
     embedded: dict[bytes, int] = {}
-    for _, key, stamp in topic_stamps(settings, topics.docs_embeddings):
+    for _, key, stamp in embeddings:
         embedded[key] = min(stamp, embedded.get(key, stamp))
-    published = [(stamp, key) for _, key, stamp in topic_stamps(settings, topics.docs_raw) if stamp >= since_ms]
+    published = [(stamp, key) for _, key, stamp in raw if stamp >= since_ms]
     return sorted((stamp, (embedded[key] - stamp) / 1000) for stamp, key in published if key in embedded)
 
 
@@ -250,7 +251,9 @@ def rebalance_pauses(base: Settings, rate: float, seconds: float, join_at: float
     finally:
         codes = run.stop()
     # The paced records only (the warm-up batch is long done).
-    stamps = {p: [t for t in times if t >= began * 1000] for p, times in embedding_stamps(run.settings).items()}
+    topics = Topics(run.settings.namespace)
+    embeddings = topic_stamps(run.settings, topics.docs_embeddings)  # read once, for both measures
+    stamps = {p: [t for t in times if t >= began * 1000] for p, times in embedding_stamps(embeddings).items()}
     first = min(t for times in stamps.values() for t in times)
     windows = {
         "quiet": (first + 2_000, events["join"]),
@@ -258,7 +261,7 @@ def rebalance_pauses(base: Settings, rate: float, seconds: float, join_at: float
         "kill": (events["kill"], events["published"]),  # records that resume in the drain count too
     }
     gaps = {name: longest_gaps(stamps, *window) for name, window in windows.items()}
-    delays = document_delays(run.settings, int(began * 1000))
+    delays = document_delays(embeddings, topic_stamps(run.settings, topics.docs_raw), int(began * 1000))
     delay = {name: delay_after(delays, *window) for name, window in windows.items()}
     quiet = delay["quiet"].get("p50_s", 0.0)
     return {

@@ -32,11 +32,10 @@ from streams.monitor.index_versions import (
     sample_name,
     top1_scores_by_index,
 )
-from streams.monitor.reference import load_reference, store_reference
+from streams.monitor.reference import MIN_REFERENCE_ROWS, load_reference, store_reference
 from streams.settings import Settings
 
 REBUILD_QUESTIONS = 1000  # at most this many recent questions are asked again
-MIN_REBUILT_ROWS = 50  # fewer scores than this make no reference (as for every reference)
 
 
 async def recent_questions(settings: Settings, size: int) -> list[tuple[str, str | None, str, int]]:
@@ -52,11 +51,10 @@ async def recent_questions(settings: Settings, size: int) -> list[tuple[str, str
     codec = codec_from_settings(settings)
     beginnings, ends = await offsets(settings, [Topics(settings.namespace).inference_requests])
     start = {tp: max(beginnings[tp], end - 2 * size) for tp, end in ends.items()}
+    messages = [message async for message in read_range(settings, start, ends) if message.value]
+    await codec.prefetch([message.value for message in messages])  # the schema ids of all, in one go
     found: list[tuple[int, tuple[str, str | None, str, int]]] = []
-    async for message in read_range(settings, start, ends):
-        if not message.value:
-            continue
-        await codec.prefetch([message.value])
+    for message in messages:
         try:
             request = parse_request(message.value, codec)
         except RequestRejected:
@@ -119,7 +117,7 @@ async def follow_switch(settings: Settings, previous: str | None, current: str) 
     size = min(REBUILD_QUESTIONS, max(s.size for n, s in reference.samples.items() if n.split("@")[0] in INDEX_STREAMS))
     questions = await recent_questions(settings, size)
     scores = await scores_of(settings, current, questions)
-    if len(scores) < MIN_REBUILT_ROWS:
+    if len(scores) < MIN_REFERENCE_ROWS:
         if added:  # still bind the old sample to its version, so the new one's windows are not compared with it
             return await store_reference(settings, added, f"bound to index {previous}")
         return None

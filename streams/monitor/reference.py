@@ -52,6 +52,8 @@ from streams.monitor.text_features import DRIFT_FEATURES, text_features
 from streams.records import now_ms
 from streams.settings import Settings
 
+MIN_REFERENCE_ROWS = 50  # fewer rows than this make no reference sample
+
 REFERENCE_KEY = b"reference"
 T = TypeVar("T")
 
@@ -375,8 +377,8 @@ def _embedded_documents(
 ) -> dict[str, ReferenceSample]:
     from streams.index.embed import OnnxEmbedder
 
-    if len(chunks) < 50:
-        raise ValueError(f"only {len(chunks)} chunks to sample from; a reference needs at least 50")
+    if len(chunks) < MIN_REFERENCE_ROWS:
+        raise ValueError(f"only {len(chunks)} chunks to sample from; a reference needs at least {MIN_REFERENCE_ROWS}")
     embedder = OnnxEmbedder.from_settings(settings)
     return {"documents": documents_sample(chunks, embedder, tokenizer, groups, drawn_from)}
 
