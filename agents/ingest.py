@@ -17,7 +17,7 @@ import faust
 
 from agents.common import delivery_of, log_dead_letter, raw_topic, source_of, stop_without_acking
 from streams.ingest.chunk import default_tokenizer
-from streams.ingest.dedup import LookupIndex
+from streams.ingest.dedup import DedupIndex, LookupIndex
 from streams.ingest.pipeline import IngestConfig, IngestPipeline, IngestRecord, encode_outputs
 from streams.kafka.avro import codec_from_settings
 from streams.kafka.topics import Topics
@@ -28,6 +28,7 @@ from streams.telemetry.tracing import AgentTracer
 
 log = get_logger(__name__)
 DEDUP_TABLE = "ingest-dedup"
+RETRACT_INTERVAL_S = 1.0  # how soon a copy indexed concurrently by two workers steps down
 
 
 def record_from_event(event: Any, traceparent: str | None) -> IngestRecord:
@@ -48,6 +49,9 @@ def register_ingest(app: faust.App, settings: Settings, tracer: AgentTracer) -> 
     # and band lookups live in memory, built from the table once recovered and kept in step with
     # other workers' writes as their changelog records arrive.
     lookups: list[LookupIndex] = []
+    # The batch and the retraction of concurrent copies both change dedup state and publish its
+    # consequences; one at a time, so a retraction never interleaves with a batch's sends.
+    state_lock = asyncio.Lock()
 
     async def on_changelog_event(event: Any) -> None:
         if lookups:
@@ -76,7 +80,8 @@ def register_ingest(app: faust.App, settings: Settings, tracer: AgentTracer) -> 
         async for events in stream.take_events(settings.ingest_batch_size, within=settings.ingest_batch_seconds):
             started = time.perf_counter()
             try:
-                await ingest_batch(events)
+                async with state_lock:
+                    await ingest_batch(events)
             except Exception as error:  # noqa: BLE001 - commit nothing of this batch, exit, be restarted
                 await stop_without_acking(app, "ingest", events, error)
             metrics.processed.inc(len(events))
@@ -114,6 +119,31 @@ def register_ingest(app: faust.App, settings: Settings, tracer: AgentTracer) -> 
                         batch.fail(i, result.dead_letter.reason, result.dead_letter.detail)
                         log_dead_letter(result.dead_letter)
             await asyncio.gather(*pending)
+
+    def owns(partition: int) -> bool:
+        """Whether this worker reads ``partition`` of docs.raw now."""
+        return any(tp.topic == topics.docs_raw and tp.partition == partition for tp in app.consumer.assignment())
+
+    @app.timer(interval=RETRACT_INTERVAL_S)  # type: ignore[untyped-decorator]  # faust's decorators are untyped
+    async def retract_concurrent_copies() -> None:
+        """Step down exact copies another worker indexed at the same moment (streams.ingest.dedup)."""
+        if not lookups or not lookups[0].contested():
+            return
+        async with state_lock:
+            retractions = pipeline.retractions(lookups[0], owns, topics.docs_raw)
+            for retraction in retractions:
+                outputs = encode_outputs(retraction.result, retraction.record, codec, topics)
+                await asyncio.gather(
+                    *[await app.producer.send(o.topic, o.key, o.value, None, None, o.headers) for o in outputs]
+                )
+                now = lookups[0].states.get(retraction.doc_id)
+                if now is None or now.duplicate_of is not None or now.doc_hash != retraction.state.doc_hash:
+                    continue  # another worker changed the copy while its retraction was published
+                dedup = DedupIndex(dedup_table, settings.near_dup_max_hamming, settings.near_dup_enabled, lookups[0])
+                dedup.replace(retraction.doc_id, retraction.state)
+                totals["retracted"] += 1
+                notice = retraction.result.duplicate
+                log.info("ingest_copy_retracted", doc_id=retraction.doc_id, duplicate_of=notice and notice.duplicate_of)
 
     @app.timer(interval=10.0)  # type: ignore[untyped-decorator]  # faust's decorators are untyped
     async def report_totals() -> None:

@@ -13,7 +13,9 @@ What one record becomes (exactly one outcome, so every input is accounted for):
     Of a group of duplicates the smallest id is the indexed copy, whatever the arrival order:
     when it arrives after a larger-id copy was indexed, that copy steps down (a DuplicateNotice
     and DELETEs of its chunks travel with the INDEXED result). So the final index depends only
-    on the documents, not on how partitions interleave, and a replay reproduces it.
+    on the documents, not on how partitions interleave, and a replay reproduces it. Copies that
+    two workers indexed at the same moment step down the same way once either sees the other's
+    write (:meth:`IngestPipeline.retractions`, run by the owner of the copy's partition).
     DELETED   -> DELETE events for every chunk the document had
     REJECTED  -> a DeadLetter with the original bytes and a reason code
 """
@@ -111,6 +113,21 @@ class IngestResult:
     dead_letter: DeadLetter | None = None
     pii_counts: dict[str, int] = field(default_factory=dict)
     demoted: tuple[DuplicateNotice, ...] = ()  # earlier documents this one replaces as the canonical copy
+
+
+@dataclass(frozen=True)
+class Retraction:
+    """A copy indexed concurrently with a smaller-id one, and how it steps down.
+
+    The caller publishes ``result`` (its notice and the DELETEs of the copy's chunks) first and
+    writes ``state`` into the dedup store after the broker acknowledged them, so that a crash in
+    between leaves the copy contested and retracted again, never a copy marked but still indexed.
+    """
+
+    doc_id: str
+    state: DocState
+    result: IngestResult
+    record: IngestRecord
 
 
 @dataclass(frozen=True)
@@ -275,6 +292,7 @@ class IngestPipeline:
             duplicate_of=duplicate.of if duplicate else None,
             near_eligible=item.near_eligible,
             offset=record.source.offset,
+            partition=record.source.partition,
         )
         previous = dedup.replace(document.id, state)
         old_count = previous.chunk_count if previous else 0
@@ -296,13 +314,45 @@ class IngestPipeline:
         self, duplicate: Duplicate, winner: RawDocument, record: IngestRecord, dedup: DedupIndex
     ) -> tuple[DuplicateNotice, list[CleanChunk]]:
         """Make the indexed document ``duplicate.of`` a duplicate of ``winner``: state, notice, deletes."""
-        loser_id = duplicate.of
-        old = dedup.state(loser_id)
+        old = dedup.state(duplicate.of)
         assert old is not None  # lookups only hold documents they know
-        dedup.replace(loser_id, replace(old, chunk_count=0, duplicate_of=winner.id))
-        notice = _notice(loser_id, winner.id, duplicate, old.doc_hash, record)
+        state, notice, deletes = self._step_down(duplicate.of, old, winner.id, duplicate, record)
+        dedup.replace(duplicate.of, state)
+        return notice, deletes
+
+    def _step_down(
+        self, loser_id: str, old: DocState, winner_id: str, match: Duplicate, record: IngestRecord
+    ) -> tuple[DocState, DuplicateNotice, list[CleanChunk]]:
+        """The state, notice and chunk deletions of an indexed document becoming a copy of ``winner_id``."""
+        state = replace(old, chunk_count=0, duplicate_of=winner_id)
+        notice = _notice(loser_id, winner_id, match, old.doc_hash, record)
         loser = RawDocument(id=loser_id, deleted=True)
-        return notice, [self._deletion(loser, index, record) for index in range(old.chunk_count)]
+        return state, notice, [self._deletion(loser, index, record) for index in range(old.chunk_count)]
+
+    def retractions(self, lookups: LookupIndex, owns: Callable[[int], bool], source_topic: str) -> list[Retraction]:
+        """Copies indexed beside a smaller-id one (exact, then near), for the partitions ``owns`` accepts.
+
+        Each copy is retracted by one worker, the owner of the docs.raw partition its last record
+        came from (a state written before partitions were stored, -1, falls to partition 0's owner),
+        so it is ordered with that document's own updates. Nothing is changed here: see :class:`Retraction`.
+        """
+        out: list[Retraction] = []
+        stepping_down: set[str] = set()
+        for conflict in lookups.contested():
+            # One step per document and pass; a copy of a document stepping down waits for the next pass.
+            if conflict.loser in stepping_down or conflict.winner in stepping_down:
+                continue
+            old = lookups.states[conflict.loser]
+            if not owns(max(old.partition, 0)):
+                continue
+            coordinates = SourceCoordinates(source_topic, old.partition, old.offset, self.clock_ms())
+            record = IngestRecord(conflict.loser.encode(), None, coordinates)
+            match = Duplicate(of=conflict.winner, kind=conflict.kind, distance=conflict.distance)
+            state, notice, deletes = self._step_down(conflict.loser, old, conflict.winner, match, record)
+            result = IngestResult(Outcome.DUPLICATE, conflict.loser, chunks=tuple(deletes), duplicate=notice)
+            out.append(Retraction(conflict.loser, state, result, record))
+            stepping_down.add(conflict.loser)
+        return out
 
     def _upsert(
         self, document: RawDocument, item: _Prepared, piece: TextChunk, count: int, record: IngestRecord

@@ -1,5 +1,6 @@
 """The ingest stage end to end on plain values: one outcome per record, updates, deletes, dedup."""
 
+import dataclasses
 import json
 
 import pytest
@@ -7,9 +8,10 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from streams.ingest.chunk import RegexTokenizer
+from streams.ingest.dedup import Conflict, DedupIndex, DocState, LookupIndex
 from streams.ingest.pipeline import IngestConfig, IngestPipeline, IngestRecord, Outcome
 from streams.kafka.avro import AvroCodec, EmbeddedRegistry
-from streams.records import ChunkOp, SourceCoordinates
+from streams.records import ChunkOp, DuplicateKind, SourceCoordinates
 
 CODEC = AvroCodec(EmbeddedRegistry.from_directory())
 TEXT = " ".join(f"sentence {i} talks about topic {i % 5} in plain words" for i in range(40))
@@ -183,3 +185,73 @@ def test_the_final_index_does_not_depend_on_arrival_order(order: list[int]) -> N
     assert {chunk_id.split("#")[0] for chunk_id in baseline} == {"d0", "e1", "f"}  # one copy per group
     shuffled = [record(documents[i], offset=n) for n, i in enumerate(order)]
     assert final_index(pipeline().process_batch(shuffled, {})) == baseline
+
+
+def on_partition(value: dict, partition: int, offset: int = 0) -> IngestRecord:
+    base = record(value, offset=offset)
+    return dataclasses.replace(base, source=dataclasses.replace(base.source, partition=partition))
+
+
+def test_copies_indexed_by_two_workers_at_once_end_as_one_worker_leaves_them() -> None:
+    """Two workers take in two copies before either sees the other's write; the larger id's owner retracts it."""
+    workers = {0: (pipeline(), {}, LookupIndex(3, True)), 1: (pipeline(), {}, LookupIndex(3, True))}
+    first = workers[0][0].process_batch([on_partition({"id": "a", "text": TEXT}, 0)], workers[0][1], workers[0][2])
+    second = workers[1][0].process_batch([on_partition({"id": "b", "text": TEXT}, 1)], workers[1][1], workers[1][2])
+    assert [r.outcome for r in first + second] == [Outcome.INDEXED, Outcome.INDEXED]  # neither saw the other
+    # Each worker's changelog reader receives the other's write (and its own echo).
+    for partition, (_, _, lookups) in workers.items():
+        for doc_id, state in workers[1 - partition][1].items():
+            lookups.apply_remote(doc_id, dict(state))
+        assert lookups.contested() == [Conflict("a", "b", DuplicateKind.EXACT, 0)]
+    assert workers[0][0].retractions(workers[0][2], lambda p: p == 0, "docs.raw") == []  # not a's owner's job
+    (retraction,) = workers[1][0].retractions(workers[1][2], lambda p: p == 1, "docs.raw")
+    assert retraction.doc_id == "b" and retraction.state.duplicate_of == "a"
+    notice = retraction.result.duplicate
+    assert notice is not None and (notice.doc_id, notice.duplicate_of, notice.kind) == ("b", "a", DuplicateKind.EXACT)
+    # Published, then the state written: every worker applies it and the contest is over.
+    DedupIndex(workers[1][1], lookups=workers[1][2]).replace("b", retraction.state)
+    retracted = dict(workers[1][1]["b"])
+    assert retracted["revision"] == 1  # same record, a later revision
+    indexed_echo = {**retracted, "duplicate_of": None, "revision": 0, "chunk_count": 3}
+    for _, _, lookups in workers.values():
+        lookups.apply_remote("b", retracted)
+        lookups.apply_remote("b", indexed_echo)  # the copy's earlier, indexed state arriving late
+        assert lookups.contested() == [] and lookups.owners[retracted["doc_hash"]] == "a"
+    one_worker = pipeline().process_batch(
+        [on_partition({"id": "a", "text": TEXT}, 0), on_partition({"id": "b", "text": TEXT}, 1)], {}
+    )
+    assert final_index([*first, *second, retraction.result]) == final_index(one_worker)
+    # A later copy goes to the canonical document on either worker.
+    third = workers[0][0].process_batch([on_partition({"id": "c", "text": TEXT}, 0, 5)], workers[0][1], workers[0][2])
+    assert third[0].outcome is Outcome.DUPLICATE and third[0].duplicate.duplicate_of == "a"
+
+
+def test_near_copies_indexed_by_two_workers_at_once_end_as_one_worker_leaves_them() -> None:
+    near = TEXT.replace("sentence 3 ", "sentence three ")
+    documents = [on_partition({"id": "n1", "text": near}, 1), on_partition({"id": "n0", "text": TEXT}, 0)]
+    workers = [(pipeline(), {}, LookupIndex(3, True)) for _ in documents]
+    results = [
+        p.process_batch([d], store, lookups)[0] for d, (p, store, lookups) in zip(documents, workers, strict=True)
+    ]
+    assert [r.outcome for r in results] == [Outcome.INDEXED, Outcome.INDEXED]
+    for _, _, lookups in workers:  # every worker's changelog reader sees both writes
+        for _, other_store, _ in workers:
+            for doc_id, state in other_store.items():
+                lookups.apply_remote(doc_id, dict(state))
+        (conflict,) = lookups.contested()
+        assert (conflict.winner, conflict.loser, conflict.kind) == ("n0", "n1", DuplicateKind.NEAR)
+        assert 0 < conflict.distance <= 3
+    (retraction,) = workers[0][0].retractions(workers[0][2], lambda p: p == 1, "docs.raw")
+    assert workers[1][0].retractions(workers[1][2], lambda p: p == 0, "docs.raw") == []
+    one_worker = pipeline().process_batch(documents, {})
+    assert final_index([*results, retraction.result]) == final_index(one_worker)
+    assert {k.split("#")[0] for k in final_index(one_worker)} == {"n0"}
+    DedupIndex(workers[0][1], lookups=workers[0][2]).replace("n1", retraction.state)
+    assert workers[0][2].contested() == []  # the pair no longer holds: n1 is a copy now
+
+
+def test_a_state_written_by_another_version_loads() -> None:
+    older = {"doc_hash": "h", "simhash": 1, "chunk_count": 2}
+    newer = {**older, "offset": 4, "partition": 1, "revision": 2, "added_later": True}
+    assert DocState.from_dict(older) == DocState("h", 1, 2)
+    assert DocState.from_dict(newer) == DocState("h", 1, 2, offset=4, partition=1, revision=2)
