@@ -28,12 +28,13 @@ import re
 from collections import defaultdict
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from functools import lru_cache
 from typing import Protocol
 
 import numpy as np
 import numpy.typing as npt
 
-from streams.index.lexical import query_text, term_set
+from streams.index.lexical import query_text, term_set, terms
 from streams.index.vectorstore import RRF_K, Candidate, Hit
 
 MODES = ("ranked", "hybrid", "dense", "bm25")
@@ -272,15 +273,22 @@ def name_features(title: str, words: set[str], query: frozenset[str]) -> tuple[f
     title that is a dotted name (``shutil.copytree``, ``json.JSONEncoder.__init__``) says what the
     document documents; any other title is one part.
     """
+    name, name_terms, *flags = _title_name(title)
+    named = name in words or (bool(name_terms) and name_terms <= query)
+    return (float(named), *flags)
+
+
+@lru_cache(maxsize=16_384)
+def _title_name(title: str) -> tuple[str, frozenset[str], float, float, float, float]:
+    """(name in lower case, its terms, depth, private part, special method, private module) of a title."""
     dotted = _DOTTED_NAME.fullmatch(title) is not None
     parts = title.split(".") if dotted else [title]
     name = parts[-1]
-    name_terms = term_set(name)
-    named = name.lower() in words or (bool(name_terms) and name_terms <= query)
     special = len(name) > 4 and name.startswith("__") and name.endswith("__")
     private = any(part.startswith("_") and not part.startswith("__") for part in parts[1:])
     return (
-        float(named),
+        name.lower(),
+        frozenset(terms(name)),
         float(len(parts)),
         float(private),
         float(special),
