@@ -28,12 +28,13 @@ import re
 from collections import defaultdict
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from functools import lru_cache
 from typing import Protocol
 
 import numpy as np
 import numpy.typing as npt
 
-from streams.index.lexical import query_text, term_set
+from streams.index.lexical import query_text, term_set, terms
 from streams.index.vectorstore import RRF_K, Candidate, Hit
 
 MODES = ("ranked", "hybrid", "dense", "bm25")
@@ -55,20 +56,32 @@ FEATURES = (
     "chunks_matched",  # log(1 + chunks of the document among the candidates)
     "coverage",  # share of the query's terms found in the document's candidate chunks or title
     "bm25_per_term",  # best BM25 score of the document / number of query terms (an absolute match strength)
+    "name_match",  # 1 when the question names the document: the last part of a dotted title, or all its terms
+    "title_depth",  # parts of a dotted title (json = 1, json.dumps = 2, json.JSONEncoder.encode = 3); else 1
+    "private_name",  # 1 when a part after the first starts with one underscore (an implementation detail)
+    "special_method",  # 1 when the title ends in a special method (__init__, __eq__): the class usually answers
+    "private_module",  # 1 when the title's first part starts with an underscore (_pydecimal, _strptime)
 )
 
+_DOTTED_NAME = re.compile(r"[A-Za-z_]\w*(?:\.[A-Za-z_]\w*)*")
 _IDENTIFIER = re.compile(r"\b[A-Za-z_]\w*(?:[._]\w+)+\b|\b[a-z]+[A-Z]\w*\b|\b[A-Z][a-z]+[A-Z]\w*\b")
+_WORDS = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 _SENTENCE_END = re.compile(r"(?<=[.!?])\s+|\n\s*\n")
 
 
 class Ranker(Protocol):
-    """A learned ranker: a score and per-feature attributions for each row of features."""
+    """A learned ranker: a score and per-feature attributions for each row of features.
+
+    ``features`` names the columns it reads, a subset of :data:`FEATURES` in its own order, so a
+    version trained before a feature was added keeps ranking (it is given the columns it knows).
+    """
 
     name: str
     version: str
+    features: tuple[str, ...]
 
     def score(self, features: npt.NDArray[np.float32]) -> tuple[npt.NDArray[np.float32], npt.NDArray[np.float32]]:
-        """(scores [n], attributions [n, len(FEATURES)]) for ``features`` [n, len(FEATURES)]."""
+        """(scores [n], attributions [n, len(self.features)]) for ``features`` [n, len(self.features)]."""
         ...
 
 
@@ -77,6 +90,7 @@ class RrfRanker:
 
     name = "rrf"
     version = "builtin"
+    features: tuple[str, ...] = FEATURES
 
     def score(self, features: npt.NDArray[np.float32]) -> tuple[npt.NDArray[np.float32], npt.NDArray[np.float32]]:
         column = FEATURES.index("rrf")
@@ -179,7 +193,7 @@ def rank_documents(
     if not candidates:
         return []
     doc_ids, matrix, grouped = document_features(question, candidates, openings(candidates, store))
-    scores, attributions = ranker.score(matrix)
+    scores, attributions = ranker.score(matrix[:, ranker_columns(ranker)])
     order = np.argsort(-scores, kind="stable")
     documents = []
     for row in order:
@@ -192,10 +206,21 @@ def rank_documents(
                 float(scores[row]),
                 evidence,
                 {name: round(float(v), 4) for name, v in zip(FEATURES, matrix[row], strict=True)},
-                {name: round(float(v), 4) for name, v in zip(FEATURES, attributions[row], strict=True)},
+                {name: round(float(v), 4) for name, v in zip(ranker.features, attributions[row], strict=True)},
             )
         )
     return documents
+
+
+def ranker_columns(ranker: Ranker) -> list[int]:
+    """The columns of a :data:`FEATURES` matrix that ``ranker`` reads, in its order."""
+    unknown = [name for name in ranker.features if name not in FEATURES]
+    if unknown:
+        raise ValueError(
+            f"ranker {ranker.name}@{ranker.version} reads features {unknown} this worker does not compute "
+            f"(it knows {list(FEATURES)}): promote a ranker trained by this version (llmops models train-ranker)"
+        )
+    return [FEATURES.index(name) for name in ranker.features]
 
 
 def document_features(
@@ -210,6 +235,7 @@ def document_features(
     query = term_set(question)
     query_size = max(1, len(query))
     identifiers = {match.lower() for match in _IDENTIFIER.findall(question)}
+    words = {match.lower() for match in _WORDS.findall(question)}
     best_dense = max(c.dense for c in candidates)
     best_bm25 = max(c.bm25 for c in candidates)
     doc_ids = list(grouped)
@@ -235,8 +261,39 @@ def document_features(
             math.log1p(len(found)),
             covered,
             bm25 / query_size,
+            *name_features(title, words, query),
         )
     return doc_ids, matrix, grouped
+
+
+def name_features(title: str, words: set[str], query: frozenset[str]) -> tuple[float, ...]:
+    """``name_match`` .. ``private_module`` for a document titled ``title``.
+
+    ``words`` are the question's words in lower case, ``query`` its terms (:func:`term_set`). A
+    title that is a dotted name (``shutil.copytree``, ``json.JSONEncoder.__init__``) says what the
+    document documents; any other title is one part.
+    """
+    name, name_terms, *flags = _title_name(title)
+    named = name in words or (bool(name_terms) and name_terms <= query)
+    return (float(named), *flags)
+
+
+@lru_cache(maxsize=16_384)
+def _title_name(title: str) -> tuple[str, frozenset[str], float, float, float, float]:
+    """(name in lower case, its terms, depth, private part, special method, private module) of a title."""
+    dotted = _DOTTED_NAME.fullmatch(title) is not None
+    parts = title.split(".") if dotted else [title]
+    name = parts[-1]
+    special = len(name) > 4 and name.startswith("__") and name.endswith("__")
+    private = any(part.startswith("_") and not part.startswith("__") for part in parts[1:])
+    return (
+        name.lower(),
+        frozenset(terms(name)),
+        float(len(parts)),
+        float(private),
+        float(special),
+        float(dotted and parts[0].startswith("_")),
+    )
 
 
 def openings(candidates: Sequence[Candidate], store: SearchStore | None) -> dict[str, str]:

