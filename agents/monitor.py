@@ -267,7 +267,7 @@ def register_monitor(app: faust.App, settings: Settings, agents: Sequence[str] =
         concurrency=1,  # in order, like the Faust agents' windows
         consumer_options={"topic.metadata.refresh.interval.ms": TENANT_TOPICS_REFRESH_MS},
         manual_acks=True,  # committed once the window that counted the reply is published
-        before_hand_over=lambda: report_open_windows("rebalance"),
+        before_hand_over=lambda: report_open_windows(why_now()),
     )
 
     # Tenants' topics come and go: their lag is measured where the group has committed.
@@ -364,10 +364,13 @@ def register_monitor(app: faust.App, settings: Settings, agents: Sequence[str] =
         if "started" in state and state["started"].done():  # else nothing was counted yet
             await close(monitor.flush(how))
 
+    def why_now() -> Literal["stop", "rebalance"]:
+        return "stop" if app.should_stop else "rebalance"
+
     async def release_held_events() -> None:
         """While Faust waits for its events (a revocation, a stop): report the windows that hold some."""
         if monitor.holding or not held_events:
-            await report_open_windows("stop" if app.should_stop else "rebalance")
+            await report_open_windows(why_now())
 
     # Faust waits for every event its streams took before it lets partitions go or stops, and the
     # windows hold theirs: they are reported while it waits, before any commit of the revoked
