@@ -30,7 +30,11 @@ Windows add up to the records that flowed, even across a kill -9:
     ``tests/integration/faults/test_scale_out.py``).
     Not held: records the monitor does not window (deletions, its own questions, undecodable
     records, which are dead-lettered) and feedback waiting in the join for its response (the join
-    is in memory; holding it would stall its partition's commits for the join's TTL).
+    is in memory; holding it would stall its partition's commits for the join's TTL). Nor
+    ``docs.embeddings`` in a worker that also runs the index agent: both read it in one consumer
+    group, and the index's commits must not wait for a monitor window; a kill -9 of such a worker
+    can lose its open documents window. The guarantee is for the monitor run as its own worker
+    (``--agents monitor``, one Deployment per agent group), as scale-out deploys it.
     Memory and lag: a worker holds the events of its open windows, at most
     ``LLMOPS_MONITOR_WINDOW_EVENTS`` per stream, for at most ``LLMOPS_MONITOR_WINDOW_SECONDS``;
     the monitor's consumer lag reads up to one open window per stream. Holding is per partition
@@ -203,7 +207,14 @@ def register_monitor(app: faust.App, settings: Settings, agents: Sequence[str] =
         (topics.feedback, "monitor_feedback", lambda v: decode_feedback(v, codec), monitor.on_feedback),
     ]
 
-    def consume(decode: Callable[[bytes], dict[str, Any] | None], handler: Handler) -> Callable[[Any], Any]:
+    # In a worker that also runs the index agent, docs.embeddings is read by both agents of one
+    # consumer group, and a record's offset is committed once both acked it: holding it for a
+    # monitor window would hold back the index's commits (its progress and lag) too. There the
+    # monitor acks documents as it counts them, as before.
+    at_once = {topics.docs_embeddings} if "index" in agents else set()
+    log.info("monitor_acks", after_window=sorted({t for t, *_ in inputs} - at_once), at_once=sorted(at_once))
+
+    def consume(decode: Callable[[bytes], dict[str, Any] | None], handler: Handler, hold: bool) -> Callable[[Any], Any]:
         async def agent(stream: Any) -> None:
             await ready()
             async for event in stream.noack().events():  # acked when the window that counted it is published
@@ -220,18 +231,19 @@ def register_monitor(app: faust.App, settings: Settings, agents: Sequence[str] =
                     await publish([], [token])
                     continue
                 try:
-                    outputs = handler(record, timestamp_ms(event), token)
+                    outputs = handler(record, timestamp_ms(event), token if hold else None)
                 except Exception as error:  # one odd record must not stop monitoring (it is dead-lettered)
                     log.exception("monitor_failed", error=repr(error))
                     await reject(event, "INTERNAL_ERROR", repr(error)[:500])
                     await publish([], [*monitor.take_released(), token])
                     continue
-                await close(outputs)
+                released = monitor.take_released()
+                await publish(outputs, released if hold else [*released, token])
 
         return agent
 
     for topic, name, decode, handler in inputs:
-        app.agent(raw_topic(app, topic, settings), name=name)(consume(decode, handler))
+        app.agent(raw_topic(app, topic, settings), name=name)(consume(decode, handler, topic not in at_once))
 
     # Tenants' replies live on a topic per tenant, created as tenants come; Faust cannot subscribe
     # to a pattern, so a librdkafka consumer of the monitor's own follows them all.
