@@ -1,4 +1,4 @@
-"""Two fixes to Faust's consumer, applied once when the app is created.
+"""Three fixes to Faust's consumer, applied once when the app is created.
 
 1. Seeking back to committed offsets
 
@@ -35,10 +35,27 @@ The fix:
     after the clear. Changelog partitions resume at once, as before. Gaps are logged
     (``consumer_offset_gap``): transaction markers explain gaps of single offsets; anything else
     is records the consumer skipped.
+
+3. Releasing held events before Faust waits for them
+
+Why this exists:
+    At a revocation and at shutdown Faust stops the flow, then waits until every event its
+    streams took is acknowledged (``Consumer.wait_empty``), and only after that sends
+    ``on_partitions_revoked`` (and, at shutdown, ``on_before_shutdown``). An agent that holds
+    acknowledgements on purpose (the monitor acks a record once the window that counted it is
+    published) would make that wait last forever.
+
+The fix:
+    ``release_before_waiting(app, release)`` registers a coroutine function that Faust's wait
+    runs beside itself: at once, then every ``RELEASE_INTERVAL_S`` while the wait lasts (an
+    event the agent was still working on when the flow stopped is held, then released too).
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from faust.transport.consumer import Consumer
@@ -49,6 +66,8 @@ from streams.logs import get_logger
 log = get_logger(__name__)
 _PATCHED = "_llmops_seeks_uncommitted_partitions"
 _PENDING = "_llmops_streams_to_resume"
+_RELEASERS = "_llmops_release_before_waiting"
+RELEASE_INTERVAL_S = 0.2
 
 
 async def seek_to_committed_or_beginning(consumer: Any) -> dict[Any, int | None]:
@@ -79,7 +98,54 @@ def apply() -> None:
 
     AIOKafkaConsumerThread.seek_to_committed = seek_to_committed  # type: ignore[method-assign]
     _hold_stream_partitions_until_flow_resumes()
+    _release_held_events_while_waiting()
     setattr(AIOKafkaConsumerThread, _PATCHED, True)
+
+
+def release_before_waiting(app: Any, release: Callable[[], Awaitable[None]]) -> None:
+    """Run ``release`` while ``app``'s consumer waits for its streams' events (revocation, shutdown)."""
+    releasers: list[Callable[[], Awaitable[None]]] | None = getattr(app, _RELEASERS, None)
+    if releasers is None:
+        releasers = []
+        setattr(app, _RELEASERS, releasers)
+    releasers.append(release)
+
+
+async def wait_releasing(wait: Awaitable[None], releasers: list[Callable[[], Awaitable[None]]]) -> None:
+    """Await ``wait`` while calling each of ``releasers`` now and every ``RELEASE_INTERVAL_S``."""
+    done = asyncio.Event()
+
+    async def keep_releasing() -> None:
+        while True:
+            for release in releasers:
+                try:
+                    await release()
+                except Exception as error:  # noqa: BLE001 - logged; tried again at the next interval
+                    log.warning("release_before_waiting_failed", error=repr(error))
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(done.wait(), RELEASE_INTERVAL_S)
+            if done.is_set():
+                return
+
+    releasing = asyncio.ensure_future(keep_releasing())
+    try:
+        await wait
+    finally:
+        done.set()  # not cancelled: a release half done would leave acknowledgements taken and not given
+        await releasing
+
+
+def _release_held_events_while_waiting() -> None:
+    wait_empty = Consumer.wait_empty
+
+    async def releasing_wait_empty(self: Any) -> None:
+        releasers = getattr(self.app, _RELEASERS, None)
+        if not releasers:
+            await wait_empty(self)
+            return
+        await wait_releasing(wait_empty(self), releasers)
+
+    Consumer.wait_empty = releasing_wait_empty  # type: ignore[method-assign]
 
 
 def _hold_stream_partitions_until_flow_resumes() -> None:

@@ -10,10 +10,35 @@ version switches, or a built candidate enters QA, the monitor gives the referenc
 of that version (:func:`streams.monitor.index_switch.follow_switch`).
 
 The join of feedback with responses is in this process's memory: run one monitor worker per
-namespace (its topics are small next to the documents the embed agent handles). Open windows are
-reported when the worker stops and when it gives up partitions at a rebalance, so the windows of
-all monitor workers cover every record that flowed; a record redelivered after a rebalance (counted,
-not yet committed) is counted again (``tests/integration/faults/test_scale_out.py``).
+namespace (its topics are small next to the documents the embed agent handles).
+
+Windows add up to the records that flowed, even across a kill -9:
+    A record's offset is committed only after the window that counted it was closed and its
+    snapshot published (acknowledged by the brokers). The Faust agents read with manual acks
+    (``stream.noack()``); each event is held in :class:`streams.kafka.in_order_acks.InOrderAcks`
+    (acked in offset order per partition) until :meth:`Monitor.take_released` gives its token
+    back; the tenants' replies consumer does the same with ``manual_acks``. Windows closed by
+    count, by the one-second timer, at a revocation and at a stop all release what they held,
+    and each publish is followed by a commit of the monitor's topics. So a worker killed mid-window
+    leaves the records of its open windows uncommitted, and the next owner counts them in its own
+    windows; only the records of a window published but not yet committed at the kill are counted
+    twice (at-least-once; at most one window per stream, since publishes run one at a time).
+    Revocation and shutdown: Faust waits for held events before it moves on, so the open windows
+    are reported (``closed_by`` ``rebalance`` or ``stop``) while it waits
+    (:func:`agents.faust_fixes.release_before_waiting`), and the tenants' consumer reports them
+    before it commits a revoke or its stop (``tests/integration/faults/test_monitor_kill.py``,
+    ``tests/integration/faults/test_scale_out.py``).
+    Not held: records the monitor does not window (deletions, its own questions, undecodable
+    records, which are dead-lettered) and feedback waiting in the join for its response (the join
+    is in memory; holding it would stall its partition's commits for the join's TTL). Nor
+    ``docs.embeddings`` in a worker that also runs the index agent: both read it in one consumer
+    group, and the index's commits must not wait for a monitor window; a kill -9 of such a worker
+    can lose its open documents window. The guarantee is for the monitor run as its own worker
+    (``--agents monitor``, one Deployment per agent group), as scale-out deploys it.
+    Memory and lag: a worker holds the events of its open windows, at most
+    ``LLMOPS_MONITOR_WINDOW_EVENTS`` per stream, for at most ``LLMOPS_MONITOR_WINDOW_SECONDS``;
+    the monitor's consumer lag reads up to one open window per stream. Holding is per partition
+    of the monitor's own consumer group: other agents of the worker commit as before.
 """
 
 from __future__ import annotations
@@ -22,12 +47,13 @@ import asyncio
 import contextlib
 import re
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Callable, Sequence
 from typing import Any, Literal, cast
 
 import faust
 
 from agents.common import dead_letter_for, raw_topic, record_dead_letter, send_dead_letter
+from agents.faust_fixes import release_before_waiting
 from agents.request_consumer import RequestConsumer
 from agents.sre import sre_of
 from streams.index.rebuild import committed_progress
@@ -36,6 +62,7 @@ from streams.inference.feedback import BadFeedback, decode_feedback
 from streams.inference.requests import RequestRejected, parse_request
 from streams.ingest.chunk import default_tokenizer
 from streams.kafka.avro import CodecError, codec_from_settings
+from streams.kafka.in_order_acks import InOrderAcks
 from streams.kafka.rdkafka import FetchedRecord
 from streams.kafka.topics import Topics
 from streams.logs import get_logger
@@ -53,7 +80,7 @@ from streams.telemetry.metrics import observe_monitor_outputs, stage_metrics
 from streams.telemetry.tracing import TRACE_HEADERS, header_items
 
 log = get_logger(__name__)
-Handler = Callable[[dict[str, Any], int], list[Output]]
+Handler = Callable[[dict[str, Any], int, object], list[Output]]
 # New tenants' reply topics are found at each metadata refresh (librdkafka's default is 5 min).
 TENANT_TOPICS_REFRESH_MS = 10_000
 SWITCH_CHECK_SECONDS = 5.0  # the registry wakes the switch follower; this is its idle check
@@ -96,7 +123,7 @@ def register_monitor(app: faust.App, settings: Settings, agents: Sequence[str] =
             state["started"] = asyncio.ensure_future(start())
         await asyncio.shield(state["started"])
 
-    async def publish(outputs: list[Output]) -> None:
+    async def send(outputs: list[Output]) -> None:
         pending = []
         for kind, record in outputs:
             if kind == "snapshot":
@@ -116,6 +143,30 @@ def register_monitor(app: faust.App, settings: Settings, agents: Sequence[str] =
                 value = codec.encode("Alert", record, topics.monitor_alerts)
                 pending.append(await app.producer.send(topics.monitor_alerts, key, value, None, None, None))
         await asyncio.gather(*pending)
+
+    # Faust events held until the window that counted them is published, acked in offset order.
+    held_events: InOrderAcks[Any] = InOrderAcks(lambda event: event.ack())
+    publishing = asyncio.Lock()  # one publish at a time: at most one window per stream is published and uncommitted
+    monitor_topics = {topics.docs_embeddings, topics.inference_requests, topics.inference_responses, topics.feedback}
+
+    async def publish(outputs: list[Output], released: list[object]) -> None:
+        """Publish ``outputs``, then acknowledge and commit the records ``released`` with them."""
+        async with publishing:
+            if outputs:
+                await send(outputs)
+            events = [token for token in released if not isinstance(token, FetchedRecord)]
+            replies = [token for token in released if isinstance(token, FetchedRecord)]
+            if replies:
+                tenant_replies.ack(replies)  # the tenants' consumer commits at its next turn
+            committing = held_events.release(cast(Any, events)) and outputs and not app.consumer.should_stop
+            # Commit at once, not at Faust's commit interval: what was published is what is committed.
+            # (A commit that found another under way waited for it: this one commits ours.)
+            if committing and not await app.consumer.commit(monitor_topics):
+                await app.consumer.commit(monitor_topics)
+
+    async def close(outputs: list[Output]) -> None:
+        """Publish what a call of the monitor closed (call right after it: no await in between)."""
+        await publish(outputs, monitor.take_released())
 
     # What the monitor writes; their schema ids are resolved off the event loop (AvroCodec.prefetch).
     writes = [
@@ -156,31 +207,43 @@ def register_monitor(app: faust.App, settings: Settings, agents: Sequence[str] =
         (topics.feedback, "monitor_feedback", lambda v: decode_feedback(v, codec), monitor.on_feedback),
     ]
 
-    def consume(decode: Callable[[bytes], dict[str, Any] | None], handler: Handler) -> Callable[[Any], Any]:
+    # In a worker that also runs the index agent, docs.embeddings is read by both agents of one
+    # consumer group, and a record's offset is committed once both acked it: holding it for a
+    # monitor window would hold back the index's commits (its progress and lag) too. There the
+    # monitor acks documents as it counts them, as before.
+    at_once = {topics.docs_embeddings} if "index" in agents else set()
+    log.info("monitor_acks", after_window=sorted({t for t, *_ in inputs} - at_once), at_once=sorted(at_once))
+
+    def consume(decode: Callable[[bytes], dict[str, Any] | None], handler: Handler, hold: bool) -> Callable[[Any], Any]:
         async def agent(stream: Any) -> None:
             await ready()
-            async for event in stream.events():
+            async for event in stream.noack().events():  # acked when the window that counted it is published
                 processed.inc()
+                token = held_events.hold(event.message.tp, event.message.offset, event)
                 await codec.prefetch([event.message.value], writes=writes)
                 try:
                     record = decode(event.message.value or b"")
                 except (BadFeedback, CodecError) as error:
                     await reject(event, error.reason, error.detail)
+                    await publish([], [token])
                     continue
                 if record is None:
+                    await publish([], [token])
                     continue
                 try:
-                    outputs = handler(record, timestamp_ms(event))
+                    outputs = handler(record, timestamp_ms(event), token if hold else None)
                 except Exception as error:  # one odd record must not stop monitoring (it is dead-lettered)
                     log.exception("monitor_failed", error=repr(error))
                     await reject(event, "INTERNAL_ERROR", repr(error)[:500])
+                    await publish([], [*monitor.take_released(), token])
                     continue
-                await publish(outputs)
+                released = monitor.take_released()
+                await publish(outputs, released if hold else [*released, token])
 
         return agent
 
     for topic, name, decode, handler in inputs:
-        app.agent(raw_topic(app, topic, settings), name=name)(consume(decode, handler))
+        app.agent(raw_topic(app, topic, settings), name=name)(consume(decode, handler, topic not in at_once))
 
     # Tenants' replies live on a topic per tenant, created as tenants come; Faust cannot subscribe
     # to a pattern, so a librdkafka consumer of the monitor's own follows them all.
@@ -192,6 +255,7 @@ def register_monitor(app: faust.App, settings: Settings, agents: Sequence[str] =
             letter = record_dead_letter(record, "monitor", reason, detail)
             context = [h for h in record.headers if h[0] in TRACE_HEADERS]
             await (await send_dead_letter(app, codec, topics, letter, context))  # acked before the commit
+            await publish([], [record])
 
         await codec.prefetch([record.value], writes=writes)
         try:
@@ -200,12 +264,12 @@ def register_monitor(app: faust.App, settings: Settings, agents: Sequence[str] =
             await reject_record(error.reason, error.detail)
             return
         try:
-            outputs = monitor.on_response(response, record.timestamp or int(time.time() * 1000))
+            outputs = monitor.on_response(response, record.timestamp or int(time.time() * 1000), record)
         except Exception as error:  # one odd record must not stop monitoring (it is dead-lettered)
             log.exception("monitor_failed", error=repr(error))
             await reject_record("INTERNAL_ERROR", repr(error)[:500])
             return
-        await publish(outputs)
+        await close(outputs)
 
     tenant_replies = RequestConsumer(
         settings,
@@ -214,6 +278,8 @@ def register_monitor(app: faust.App, settings: Settings, agents: Sequence[str] =
         on_tenant_response,
         concurrency=1,  # in order, like the Faust agents' windows
         consumer_options={"topic.metadata.refresh.interval.ms": TENANT_TOPICS_REFRESH_MS},
+        manual_acks=True,  # committed once the window that counted the reply is published
+        before_hand_over=lambda: report_open_windows(why_now()),
     )
 
     # Tenants' topics come and go: their lag is measured where the group has committed.
@@ -224,7 +290,8 @@ def register_monitor(app: faust.App, settings: Settings, agents: Sequence[str] =
         await tenant_replies.run()
 
     async def stop_tenant_responses(*_: Any, **__: Any) -> None:
-        await tenant_replies.stop()
+        await tenant_replies.stop()  # reports the open windows before its last commit
+        await report_open_windows("stop")
 
     app.on_before_shutdown.connect(cast(Any, stop_tenant_responses))
 
@@ -303,19 +370,23 @@ def register_monitor(app: faust.App, settings: Settings, agents: Sequence[str] =
     @app.timer(1.0)  # type: ignore[untyped-decorator]  # faust ships no type hints
     async def close_windows_by_time() -> None:
         if "started" in state and state["started"].done():
-            await publish(monitor.tick())
+            await close(monitor.tick())
 
-    def flush(how: Literal["stop", "rebalance"]) -> Callable[..., Awaitable[None]]:
-        async def report_open_windows(*_: Any, **__: Any) -> None:
-            if "started" in state and state["started"].done():
-                await publish(monitor.flush(how))
+    async def report_open_windows(how: Literal["stop", "rebalance"]) -> None:
+        if "started" in state and state["started"].done():  # else nothing was counted yet
+            await close(monitor.flush(how))
 
-        return report_open_windows
+    def why_now() -> Literal["stop", "rebalance"]:
+        return "stop" if app.should_stop else "rebalance"
 
-    app.on_before_shutdown.connect(cast(Any, flush("stop")))
-    # Faust sends on_partitions_revoked after the agents finished their events and the consumer
-    # committed them: the open windows hold exactly the records this worker counted, so they are
-    # reported now, before the partitions' next owner counts from the committed offsets.
-    # (Windows span partitions: every revocation closes them all.)
-    app.on_partitions_revoked.connect(cast(Any, flush("rebalance")))
+    async def release_held_events() -> None:
+        """While Faust waits for its events (a revocation, a stop): report the windows that hold some."""
+        if monitor.holding or not held_events:
+            await report_open_windows(why_now())
+
+    # Faust waits for every event its streams took before it lets partitions go or stops, and the
+    # windows hold theirs: they are reported while it waits, before any commit of the revoked
+    # partitions and before the next owner reads them. (Windows span partitions: every
+    # revocation closes them all.)
+    release_before_waiting(app, release_held_events)
     return monitor

@@ -17,6 +17,10 @@ Guarantees (the same as the Faust agent's):
       answered and committed; only then does the group move on.
     - Stopping: :meth:`RequestConsumer.stop` finishes the records in flight, commits them, and
       leaves the group; records fetched but not started are read again by the next owner.
+    - Held records (``manual_acks=True``): a record is done when its owner calls :meth:`ack`,
+      not when the handler returns (the monitor acks once the window that counted the record is
+      published). Before a revoke or a stop commits, ``before_hand_over`` runs in the loop so the
+      owner can finish what it holds; a record still held is not committed, and is read again.
 
 Usage:
     >>> consumer = RequestConsumer(settings, topic, group, handle, concurrency=4)
@@ -40,7 +44,7 @@ import asyncio
 import contextlib
 import threading
 import time
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 from typing import Any, cast
 
 from aiokafka import TopicPartition as AioTopicPartition
@@ -72,12 +76,16 @@ class RequestConsumer:
         concurrency: int,
         start_offsets: Callable[[], Awaitable[dict[AioTopicPartition, int]]] | None = None,
         consumer_options: Mapping[str, Any] | None = None,
+        manual_acks: bool = False,
+        before_hand_over: Callable[[], Awaitable[None]] | None = None,
     ) -> None:
         """``start_offsets``: where partitions with no commit in ``group`` start (else the earliest).
 
         ``topic`` may be a librdkafka regex (``^prefix\\..*``): every matching topic, also ones
         created later (found at each metadata refresh). ``consumer_options``: more librdkafka
-        settings, such as ``topic.metadata.refresh.interval.ms`` for a regex.
+        settings, such as ``topic.metadata.refresh.interval.ms`` for a regex. ``manual_acks``:
+        records are done when :meth:`ack` says so; ``before_hand_over`` runs before a revoke's or
+        a stop's commit.
         """
         self.topic, self.group = topic, group
         self.handle = handle
@@ -85,6 +93,9 @@ class RequestConsumer:
         self._settings = settings
         self._start_offsets = start_offsets
         self._consumer_options = dict(consumer_options or {})
+        self._manual_acks = manual_acks
+        self._before_hand_over = before_hand_over
+        self._commit_soon = threading.Event()  # acks came: the reader commits at its next turn
         self._fallback: dict[Partition, int] = {}
         self._offsets = CommitOffsets()
         self._offsets_lock = threading.Lock()  # the loop starts and finishes records, the reader commits
@@ -142,6 +153,8 @@ class RequestConsumer:
                 with contextlib.suppress(Exception):
                     await reading
             await self._finish_in_flight()
+            if self._before_hand_over is not None and self._consumer is not None:
+                await self._before_hand_over()
             if self._consumer is not None:
                 # The reader is gone: this thread commits, and leaving the group calls the revoke
                 # callback here (nothing is left in flight).
@@ -178,8 +191,16 @@ class RequestConsumer:
             if task is not None:
                 self._tasks.pop(task, None)
             self._slots.release()
+        if not self._manual_acks:
+            with self._offsets_lock:
+                self._offsets.finished(key, record.offset)
+
+    def ack(self, records: Iterable[FetchedRecord]) -> None:
+        """``manual_acks``: these records are done (committed soon, never past one still held)."""
         with self._offsets_lock:
-            self._offsets.finished(key, record.offset)
+            for record in records:
+                self._offsets.finished((record.topic, record.partition), record.offset)
+        self._commit_soon.set()
 
     async def _finish_in_flight(self, partitions: set[Partition] | None = None) -> None:
         tasks = [task for task, key in self._tasks.items() if partitions is None or key in partitions]
@@ -210,7 +231,8 @@ class RequestConsumer:
         errors = FetchErrors("request_fetch_error")
         committed_at = time.monotonic()
         while not self._stop_reading.is_set():
-            if time.monotonic() - committed_at >= COMMIT_INTERVAL_S:
+            if self._commit_soon.is_set() or time.monotonic() - committed_at >= COMMIT_INTERVAL_S:
+                self._commit_soon.clear()
                 self._commit(asynchronous=True)  # the result comes to _on_commit, from a later poll
                 committed_at = time.monotonic()
             if not self._slots.acquire(timeout=FETCH_TIMEOUT_S):
@@ -273,11 +295,16 @@ class RequestConsumer:
         assert self._loop is not None
         keys = {(tp.topic, tp.partition) for tp in partitions}
         # The group moves on only after this returns: wait for the loop to answer them.
-        asyncio.run_coroutine_threadsafe(self._finish_in_flight(keys), self._loop).result()
+        asyncio.run_coroutine_threadsafe(self._finish_and_hand_over(keys), self._loop).result()
         if commit:
             self._commit(asynchronous=False)
         with self._offsets_lock:
             self._offsets.forget(keys)
+
+    async def _finish_and_hand_over(self, keys: set[Partition]) -> None:
+        await self._finish_in_flight(keys)
+        if self._before_hand_over is not None:
+            await self._before_hand_over()
 
     def _on_assign(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
         """Partitions this group never committed start at their fallback offset, if there is one."""

@@ -20,10 +20,19 @@ Alerts (one incident = one FIRING and one RESOLVED event):
     raised after ``alert_after`` breaching windows in a row, resolved after ``clear_after``
     healthy windows in a row, then not raised again for ``cooldown_windows`` windows.
 
+Records held until their window is reported:
+    Each input may carry a ``token`` (the agent's handle on the record's offset). The monitor holds
+    the tokens of the records in a window while it is open; when it closes (by count, time, stop or
+    rebalance) they move to :meth:`Monitor.take_released`, in the same call that returned its
+    snapshot, so the caller acknowledges a record only after publishing the window that counted it.
+    A record the monitor does not window (a deletion, the monitor's own questions, feedback with
+    nothing to judge by or waiting in the join for its response) is released at once.
+
 Usage:
     >>> monitor = Monitor(MonitorConfig.from_settings(settings), tokenizer)
-    >>> outputs = monitor.on_embedding(record, timestamp_ms) + monitor.tick()
+    >>> outputs = monitor.on_embedding(record, timestamp_ms, token=offset) + monitor.tick()
     >>> for kind, record in outputs: ...   # kind is "snapshot" or "alert"
+    >>> acknowledge(monitor.take_released())   # after the outputs were published
 """
 
 from __future__ import annotations
@@ -86,27 +95,39 @@ class Monitor:
         self.pending_feedback: TtlTable[dict[str, Any]] = TtlTable(config.feedback_ttl_seconds)
         self.unmatched_feedback = 0
         self._cpu_mark = cpu_clock()
+        self._held: dict[str, list[object]] = {s: [] for s in STREAMS}  # tokens of each open window
+        self._released: list[object] = []
+
+    @property
+    def holding(self) -> int:
+        """Tokens of records in open windows (not yet released)."""
+        return sum(len(tokens) for tokens in self._held.values())
+
+    def take_released(self) -> list[object]:
+        """Tokens of the records whose windows closed (or that no window holds) since the last call."""
+        released, self._released = self._released, []
+        return released
 
     def set_reference(self, reference: Reference | None) -> None:
         self.reference = reference
 
     # --- inputs ------------------------------------------------------------------------------
-    def on_embedding(self, record: Mapping[str, Any], timestamp_ms: int) -> list[Output]:
+    def on_embedding(self, record: Mapping[str, Any], timestamp_ms: int, token: object = None) -> list[Output]:
         """A ``ChunkEmbedding``; deletions are not monitored."""
         if record["op"] != "UPSERT" or not record["vector"]:
-            return []
-        return self._add("documents", (record["vector"], record["text"]), timestamp_ms)
+            return self._release(token)
+        return self._add("documents", (record["vector"], record["text"]), timestamp_ms, token)
 
-    def on_request(self, record: Mapping[str, Any], timestamp_ms: int) -> list[Output]:
+    def on_request(self, record: Mapping[str, Any], timestamp_ms: int, token: object = None) -> list[Output]:
         """An ``InferenceRequest`` (as decoded from Avro or JSON); the monitor's own questions are not counted."""
         if record.get("client_id") == REFERENCE_CLIENT:
-            return []
-        return self._add("requests", str(record.get("text") or ""), timestamp_ms)
+            return self._release(token)
+        return self._add("requests", str(record.get("text") or ""), timestamp_ms, token)
 
-    def on_response(self, record: Mapping[str, Any], timestamp_ms: int) -> list[Output]:
+    def on_response(self, record: Mapping[str, Any], timestamp_ms: int, token: object = None) -> list[Output]:
         """An ``InferenceResponse``: windowed, and kept for the feedback join (not the monitor's own questions)."""
         if record.get("client_id") == REFERENCE_CLIENT:
-            return []
+            return self._release(token)
         outputs: list[Output] = []
         answer = _Answer(record.get("label"), record.get("tenant"))
         pending = self.pending_feedback.pop(record["request_id"])
@@ -114,15 +135,20 @@ class Monitor:
             outputs += self._judge(pending, answer, timestamp_ms)
         else:
             self.answers.put(record["request_id"], answer, self.clock())
-        return outputs + self._add("responses", dict(record), timestamp_ms)
+        return outputs + self._add("responses", dict(record), timestamp_ms, token)
 
-    def on_feedback(self, record: Mapping[str, Any], timestamp_ms: int) -> list[Output]:
-        """A ``Feedback``: judged now if its response was seen, else kept until it arrives or expires."""
+    def on_feedback(self, record: Mapping[str, Any], timestamp_ms: int, token: object = None) -> list[Output]:
+        """A ``Feedback``: judged now if its response was seen, else kept until it arrives or expires.
+
+        Feedback waiting for its response is released at once: the join lives in this worker's
+        memory (a restarted worker has lost the responses it would be judged by anyway), and
+        holding it would hold back the commits of its partition for up to the join's TTL.
+        """
         answer = self.answers.get(record["request_id"])
         if answer is None:
             self.pending_feedback.put(record["request_id"], dict(record), self.clock())
-            return []
-        return self._judge(record, answer, timestamp_ms)
+            return self._release(token)
+        return self._judge(record, answer, timestamp_ms, token)
 
     def flush(self, how: Literal["stop", "rebalance"] = "stop") -> list[Output]:
         """Close every window that has events: nothing seen goes unreported.
@@ -134,7 +160,7 @@ class Monitor:
         for window in self.windows.values():
             closed = window.close_now(how)
             if closed is not None:
-                outputs += self._snapshot(closed)
+                outputs += self._closed(closed)
         return outputs
 
     def tick(self) -> list[Output]:
@@ -146,28 +172,43 @@ class Monitor:
         for window in self.windows.values():
             closed = window.due(now)
             if closed is not None:
-                outputs += self._snapshot(closed)
+                outputs += self._closed(closed)
         return outputs
 
     # --- internals ---------------------------------------------------------------------------
-    def _judge(self, feedback: Mapping[str, Any], answer: _Answer, timestamp_ms: int) -> list[Output]:
+    def _judge(
+        self, feedback: Mapping[str, Any], answer: _Answer, timestamp_ms: int, token: object = None
+    ) -> list[Output]:
         if feedback.get("label") is not None and answer.label is not None:
             correct = feedback["label"] == answer.label
         elif feedback.get("rating") is not None:
             correct = float(feedback["rating"]) >= 0.5
         else:
-            return []  # nothing to judge by (a label for an answer that has none, and no rating)
+            return self._release(token)  # nothing to judge by (a label for an answer that has none, and no rating)
         item = {
             "correct": correct,
             "tenant": feedback.get("tenant") or answer.tenant,
             "source": feedback.get("source"),
             "language": feedback.get("language"),
         }
-        return self._add("feedback", item, timestamp_ms)
+        return self._add("feedback", item, timestamp_ms, token)
 
-    def _add(self, stream: str, item: Any, timestamp_ms: int) -> list[Output]:
+    def _add(self, stream: str, item: Any, timestamp_ms: int, token: object = None) -> list[Output]:
+        if token is not None:
+            self._held[stream].append(token)  # before add: the window it may close holds this record
         closed = self.windows[stream].add(item, timestamp_ms, self.clock())
-        return self._snapshot(closed) if closed is not None else []
+        return self._closed(closed) if closed is not None else []
+
+    def _release(self, token: object) -> list[Output]:
+        if token is not None:
+            self._released.append(token)
+        return []
+
+    def _closed(self, window: Window[Any]) -> list[Output]:
+        """The outputs of a closed window; the tokens of its records are released."""
+        self._released += self._held[window.stream]
+        self._held[window.stream] = []
+        return self._snapshot(window)
 
     def _snapshot(self, window: Window[Any]) -> list[Output]:
         builders: dict[str, Callable[[Window[Any]], list[Metric]]] = {

@@ -97,3 +97,32 @@ async def test_a_partition_paused_or_revoked_before_flow_resumes_stays_out() -> 
     consumer.assigned -= tps("docs-2")  # and takes this one away
     Consumer.resume_flow(consumer)
     assert consumer.active == tps("docs-0")
+
+
+async def test_held_events_are_released_while_faust_waits_for_them() -> None:
+    held = {"events": 3}
+    empty = asyncio.Event()  # Faust's wait: until nothing is held
+    calls: list[int] = []
+
+    async def release() -> None:
+        calls.append(held["events"])
+        await asyncio.sleep(0)  # a publish in between: the wait is not cancelled under it
+        held["events"] = 0
+        empty.set()
+
+    await asyncio.wait_for(faust_fixes.wait_releasing(empty.wait(), [release]), 5.0)
+    assert held["events"] == 0 and calls[0] == 3
+
+
+async def test_a_failing_release_is_tried_again_and_the_wait_still_ends() -> None:
+    attempts: list[int] = []
+    done = asyncio.Event()
+
+    async def release() -> None:
+        attempts.append(1)
+        if len(attempts) == 1:
+            raise RuntimeError("broker hiccup")
+        done.set()
+
+    await asyncio.wait_for(faust_fixes.wait_releasing(done.wait(), [release]), 5.0)
+    assert len(attempts) == 2

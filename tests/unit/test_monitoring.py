@@ -20,6 +20,7 @@ from streams.monitor.alerts import AlertManager
 from streams.monitor.config import Metric, MonitorConfig
 from streams.monitor.detectors import Reference, accuracy_metrics, with_reference_id
 from streams.monitor.drift import ReferenceSample
+from streams.monitor.index_versions import REFERENCE_CLIENT
 from streams.monitor.monitor import Monitor
 from streams.monitor.otel import OtelMonitorExporter
 from streams.monitor.reference import reference_from_avro, reference_to_avro, stratified_blocks
@@ -154,6 +155,34 @@ def test_rebalance_and_stop_report_every_open_window_so_windows_add_up_to_the_re
         ("responses", 1, "stop", 3),
     ]
     assert sum(s["events"] for s in snapshots if s["stream"] == "responses") == 7
+
+
+def test_a_record_is_released_only_with_the_window_that_counted_it() -> None:
+    clock = FakeClock()
+    monitor = Monitor(MonitorConfig(window_events=3, window_seconds=10), WordCounter(), clock=clock)
+    deleted = {"op": "DELETE", "vector": [], "text": ""}
+    upsert = {"op": "UPSERT", "vector": [1.0, 0.0], "text": "a document"}
+    assert monitor.on_embedding(deleted, 1, token="e0") == []
+    assert monitor.take_released() == ["e0"]  # not windowed: released at once
+    monitor.on_embedding(upsert, 2, token="e1")
+    monitor.on_request({"text": "a question"}, 3, token="q1")
+    monitor.on_embedding(upsert, 4, token="e2")
+    assert monitor.take_released() == [] and monitor.holding == 3
+    closed = monitor.on_embedding(upsert, 5, token="e3")  # closes the documents window by count
+    assert [r["events"] for kind, r in closed if kind == "snapshot"] == [3]
+    assert monitor.take_released() == ["e1", "e2", "e3"]  # in the same call as its snapshot
+    monitor.on_feedback(feedback_record("r1", label="x"), 6, token="f1")  # waits for its response: released
+    monitor.on_response(response("r1", "x"), 7, token="p1")  # judges f1 (no token left to hold)
+    assert monitor.take_released() == ["f1"]
+    clock.now = 20
+    by_time = monitor.tick()
+    assert {r["stream"] for kind, r in by_time if kind == "snapshot"} == {"requests", "responses", "feedback"}
+    assert sorted(map(str, monitor.take_released())) == ["p1", "q1"]
+    monitor.on_request({"text": "another"}, 8, token="q2")
+    monitor.on_request({"text": "mine", "client_id": REFERENCE_CLIENT}, 9, token="q3")  # the monitor's own
+    assert monitor.take_released() == ["q3"]
+    monitor.flush("rebalance")
+    assert monitor.take_released() == ["q2"] and monitor.holding == 0
 
 
 def test_documents_window_drifts_and_alerts_once_with_named_method_and_threshold() -> None:
