@@ -35,7 +35,6 @@ import argparse
 import asyncio
 import json
 import sys
-import threading
 import time
 import uuid
 from collections.abc import Iterator
@@ -46,6 +45,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
+from background import Background  # noqa: E402
 from confluent_kafka import Producer  # noqa: E402
 from inference_latency import settle, summary  # noqa: E402
 from pipeline_throughput import cpu_seconds  # noqa: E402
@@ -79,23 +79,14 @@ def corpus(docs: int) -> tuple[list[dict[str, Any]], Iterator[dict[str, Any]]]:
     return chosen, (d for d in stdlib_documents() if d["id"] not in taken)
 
 
-class Load:
+class Load(Background):
     """Publishes ``documents`` to docs.raw at ``rate`` per second from a thread, until stopped."""
 
     def __init__(self, settings: Settings, documents: Iterator[dict[str, Any]], rate: float) -> None:
+        super().__init__("bench-load")
         self.settings, self.documents, self.rate = settings, documents, rate
         self.sent = 0
         self.seconds = 0.0
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="bench-load", daemon=True)
-
-    def __enter__(self) -> Load:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *_: object) -> None:
-        self._stop.set()
-        self._thread.join()
 
     def _run(self) -> None:
         producer = Producer(rdkafka_config(self.settings, **{"linger.ms": 5}))

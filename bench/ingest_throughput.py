@@ -27,7 +27,6 @@ import json
 import os
 import statistics
 import sys
-import threading
 import time
 import uuid
 from pathlib import Path
@@ -38,6 +37,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
+from background import Background  # noqa: E402
 from pipeline_cpu import cpu_seconds  # noqa: E402
 
 from streams.ingest.chunk import default_tokenizer  # noqa: E402
@@ -58,22 +58,13 @@ OUT = ROOT / "bench" / "out"
 SAMPLE_S = 0.1
 
 
-class CpuSampler:
+class CpuSampler(Background):
     """CPU-seconds of named processes, sampled from ``/proc`` every ``SAMPLE_S`` by a thread."""
 
     def __init__(self, pids: dict[str, list[int]]) -> None:
+        super().__init__("cpu-sampler")
         self.pids = pids
         self.samples: list[tuple[float, dict[str, float]]] = []
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="cpu-sampler", daemon=True)
-
-    def __enter__(self) -> CpuSampler:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *_: object) -> None:
-        self._stop.set()
-        self._thread.join()
 
     def _run(self) -> None:
         while True:
