@@ -19,6 +19,12 @@ The fix:
     within one linger window. Order per key is kept (one taker, first in first out), and each write's future is
     returned, to be awaited with the batch's other outputs before the batch is acknowledged.
 
+Notes:
+    :func:`take_table_writes` takes every message queued in the buffer, whoever queued it; in
+    this project only the ingest agent's dedup table queues any (``send_soon``), so those are
+    its writes. A future table or ``send_soon`` caller in the same worker would have its records
+    sent, and awaited, with the ingest batch that took them.
+
 Usage:
     >>> results = pipeline.process_batch(records, table, lookups)   # writes the table
     >>> writes = take_table_writes(app)                            # before any await
