@@ -7,7 +7,7 @@ Why this exists:
     dedup state per document, so those records trickled out between everything else the loop did
     and reached the broker as about 2,000 produce batches of 3 records for 6,000 documents
     (``bench/ingest_throughput.py``; the outputs of the same documents took 400 batches): the
-    broker's CPU per document was 3-8x the plain loop's, most of it for those requests.
+    broker's CPU per document was 3-9x the plain loop's, most of it for those requests.
 
     Each hand-off also yielded to the event loop (see :func:`send_table_writes`), so even a
     batch's 256 writes took 70-290 ms to reach the producer, a few per linger window.
