@@ -11,11 +11,13 @@ import asyncio
 import json
 import time
 from collections import Counter
+from collections.abc import Awaitable
 from typing import Any
 
 import faust
 
 from agents.common import delivery_of, log_dead_letter, raw_topic, source_of, stop_without_acking
+from agents.table_writes import send_table_writes, take_table_writes
 from streams.ingest.chunk import default_tokenizer
 from streams.ingest.dedup import DedupIndex, LookupIndex
 from streams.ingest.pipeline import IngestConfig, IngestPipeline, IngestRecord, encode_outputs
@@ -105,18 +107,22 @@ def register_ingest(app: faust.App, settings: Settings, tracer: AgentTracer) -> 
                 )
             with batch.step("ingest.pipeline", records=len(records)):
                 results = pipeline.process_batch(records, dedup_table, lookups[0])
-            # Straight to Faust's producer, one enqueue per record and one wait per batch: the
-            # batch's events are acknowledged only after every output is acked by the broker.
-            pending = []
+                writes = take_table_writes(app)  # the dedup states just written: no await before this
+            # The batch's dedup states go out together (agents/table_writes.py), then its outputs,
+            # straight to Faust's producer, one enqueue per record and one wait per batch: the
+            # batch's events are acknowledged only after every output and state is acked by the broker.
+            pending: list[Awaitable[Any]] = await send_table_writes(app, writes)
             for i, (record, result) in enumerate(zip(records, results, strict=True)):
                 batch.annotate(i, doc_id=result.doc_id, outcome=result.outcome.value, chunks=len(result.chunks))
-                with batch.current(i):
-                    for out in encode_outputs(result, record, codec, topics):
-                        headers = batch.inject(i, out.headers)
-                        pending.append(await app.producer.send(out.topic, out.key, out.value, None, None, headers))
-                    totals[result.outcome.value] += 1
-                    if result.dead_letter is not None:
-                        batch.fail(i, result.dead_letter.reason, result.dead_letter.detail)
+                for out in encode_outputs(result, record, codec, topics):
+                    headers = batch.inject(i, out.headers)
+                    pending.append(await app.producer.send(out.topic, out.key, out.value, None, None, headers))
+                totals[result.outcome.value] += 1
+                if result.dead_letter is not None:
+                    batch.fail(i, result.dead_letter.reason, result.dead_letter.detail)
+                    # The record's span is made current only for its log line (which then carries
+                    # its ids): per record on the hot path it cost more than the line is worth.
+                    with batch.current(i):
                         log_dead_letter(result.dead_letter)
             await asyncio.gather(*pending)
 

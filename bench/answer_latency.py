@@ -22,6 +22,11 @@ Targets: issue 23, ranked search p50 <= 25 ms idle and extractive rag p50 <= 60 
 search and classify p50 <= 15 ms idle, p50 <= 25 ms and p99 <= 60 ms mixed.
 
 Run:  .venv/bin/python bench/answer_latency.py [--docs 1500] [--rate 10] [--load-share 0.5] [--json]
+      [--tasks classify] [--phases idle]
+
+``--tasks classify`` runs classify alone (no ranker training, no wait for Milvus Lite to settle) and
+``--phases idle`` the idle phase alone: a quick loop while working on one figure. The report then
+has only those rows.
 """
 
 from __future__ import annotations
@@ -30,7 +35,6 @@ import argparse
 import asyncio
 import json
 import sys
-import threading
 import time
 import uuid
 from collections.abc import Iterator
@@ -41,6 +45,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
+from background import Background  # noqa: E402
 from confluent_kafka import Producer  # noqa: E402
 from inference_latency import settle, summary  # noqa: E402
 from pipeline_throughput import cpu_seconds  # noqa: E402
@@ -74,23 +79,14 @@ def corpus(docs: int) -> tuple[list[dict[str, Any]], Iterator[dict[str, Any]]]:
     return chosen, (d for d in stdlib_documents() if d["id"] not in taken)
 
 
-class Load:
+class Load(Background):
     """Publishes ``documents`` to docs.raw at ``rate`` per second from a thread, until stopped."""
 
     def __init__(self, settings: Settings, documents: Iterator[dict[str, Any]], rate: float) -> None:
+        super().__init__("bench-load")
         self.settings, self.documents, self.rate = settings, documents, rate
         self.sent = 0
         self.seconds = 0.0
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="bench-load", daemon=True)
-
-    def __enter__(self) -> Load:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *_: object) -> None:
-        self._stop.set()
-        self._thread.join()
 
     def _run(self) -> None:
         producer = Producer(rdkafka_config(self.settings, **{"linger.ms": 5}))
@@ -110,16 +106,23 @@ class Load:
 
 async def paced(settings: Settings, questions: list[str], task: str, mode: str, rate: float) -> dict[str, Any]:
     """One request at a time, started every 1/rate s: round trip and the worker's work per request."""
-    round_trips, work = [], []
+    round_trips, work, stages = [], [], []
     options = {} if task == "classify" else {"retrieval": mode}
     async with InferenceClient(settings, client_id=f"bench-{task}-{mode}") as client:
         for question in questions:
-            started = time.perf_counter()
+            started, sent_ms = time.perf_counter(), time.time() * 1000
             response = await client.ask(question, task, timeout=60, **options)
             round_trips.append((time.perf_counter() - started) * 1000)
+            # Where the round trip went, on the wall clock (ms): the reply's hop from the worker's
+            # response to the client's loop, and the client's own send (request built, queued, stamped by librdkafka).
+            hops = {
+                "reply_hop_ms": float(response["received_at_ms"] - response["created_at_ms"]),
+                "client_send_ms": float(response["created_at_ms"] - sent_ms) - response["latency"]["total_ms"],
+            }
             if response["status"] != "OK":
                 raise RuntimeError(f"{task}/{mode}: {response['status']} {response['error']}")
             work.append(sum(response["latency"][stage] for stage in WORK))
+            stages.append(response["latency"] | hops)
             await asyncio.sleep(max(0.0, 1 / rate - (time.perf_counter() - started)))
     return {
         "task": task,
@@ -127,14 +130,19 @@ async def paced(settings: Settings, questions: list[str], task: str, mode: str, 
         "requests": len(questions),
         "round_trip_ms": summary(round_trips),
         "worker_work_ms": summary(work),
+        # p50 of each stage the response reports; total_ms runs from the request's send (its record
+        # timestamp) to the response's creation, so the round trip minus it is the reply's hop.
+        "stages_p50_ms": {name: summary([s[name] for s in stages])["p50"] for name in stages[0]} if stages else {},
     }
 
 
-def phase(settings: Settings, worker_pid: int, questions: list[str], rate: float) -> dict[str, Any]:
-    """Every task and mode once, paced; with the worker's CPU-seconds over the phase."""
+def phase(
+    settings: Settings, worker_pid: int, questions: list[str], rate: float, tasks: list[tuple[str, str]]
+) -> dict[str, Any]:
+    """Every task and mode of ``tasks`` once, paced; with the worker's CPU-seconds over the phase."""
     cpu_before, started = cpu_seconds(worker_pid), time.perf_counter()
     runs = []
-    for task, mode in RUNS:
+    for task, mode in tasks:
         result = asyncio.run(paced(settings, questions, task, mode, rate))
         print(json.dumps(result), file=sys.stderr)
         runs.append(result)
@@ -162,7 +170,14 @@ def main() -> None:
     parser.add_argument("--questions", type=int, default=100, help="test questions per task and mode")
     parser.add_argument("--load-share", type=float, default=0.5, help="indexing load, share of the maximum rate")
     parser.add_argument("--json", action="store_true", help="print the report as JSON only")
+    parser.add_argument("--tasks", default="search,rag,classify", help="comma-separated: search, rag, classify")
+    parser.add_argument("--phases", default="idle,mixed", help="comma-separated: idle, mixed")
     args = parser.parse_args()
+    tasks = [(task, mode) for task, mode in RUNS if task in args.tasks.split(",")]
+    phases = args.phases.split(",")
+    if not tasks or not set(phases) <= {"idle", "mixed"} or not phases:
+        parser.error("--tasks names search, rag or classify; --phases names idle or mixed")
+    searching = any(task != "classify" for task, _ in tasks)
     base = Settings()
     EmbeddedKafka.from_settings(base).start(progress=lambda line: print(line, file=sys.stderr))
     settings = base.model_copy(update={"namespace": f"bench-ans-{uuid.uuid4().hex[:6]}"})
@@ -180,23 +195,27 @@ def main() -> None:
         index_all(settings, 1800)
         max_rate = (len(first) - 1) / (time.perf_counter() - started)
         report["max_index_rate_docs_per_s"] = round(max_rate, 1)
-        ranker = promote_demo_ranker(settings, log=lambda line: print(line, file=sys.stderr))
-        asyncio.run(wait_for_ranker(settings, ranker["version"] if ranker else None))
+        if searching:
+            ranker = promote_demo_ranker(settings, log=lambda line: print(line, file=sys.stderr))
+            asyncio.run(wait_for_ranker(settings, ranker["version"] if ranker else None))
         promote_demo_classifier(settings, log=lambda line: print(line, file=sys.stderr))
-        report["settled_after_s"] = round(asyncio.run(settle(settings, questions)), 1)
-        asyncio.run(paced(settings, questions[:20], "search", "ranked", 50))  # warm-up
+        if searching:
+            report["settled_after_s"] = round(asyncio.run(settle(settings, questions)), 1)
+            asyncio.run(paced(settings, questions[:20], "search", "ranked", 50))  # warm-up
         asyncio.run(paced(settings, questions[:20], "classify", "-", 50))
-        report["idle"] = phase(settings, worker.pid, questions, args.rate)
-        load_rate = args.load_share * max_rate
-        with Load(settings, rest, load_rate) as load:
-            time.sleep(LOAD_WARMUP_S)
-            report["mixed"] = phase(settings, worker.pid, questions, args.rate)
-        report["load"] = {
-            "target_docs_per_s": round(load_rate, 1),
-            "published_docs_per_s": round(load.sent / load.seconds, 1) if load.seconds else 0.0,
-            "published_docs": load.sent,
-            "caught_up_after_s": round(index_all(settings, 600), 1),
-        }
+        if "idle" in phases:
+            report["idle"] = phase(settings, worker.pid, questions, args.rate, tasks)
+        if "mixed" in phases:
+            load_rate = args.load_share * max_rate
+            with Load(settings, rest, load_rate) as load:
+                time.sleep(LOAD_WARMUP_S)
+                report["mixed"] = phase(settings, worker.pid, questions, args.rate, tasks)
+            report["load"] = {
+                "target_docs_per_s": round(load_rate, 1),
+                "published_docs_per_s": round(load.sent / load.seconds, 1) if load.seconds else 0.0,
+                "published_docs": load.sent,
+                "caught_up_after_s": round(index_all(settings, 600), 1),
+            }
     finally:
         stop_worker(worker)
     OUT.mkdir(parents=True, exist_ok=True)
@@ -204,14 +223,25 @@ def main() -> None:
     if args.json:
         print(json.dumps(report, indent=2))
         return
-    load = report["load"]
-    print(
-        f"max indexing rate {report['max_index_rate_docs_per_s']} docs/s; mixed load "
-        f"{load['published_docs_per_s']} docs/s ({load['published_docs']} docs, caught up "
-        f"{load['caught_up_after_s']} s after the phase); worker CPU-s idle {report['idle']['worker_cpu_s']} "
-        f"over {report['idle']['seconds']} s, mixed {report['mixed']['worker_cpu_s']} "
-        f"over {report['mixed']['seconds']} s"
-    )
+    print(f"max indexing rate {report['max_index_rate_docs_per_s']} docs/s")
+    if "load" in report:
+        load = report["load"]
+        print(
+            f"mixed load {load['published_docs_per_s']} docs/s ({load['published_docs']} docs, caught up "
+            f"{load['caught_up_after_s']} s after the phase)"
+        )
+    for name in phases:
+        print(f"worker CPU-s {name} {report[name]['worker_cpu_s']} over {report[name]['seconds']} s")
+    if phases != ["idle", "mixed"]:
+        print(f"{'task':<9}{'mode':<7}{'phase':<7}{'p50':>7}{'p99':>7}{'work p50':>9}{'p99':>7}")
+        for name in phases:
+            for run in report[name]["runs"]:
+                trip, work = run["round_trip_ms"], run["worker_work_ms"]
+                print(
+                    f"{run['task']:<9}{run['mode']:<7}{name:<7}{trip['p50']:>7.1f}{trip['p99']:>7.1f}"
+                    f"{work['p50']:>9.1f}{work['p99']:>7.1f}"
+                )
+        return
     print(
         f"{'task':<9}{'mode':<7}{'idle p50':>9}{'p99':>7}{'mixed p50':>10}{'p99':>7}{'ratio p50':>10}{'p99':>6}"
         f"{'work idle p50':>14}{'mixed':>7}"
