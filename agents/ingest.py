@@ -132,7 +132,7 @@ def register_ingest(app: faust.App, settings: Settings, tracer: AgentTracer) -> 
 
     @app.timer(interval=RETRACT_INTERVAL_S)  # type: ignore[untyped-decorator]  # faust's decorators are untyped
     async def retract_concurrent_copies() -> None:
-        """Step down exact copies another worker indexed at the same moment (streams.ingest.dedup)."""
+        """Step down copies another worker indexed at the same moment (streams.ingest.dedup)."""
         if not lookups or not lookups[0].contested():
             return
         async with state_lock:
