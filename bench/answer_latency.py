@@ -179,7 +179,9 @@ def main() -> None:
         parser.error("--tasks names search, rag or classify; --phases names idle or mixed")
     searching = any(task != "classify" for task, _ in tasks)
     base = Settings()
-    EmbeddedKafka.from_settings(base).start(progress=lambda line: print(line, file=sys.stderr))
+    broker = EmbeddedKafka.from_settings(base)
+    started_here = broker.status().pid is None  # a broker this bench starts, it stops
+    broker.start(progress=lambda line: print(line, file=sys.stderr))
     settings = base.model_copy(update={"namespace": f"bench-ans-{uuid.uuid4().hex[:6]}"})
     worker = start_worker(settings, settings.data_dir / "logs" / f"{settings.namespace}.log", AGENTS)
     questions = [q.question for q in read_questions(packaged_questions("test"))][: args.questions]
@@ -218,6 +220,8 @@ def main() -> None:
             }
     finally:
         stop_worker(worker)
+        if started_here:
+            broker.stop()
     OUT.mkdir(parents=True, exist_ok=True)
     (OUT / "answer_latency.json").write_text(json.dumps(report, indent=2))
     if args.json:
