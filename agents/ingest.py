@@ -133,11 +133,11 @@ def register_ingest(app: faust.App, settings: Settings, tracer: AgentTracer) -> 
     @app.timer(interval=RETRACT_INTERVAL_S)  # type: ignore[untyped-decorator]  # faust's decorators are untyped
     async def retract_concurrent_copies() -> None:
         """Step down copies another worker indexed at the same moment (streams.ingest.dedup)."""
-        if not lookups or not lookups[0].contested():
+        if not lookups or not lookups[0].may_be_contested:
             return
         async with state_lock:
-            retractions = pipeline.retractions(lookups[0], owns, topics.docs_raw)
-            for retraction in retractions:
+            dedup = DedupIndex(dedup_table, settings.near_dup_max_hamming, settings.near_dup_enabled, lookups[0])
+            for retraction in pipeline.retractions(lookups[0], owns, topics.docs_raw):
                 outputs = encode_outputs(retraction.result, retraction.record, codec, topics)
                 await asyncio.gather(
                     *[await app.producer.send(o.topic, o.key, o.value, None, None, o.headers) for o in outputs]
@@ -145,7 +145,6 @@ def register_ingest(app: faust.App, settings: Settings, tracer: AgentTracer) -> 
                 now = lookups[0].states.get(retraction.doc_id)
                 if now is None or now.duplicate_of is not None or now.doc_hash != retraction.state.doc_hash:
                     continue  # another worker changed the copy while its retraction was published
-                dedup = DedupIndex(dedup_table, settings.near_dup_max_hamming, settings.near_dup_enabled, lookups[0])
                 dedup.replace(retraction.doc_id, retraction.state)
                 totals["retracted"] += 1
                 notice = retraction.result.duplicate

@@ -222,7 +222,17 @@ def main() -> None:
     args = parser.parse_args()
     base = Settings()
     broker = EmbeddedKafka.from_settings(base)
+    started_here = broker.status().pid is None  # a broker this bench starts, it stops
     broker.start(progress=lambda line: print(line, file=sys.stderr))
+    try:
+        run(args, base, broker)
+    finally:
+        if started_here:
+            broker.stop()
+
+
+def run(args: argparse.Namespace, base: Settings, broker: EmbeddedKafka) -> None:
+    """Alternating rounds of both implementations; the report, printed and written to bench/out."""
     broker_pid = broker.status().pid
     if broker_pid is None:
         raise SystemExit(

@@ -227,6 +227,11 @@ class LookupIndex:
         distance = hamming(first.simhash, second.simhash)
         return distance if distance <= self.max_distance else None
 
+    @property
+    def may_be_contested(self) -> bool:
+        """Whether :meth:`contested` could find anything (cheap: no pair is checked or sorted)."""
+        return bool(self._contested or self._near_pairs)
+
     def contested(self) -> list[Conflict]:
         """Indexed documents that are copies of a smaller id, exact ones first; pairs no longer true are dropped."""
         exact = []
